@@ -1,0 +1,228 @@
+"""Configuration as data: model and training dataclasses, TOML loading, overrides, validation.
+
+Every field can come from a preset, a TOML file (sections [model] and [train]) or a `key=value`
+override on the command line, applied in that order. `validate()` names the bad field and why.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gptlab.errors import GptlabError
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder-only Transformer."""
+
+    vocab_size: int = 0  # 0: taken from the dataset's tokenizer at train time
+    block_size: int = 128  # context length T
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+
+    def validate(self) -> None:
+        """Refuse impossible shapes with a message naming the field."""
+        _positive(self, "block_size", "n_layer", "n_head", "n_embd")
+        if self.vocab_size < 0:
+            _bad("vocab_size", self.vocab_size, "must be >= 0 (0 means: from the tokenizer)")
+        if self.n_embd % self.n_head:
+            _bad("n_embd", self.n_embd, f"is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            _bad("dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: batches, optimizer, schedule, evaluation, checkpoints, samples."""
+
+    batch_size: int = 32  # B: windows per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 1000
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # reached at max_steps by cosine decay
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    weight_decay: float = 0.1  # AdamW only; matrices only, never biases, norms or embeddings' 1-D params
+    beta1: float = 0.9
+    beta2: float = 0.99
+    momentum: float = 0.0  # SGD only
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250
+    eval_batches: int = 20  # batches averaged for each of the train/val loss estimates
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    sample_prompt: str = "\n"
+    sample_tokens: int = 200
+    sample_temperature: float = 0.8
+    sample_top_k: int = 0  # 0: no top-k filtering
+    seed: int = 1337
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
+
+    def validate(self) -> None:
+        """Refuse values that cannot train, naming the field."""
+        _positive(self, "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
+                  "log_interval", "checkpoint_interval")
+        if self.optimizer not in ("adamw", "sgd"):
+            _bad("optimizer", self.optimizer, "must be 'adamw' or 'sgd'")
+        if self.lr <= 0:
+            _bad("lr", self.lr, "must be > 0")
+        if not 0 <= self.min_lr <= self.lr:
+            _bad("min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
+        for name in ("warmup_steps", "sample_tokens", "sample_top_k"):
+            if getattr(self, name) < 0:
+                _bad(name, getattr(self, name), "must be >= 0")
+        for name in ("weight_decay", "grad_clip", "momentum", "sample_temperature"):
+            if getattr(self, name) < 0:
+                _bad(name, getattr(self, name), "must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                _bad(name, getattr(self, name), "must be in [0, 1)")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            _bad("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs, saved as RUN/config.json."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""
+    data: str = ""  # the prepared dataset directory the run trains on
+
+    def validate(self) -> None:
+        """Validate both sections."""
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Inverse of to_dict; unknown keys are refused."""
+        cfg = cls(preset=str(data.get("preset", "")), data=str(data.get("data", "")))
+        for section in ("model", "train"):
+            for key, value in (data.get(section) or {}).items():
+                _set_field(getattr(cfg, section), key, value, where=section)
+        return cfg
+
+
+def _bad(name: str, value: Any, why: str) -> None:
+    raise GptlabError(f"{name}={value!r} {why}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            _bad(name, getattr(obj, name), "must be > 0")
+
+
+def _field_types(obj: Any) -> dict[str, type]:
+    # Annotations are strings under `from __future__ import annotations`; map them to types.
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    return {f.name: kinds[str(f.type)] for f in fields(obj)}
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    """Turn a TOML or command-line value into the field's type, or refuse it."""
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if kind is bool:
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            _bad(name, value, "is not a boolean (true/false)")
+        try:
+            return kind(float(text)) if kind is int and "e" in text else kind(text)
+        except ValueError:
+            _bad(name, value, f"is not a valid {kind.__name__}")
+    if kind is bool and not isinstance(value, bool):
+        _bad(name, value, "is not a boolean (true/false)")
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            _bad(name, value, "is not a whole number")
+        return int(value)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        # Command lines cannot easily carry a newline; accept the usual escape.
+        return value.replace("\\n", "\n")
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        _bad(name, value, f"is not a valid {kind.__name__}")
+    return value
+
+
+def _set_field(section: Any, key: str, value: Any, where: str) -> None:
+    types = _field_types(section)
+    if key not in types:
+        raise GptlabError(f"unknown config field '{key}' in [{where}] (known: {', '.join(types)})")
+    setattr(section, key, _coerce(key, types[key], value))
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any] | list[str]) -> None:
+    """Apply `key=value` strings (or a dict); a key may be `field` or `section.field`."""
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    model_names, train_names = set(_field_types(cfg.model)), set(_field_types(cfg.train))
+    for key, value in items:
+        section, _, name = key.rpartition(".")
+        if section:
+            if section not in ("model", "train"):
+                raise GptlabError(f"unknown config section '{section}' in '{key}' (known: model, train)")
+            _set_field(getattr(cfg, section), name, value, where=section)
+        elif name in model_names:
+            _set_field(cfg.model, name, value, where="model")
+        elif name in train_names:
+            _set_field(cfg.train, name, value, where="train")
+        else:
+            known = ", ".join(sorted(model_names | train_names))
+            raise GptlabError(f"unknown config field '{name}' (known: {known})")
+
+
+def _split(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise GptlabError(f"override '{text}' is not of the form key=value")
+    return key.strip().lstrip("-").replace("-", "_"), value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file with [model] and [train] sections (and an optional `preset`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GptlabError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GptlabError(f"config file {p} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"model", "train", "preset"}
+    if unknown:
+        raise GptlabError(f"config file {p}: unknown section(s) {', '.join(sorted(unknown))}"
+                          " (known: preset, model, train)")
+    return data
+
+
+def build_config(preset: str | None = None, toml_path: str | Path | None = None,
+                 overrides: list[str] | None = None) -> RunConfig:
+    """Preset, then TOML file, then command-line overrides; validated."""
+    from gptlab.model.presets import preset_overrides
+
+    file_data = load_toml(toml_path) if toml_path else {}
+    name = preset or file_data.get("preset") or "cpu-tiny"
+    cfg = RunConfig(preset=name)
+    apply_overrides(cfg, preset_overrides(name))
+    for section in ("model", "train"):
+        for key, value in (file_data.get(section) or {}).items():
+            _set_field(getattr(cfg, section), key, value, where=section)
+    apply_overrides(cfg, overrides or [])
+    cfg.validate()
+    return cfg
+

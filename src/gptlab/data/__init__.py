@@ -1,0 +1,1 @@
+"""Data: corpora (where text comes from), prepare (text -> token files), loader (batches)."""

@@ -1,0 +1,92 @@
+"""Loader: a prepared dataset, read through numpy memmaps, served as random batches.
+
+A batch is B windows of T+1 consecutive tokens at random offsets: inputs are the first T, targets
+the last T. A window never spans two token files (shards): each is drawn inside one shard, the shard
+chosen with probability proportional to the windows it holds, so every window is equally likely.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptlab.errors import GptlabError
+from gptlab.tokenizers import Tokenizer, load_tokenizer
+
+
+class Dataset:
+    """A prepared dataset directory: meta.json, tokenizer.json and the token files of each split."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise GptlabError(f"{self.path} is not a prepared dataset (no meta.json); run `gptlab prepare` first")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.splits: dict[str, dict[str, Any]] = self.meta["splits"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise GptlabError(f"{meta_path} is corrupt: {exc}") from None
+        self.tokenizer: Tokenizer = load_tokenizer(self.path / "tokenizer.json")
+
+    def shards(self, split: str) -> list[np.ndarray]:
+        """Memory-mapped token arrays of a split (never loaded whole)."""
+        if split not in self.splits:
+            raise GptlabError(f"dataset {self.path} has no split '{split}' (has: {', '.join(self.splits)})")
+        arrays = []
+        for name in self.splits[split]["files"]:
+            file = self.path / name
+            if not file.is_file():
+                raise GptlabError(f"dataset {self.path} is missing its token file {name}")
+            if file.stat().st_size:
+                arrays.append(np.memmap(file, dtype=self.dtype, mode="r"))
+        return arrays
+
+    def chars_per_token(self, split: str) -> float:
+        """Characters of source text per token in a split (to turn nats/token into bits/char)."""
+        s = self.splits[split]
+        return s["chars"] / max(1, s["tokens"])
+
+    def bytes_per_token(self, split: str) -> float:
+        """UTF-8 bytes of source text per token in a split (for bits per byte)."""
+        s = self.splits[split]
+        return s["bytes"] / max(1, s["tokens"])
+
+
+class BatchLoader:
+    """Random (inputs, targets) batches from one split; its state_dict resumes the same order."""
+
+    def __init__(self, dataset: Dataset, split: str, batch_size: int, block_size: int, seed: int):
+        self.batch_size, self.block_size = batch_size, block_size
+        self.shards = dataset.shards(split)
+        # Windows start at 0..len-T-1 so that T+1 tokens fit.
+        self.starts = np.array([max(0, len(s) - block_size) for s in self.shards], dtype=np.int64)
+        if self.starts.sum() == 0:
+            longest = max((len(s) for s in self.shards), default=0)
+            raise GptlabError(f"the {split} split of {dataset.path} has {longest} tokens, fewer than "
+                              f"block_size+1={block_size + 1}; use a smaller block_size or more text")
+        self.weights = self.starts / self.starts.sum()
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """B windows as int64 tensors of shape (B, T): inputs and next-token targets."""
+        B, T = self.batch_size, self.block_size
+        shard_ids = self.rng.choice(len(self.shards), size=B, p=self.weights) if len(self.shards) > 1 \
+            else np.zeros(B, dtype=np.int64)
+        offsets = self.rng.integers(0, self.starts[shard_ids])
+        windows = np.stack([self.shards[s][o:o + T + 1] for s, o in zip(shard_ids, offsets)])
+        data = torch.from_numpy(windows.astype(np.int64))
+        return data[:, :-1], data[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random generator's state (JSON-able), enough to continue the same batch sequence."""
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state_dict()."""
+        self.rng.bit_generator.state = state

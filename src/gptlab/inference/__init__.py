@@ -1,0 +1,1 @@
+"""Inference: sampling strategies and token-by-token generation."""

@@ -1,0 +1,1 @@
+"""Model: the GPT network, named presets, parameter and FLOP accounting."""
