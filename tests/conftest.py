@@ -1,0 +1,75 @@
+"""Shared fixtures: real text from ../shared/data, a small prepared dataset, a CLI runner.
+
+Tests import and run the code of the tree they live in (src/ first on the path), so a checkout
+is tested as it is, whatever gptlab may be installed elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+sys.path.insert(0, str(SRC))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data; its absence is a failure, not a skip."""
+    path = SHARED_DATA / name
+    assert path.is_file(), f"test data missing: {path} (../shared/data must sit beside the checkout)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare_txt() -> Path:
+    return shared_file("tinyshakespeare.txt")
+
+
+@pytest.fixture(scope="session")
+def tang_jsonl() -> Path:
+    return shared_file("tang_poems.jsonl")
+
+
+@pytest.fixture(scope="session")
+def char_dataset(tmp_path_factory: pytest.TempPathFactory, shakespeare_txt: Path) -> Path:
+    """tinyshakespeare prepared with the char tokenizer (shared by tests that only read it)."""
+    from gptlab.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "shakespeare-char"
+    prepare([str(shakespeare_txt)], out, "char")
+    return out
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m gptlab ARGS...` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "gptlab", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=cli_env(), cwd=cwd)
+
+
+def popen_cli(*args: str, **kwargs) -> subprocess.Popen:
+    """Start `python -m gptlab ARGS...` in the background."""
+    return subprocess.Popen([sys.executable, "-m", "gptlab", *map(str, args)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user error: non-zero exit, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode != 0, f"expected failure, got success:\n{proc.stdout}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{proc.stderr}"
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"

@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from gptlab.config import ModelConfig
+from gptlab.model.accounting import count_params, flops_per_token, matmul_weights
+from gptlab.model.gpt import GPT
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_loss_at_initialisation_is_near_ln_vocab():
+    torch.manual_seed(0)
+    cfg = small(vocab_size=65)
+    model = GPT(cfg)
+    x = torch.randint(0, 65, (16, 32))
+    _, loss = model(x, torch.randint(0, 65, (16, 32)))
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_causal_mask_hides_the_future():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    x = torch.randint(0, 65, (2, 32))
+    t = 12
+    changed = x.clone()
+    changed[:, t + 1:] = torch.randint(0, 65, (2, 32 - t - 1))
+    with torch.no_grad():
+        a, _ = model(x)
+        b, _ = model(changed)
+    assert torch.equal(a[:, :t + 1], b[:, :t + 1])
+    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])  # the change is visible afterwards
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(small(n_layer=2, n_embd=64))
+    x = torch.randint(0, 65, (4, 32))
+    y = torch.randint(0, 65, (4, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_unembedding_is_tied_to_token_embedding():
+    model = GPT(small())
+    assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+
+
+@pytest.mark.parametrize("cfg", [small(), small(bias=False, n_layer=3, n_embd=96, n_head=6),
+                                 ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)])
+def test_param_count_matches_the_built_model(cfg):
+    model = GPT(cfg)
+    built = sum(p.numel() for p in model.parameters())  # tied weight counted once
+    assert count_params(cfg).total == built
+
+
+def test_gpt2_small_has_124m_parameters_and_gpt3_embedding_617m():
+    gpt2 = ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    assert count_params(gpt2).total == 124_439_808
+    gpt3 = ModelConfig(vocab_size=50257, block_size=2048, n_layer=96, n_head=96, n_embd=12288)
+    assert count_params(gpt3).token_embedding == 617_558_016
+
+
+def test_flops_per_token_hand_count():
+    # Hand count for a 2-layer, d=64, V=65, T=32 model: per layer the Linears hold
+    # 64*192 + 64*64 + 64*256 + 256*64 = 49152 weights; unembedding 65*64 = 4160.
+    cfg = small()
+    n = 2 * 49152 + 4160
+    assert matmul_weights(cfg) == n
+    f = flops_per_token(cfg)
+    attention = 2 * 2 * 2 * 32 * 64  # (q.k and att.v) x 2 FLOPs x layers x T x d
+    assert f["forward"] == 2 * n + attention and f["train"] == 3 * f["forward"]
+
+
+def test_sequence_longer_than_block_size_is_refused():
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        GPT(small())(torch.zeros(1, 33, dtype=torch.long))

