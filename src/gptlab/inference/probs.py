@@ -1,0 +1,37 @@
+"""The probabilities behind each choice: the next-token distribution and its top candidates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gptlab.tokenizers import Tokenizer
+
+
+@dataclass
+class Candidate:
+    """One possible next token."""
+
+    id: int
+    piece: str  # the text this token stands for on its own
+    prob: float  # probability under the distribution it came from
+
+
+def next_token_probs(model: torch.nn.Module, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """Softmax over the vocabulary for the token after ids (the last block_size of them), shape (V,).
+
+    temperature 0 is treated as 1 here: greedy decoding still picks from this distribution's top.
+    """
+    device = next(model.parameters()).device
+    x = torch.tensor([ids[-model.config.block_size:]], dtype=torch.long, device=device)
+    with torch.no_grad():
+        logits, _ = model(x)
+    t = temperature if temperature > 0 else 1.0
+    return torch.softmax(logits[0, -1].float() / t, dim=-1)
+
+
+def top_candidates(tokenizer: Tokenizer, probs: torch.Tensor, k: int) -> list[Candidate]:
+    """The k most likely tokens of a distribution, most likely first."""
+    values, indices = torch.topk(probs, min(k, probs.numel()))
+    return [Candidate(int(i), tokenizer.id_to_piece(int(i)), float(v)) for v, i in zip(values, indices)]
