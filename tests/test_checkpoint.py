@@ -39,3 +39,15 @@ def test_corrupt_weights_are_a_clear_error(tmp_path):
 def test_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(GptlabError, match="is not a gptlab run"):
         load_run(tmp_path)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from gptlab.fileio import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left behind

@@ -10,8 +10,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The demo's default: a character model that learns visible Shakespeare in a few CPU minutes.
     "cpu-tiny": {
         "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0,
-        "batch_size": 24, "max_steps": 1500, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100,
-        "beta2": 0.99, "eval_interval": 250, "eval_batches": 20, "checkpoint_interval": 500,
+        "batch_size": 16, "max_steps": 1200, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100,
+        "beta2": 0.99, "eval_interval": 200, "eval_batches": 10, "checkpoint_interval": 400,
+        "sample_prompt": "ROMEO:",
     },
     # The classic small CPU character configuration (T=64, B=12, 4x4x128, 2000 steps).
     "cpu-small": {
