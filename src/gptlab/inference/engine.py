@@ -68,7 +68,8 @@ class Decoder:
         self.new: list[int] | None = None  # the tokens appended since the cache was last fed
         self._last: torch.Tensor | None = None  # logits of the last forward with the cache
 
-    def logits(self) -> torch.Tensor:
+    @torch.no_grad()  # here rather than around a generator: grad mode is per thread, and a server
+    def logits(self) -> torch.Tensor:  # may resume a generation in a different thread each step
         """Float32 logits (B, V) for the token after each sequence."""
         if not self.use_cache:
             return torch.cat([self._prefill([r]) for r in self.rows])
@@ -121,19 +122,17 @@ class Step:
     seq: int  # which sequence of the request (its index in the prompts given)
     token: int
     text: str  # the text this token completes ("" while held back: a partial character or stop string)
-    logprob: float  # natural log of its probability under the model (temperature 1, no filtering)
     probs: torch.Tensor | None  # (V,) the distribution at the sampling temperature, when asked for
     finish: str | None  # None while the sequence goes on; "stop" (a stop string) or "length"
 
 
 @contextlib.contextmanager
-def inference_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd for the duration; the previous mode comes back after."""
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration; the previous mode comes back after."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            yield
+        yield
     finally:
         model.train(was_training)
 
@@ -153,7 +152,7 @@ def generate_steps(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Se
     device = next(model.parameters()).device
     generators = [torch.Generator(device=device).manual_seed(base + i) for i in range(len(prompts))]
     streams = [TextStream(tokenizer, params.stop) if tokenizer is not None else None for _ in prompts]
-    with inference_mode(model):
+    with eval_mode(model):
         decoder = Decoder(model, prompts, use_cache)
         active = list(range(len(prompts)))  # the sequence each decoder row belongs to
         seen = None
@@ -166,7 +165,6 @@ def generate_steps(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Se
             scores = apply_repetition_penalty(logits, seen, params.repetition_penalty) if seen is not None else logits
             tokens = sample_rows(scores, [generators[s] for s in active], params.temperature,
                                  params.top_k, params.top_p)
-            logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
             probs = probs_from_logits(logits, params.temperature) if with_probs else None
             steps, going = [], []
             for row, seq in enumerate(active):
@@ -176,7 +174,7 @@ def generate_steps(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Se
                 if finish is None and n == params.max_new_tokens:
                     tail, stopped = stream.finish() if stream is not None else ("", False)
                     text, finish = text + tail, "stop" if stopped else "length"
-                steps.append(Step(seq, token, text, logprobs[row], None if probs is None else probs[row], finish))
+                steps.append(Step(seq, token, text, None if probs is None else probs[row], finish))
                 if finish is None:
                     going.append(row)
             yield steps

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gptlab.inference.engine import Decoder, inference_mode
+from gptlab.inference.engine import Decoder, eval_mode
 from gptlab.inference.sampling import probs_from_logits
 from gptlab.tokenizers import Tokenizer
 
@@ -29,7 +29,7 @@ def next_token_probs(model: torch.nn.Module, ids: list[int], temperature: float 
     temperature 0 is treated as 1 here: greedy decoding still picks from this distribution's top.
     It is the engine's own prefill, so the first step of `sample --show-probs` gives the same numbers.
     """
-    with inference_mode(model):
+    with eval_mode(model):
         logits = Decoder(model, [ids]).logits()[0]
     return probs_from_logits(logits, temperature)
 
