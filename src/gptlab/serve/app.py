@@ -13,6 +13,7 @@ request can see another's state. `/` and `/api/` are left to the web page's rout
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import sys
@@ -36,7 +37,6 @@ from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun, load_run
 from gptlab.serve.openai import APIError, CompletionRequest, choice, completion, parse_request
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int = 2048) -> FastAPI:
@@ -179,6 +179,14 @@ def _log(p: float) -> float:
     return float(torch.log(torch.tensor(p))) if p > 0 else -1e9  # JSON has no -inf
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether host is reachable from this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           max_tokens_limit: int = 2048) -> None:
     """`gptlab serve`: load the run, bind host:port (0: any free port), serve until Ctrl-C."""
@@ -189,7 +197,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "au
     if max_tokens_limit < 1:
         raise GptlabError(f"max_tokens_limit={max_tokens_limit} must be >= 1")
     app = create_app(run, device, max_tokens_limit)
-    if host not in LOCAL_HOSTS:
+    if not _is_loopback(host):
         print(f"warning: binding {host} makes the model reachable from other machines, with no "
               "authentication; use the default 127.0.0.1 unless that is what you want", file=sys.stderr, flush=True)
     try:
