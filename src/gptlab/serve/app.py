@@ -89,6 +89,9 @@ def _read(app: FastAPI, body: bytes) -> tuple[CompletionRequest, list[list[int]]
     block_size = run.config.model.block_size
     encoded = []
     for i, prompt in enumerate(req.prompts()):
+        if len(prompt) > 100 * block_size:  # surely too long: refuse before spending time encoding it
+            raise APIError(400, f"prompt {i} is {len(prompt):,} characters; this model reads at most "
+                           f"{block_size} tokens", "prompt", code="context_length_exceeded")
         try:
             ids = prompt_ids(run.tokenizer, prompt)
         except GptlabError as exc:
