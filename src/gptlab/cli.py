@@ -153,7 +153,8 @@ def _run_eval(args: argparse.Namespace) -> None:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a trained run over HTTP (OpenAI-style completions API)",
                        description="Serve a run with an OpenAI-compatible API: POST /v1/completions, "
-                       "GET /v1/models, GET /health. Binds 127.0.0.1 unless told otherwise.")
+                       "GET /v1/models, GET /health. Binds 127.0.0.1 unless told otherwise. Concurrent "
+                       "requests queue for the model and take turns one decode step at a time.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
