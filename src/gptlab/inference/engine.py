@@ -68,8 +68,10 @@ class Decoder:
         self.new: list[int] | None = None  # the tokens appended since the cache was last fed
         self._last: torch.Tensor | None = None  # logits of the last forward with the cache
 
-    @torch.no_grad()  # here rather than around a generator: grad mode is per thread, and a server
-    def logits(self) -> torch.Tensor:  # may resume a generation in a different thread each step
+    # no_grad here rather than around a whole generation: grad mode is per thread, and a server may
+    # resume a generation in a different thread at each step.
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
         """Float32 logits (B, V) for the token after each sequence."""
         if not self.use_cache:
             return torch.cat([self._prefill([r]) for r in self.rows])
@@ -98,6 +100,8 @@ class Decoder:
         self.rows = [self.rows[i] for i in rows]
         if self.new is not None:
             self.new = [self.new[i] for i in rows]
+        if self._last is not None:
+            self._last = self._last[list(rows)]
         if self.cache is not None:
             self.cache.keep(torch.tensor(list(rows), dtype=torch.long, device=self.device))
 
