@@ -20,8 +20,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import fastapi
 import httpx
 import torch
+import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -103,7 +105,7 @@ def main() -> None:
               "requests_per_s": round(len(latencies) / wall, 2),
               "tokens_per_s": round(len(latencies) * MAX_TOKENS / wall, 1),
               "p50_s": round(qs[49], 3), "p95_s": round(qs[94], 3), "wall_s": round(wall, 1),
-              "torch": torch.__version__}
+              "torch": torch.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}
     print(f"{result['requests_per_s']} requests/s, {result['tokens_per_s']} tokens/s, "
           f"latency p50 {result['p50_s']} s, p95 {result['p95_s']} s", flush=True)
     print(json.dumps(result))
