@@ -1,9 +1,10 @@
 import torch
 
 from gptlab.config import ModelConfig
-from gptlab.inference.generate import StreamDecoder, complete, generate
+from gptlab.inference.generate import complete, generate
 from gptlab.inference.sampling import filter_logits, sample_next
 from gptlab.model.gpt import GPT
+from gptlab.inference.text import StreamDecoder
 from gptlab.tokenizers import CharTokenizer
 
 

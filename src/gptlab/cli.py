@@ -17,6 +17,8 @@ examples:
   gptlab prepare shakespeare --tokenizer char --out data/shakespeare-char
   gptlab train --data data/shakespeare-char --out runs/demo --preset cpu-tiny
   gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300
+  gptlab eval runs/demo
+  gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
 """
 
@@ -87,24 +89,85 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate text from a trained run",
-                       description="Continue a prompt with a trained run; text streams as it is generated.")
+                       description="Continue a prompt with a trained run; text streams as it is generated. "
+                       "The prompt is prefilled once, then each token is decoded with a KV cache; several "
+                       "samples are generated together in one batch.")
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline; \\n is a newline)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (argmax)")
     p.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with probability >= P")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 makes tokens already in the context less likely (default 1: off)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample before this text (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text (sample i uses seed + i)")
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--show-probs", type=int, default=0, metavar="K",
+                   help="after each token, print the top K candidates with their probabilities")
+    p.add_argument("--json", action="store_true", help="with --show-probs: one JSON object per step")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole context every step (slow; same tokens as with the cache)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_sample)
 
 
 def _run_sample(args: argparse.Namespace) -> None:
+    from gptlab.inference.engine import SamplingParams
     from gptlab.inference.generate import print_samples
 
-    print_samples(args.run, args.prompt.replace("\\n", "\n"), args.num_samples, args.max_new_tokens,
-                  args.temperature, args.top_k, args.top_p, args.seed, args.device)
+    params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
+                            [s.replace("\\n", "\n") for s in args.stop], args.seed)
+    print_samples(args.run, args.prompt.replace("\\n", "\n"), params, args.num_samples, args.device,
+                  args.show_probs, args.json, not args.no_cache)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte over a whole dataset split",
+                       description="Evaluate a trained run on every token of a dataset split (by default the "
+                       "validation split of the dataset it trained on).")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--data", help="prepared dataset directory (default: the run's own)")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--batch-size", type=int, default=0, help="windows per forward pass (default: automatic)")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from gptlab.inference.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, args.data, args.split, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return
+    bpb = f"{result.bits_per_byte:.4f} bits/byte" if result.bits_per_byte is not None else "bits/byte unknown"
+    print(f"{result.split}: {result.tokens:,} tokens | loss {result.loss:.4f} nats/token | "
+          f"perplexity {result.perplexity:.3f} | {bpb}")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a trained run over HTTP (OpenAI-style completions API)",
+                       description="Serve a run with an OpenAI-compatible API: POST /v1/completions, "
+                       "GET /v1/models, GET /health. Binds 127.0.0.1 unless told otherwise. Concurrent "
+                       "requests queue for the model and take turns one decode step at a time.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-tokens-limit", type=int, default=2048,
+                   help="largest max_tokens a request may ask for (default 2048)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from gptlab.serve.app import serve
+
+    serve(args.run, args.host, args.port, args.device, args.max_tokens_limit)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +200,8 @@ def _run_info(args: argparse.Namespace) -> None:
         print(line)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info,
+                                                               _add_eval, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

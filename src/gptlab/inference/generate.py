@@ -1,8 +1,9 @@
-"""Generation token by token, with a sliding context window, and streaming text decoding."""
+"""Generation for people: ids or text from a prompt, and `gptlab sample`'s output (streamed text,
+or each step's top candidates with their probabilities)."""
 
 from __future__ import annotations
 
-import math
+import json
 import sys
 from collections.abc import Iterator
 
@@ -10,102 +11,115 @@ import torch
 
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
-from gptlab.inference.sampling import sample_next
+from gptlab.inference.engine import SamplingParams, Step, generate_steps
+from gptlab.inference.probs import top_candidates
 from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
 
-@torch.no_grad()
 def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, use_cache: bool = True
              ) -> Iterator[torch.Tensor]:
     """Yield (B, 1) new ids one step at a time, continuing ids (B, T0).
 
     When the context grows past block_size the window slides: only the last block_size tokens
-    are fed, so the oldest ones drop out of view.
+    are seen, so the oldest ones drop out of view.
     """
-    block_size = model.config.block_size
-    for _ in range(max_new_tokens):
-        logits, _ = model(ids[:, -block_size:])
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-        ids = torch.cat([ids, nxt], dim=1)
-        yield nxt
+    params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed=seed)
+    for steps in generate_steps(model, None, ids.tolist(), params, use_cache):
+        yield torch.tensor([[s.token] for s in steps], dtype=torch.long)
 
 
-class StreamDecoder:
-    """Turns ids into text as they arrive, holding back ids that end in a partial character
-    (byte-level tokenizers can split one character across tokens)."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self.pending: list[int] = []
-
-    def push(self, token_id: int) -> str:
-        """Add one id; return the text that is now complete (maybe empty)."""
-        self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending)
-        if text.endswith("\ufffd") and len(self.pending) < 8:
-            return ""
-        self.pending = []
-        return text
-
-    def flush(self) -> str:
-        """Whatever is still held back."""
-        text = self.tokenizer.decode(self.pending) if self.pending else ""
-        self.pending = []
-        return text
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids; an empty prompt starts from a document boundary (it needs one token)."""
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+    return ids
 
 
 def complete(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None
-             ) -> Iterator[str]:
-    """Stream the continuation of one prompt as text pieces."""
-    device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        # An empty prompt still needs one token of context: start from a document boundary.
-        ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
-    x = torch.tensor([ids], dtype=torch.long, device=device)
-    decoder = StreamDecoder(tokenizer)
-    for nxt in generate(model, x, max_new_tokens, temperature, top_k, top_p, generator):
-        piece = decoder.push(int(nxt[0, 0]))
-        if piece:
-            yield piece
-    tail = decoder.flush()
-    if tail:
-        yield tail
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+             **options) -> Iterator[str]:
+    """Stream the continuation of one prompt as text pieces (options: more SamplingParams fields)."""
+    params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed=seed, **options)
+    for steps in generate_steps(model, tokenizer, [prompt_ids(tokenizer, prompt)], params):
+        if steps[0].text:
+            yield steps[0].text
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
-    """Refuse sampling settings that make no sense, naming the bad one."""
-    if max_new_tokens < 0:
-        raise GptlabError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise GptlabError(f"temperature={temperature} must be >= 0 (0 is greedy)")
-    if top_k < 0:
-        raise GptlabError(f"top_k={top_k} must be >= 0 (0 disables it)")
-    if not 0 < top_p <= 1:
-        raise GptlabError(f"top_p={top_p} must be in (0, 1]")
+def print_samples(run: str, prompt: str, params: SamplingParams, num_samples: int = 1, device: str = "auto",
+                  show_probs: int = 0, as_json: bool = False, use_cache: bool = True) -> None:
+    """`gptlab sample`: num_samples continuations of prompt, generated in one batch.
 
-
-def print_samples(run: str, prompt: str, num_samples: int = 1, max_new_tokens: int = 500,
-                  temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                  device: str = "auto") -> None:
-    """`gptlab sample`: stream num_samples continuations of prompt to stdout."""
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    Plain: the first sample streams to stdout as it is generated, the others follow as they finish.
+    show_probs K: after each token, the top K candidates with their probabilities; as_json: one
+    JSON object per step, then one per sample with its text.
+    """
+    params.validate()
     if num_samples < 1:
         raise GptlabError(f"num_samples={num_samples} must be >= 1")
+    if show_probs < 0:
+        raise GptlabError(f"show_probs={show_probs} must be >= 0")
+    if as_json and not show_probs:
+        raise GptlabError("--json goes with --show-probs K (it prints one object per step)")
     loaded = load_run(run, pick_device(device))
-    loaded.tokenizer.encode(prompt)  # refuse unknown characters before printing anything
+    ids = prompt_ids(loaded.tokenizer, prompt)  # refuses unknown characters before printing anything
+    steps = generate_steps(loaded.model, loaded.tokenizer, [ids] * num_samples, params, use_cache,
+                           with_probs=show_probs > 0)
+    if show_probs:
+        _print_probs(steps, loaded.tokenizer, prompt, num_samples, show_probs, as_json)
+    else:
+        _print_text(steps, prompt, num_samples)
+
+
+def _header(i: int, num_samples: int) -> str:
+    return f"--- sample {i + 1}/{num_samples} ---\n" if num_samples > 1 else ""
+
+
+def _print_text(steps: Iterator[list[Step]], prompt: str, num_samples: int) -> None:
+    texts = [""] * num_samples
+    out = sys.stdout
+    out.write(_header(0, num_samples) + prompt)
+    out.flush()
+    for step in steps:
+        for s in step:
+            texts[s.seq] += s.text
+            if s.seq == 0 and s.text:
+                out.write(s.text)
+                out.flush()
+    out.write("\n")
+    for i in range(1, num_samples):
+        out.write(_header(i, num_samples) + prompt + texts[i] + "\n")
+    out.flush()
+
+
+def _print_probs(steps: Iterator[list[Step]], tokenizer: Tokenizer, prompt: str, num_samples: int, k: int,
+                 as_json: bool) -> None:
+    texts, finish, counts = [""] * num_samples, ["length"] * num_samples, [0] * num_samples
+    for step in steps:
+        for s in step:
+            counts[s.seq] += 1
+            texts[s.seq] += s.text
+            finish[s.seq] = s.finish or finish[s.seq]
+            chosen = {"id": s.token, "piece": tokenizer.id_to_piece(s.token), "prob": float(s.probs[s.token])}
+            cands = top_candidates(tokenizer, s.probs, k)
+            if as_json:
+                print(json.dumps({"sample": s.seq, "step": counts[s.seq], "token": chosen,
+                                  "candidates": [vars(c) for c in cands]}, ensure_ascii=False), flush=True)
+            else:
+                where = f"[{s.seq + 1}] " if num_samples > 1 else ""
+                shown = " | ".join(f"{_quote(c.piece)} {c.prob:.2%}" for c in cands)
+                print(f"{where}step {counts[s.seq]}: {_quote(chosen['piece'])} ({chosen['prob']:.2%})  "
+                      f"candidates: {shown}", flush=True)
     for i in range(num_samples):
-        if num_samples > 1:
-            print(f"--- sample {i + 1}/{num_samples} ---", flush=True)
-        sys.stdout.write(prompt)
-        s = None if seed is None else seed + i
-        for piece in complete(loaded.model, loaded.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, s):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    sys.stdout.flush()
+        if as_json:
+            print(json.dumps({"sample": i, "prompt": prompt, "text": texts[i], "finish_reason": finish[i]},
+                             ensure_ascii=False), flush=True)
+        else:
+            print(_header(i, num_samples) + prompt + texts[i], flush=True)
+
+
+def _quote(piece: str) -> str:
+    """A token's text with newlines and other invisible characters spelled out."""
+    return json.dumps(piece, ensure_ascii=False)

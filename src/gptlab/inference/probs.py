@@ -1,4 +1,7 @@
-"""The probabilities behind each choice: the next-token distribution and its top candidates."""
+"""The probabilities behind each choice: the next-token distribution and its top candidates.
+
+`gptlab sample --show-probs` and the web page both use these, so they show the same numbers.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gptlab.inference.engine import Decoder, eval_mode
+from gptlab.inference.sampling import probs_from_logits
 from gptlab.tokenizers import Tokenizer
 
 
@@ -22,13 +27,11 @@ def next_token_probs(model: torch.nn.Module, ids: list[int], temperature: float 
     """Softmax over the vocabulary for the token after ids (the last block_size of them), shape (V,).
 
     temperature 0 is treated as 1 here: greedy decoding still picks from this distribution's top.
+    It is the engine's own prefill, so the first step of `sample --show-probs` gives the same numbers.
     """
-    device = next(model.parameters()).device
-    x = torch.tensor([ids[-model.config.block_size:]], dtype=torch.long, device=device)
-    with torch.no_grad():
-        logits, _ = model(x)
-    t = temperature if temperature > 0 else 1.0
-    return torch.softmax(logits[0, -1].float() / t, dim=-1)
+    with eval_mode(model):
+        logits = Decoder(model, [ids]).logits()[0]
+    return probs_from_logits(logits, temperature)
 
 
 def top_candidates(tokenizer: Tokenizer, probs: torch.Tensor, k: int) -> list[Candidate]:

@@ -1,0 +1,228 @@
+"""`gptlab serve` started for real on a free localhost port: completions, streams, bad requests,
+a burst of concurrent clients. Every request goes to 127.0.0.1 with a timeout; the server is always
+stopped."""
+
+import json
+import math
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import assert_clean_error, cli_env
+from gptlab.cli import main
+from gptlab.config import build_config
+from gptlab.data.prepare import prepare
+from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.probs import next_token_probs
+from gptlab.runs import load_run
+from gptlab.train.trainer import train
+
+BLOCK = 32
+TIMEOUT = 60  # seconds, for any one request
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shakespeare_txt):
+    root = tmp_path_factory.mktemp("serve")
+    (root / "text.txt").write_text(shakespeare_txt.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    prepare([str(root / "text.txt")], root / "data", "char")
+    cfg = build_config(None, None, ["max_steps=10", "n_layer=2", "n_head=2", "n_embd=32", f"block_size={BLOCK}",
+                                    "batch_size=8", "eval_batches=1", "sample_tokens=0", "warmup_steps=2"])
+    cfg.data = str(root / "data")
+    train(cfg, root / "tiny")
+    return root / "tiny"
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, tmp_path_factory):
+    """The real command, `gptlab serve RUN --port 0`, in its own process; yields its base URL."""
+    logs = tmp_path_factory.mktemp("server-logs")
+    env = cli_env() | {"OMP_NUM_THREADS": "1"}  # a tiny model; the test machine is shared
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run_dir), "--port", "0"],
+                                stdout=out, stderr=err, env=env)
+    try:
+        base = _wait_until_serving(proc, logs)
+        yield base
+        assert proc.poll() is None, "the server died during the tests"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_until_serving(proc: subprocess.Popen, logs: Path) -> str:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, (logs / "stderr").read_text()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", (logs / "stdout").read_text())
+        if found:
+            base = f"http://127.0.0.1:{found.group(1)}"
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    return base
+            except httpx.TransportError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("server did not start in 120 s")
+
+
+def post(base, body, **kwargs):
+    return httpx.post(base + "/v1/completions", json=body, timeout=TIMEOUT, **kwargs)
+
+
+def stream(base, body):
+    """Texts and finish reasons per choice index from a streamed completion, and the raw events."""
+    with httpx.stream("POST", base + "/v1/completions", json=body | {"stream": True}, timeout=TIMEOUT) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    texts, finish = {}, {}
+    for event in events[:-1]:
+        for c in json.loads(event)["choices"]:
+            texts[c["index"]] = texts.get(c["index"], "") + c["text"]
+            if c["finish_reason"]:
+                assert c["index"] not in finish, "two finish reasons for one choice"
+                finish[c["index"]] = c["finish_reason"]
+    return texts, finish, events
+
+
+def test_health_and_models(server, run_dir):
+    assert httpx.get(server + "/health", timeout=TIMEOUT).json() == {"status": "ok", "model": "tiny", "step": 10}
+    models = httpx.get(server + "/v1/models", timeout=TIMEOUT).json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
+
+
+def test_greedy_completion_is_the_engines(server, run_dir):
+    r = post(server, {"model": "tiny", "prompt": "First", "max_tokens": 40, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    loaded = load_run(run_dir)
+    steps = generate_steps(loaded.model, loaded.tokenizer, [loaded.tokenizer.encode("First")],
+                           SamplingParams(40, temperature=0))
+    expected = "".join(s[0].text for s in steps)
+    assert body["object"] == "text_completion" and body["model"] == "tiny"
+    assert [c["text"] for c in body["choices"]] == [expected]  # 5 + 40 tokens: past the 32-token block
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45}
+
+
+def test_prompt_lists_n_and_seed(server):
+    body = {"prompt": ["First", "All"], "n": 2, "max_tokens": 16, "seed": 3, "temperature": 1.0}
+    first, again = post(server, body).json(), post(server, body).json()
+    assert [c["index"] for c in first["choices"]] == [0, 1, 2, 3]
+    assert first["choices"] == again["choices"]
+    assert len({c["text"] for c in first["choices"]}) == 4
+    other = post(server, body | {"seed": 4}).json()
+    assert other["choices"] != first["choices"]
+    texts, finish, _ = stream(server, body)
+    assert [texts[i] for i in range(4)] == [c["text"] for c in first["choices"]]
+    assert finish == {i: "length" for i in range(4)}
+
+
+def test_stream_ends_with_done_and_zero_tokens_still_finish(server):
+    texts, finish, events = stream(server, {"prompt": "A", "max_tokens": 0})
+    assert texts == {0: ""} and finish == {0: "length"} and events[-1] == "[DONE]"
+
+
+def test_stop_strings(server):
+    plain = post(server, {"prompt": "First", "max_tokens": 30, "temperature": 0}).json()["choices"][0]["text"]
+    stop = plain[4:6]
+    r = post(server, {"prompt": "First", "max_tokens": 30, "temperature": 0, "stop": [stop, "never"]}).json()
+    assert r["choices"][0]["text"] == plain[:plain.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
+    texts, finish, _ = stream(server, {"prompt": "First", "max_tokens": 30, "temperature": 0, "stop": stop})
+    assert texts[0] == r["choices"][0]["text"] and finish[0] == "stop"
+
+
+def test_logprobs(server, run_dir):
+    r = post(server, {"prompt": "First", "max_tokens": 6, "temperature": 0, "logprobs": 3}).json()
+    lp = r["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 6
+    assert "".join(lp["tokens"]) == r["choices"][0]["text"]
+    assert lp["text_offset"] == list(range(5, 11))
+    for chosen, top in zip(lp["token_logprobs"], lp["top_logprobs"]):
+        assert len(top) == 3 and chosen <= 0 and chosen == pytest.approx(max(top.values()))  # greedy
+    loaded = load_run(run_dir)
+    first = float(next_token_probs(loaded.model, loaded.tokenizer.encode("First")).max())
+    assert lp["token_logprobs"][0] == pytest.approx(math.log(first), abs=1e-4)
+
+
+@pytest.mark.parametrize("body, status, param", [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    ({"prompt": 5}, 400, "prompt"),
+    ({"prompt": []}, 400, "prompt"),
+    ({"prompt": "a", "max_tokens": -1}, 400, "max_tokens"),
+    ({"prompt": "a", "max_tokens": 10**9}, 400, "max_tokens"),
+    ({"prompt": "a", "max_tokens": "5"}, 400, "max_tokens"),
+    ({"prompt": "a", "max_tokens": True}, 400, "max_tokens"),
+    ({"prompt": "a", "temperature": "hot"}, 400, "temperature"),
+    ({"prompt": "a", "top_p": 0}, 400, "top_p"),
+    ({"prompt": "a", "n": 0}, 400, "n"),
+    ({"prompt": "a", "logprobs": 6}, 400, "logprobs"),
+    ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"prompt": "a" * (BLOCK + 1)}, 400, "prompt"),
+    ({"prompt": "a ✓"}, 400, "prompt"),
+    ({"prompt": "a", "max_token": 5}, 400, "max_token"),
+    ({"prompt": "a", "echo": True}, 400, "echo"),
+    ({"prompt": "a", "model": "gpt-4"}, 404, "model"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_stays_up(server, body, status, param):
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+        else {"json": body}
+    r = httpx.post(server + "/v1/completions", timeout=TIMEOUT, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+    assert httpx.get(server + "/health", timeout=TIMEOUT).status_code == 200
+
+
+def test_fifty_concurrent_clients_get_their_own_answers(server):
+    kinds = [{"prompt": "First", "max_tokens": 12, "seed": 1},
+             {"prompt": "All", "max_tokens": 12, "seed": 2, "n": 2},
+             {"prompt": "You", "max_tokens": 12, "temperature": 0},
+             {"prompt": ["We", "What"], "max_tokens": 12, "seed": 4, "top_p": 0.8},
+             {"prompt": "First", "max_tokens": 12, "seed": 5, "stream": True}]
+
+    def ask(body):
+        if body.get("stream"):
+            texts, _, _ = stream(server, body)
+            return [texts[i] for i in sorted(texts)]
+        r = post(server, body)
+        assert r.status_code == 200, r.text
+        return [c["text"] for c in r.json()["choices"]]
+
+    expected = [ask(k) for k in kinds]  # one at a time
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(ask, [kinds[i % len(kinds)] for i in range(50)]))
+    for i, answer in enumerate(answers):
+        assert answer == expected[i % len(kinds)], f"client {i} got another request's text"
+
+
+def test_serve_errors_are_one_clear_line(capsys, tmp_path, run_dir):
+    def cli(*args):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main([str(a) for a in args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, exit_.value.code, out.out, out.err)
+
+    assert_clean_error(cli("serve", tmp_path), "not a gptlab run")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert_clean_error(cli("serve", run_dir, "--port", taken.getsockname()[1]), "cannot listen")
+    # A non-loopback address warns first (192.0.2.1 is a documentation address: the bind then fails).
+    proc = cli("serve", run_dir, "--host", "192.0.2.1", "--port", "0")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("warning: binding 192.0.2.1") and "cannot listen" in proc.stderr
