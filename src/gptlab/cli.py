@@ -18,6 +18,8 @@ examples:
   gptlab train --data data/shakespeare-char --out runs/demo --preset cpu-tiny
   gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300
   gptlab info --preset gpt2-small
+  gptlab plot runs/demo && gptlab report runs/demo
+  gptlab serve runs/demo --port 8000
 """
 
 
@@ -137,7 +139,61 @@ def _run_info(args: argparse.Namespace) -> None:
         print(line)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info]
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="loss curves of one or more runs as an image",
+                       description="Plot train and val loss against steps and tokens seen, with the learning "
+                       "rate on a second axis. One run: RUN/loss.png. Several runs: overlaid into --out.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--out", help="image to write (.png, .svg or .pdf; default RUN/loss.png for one run)")
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> None:
+    from gptlab.report.plot import write_loss_plot
+
+    print(f"wrote {write_loss_plot(args.runs, args.out)}")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page about a run",
+                       description="Write RUN/report.html: final losses (nats, bits per byte), throughput, "
+                       "MFU, loss curves, samples in training order, config, parameters, data summary. "
+                       "Images are inlined: the file opens anywhere, offline.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from gptlab.report.html import write_report
+
+    path, notes = write_report(args.run)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {path}")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="explore a run in the browser",
+                       description="Serve a run: an interactive page at / (next-token probabilities, "
+                       "stepping, attention maps, embeddings) backed by JSON endpoints under /api.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from gptlab.serve.app import create_app
+
+    app = create_app(args.run)  # load the run first: a bad RUN is an error before any port is bound
+    print(f"serving {args.run} at http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info,
+                                                                _add_plot, _add_report, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
