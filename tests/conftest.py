@@ -65,6 +65,17 @@ def popen_cli(*args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def cli_in_process(capsys: pytest.CaptureFixture, *args: object) -> subprocess.CompletedProcess:
+    """`gptlab ARGS...` in this process (no second torch start-up), with its exit code and output."""
+    capsys.readouterr()
+    from gptlab.cli import main as gptlab_main
+
+    with pytest.raises(SystemExit) as exit_:
+        gptlab_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exit_.value.code, out, err)
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user error: non-zero exit, one line on stderr naming the problem, no traceback."""
     assert proc.returncode != 0, f"expected failure, got success:\n{proc.stdout}"

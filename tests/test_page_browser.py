@@ -67,9 +67,15 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
         driver.quit()
 
 
+def _settled(driver) -> bool:
+    """No keystroke refresh pending and no request in flight: the page shows its final state."""
+    return driver.execute_script("return document.body.dataset.busy") == "0"
+
+
 def _bars(driver) -> list[tuple[int, float]]:
-    return [(int(b.get_attribute("data-id")), float(b.get_attribute("data-prob")))
-            for b in driver.find_elements(By.CSS_SELECTOR, "#bars .bar")]
+    """(id, probability) of each bar, read in one go (a redraw cannot interleave)."""
+    return [(int(i), float(p)) for i, p in driver.execute_script(
+        "return Array.from(document.querySelectorAll('#bars .bar'), b => [b.dataset.id, b.dataset.prob])")]
 
 
 def _set(driver, element_id: str, value: str) -> None:
@@ -79,6 +85,15 @@ def _set(driver, element_id: str, value: str) -> None:
 
 
 def test_page_prompt_bars_step_attention_embeddings(server, browser, tiny_run):
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        _explore(server, browser, tiny_run)
+    except Exception:
+        browser.save_screenshot(str(ARTIFACTS / "page-failure.png"))  # what the page showed when it failed
+        raise
+
+
+def _explore(server, browser, tiny_run):
     from gptlab.inference.probs import next_token_probs, top_candidates
     from gptlab.runs import load_run
 
@@ -90,8 +105,8 @@ def test_page_prompt_bars_step_attention_embeddings(server, browser, tiny_run):
     # Type a prompt and ask for 7 candidates: the chart shows exactly the model's top 7.
     _set(browser, "k", "7")
     _set(browser, "prompt", PROMPT)
-    wait.until(lambda d: d.find_element(By.ID, "bars").get_attribute("data-prompt") == PROMPT
-               and len(_bars(d)) == 7)
+    wait.until(lambda d: _settled(d) and d.find_element(By.ID, "bars").get_attribute("data-prompt") == PROMPT)
+    assert len(_bars(browser)) == 7
     bars = _bars(browser)
     probs = [p for _, p in bars]
     assert all(0 < p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
@@ -102,7 +117,6 @@ def test_page_prompt_bars_step_attention_embeddings(server, browser, tiny_run):
     chips = browser.find_elements(By.CSS_SELECTOR, "#tokens .tok")
     assert [c.find_element(By.TAG_NAME, "small").text for c in chips] == \
         [str(i) for i in loaded.tokenizer.encode(PROMPT)]
-    ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "page-next-token.png"))
 
     # Step once greedily: the text grows by the most likely token.
@@ -112,9 +126,9 @@ def test_page_prompt_bars_step_attention_embeddings(server, browser, tiny_run):
     grown = PROMPT + expected[0].piece
     assert prompt.get_attribute("value") == grown
     # Click the third candidate: that token is appended.
-    wait.until(lambda d: d.find_element(By.ID, "bars").get_attribute("data-prompt") == grown)
+    wait.until(lambda d: _settled(d) and d.find_element(By.ID, "bars").get_attribute("data-prompt") == grown)
     third = _bars(browser)[2][0]
-    browser.find_elements(By.CSS_SELECTOR, "#bars .bar rect.fill")[2].click()
+    browser.find_elements(By.CSS_SELECTOR, "#bars .bar rect.track")[2].click()
     wait.until(lambda d: len(prompt.get_attribute("value")) == len(grown) + 1)
     text = prompt.get_attribute("value")
     assert text == grown + loaded.tokenizer.id_to_piece(third)
@@ -125,6 +139,7 @@ def test_page_prompt_bars_step_attention_embeddings(server, browser, tiny_run):
     T = len(text)
     wait.until(lambda d: canvas.get_attribute("data-size") == str(T))
     Select(browser.find_element(By.ID, "layer")).select_by_value("1")
+    wait.until(lambda d: canvas.get_attribute("data-layer") == "1")
     assert len(Select(browser.find_element(By.ID, "head")).options) == loaded.config.model.n_head
     cell, margin = int(canvas.get_attribute("data-cell")), int(canvas.get_attribute("data-margin"))
     assert int(canvas.get_attribute("width")) == margin + T * cell

@@ -12,11 +12,25 @@ function visible(piece) {
     .replace(/[\u0000-\u001f\u007f]/g, (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
 }
 
+// Work not yet shown (a pending keystroke refresh or a request in flight), published as
+// <body data-busy="N"> so a reader or a test can tell a settled page from one about to change.
+let busy = 0;
+function busyBy(delta) {
+  busy += delta;
+  document.body.dataset.busy = busy;
+}
+
 async function api(path, body) {
   const options = body === undefined ? {} :
     { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-  const response = await fetch(path, options);
-  const data = await response.json();
+  busyBy(1);
+  let response, data;
+  try {
+    response = await fetch(path, options);
+    data = await response.json();
+  } finally {
+    busyBy(-1);
+  }
   if (!response.ok) {
     // FastAPI puts our message in detail (a string), or validation errors (a list).
     const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
@@ -138,6 +152,8 @@ function drawAttention(data) {
   canvas.dataset.size = T;
   canvas.dataset.cell = cell;
   canvas.dataset.margin = margin;
+  canvas.dataset.layer = data.layer;
+  canvas.dataset.head = data.head;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#ffffff";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
@@ -267,7 +283,11 @@ async function start() {
   fillSelect($("layer"), i.n_layer);
   fillSelect($("head"), i.n_head);
   let timer = null;
-  const later = () => { clearTimeout(timer); timer = setTimeout(refresh, 150); };
+  const later = () => {  // refresh once typing pauses, not on every keystroke
+    if (timer === null) busyBy(1);
+    clearTimeout(timer);
+    timer = setTimeout(() => { timer = null; refresh().finally(() => busyBy(-1)); }, 150);
+  };
   $("prompt").addEventListener("input", later);
   $("k").addEventListener("input", later);
   $("temperature").addEventListener("input", later);
