@@ -111,7 +111,8 @@ def _samples(hist: RunHistory) -> str:
 
 def _config(hist: RunHistory) -> str:
     cfg = hist.config.to_dict()
-    rows = [[f"{section}.{key}", repr(value) if isinstance(value, str) else value]
+    # Values as written in a TOML file or override (seed 1337, not 1,337).
+    rows = [[f"{section}.{key}", repr(value) if isinstance(value, str) else str(value)]
             for section in ("model", "train") for key, value in cfg[section].items()]
     rows += [["preset", cfg["preset"] or "(none)"], ["data", cfg["data"]]]
     return _table(rows, ["field", "value"])

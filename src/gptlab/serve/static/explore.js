@@ -206,8 +206,11 @@ async function loadEmbeddings() {
 
 function embeddingScale() {
   const canvas = $("emb"), pts = state.embeddings.points, pad = 20;
-  const xs = pts.map((p) => p.x), ys = pts.map((p) => p.y);
-  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  // A loop rather than Math.min(...xs): spreading a 100k-token vocabulary overflows the call stack.
+  let [x0, x1, y0, y1] = [Infinity, -Infinity, Infinity, -Infinity];
+  for (const p of pts) {
+    [x0, x1, y0, y1] = [Math.min(x0, p.x), Math.max(x1, p.x), Math.min(y0, p.y), Math.max(y1, p.y)];
+  }
   const sx = (canvas.width - 2 * pad) / ((x1 - x0) || 1), sy = (canvas.height - 2 * pad) / ((y1 - y0) || 1);
   return (p) => [pad + (p.x - x0) * sx, canvas.height - pad - (p.y - y0) * sy];
 }
