@@ -65,6 +65,17 @@ def popen_cli(*args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def cli_in_process(capsys: pytest.CaptureFixture, *args: object) -> subprocess.CompletedProcess:
+    """`gptlab ARGS...` in this process (no second torch start-up), with its exit code and output."""
+    capsys.readouterr()
+    from gptlab.cli import main as gptlab_main
+
+    with pytest.raises(SystemExit) as exit_:
+        gptlab_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exit_.value.code, out, err)
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user error: non-zero exit, one line on stderr naming the problem, no traceback."""
     assert proc.returncode != 0, f"expected failure, got success:\n{proc.stdout}"
@@ -73,3 +84,19 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
     assert len(lines) == 1, f"expected one error line, got:\n{proc.stderr}"
     for needle in needles:
         assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, char_dataset: Path) -> Path:
+    """A briefly trained run (evals, samples, checkpoints, metrics) shared by tests that only read it."""
+    from gptlab.config import build_config
+    from gptlab.train.trainer import train
+
+    cfg = build_config("cpu-tiny", None, ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32",
+                                          "batch_size=8", "eval_batches=2", "max_steps=30", "eval_interval=10",
+                                          "checkpoint_interval=15", "log_interval=2", "sample_tokens=30",
+                                          "lr=1e-2", "warmup_steps=5", "device=cpu"])
+    cfg.data = str(char_dataset)
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(cfg, run)
+    return run

@@ -20,6 +20,7 @@ examples:
   gptlab eval runs/demo
   gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
+  gptlab plot runs/demo && gptlab report runs/demo
 """
 
 
@@ -151,10 +152,12 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a trained run over HTTP (OpenAI-style completions API)",
-                       description="Serve a run with an OpenAI-compatible API: POST /v1/completions, "
-                       "GET /v1/models, GET /health. Binds 127.0.0.1 unless told otherwise. Concurrent "
-                       "requests queue for the model and take turns one decode step at a time.")
+    p = sub.add_parser("serve", help="serve a trained run over HTTP: completions API and explorer page",
+                       description="Serve a run: an interactive page at / (tokens, next-token probabilities, "
+                       "stepping, attention maps, embeddings) with its JSON under /api, and an "
+                       "OpenAI-compatible API: POST /v1/completions, GET /v1/models, GET /health. Binds "
+                       "127.0.0.1 unless told otherwise. Concurrent requests queue for the model and take "
+                       "turns one decode step at a time.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -200,8 +203,41 @@ def _run_info(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="loss curves of one or more runs as an image",
+                       description="Plot train and val loss against steps and tokens seen, with the learning "
+                       "rate on a second axis. One run: RUN/loss.png. Several runs: overlaid into --out.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--out", help="image to write (.png, .svg or .pdf; default RUN/loss.png for one run)")
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> None:
+    from gptlab.report.plot import write_loss_plot
+
+    print(f"wrote {write_loss_plot(args.runs, args.out)}")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page about a run",
+                       description="Write RUN/report.html: final losses (nats, bits per byte), throughput, "
+                       "MFU, loss curves, samples in training order, config, parameters, data summary. "
+                       "Images are inlined: the file opens anywhere, offline.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from gptlab.report.html import write_report
+
+    path, notes = write_report(args.run)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {path}")
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info,
-                                                               _add_eval, _add_serve]
+                                                               _add_eval, _add_serve, _add_plot, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ Concurrency: a queue, not cross-request batching. Each request gets its own KV c
 generators, and runs its prompts x n sequences as one batch; requests are served side by side, but
 every model call (a prefill or one decode step) holds app.state.model_lock, so the requests take
 turns step by step: a long generation never blocks a short one for its whole length, and no
-request can see another's state. `/` and `/api/` are left to the web page's router.
+request can see another's state. `/` and `/api/` belong to the exploration page (explore.py).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from gptlab.inference.engine import SamplingParams, Step, generate_steps
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun, load_run
+from gptlab.serve.explore import router as explore_router
 from gptlab.serve.openai import APIError, CompletionRequest, choice, completion, parse_request
 
 
@@ -72,6 +73,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
                                      headers={"Cache-Control": "no-cache"})
         return JSONResponse(await run_in_threadpool(job.whole))
 
+    app.include_router(explore_router)  # the page at / and its JSON under /api/
     return app
 
 

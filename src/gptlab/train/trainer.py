@@ -26,6 +26,7 @@ from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
 from gptlab.model.accounting import describe
 from gptlab.model.gpt import GPT
+from gptlab.report.plot import refresh_loss_plot
 from gptlab.runs import CONFIG, TOKENIZER, read_config
 from gptlab.train.checkpoint import TrainState, has_checkpoint, load_checkpoint, save_checkpoint
 from gptlab.train.metrics import MetricsLog, Progress
@@ -163,6 +164,7 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
     def checkpoint() -> None:
         state.loader = loader.state_dict()
         save_checkpoint(run, model, optimizer, state)
+        refresh_loss_plot(run)  # RUN/loss.png follows the checkpoints; a plotting error only warns
 
     model.train()
     interrupted = False
