@@ -52,6 +52,14 @@ class Tokenizer(ABC):
         """The text one id stands for on its own (may be a partial character for byte-level kinds)."""
         return self.decode([token_id])
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes one id stands for (byte-level kinds may hold part of a character)."""
+        return self.decode([token_id]).encode("utf-8")
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Ids for each text, in order (kinds backed by a fast library override this)."""
+        return [self.encode(text) for text in texts]
+
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically."""
         atomic_write_json(path, self.to_dict())
