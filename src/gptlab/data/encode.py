@@ -24,14 +24,13 @@ _worker: dict[str, Any] = {}  # the tokenizer and settings of this worker proces
 
 def encode_batch(tokenizer: Tokenizer, separator: list[int], dtype: np.dtype, batch: Batch) -> np.ndarray:
     """The ids of a batch's texts, concatenated, with separators before the documents that need one."""
-    encoded = tokenizer.encode_batch([text for text, _ in batch])
-    parts: list[list[int]] = []
-    for (_, separated), ids in zip(batch, encoded):
+    sep = np.asarray(separator, dtype=dtype)
+    parts: list[np.ndarray] = []
+    for text, separated in batch:
         if separated:
-            parts.append(separator)
-        parts.append(ids)
-    return np.fromiter((i for part in parts for i in part), dtype=dtype,
-                       count=sum(len(part) for part in parts))
+            parts.append(sep)
+        parts.append(tokenizer.encode_array(text).astype(dtype, copy=False))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def _init_worker(tokenizer_data: dict[str, Any], separator: list[int], dtype: str) -> None:

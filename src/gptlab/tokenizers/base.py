@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 
@@ -56,9 +58,9 @@ class Tokenizer(ABC):
         """The UTF-8 bytes one id stands for (byte-level kinds may hold part of a character)."""
         return self.decode([token_id]).encode("utf-8")
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids for each text, in order (kinds backed by a fast library override this)."""
-        return [self.encode(text) for text in texts]
+    def encode_array(self, text: str) -> np.ndarray:
+        """Ids for text as an integer array (kinds backed by a fast library skip Python ints)."""
+        return np.asarray(self.encode(text), dtype=np.int64)
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically."""

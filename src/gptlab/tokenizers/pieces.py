@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.errors import GptlabError
-from gptlab.tokenizers import TRAINED, Tokenizer, build_tokenizer, load_tokenizer
-
-TOKENIZER_FILE = "tokenizer.json"
+from gptlab.tokenizers import TOKENIZER_FILE, TRAINED, Tokenizer, build_tokenizer
 
 
 def tokenizer_for(spec: str | None = None, run: str | None = None) -> Tokenizer:
@@ -21,13 +19,9 @@ def tokenizer_for(spec: str | None = None, run: str | None = None) -> Tokenizer:
     target = run if run is not None else spec
     assert target is not None
     path = Path(target).expanduser()
-    if path.is_dir():
-        if not (path / TOKENIZER_FILE).is_file():
-            raise GptlabError(f"{path} holds no {TOKENIZER_FILE} (expected a run or a prepared dataset directory)")
-        return load_tokenizer(path / TOKENIZER_FILE)
-    if path.is_file():
-        return load_tokenizer(path)
-    if run is not None:
+    if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
+        raise GptlabError(f"{path} holds no {TOKENIZER_FILE} (expected a run or a prepared dataset directory)")
+    if run is not None and not path.exists():
         raise GptlabError(f"run not found: {run} (a run or dataset directory, or use --tokenizer SPEC)")
     if spec in TRAINED:
         raise GptlabError(f"the {spec} tokenizer is learned from a corpus: run `gptlab prepare CORPUS "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import tiktoken
 
 from gptlab.errors import GptlabError
@@ -32,9 +33,13 @@ class TiktokenBacked(Tokenizer):
         except UnicodeEncodeError as exc:
             raise GptlabError(f"text holds a character that is not valid Unicode text ({exc.reason})") from None
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        # One thread: parallelism comes from prepare's worker processes, one per core.
-        return self.encoding.encode_ordinary_batch(texts, num_threads=1)
+    def encode_array(self, text: str) -> np.ndarray:
+        # No special token allowed nor refused: special-token strings are encoded as plain text,
+        # as encode_ordinary does, straight into an array.
+        try:
+            return self.encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        except UnicodeEncodeError as exc:
+            raise GptlabError(f"text holds a character that is not valid Unicode text ({exc.reason})") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.encoding.decode(list(ids))
