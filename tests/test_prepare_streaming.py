@@ -6,6 +6,7 @@ import pytest
 
 from gptlab.data import corpora
 from gptlab.data.loader import BatchLoader, Dataset
+from gptlab.data import prepare as prepare_module
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import load_tokenizer
@@ -45,7 +46,8 @@ def test_documents_are_separated_by_end_of_text(bpe_dataset, poems):
     assert meta["splits"]["val"]["documents"] >= 1
 
 
-def test_sharded_equals_single_shard_and_workers_change_nothing(tmp_path, shakespeare_txt, poems):
+def test_sharded_equals_single_shard_and_workers_change_nothing(tmp_path, shakespeare_txt, poems, monkeypatch):
+    monkeypatch.setattr(prepare_module, "MIN_BYTES_PER_WORKER", 0)  # real worker processes, small corpus
     specs = [str(shakespeare_txt), str(poems)]
     single = tmp_path / "single"
     prepare(specs, single, "bpe", tokenizer_options={"vocab_size": 400}, progress=False)

@@ -36,6 +36,8 @@ CHAR_SEPARATOR = "\n\n"  # between documents, for kinds without an end-of-text t
 SPLITS = ("train", "val")
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 ids per file
 BATCH_CHARS = 1 << 20  # text handed to a worker at a time
+# Below this much text per worker, starting processes costs more than it saves: encode in-process.
+MIN_BYTES_PER_WORKER = 8 * BATCH_CHARS
 
 
 @dataclass
@@ -91,6 +93,7 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
     val_docs[split_documents(lengths, val_fraction, seed)] = True
     cut_at = _single_cut(lengths[0], val_fraction) if len(lengths) == 1 and val_fraction > 0 else None
     dtype = token_dtype(tokenizer.vocab_size)
+    workers = max(1, min(workers, bar.bytes // MIN_BYTES_PER_WORKER)) if MIN_BYTES_PER_WORKER else workers
 
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
