@@ -5,6 +5,7 @@ the two are compared in bits per byte of validation text: val loss (nats/token) 
 token of the val split). Both models have the cpu-tiny shape (4 layers, 4 heads, d=128, T=128);
 each first runs CALIBRATION_STEPS steps to measure its speed, then trains for as many steps as fit
 in the same time budget. The val split is the same text for both (the last ~10% of the file).
+torch runs on one thread: on a shared machine a step's time is then far steadier.
 
     python benchmarks/char_vs_bpe.py [--seconds 150] [--vocab-size 1024]
 
@@ -25,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 SHARED = ROOT.parent / "shared" / "data"
+
+import torch  # noqa: E402
 
 from gptlab.config import build_config  # noqa: E402
 from gptlab.data.loader import Dataset  # noqa: E402
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=150, help="training time per model (default 150)")
     parser.add_argument("--vocab-size", type=int, default=1024, help="bpe vocabulary size (default 1024)")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     figures: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="gptlab-char-vs-bpe-") as tmp:
         work = Path(tmp)

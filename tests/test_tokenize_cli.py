@@ -52,6 +52,7 @@ def test_char_dataset_and_stdin(char_dataset):
     (["tokenize", "--tokenizer", "bpe", "hi"], ["learned from a corpus", "gptlab prepare"]),
     (["tokenize", "--tokenizer", "wordpiece", "hi"], ["unknown tokenizer"]),
     (["tokenize", "hi"], ["takes --tokenizer SPEC TEXT or RUN TEXT"]),
+    (["tokenize", "--tokenizer", "gpt2", "{data}", "hi"], ["takes --tokenizer SPEC TEXT or RUN TEXT"]),
     (["tokenize", "{data}", "Zebra ∑"], ["not in this char tokenizer's vocabulary"]),
 ])
 def test_bad_inputs(args, needles, tmp_path, char_dataset):

@@ -74,8 +74,8 @@ def _add_tokenize(sub: argparse._SubParsersAction) -> None:
                        "or that of a run or prepared dataset directory (RUN).")
     p.add_argument("--tokenizer", metavar="SPEC", help="gpt2, cl100k_base, o200k_base (NAME:PATH for a local "
                    "encoding file), or a tokenizer.json path")
-    p.add_argument("args", nargs="+", metavar="[RUN] TEXT", help="run or dataset directory (without --tokenizer), "
-                   "then the text; '-' reads the text from stdin")
+    p.add_argument("run", nargs="?", metavar="RUN", help="run or dataset directory (instead of --tokenizer)")
+    p.add_argument("text", metavar="TEXT", help="the text to tokenize; '-' reads it from stdin")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=_run_tokenize)
 
@@ -85,11 +85,10 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 
     from gptlab.tokenizers.pieces import describe, format_description, tokenizer_for
 
-    want = 1 if args.tokenizer else 2
-    if len(args.args) != want:
+    if (args.tokenizer is None) == (args.run is None):
         raise GptlabError("tokenize takes --tokenizer SPEC TEXT or RUN TEXT (quote a text with spaces)")
-    text = sys.stdin.read() if args.args[-1] == "-" else args.args[-1]
-    tokenizer = tokenizer_for(spec=args.tokenizer) if args.tokenizer else tokenizer_for(run=args.args[0])
+    text = sys.stdin.read() if args.text == "-" else args.text
+    tokenizer = tokenizer_for(spec=args.tokenizer) if args.tokenizer else tokenizer_for(run=args.run)
     info = describe(tokenizer, text)
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
