@@ -233,7 +233,7 @@ def _iter_file(path: Path, report: SkipReport, text_field: str) -> Iterator[tupl
         elif not doc_text.strip():
             report.skip("record with empty text")
         else:
-            yield f"{path}#{i}", iter([doc_text.replace("\r\n", "\n")])
+            yield f"{path}#{i}", iter([doc_text])
 
 
 def _jsonl_records(path: Path) -> Iterator[Any]:
