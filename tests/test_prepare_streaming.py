@@ -173,3 +173,19 @@ def test_loader_never_draws_a_window_across_shards(tmp_path):
     # Both shards are drawn from, up to their last full window and no further.
     assert min(starts) == 0 and max(s for s in starts if s < 1000) == 100 - 17
     assert any(s >= 1000 for s in starts) and max(starts) == 1040 - 17
+
+
+def test_cli_prepare_bpe_reports_progress_and_refuses_bad_flags(tmp_path, poems):
+    from conftest import assert_clean_error, run_cli
+
+    out = tmp_path / "cli"
+    proc = run_cli("prepare", poems, "--tokenizer", "bpe", "--vocab-size", "300", "--out", out, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "vocabulary size: 300 (bpe tokenizer, uint16 ids" in proc.stdout
+    # Not a terminal: the progress bar becomes log lines with bytes, tokens and throughput.
+    assert "encoding:" in proc.stderr and "tokens (" in proc.stderr and "MB/s" in proc.stderr
+    assert_clean_error(run_cli("prepare", poems, "--tokenizer", "bpe", "--vocab-size", "100", "--out", out),
+                       "too small")
+    assert_clean_error(run_cli("prepare", poems, "--tokenizer", "o200k_base", "--vocab-size", "1000", "--out", out),
+                       "vocab_size cannot be set")
+    assert json.loads((out / "meta.json").read_text())["tokenizer"]["vocab_size"] == 300  # still there
