@@ -100,3 +100,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, char_dataset: Path) -> Pa
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(cfg, run)
     return run
+
+
+@pytest.fixture(scope="session")
+def bpe_dataset(tmp_path_factory: pytest.TempPathFactory, shakespeare_txt: Path, tang_jsonl: Path) -> Path:
+    """tinyshakespeare and 300 Tang poems prepared with a small byte-level BPE (shared, read only)."""
+    from gptlab.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("bpe")
+    poems = root / "poems.jsonl"
+    poems.write_text("\n".join(tang_jsonl.read_text(encoding="utf-8").splitlines()[:300]), encoding="utf-8")
+    out = root / "mixed-bpe"
+    prepare([str(shakespeare_txt), str(poems)], out, "bpe", tokenizer_options={"vocab_size": 600}, progress=False)
+    return out

@@ -6,6 +6,7 @@ Errors a user can cause end as one line on stderr and a non-zero exit, never a t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -21,36 +22,81 @@ examples:
   gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
   gptlab plot runs/demo && gptlab report runs/demo
+  gptlab prepare ../shared/data/tang_poems.jsonl --tokenizer bpe --vocab-size 4096 --out data/tang-bpe
+  gptlab tokenize --tokenizer cl100k_base "How are you?"
 """
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="raw text -> tokenizer + train/val token files",
-                       description="Turn corpora (built-in names or paths) into a prepared dataset directory.")
+    p = sub.add_parser("prepare", help="raw text -> tokenizer + train/val token shards",
+                       description="Turn corpora (built-in names, paths, hf:DATASET[:CONFIG]) into a prepared "
+                       "dataset directory. Reads in chunks and encodes in worker processes, so corpora larger "
+                       "than memory work; the same inputs and settings give byte-identical files.")
     p.add_argument("corpus", nargs="+", metavar="CORPUS_OR_PATH",
-                   help="built-in corpus (shakespeare) or .txt/.md/.jsonl/.json[.gz] files or directories")
-    p.add_argument("--tokenizer", default="char", help="tokenizer kind (default: char)")
+                   help="built-in corpus (shakespeare), .txt/.md/.jsonl/.json[.gz] files or directories, or "
+                   "hf:DATASET[:CONFIG] (needs the datasets library)")
+    p.add_argument("--tokenizer", default="char", metavar="SPEC",
+                   help="char, bpe (trained on the corpus), or a pretrained tiktoken encoding: gpt2, cl100k_base, "
+                   "o200k_base, optionally NAME:PATH to its file when offline (default: char)")
+    p.add_argument("--vocab-size", type=int, help="bpe vocabulary size, end-of-text token included (default 2048)")
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of text for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=1337, help="seed for choosing validation documents")
     p.add_argument("--text-field", default="text", help="JSON record field holding the text (default: text)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="encoding processes (default: all cores)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000,
+                   help="most token ids per shard file (default 100M)")
     p.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
     from gptlab.data.prepare import prepare
 
-    result = prepare(args.corpus, args.out, args.tokenizer, args.val_fraction, args.seed, args.text_field)
+    options = {"vocab_size": args.vocab_size} if args.vocab_size is not None else {}
+    result = prepare(args.corpus, args.out, args.tokenizer, args.val_fraction, args.seed, args.text_field,
+                     options, workers=args.workers, shard_tokens=args.shard_tokens)
     for line in result.skipped.lines():
         print(line)
     splits, tok = result.meta["splits"], result.meta["tokenizer"]
     chars = sum(s["chars"] for s in splits.values())
     tokens = sum(s["tokens"] for s in splits.values())
+    shards = sum(len(s["files"]) for s in splits.values())
     print(f"characters: {chars:,}")
     print(f"tokens: {tokens:,} (train {splits['train']['tokens']:,}, val {splits['val']['tokens']:,}; "
           f"documents train {splits['train']['documents']:,}, val {splits['val']['documents']:,})")
-    print(f"vocabulary size: {tok['vocab_size']:,} ({tok['kind']} tokenizer, {result.meta['dtype']} ids)")
-    print(f"wrote {args.out}")
+    print(f"vocabulary size: {tok['vocab_size']:,} ({tok['kind']} tokenizer, {result.meta['dtype']} ids, "
+          f"{chars / max(tokens, 1):.2f} characters per token)")
+    print(f"wrote {args.out} ({shards} token file{'s' if shards > 1 else ''})")
+
+
+def _add_tokenize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenize", help="show the pieces and ids a tokenizer makes of a text",
+                       description="Show each piece of TEXT with its id, in order, the count, and characters "
+                       "and bytes per token. The tokenizer is a pretrained encoding (--tokenizer cl100k_base) "
+                       "or that of a run or prepared dataset directory (RUN).")
+    p.add_argument("--tokenizer", metavar="SPEC", help="gpt2, cl100k_base, o200k_base (NAME:PATH for a local "
+                   "encoding file), or a tokenizer.json path")
+    p.add_argument("run", nargs="?", metavar="RUN", help="run or dataset directory (instead of --tokenizer)")
+    p.add_argument("text", metavar="TEXT", help="the text to tokenize; '-' reads it from stdin")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.set_defaults(func=_run_tokenize)
+
+
+def _run_tokenize(args: argparse.Namespace) -> None:
+    import json
+
+    from gptlab.tokenizers.pieces import describe, format_description, tokenizer_for
+
+    if (args.tokenizer is None) == (args.run is None):
+        raise GptlabError("tokenize takes --tokenizer SPEC TEXT or RUN TEXT (quote a text with spaces)")
+    text = sys.stdin.read() if args.text == "-" else args.text
+    tokenizer = tokenizer_for(spec=args.tokenizer) if args.tokenizer else tokenizer_for(run=args.run)
+    info = describe(tokenizer, text)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+    else:
+        print("\n".join(format_description(info)))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -236,7 +282,7 @@ def _run_report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info,
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_tokenize, _add_train, _add_sample, _add_info,
                                                                _add_eval, _add_serve, _add_plot, _add_report]
 
 

@@ -1,14 +1,17 @@
-"""Corpora: where raw text comes from, as a stream of documents.
+"""Corpora: where raw text comes from, as a stream of documents in chunks.
 
-A corpus spec is a built-in name (`shakespeare`) or a path: .txt/.md files, directories of them,
-.jsonl/.json records, and .gz of any of these. Records or files with no usable text are counted
-with the reason in a SkipReport, never silently dropped.
+A corpus spec is a built-in name (`shakespeare`), a path (.txt/.md files, directories of them,
+.jsonl/.json records, and .gz of any of these) or `hf:DATASET[:CONFIG]` (through the `datasets`
+library, where installed). Text files are read in blocks and .jsonl line by line, so no corpus is
+ever held whole in memory. Records or files with no usable text are counted with the reason in a
+SkipReport, never silently dropped.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
-import io
+import itertools
 import json
 import os
 import re
@@ -21,19 +24,31 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gptlab.errors import GptlabError
 
 TEXT_SUFFIXES = (".txt", ".md")
 RECORD_SUFFIXES = (".jsonl", ".json")
 BUILTIN = ("shakespeare",)
+HF_PREFIX = "hf:"
+READ_BYTES = 1 << 20  # text files are read this many bytes at a time
+CHUNK_CHARS = 1 << 20  # and handed on in chunks of about this many characters
 
 
 @dataclass
 class Document:
     """One unit of text; the val split never cuts one in two when a corpus has several."""
 
+    source: str
+    text: str
+
+
+@dataclass
+class Chunk:
+    """A piece of one document's text, in order; `doc` numbers the documents of the stream."""
+
+    doc: int
     source: str
     text: str
 
@@ -59,19 +74,44 @@ class SkipReport:
 
 
 def iter_documents(specs: list[str], report: SkipReport, text_field: str = "text") -> Iterator[Document]:
-    """Yield the documents of every corpus spec in order (deterministic: directories sorted)."""
+    """Yield whole documents of every corpus spec in order (a document's text is held whole;
+    prefer iter_chunks for corpora of any size)."""
+    parts: list[str] = []
+    current, source = -1, ""
+    for chunk in iter_chunks(specs, report, text_field):
+        if chunk.doc != current and parts:
+            yield Document(source, "".join(parts))
+            parts = []
+        current, source = chunk.doc, chunk.source
+        parts.append(chunk.text)
+    if parts:
+        yield Document(source, "".join(parts))
+
+
+def iter_chunks(specs: list[str], report: SkipReport, text_field: str = "text") -> Iterator[Chunk]:
+    """Yield the text of every corpus spec in order as chunks of at most about CHUNK_CHARS
+    characters, numbered by document (deterministic: directories sorted, chunk ends fixed by
+    the text alone)."""
+    counter = itertools.count()
     for spec in specs:
-        if spec in BUILTIN:
-            yield from _iter_path(shakespeare_dir(), report, text_field)
+        if spec.startswith(HF_PREFIX):
+            texts = hf_texts(spec, report, text_field)
+        elif spec in BUILTIN:
+            texts = _iter_path(shakespeare_dir(), report, text_field)
         else:
             path = Path(spec).expanduser()
             if not path.exists():
                 names = ", ".join(BUILTIN)
-                raise GptlabError(f"corpus not found: '{spec}' is neither a path nor a built-in corpus ({names})")
-            yield from _iter_path(path, report, text_field)
+                raise GptlabError(f"corpus not found: '{spec}' is neither a path, a built-in corpus ({names}) "
+                                  f"nor {HF_PREFIX}DATASET[:CONFIG]")
+            texts = _iter_path(path, report, text_field)
+        for source, pieces in texts:
+            doc = next(counter)
+            for text in pieces:
+                yield Chunk(doc, source, text)
 
 
-def _iter_path(path: Path, report: SkipReport, text_field: str) -> Iterator[Document]:
+def _iter_path(path: Path, report: SkipReport, text_field: str) -> Iterator[tuple[str, Iterator[str]]]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         usable = [p for p in files if _inner_suffix(p) in TEXT_SUFFIXES + RECORD_SUFFIXES]
@@ -94,36 +134,95 @@ def _inner_suffix(path: Path) -> str:
     return os.path.splitext(name)[1]
 
 
-def _read_text(path: Path) -> str:
-    """Whole file as text; undecodable or binary content is an error naming the file and offset."""
+def _open_binary(path: Path) -> BinaryIO:
     try:
-        raw = gzip.open(path, "rb").read() if path.name.lower().endswith(".gz") else path.read_bytes()
-    except (OSError, EOFError) as exc:
+        return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    except OSError as exc:
         raise GptlabError(f"cannot read {path}: {exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start});"
-                          " binary files cannot be a corpus") from None
-    if "\x00" in text:
-        raise GptlabError(f"{path} looks binary (it contains NUL bytes); binary files cannot be a corpus")
-    return text.replace("\r\n", "\n")
 
 
-def _iter_file(path: Path, report: SkipReport, text_field: str) -> Iterator[Document]:
+def _decoded_blocks(path: Path) -> Iterator[str]:
+    """The file as UTF-8 text in blocks of READ_BYTES, BOM dropped, CRLF as LF; undecodable or
+    binary content is an error naming the file and the byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, first, held = 0, True, ""
+    with _open_binary(path) as fh:
+        while True:
+            try:
+                raw = fh.read(READ_BYTES)
+            except (OSError, EOFError) as exc:
+                raise GptlabError(f"cannot read {path}: {exc}") from None
+            buffered = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as exc:
+                raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {offset - buffered + exc.start});"
+                                  " binary files cannot be a corpus") from None
+            offset += len(raw)
+            if "\x00" in text:
+                raise GptlabError(f"{path} looks binary (it contains NUL bytes); binary files cannot be a corpus")
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
+            text = held + text
+            # A CR at the end of a block may be the first half of a CRLF.
+            held, text = (text[-1:], text[:-1]) if raw and text.endswith("\r") else ("", text)
+            if text:
+                yield text.replace("\r\n", "\n")
+            if not raw:
+                return
+
+
+def _safe_cut(text: str) -> int:
+    """The end of the last line in text that is followed by a word (0 if none).
+
+    A cut between "X\\n" and a letter or digit (X not a space) is a boundary of every BPE
+    pre-tokenizer used here, so encoding the chunks one by one gives the same ids as the whole.
+    """
+    at = text.rfind("\n", 0, len(text) - 1)
+    while at > 0 and (text[at - 1].isspace() or not text[at + 1].isalnum()):
+        at = text.rfind("\n", 0, at)
+    return at + 1 if at > 0 else 0
+
+
+def _text_file_chunks(path: Path) -> Iterator[str]:
+    """Chunks of about CHUNK_CHARS characters of one text file, each ending at a safe cut."""
+    buffer = ""
+    for block in _decoded_blocks(path):
+        buffer += block
+        if len(buffer) < CHUNK_CHARS:
+            continue
+        # Without a safe cut (one enormous line) the chunk ends where it must: bounded memory first.
+        cut = _safe_cut(buffer) or (len(buffer) if len(buffer) >= 4 * CHUNK_CHARS else 0)
+        if cut:
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+def _iter_file(path: Path, report: SkipReport, text_field: str) -> Iterator[tuple[str, Iterator[str]]]:
     suffix = _inner_suffix(path)
-    text = _read_text(path)
     if suffix in TEXT_SUFFIXES:
-        if text.strip():
-            yield Document(str(path), text)
-        else:
-            report.skip("empty text file")
+        chunks = _text_file_chunks(path)
+        # A file of whitespace only is skipped; leading whitespace chunks wait until text shows up.
+        leading: list[str] = []
+        for chunk in chunks:
+            leading.append(chunk)
+            if chunk.strip():
+                yield str(path), itertools.chain(leading, chunks)
+                return
+        report.skip("empty text file")
         return
     if suffix == ".jsonl":
-        records: Iterator[Any] = _jsonl_records(path, text)
+        records: Iterator[Any] = _jsonl_records(path)
     else:
+        # A .json file is one JSON value: it is parsed whole (use .jsonl for large corpora).
+        with _open_binary(path) as fh:
+            raw = fh.read()
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise GptlabError(f"{path} is not valid JSON: {exc}") from None
         records = iter(data if isinstance(data, list) else [data])
@@ -134,17 +233,54 @@ def _iter_file(path: Path, report: SkipReport, text_field: str) -> Iterator[Docu
         elif not doc_text.strip():
             report.skip("record with empty text")
         else:
-            yield Document(f"{path}#{i}", doc_text)
+            yield f"{path}#{i}", iter([doc_text])
 
 
-def _jsonl_records(path: Path, text: str) -> Iterator[Any]:
-    for lineno, line in enumerate(io.StringIO(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GptlabError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from None
+def _jsonl_records(path: Path) -> Iterator[Any]:
+    """One JSON value per non-blank line, read line by line."""
+    offset = 0
+    with _open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise GptlabError(f"{path} line {lineno} is not UTF-8 text "
+                                  f"(undecodable byte at offset {offset + exc.start})") from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise GptlabError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from None
+
+
+def hf_texts(spec: str, report: SkipReport, text_field: str) -> Iterator[tuple[str, Iterator[str]]]:
+    """Records of the train split of a Hugging Face dataset, streamed by the `datasets` library
+    (an optional dependency: gptlab does not install it)."""
+    name, _, config = spec[len(HF_PREFIX):].partition(":")
+    if not name:
+        raise GptlabError(f"'{spec}' names no dataset (use {HF_PREFIX}DATASET[:CONFIG])")
+    try:
+        import datasets
+    except ImportError:
+        raise GptlabError(f"{spec} needs the `datasets` library, which is not installed "
+                          "(pip install datasets), or download the data and pass its files") from None
+    try:
+        records = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        for i, record in enumerate(records):
+            text = record_text(record, text_field)
+            if text is None:
+                report.skip(f"record without a string '{text_field}' field (nor title/paragraphs)")
+            elif not text.strip():
+                report.skip("record with empty text")
+            else:
+                yield f"{spec}#{i}", iter([text])
+    except GptlabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (datasets raises many types: network, missing config, ...)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GptlabError(f"cannot read the Hugging Face dataset {spec}: {reason}") from None
 
 
 def record_text(record: Any, text_field: str = "text") -> str | None:

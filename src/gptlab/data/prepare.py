@@ -1,27 +1,43 @@
-"""Prepare: raw text -> tokenizer + token files (train/val) + meta.json.
+"""Prepare: raw text -> tokenizer + token shards (train/val) + meta.json, streaming.
 
-Two passes over the corpus stream: the first trains the tokenizer and measures the documents, the
-second encodes them into one flat file of ids per split. Nothing is held whole in memory but one
-document at a time. Files are written under temporary names and renamed at the end, so an
-interrupted prepare never leaves a half-written dataset that looks complete.
+Two passes over the corpus stream, each holding one chunk of text at a time (about a megabyte):
+the first trains the tokenizer (char, bpe; a pretrained encoding is only loaded) and measures the
+documents, the second encodes them in worker processes and appends the ids to the shards of
+their split. Documents are separated by the end-of-text token (kinds without one: a blank line).
+Validation takes whole documents, a seeded choice, when the corpus has several; a single one is
+cut at about 90%. Everything is written into a staging directory first and moved into place at
+the end, meta.json last, so an interrupted prepare never leaves a half-written dataset that looks
+complete, and the same inputs and settings give byte-identical files.
 """
 
 from __future__ import annotations
 
-import random
+import os
+import shutil
+import tempfile
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gptlab.data.corpora import Document, SkipReport, iter_documents
+from gptlab.data.corpora import Chunk, SkipReport, iter_chunks
+from gptlab.data.encode import Batch, OrderedEncoder
+from gptlab.data.progress import ByteProgress
+from gptlab.data.shards import ShardWriter
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write, atomic_write_json
-from gptlab.tokenizers import KINDS, Tokenizer, check_kind
+from gptlab.fileio import atomic_write_json
+from gptlab.tokenizers import Tokenizer, build_tokenizer, check_kind, needs_training
 
 META_FORMAT = 1
 CHAR_SEPARATOR = "\n\n"  # between documents, for kinds without an end-of-text token
+SPLITS = ("train", "val")
+DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 ids per file
+BATCH_CHARS = 1 << 20  # text handed to a worker at a time
+# Below this much text per worker, starting processes costs more than it saves: encode in-process.
+MIN_BYTES_PER_WORKER = 8 * BATCH_CHARS
 
 
 @dataclass
@@ -37,103 +53,181 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def split_documents(lengths: list[int], val_fraction: float, seed: int) -> set[int]:
-    """Indices of the documents that form val: whole documents, chosen by a seeded shuffle,
+def split_documents(lengths: Any, val_fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the documents that form val: whole documents in a seeded random order,
     until val holds at least val_fraction of the characters (at least one, never all)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
     if len(lengths) < 2 or val_fraction <= 0:
-        return set()
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    target, total, chosen = val_fraction * sum(lengths), 0, set()
-    for i in order[:-1]:
-        if total >= target:
-            break
-        chosen.add(i)
-        total += lengths[i]
-    return chosen
+        return np.zeros(0, dtype=np.int64)
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(len(lengths))
+    reached = np.cumsum(lengths[order]) >= val_fraction * lengths.sum()
+    count = int(np.argmax(reached)) + 1 if reached.any() else len(lengths)
+    return np.sort(order[:min(max(count, 1), len(lengths) - 1)])
 
 
 def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
             val_fraction: float = 0.1, seed: int = 1337, text_field: str = "text",
-            tokenizer_options: dict[str, Any] | None = None) -> PrepareResult:
-    """Build a dataset directory from corpus specs; see the module docstring."""
+            tokenizer_options: dict[str, Any] | None = None, workers: int = 1,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True) -> PrepareResult:
+    """Build a dataset directory from corpus specs with the tokenizer spec `tokenizer_kind`
+    (char, bpe, gpt2, cl100k_base[:PATH], ...); see the module docstring."""
     check_kind(tokenizer_kind)
     if not 0 <= val_fraction < 1:
         raise GptlabError(f"val_fraction={val_fraction} must be in [0, 1)")
+    if workers < 1 or shard_tokens < 1:
+        raise GptlabError(f"workers={workers} and shard_tokens={shard_tokens} must be at least 1")
+    if tokenizer_options and not needs_training(tokenizer_kind):
+        raise GptlabError(f"{', '.join(tokenizer_options)} cannot be set for the pretrained {tokenizer_kind}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GptlabError(f"--out {out} exists and is not a directory")
 
-    # Pass 1: measure documents and train the tokenizer on the same stream.
     report = SkipReport()
-    lengths: list[int] = []
-
-    def measured() -> Any:
-        for doc in iter_documents(specs, report, text_field):
-            lengths.append(len(doc.text))
-            yield doc.text
-        yield CHAR_SEPARATOR  # the separator must be encodable by vocabularies learned from text
-
-    tokenizer = KINDS[tokenizer_kind].train(measured(), **(tokenizer_options or {}))
+    tokenizer, lengths, bar = _first_pass(specs, report, text_field, tokenizer_kind, tokenizer_options or {},
+                                          progress)
     if not lengths:
         detail = "; ".join(report.lines()) or "no files with text"
         raise GptlabError(f"the corpus {' '.join(specs)} has no text ({detail})")
-    val_docs = split_documents(lengths, val_fraction, seed)
-    single_doc_cut = len(lengths) == 1 and val_fraction > 0
-
-    # Pass 2: encode each document into its split's file.
+    bar.close()
+    val_docs = np.zeros(len(lengths), dtype=bool)
+    val_docs[split_documents(lengths, val_fraction, seed)] = True
+    cut_at = _single_cut(lengths[0], val_fraction) if len(lengths) == 1 and val_fraction > 0 else None
     dtype = token_dtype(tokenizer.vocab_size)
-    separator = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode(CHAR_SEPARATOR)
-    stats = {s: {"files": [f"{s}.bin"], "tokens": 0, "documents": 0, "chars": 0, "bytes": 0}
-             for s in ("train", "val")}
-    handles = {}
+    workers = max(1, min(workers, bar.bytes // MIN_BYTES_PER_WORKER)) if MIN_BYTES_PER_WORKER else workers
 
-    def write_splits(train_tmp: str, val_tmp: str) -> None:
-        with open(train_tmp, "wb") as handles["train"], open(val_tmp, "wb") as handles["val"]:
-            for i, doc in enumerate(iter_documents(specs, SkipReport(), text_field)):
-                if single_doc_cut:
-                    train_part, val_part = _cut(doc.text, val_fraction)
-                    _append(tokenizer, Document(doc.source, train_part), [], stats["train"], handles["train"], dtype)
-                    _append(tokenizer, Document(doc.source, val_part), [], stats["val"], handles["val"], dtype)
-                else:
-                    split = "val" if i in val_docs else "train"
-                    _append(tokenizer, doc, separator, stats[split], handles[split], dtype)
-
-    # Nested atomic writes: both split files appear together, after both are complete.
-    atomic_write(out / "train.bin", lambda train_tmp: atomic_write(
-        out / "val.bin", lambda val_tmp: write_splits(train_tmp, val_tmp)))
-    tokenizer.save(out / "tokenizer.json")
-    meta = {
-        "format": META_FORMAT,
-        "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
-        "dtype": dtype.name,
-        "splits": stats,
-        "sources": specs,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "skipped": dict(report.reasons),
-    }
-    atomic_write_json(out / "meta.json", meta)  # written last: its presence marks a complete dataset
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    try:
+        stats = _second_pass(specs, text_field, tokenizer, val_docs, cut_at, dtype, staging, workers,
+                             shard_tokens, ByteProgress("encoding", bar.bytes, progress))
+        tokenizer.save(staging / "tokenizer.json")
+        meta = {
+            "format": META_FORMAT,
+            "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+            "dtype": dtype.name,
+            "splits": stats,
+            "sources": specs,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "skipped": dict(report.reasons),
+        }
+        _publish(staging, out, meta)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return PrepareResult(meta, report)
 
 
-def _cut(text: str, val_fraction: float) -> tuple[str, str]:
-    """Split one document: the first (1 - val_fraction) for train, the rest for val, at a line end."""
-    at = int(len(text) * (1 - val_fraction))
-    newline = text.rfind("\n", 0, at)
-    at = newline + 1 if newline > at * 0.9 else at
-    return text[:at], text[at:]
+def _first_pass(specs: list[str], report: SkipReport, text_field: str, spec: str, options: dict[str, Any],
+                progress: bool) -> tuple[Tokenizer, array, ByteProgress]:
+    """Train (or load) the tokenizer on the chunk stream while measuring each document's length;
+    the progress bar is left open (closed once the corpus is known to hold text)."""
+    lengths = array("q")  # characters per document: 8 bytes each, whatever the text size
+    bar = ByteProgress("training tokenizer" if needs_training(spec) else "reading", None, progress)
+
+    def texts() -> Iterator[str]:
+        for chunk in iter_chunks(specs, report, text_field):
+            if chunk.doc == len(lengths):
+                lengths.append(0)
+            lengths[chunk.doc] += len(chunk.text)
+            bar.update(len(chunk.text.encode("utf-8")))
+            yield chunk.text
+        if spec == "char":
+            yield CHAR_SEPARATOR  # the separator must be encodable by vocabularies learned from text
+
+    if needs_training(spec):
+        tokenizer = build_tokenizer(spec, texts(), **options)
+    else:
+        tokenizer = build_tokenizer(spec)  # before reading, so a missing encoding file fails fast
+        for _ in texts():
+            pass
+    return tokenizer, lengths, bar
 
 
-def _append(tokenizer: Tokenizer, doc: Document, separator: list[int], stat: dict[str, Any],
-            handle: Any, dtype: np.dtype) -> None:
-    if not doc.text:
-        return
-    ids = tokenizer.encode(doc.text)
-    if stat["documents"] and separator:
-        ids = separator + ids
-    np.asarray(ids, dtype=dtype).tofile(handle)
-    stat["tokens"] += len(ids)
-    stat["documents"] += 1
-    stat["chars"] += len(doc.text)
-    stat["bytes"] += len(doc.text.encode("utf-8"))
+def _single_cut(length: int, val_fraction: float) -> int:
+    """Where a lone document is cut: the first (1 - val_fraction) of its characters go to train."""
+    return int(length * (1 - val_fraction))
+
+
+def _second_pass(specs: list[str], text_field: str, tokenizer: Tokenizer, val_docs: np.ndarray,
+                 cut_at: int | None, dtype: np.dtype, staging: Path, workers: int, shard_tokens: int,
+                 bar: ByteProgress) -> dict[str, dict[str, Any]]:
+    """Encode every chunk into its split's shards; returns the per-split statistics."""
+    separator = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode(CHAR_SEPARATOR)
+    stats = {s: {"files": [], "tokens": 0, "documents": 0, "chars": 0, "bytes": 0} for s in SPLITS}
+    writers = {s: ShardWriter(staging, s, dtype, shard_tokens) for s in SPLITS}
+    batches: dict[str, Batch] = {s: [] for s in SPLITS}
+    batch_chars = dict.fromkeys(SPLITS, 0)
+    encoder = OrderedEncoder(tokenizer, separator, dtype, workers)
+    last_doc, offset = -1, 0  # offset: characters of the current document seen so far
+
+    def add(split: str, text: str, starts_doc: bool) -> Iterator[tuple[str, np.ndarray]]:
+        stat = stats[split]
+        # Separators are decided here, in document order, so the output never depends on workers.
+        batches[split].append((text, starts_doc and stat["documents"] > 0 and cut_at is None))
+        stat["documents"] += starts_doc
+        stat["chars"] += len(text)
+        stat["bytes"] += len(text.encode("utf-8"))
+        batch_chars[split] += len(text)
+        if batch_chars[split] >= BATCH_CHARS:
+            yield from encoder.submit(split, batches[split])
+            batches[split], batch_chars[split] = [], 0
+
+    def write(results: Iterator[tuple[str, np.ndarray]], nbytes: int = 0) -> None:
+        tokens = 0
+        for split, ids in results:
+            writers[split].write(ids)
+            tokens += len(ids)
+        bar.update(nbytes, tokens)
+
+    try:
+        for chunk in iter_chunks(specs, SkipReport(), text_field):
+            starts = chunk.doc != last_doc
+            if starts:
+                last_doc, offset = chunk.doc, 0
+            for split, text, first in _route(chunk, starts, offset, val_docs, cut_at):
+                write(add(split, text, first))
+            offset += len(chunk.text)
+            bar.update(len(chunk.text.encode("utf-8")))
+        for split in SPLITS:
+            if batches[split]:
+                write(encoder.submit(split, batches[split]))
+        write(encoder.drain())
+    finally:
+        encoder.close()
+    for split in SPLITS:
+        stats[split]["files"] = writers[split].close()
+        stats[split]["tokens"] = writers[split].tokens
+    bar.close()
+    return stats
+
+
+def _route(chunk: Chunk, starts: bool, offset: int, val_docs: np.ndarray,
+           cut_at: int | None) -> list[tuple[str, str, bool]]:
+    """(split, text, starts a document there) for one chunk; a lone document's chunk that holds
+    the cut is split at the last line end before it (when within the last tenth), else at it."""
+    if cut_at is None:
+        return [("val" if val_docs[chunk.doc] else "train", chunk.text, starts)]
+    end = offset + len(chunk.text)
+    if end <= cut_at:
+        return [("train", chunk.text, starts)]
+    if offset > cut_at:
+        return [("val", chunk.text, False)]
+    local = cut_at - offset
+    newline = chunk.text.rfind("\n", 0, local)
+    at = newline + 1 if newline >= 0 and offset + newline > cut_at * 0.9 else local
+    parts = [("train", chunk.text[:at], starts), ("val", chunk.text[at:], True)]
+    return [part for part in parts if part[1]]
+
+
+def _publish(staging: Path, out: Path, meta: dict[str, Any]) -> None:
+    """Move the staged dataset into out: meta.json goes first (the old dataset is then no longer
+    complete), stale shards of an earlier prepare go, the new files come, the new meta.json last."""
+    (out / "meta.json").unlink(missing_ok=True)
+    keep = {name for split in meta["splits"].values() for name in split["files"]}
+    for split in SPLITS:
+        for old in [*out.glob(f"{split}.bin"), *out.glob(f"{split}-[0-9]*.bin")]:
+            if old.name not in keep:
+                old.unlink()
+    for name in [*sorted(keep), "tokenizer.json"]:
+        os.replace(staging / name, out / name)
+    atomic_write_json(out / "meta.json", meta)

@@ -1,17 +1,67 @@
-"""Tokenizer kinds behind one interface (see base.Tokenizer)."""
+"""Tokenizer kinds behind one interface (see base.Tokenizer).
+
+A tokenizer spec names what to build: `char` and `bpe` learn from the corpus; `gpt2`,
+`cl100k_base` and `o200k_base` are pretrained tiktoken encodings, optionally `NAME:PATH` with the
+encoding's file (or directory of files) already on disk; a path to a tokenizer.json, or to a
+dataset or run directory holding one, reuses that tokenizer as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from gptlab.errors import GptlabError
 from gptlab.tokenizers.base import Tokenizer, load_tokenizer
+from gptlab.tokenizers.bpe import BPETokenizer
 from gptlab.tokenizers.char import CharTokenizer
+from gptlab.tokenizers.pretrained import ENCODINGS, PretrainedTokenizer
 
-# kind name -> class; a class builds itself with .train(texts) or .from_dict(data).
-KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer}
-
-
-def check_kind(kind: str) -> None:
-    """Refuse an unknown tokenizer kind with the list of known ones."""
-    if kind not in KINDS:
-        raise GptlabError(f"unknown tokenizer '{kind}' (known: {', '.join(KINDS)})")
+# kind name (tokenizer.json's "kind") -> class; a class builds itself with .train(texts) or .from_dict(data).
+KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": PretrainedTokenizer}
+TRAINED = ("char", "bpe")
+TOKENIZER_FILE = "tokenizer.json"
 
 
-__all__ = ["KINDS", "CharTokenizer", "Tokenizer", "check_kind", "load_tokenizer"]
+def _saved(spec: str) -> Path | None:
+    """The tokenizer.json a spec points to (the file, or a directory holding it), if it does."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path / TOKENIZER_FILE
+    return path if path.is_file() else None
+
+
+def check_kind(spec: str) -> None:
+    """Refuse an unknown tokenizer spec with the list of known ones."""
+    if spec not in TRAINED and _saved(spec) is not None:
+        return
+    name = spec.partition(":")[0]
+    if name not in TRAINED and name not in ENCODINGS:
+        raise GptlabError(f"unknown tokenizer '{spec}' (known: {', '.join(TRAINED + tuple(ENCODINGS))}; "
+                          "a pretrained one may take :PATH to its encoding file; or a tokenizer.json path)")
+    if name in TRAINED and ":" in spec:
+        raise GptlabError(f"tokenizer '{name}' is learned from the corpus and takes no :PATH")
+
+
+def needs_training(spec: str) -> bool:
+    """Whether the spec's tokenizer is learned from the corpus (else it is pretrained)."""
+    check_kind(spec)
+    return spec in TRAINED
+
+
+def build_tokenizer(spec: str, texts: Iterable[str] = (), **options: Any) -> Tokenizer:
+    """The tokenizer a spec names: trained on texts (char, bpe) or loaded (pretrained or saved;
+    texts unread)."""
+    check_kind(spec)
+    if spec in TRAINED:
+        return KINDS[spec].train(texts, **options)  # type: ignore[attr-defined]
+    saved = _saved(spec)
+    if saved is not None:
+        return load_tokenizer(saved)
+    name, _, path = spec.partition(":")
+    return PretrainedTokenizer(name, path or None)
+
+
+__all__ = ["KINDS", "BPETokenizer", "CharTokenizer", "PretrainedTokenizer", "Tokenizer", "build_tokenizer",
+           "check_kind", "load_tokenizer", "needs_training"]

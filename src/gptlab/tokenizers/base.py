@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 
@@ -51,6 +53,14 @@ class Tokenizer(ABC):
     def id_to_piece(self, token_id: int) -> str:
         """The text one id stands for on its own (may be a partial character for byte-level kinds)."""
         return self.decode([token_id])
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes one id stands for (byte-level kinds may hold part of a character)."""
+        return self.decode([token_id]).encode("utf-8")
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Ids for text as an integer array (kinds backed by a fast library skip Python ints)."""
+        return np.asarray(self.encode(text), dtype=np.int64)
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically."""
