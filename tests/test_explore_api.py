@@ -1,6 +1,7 @@
 """The page's JSON endpoints give the same numbers as the library functions behind
 `gptlab sample --show-probs` (next_token_probs / top_candidates), and refuse bad input clearly."""
 
+import json
 import re
 
 import pytest
@@ -105,3 +106,15 @@ def test_page_and_static_files_are_served_offline(client):
 
 def test_serve_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert_clean_error(cli_in_process(capsys, "serve", tmp_path, "--port", "1"), "not a gptlab run")
+
+
+def test_next_matches_what_sample_show_probs_prints(client, capsys, tiny_run):
+    # The page's bar chart and `gptlab sample --show-probs` describe the same first choice.
+    page = client.post("/api/next", json={"text": PROMPT, "k": 5, "temperature": 1.0}).json()["candidates"]
+    proc = cli_in_process(capsys, "sample", tiny_run, "--prompt", PROMPT, "--max-new-tokens", "1",
+                          "--temperature", "1.0", "--show-probs", "5", "--json", "--seed", "0", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout.splitlines()[0])
+    assert first["step"] == 1
+    assert [(c["id"], c["piece"]) for c in first["candidates"]] == [(c["id"], c["piece"]) for c in page]
+    assert [c["prob"] for c in first["candidates"]] == pytest.approx([c["prob"] for c in page], abs=1e-6)
