@@ -18,6 +18,8 @@ examples:
   gptlab train --data data/shakespeare-char --out runs/demo --preset cpu-tiny
   gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300
   gptlab info --preset gpt2-small
+  gptlab bench train --preset cpu-small
+  torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
 """
 
 
@@ -137,7 +139,34 @@ def _run_info(args: argparse.Namespace) -> None:
         print(line)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure training speed: tokens/s, step time, MFU, peak memory",
+                       description="Benchmarks. `bench train`: a short warm-up, then timed training steps of a "
+                       "preset on random tokens (no dataset needed).")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    t = what.add_parser("train", help="time training steps of a preset",
+                        description="Warm-up steps, then timed optimizer steps exactly as `gptlab train` runs them; "
+                        "prints tokens/s, step time, model FLOP/s, MFU and peak memory.")
+    t.add_argument("--preset", required=True, help="named model size (see `gptlab info --list`)")
+    t.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+    t.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    t.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    t.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the model (auto: on for CUDA, off on CPU)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides (batch_size=4 ...)")
+    t.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from gptlab.train.bench import bench_train, report_lines
+
+    result = bench_train(args.preset, args.device, args.steps, args.warmup, args.compile, args.overrides)
+    for line in report_lines(result):
+        print(line)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_train, _add_sample, _add_info,
+                                                                _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

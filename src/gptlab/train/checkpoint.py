@@ -73,6 +73,12 @@ def save_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimize
     model is the GPT itself (sharded in place when sharded=True), never a DDP or compile wrapper.
     """
     run = Path(run)
+    if sharded:
+        # A forward pass without backward (evaluation, sampling) leaves the root's parameters
+        # gathered; put every module back to its shards so parameters match the optimizer's.
+        for module in model.modules():
+            if hasattr(module, "reshard"):
+                module.reshard()
     optim_state = get_optimizer_state_dict(model, optimizer, options=_FULL)
     if sharded:
         full = get_model_state_dict(model, options=_FULL)  # gathered onto rank 0's CPU
