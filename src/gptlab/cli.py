@@ -55,7 +55,9 @@ def _run_prepare(args: argparse.Namespace) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on a prepared dataset",
                        description="Train a GPT on a prepared dataset, or resume a run. Config comes from a "
-                       "preset, then --config FILE.toml, then key=value overrides (e.g. n_layer=6 lr=3e-4).")
+                       "preset, then --config FILE.toml, then key=value overrides (e.g. n_layer=6 lr=3e-4). "
+                       "Several GPUs or nodes: launch with `torchrun --nproc_per_node=N -m gptlab train ...` "
+                       "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps.")
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")

@@ -83,7 +83,8 @@ def save_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimize
     if sharded:
         full = get_model_state_dict(model, options=_FULL)  # gathered onto rank 0's CPU
         if is_main:
-            model = GPT(model.config)
+            with torch.random.fork_rng(devices=[]):  # building a model draws an init: keep the dropout stream
+                model = GPT(model.config)
             model.load_state_dict(full)
     if not is_main:
         return

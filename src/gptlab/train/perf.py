@@ -53,7 +53,8 @@ def measure_cpu_matmul_peak(size: int = 512, seconds: float = 0.5) -> float:
     enough to stay in cache, so it measures the arithmetic units, not memory. The best of several
     short timings is kept: on a shared machine the slow ones measure the neighbours.
     """
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    gen = torch.Generator().manual_seed(0)  # its own generator: the training RNG streams stay untouched
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
     out = torch.empty(size, size)
     for _ in range(3):  # warm-up: thread pool start, caches
         torch.mm(a, b, out=out)
