@@ -17,8 +17,11 @@ from gptlab.device import autocast, fused_adamw, precision_for
 from gptlab.train.distributed import Ranks, wrap
 from gptlab.train.optim import build_optimizer
 
-# compile=auto on CPU: off. Measured on the 2-core development machine (benchmarks/train_throughput.py,
-# README "Benchmarks"): see compile_by_default's docstring for the figures.
+# compile=auto on CPU: off. Measured with benchmarks/train_throughput.py on the shared 2-core
+# development machine (README "Benchmarks"): compiled steps reached 1.1-1.7x the uncompiled share
+# of the matmul peak, within that machine's noise, while compilation took 25-60 s (minutes when
+# the machine was busy) before the first step, longer than the gain over a few-minute CPU run,
+# and it needs a C++ toolchain. Long CPU runs can still ask for compile=on.
 COMPILE_ON_CPU = False
 
 
