@@ -98,12 +98,18 @@ def test_fsdp_matches_and_its_checkpoint_samples_on_one_device(runs, char_datase
 
 @pytest.mark.parametrize("args, needles", [
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--max-steps", "2", "fsdp=true"], ["fsdp=true", "torchrun"]),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "device=tpu"], ["device='tpu'"]),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "compile=maybe"], ["compile='maybe'"]),
     (["bench", "train", "--preset", "gpt5"], ["unknown preset 'gpt5'"]),
-    (["bench", "train", "--preset", "cpu-small", "--device", "cuda"], ["CUDA is not available"]),
 ])
 def test_bad_scale_input_is_one_clear_line(tmp_path, char_dataset, args, needles):
     proc = run_cli(*[a.format(tmp=tmp_path, data=char_dataset) for a in args])
     assert_clean_error(proc, *needles)
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("overrides, needle", [(["device=tpu"], "device='tpu'"), (["compile=maybe"], "compile='maybe'")])
+def test_bad_device_or_compile_setting_is_refused(overrides, needle):
+    from gptlab.config import build_config
+    from gptlab.errors import GptlabError
+
+    with pytest.raises(GptlabError, match=needle):
+        build_config("cpu-small", None, overrides)

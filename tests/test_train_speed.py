@@ -65,7 +65,11 @@ def test_mfu_is_model_flops_over_peak():
     assert mfu(1000.0, per_token, per_token * 2000.0) == pytest.approx(0.5)
 
 
-def test_cpu_trains_in_float32_and_unknown_devices_are_refused():
+def test_cpu_trains_in_float32_and_unknown_devices_are_refused(monkeypatch):
     assert precision_for(torch.device("cpu")).name == "fp32"
     with pytest.raises(GptlabError, match="unknown device 'tpu'"):
         pick_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(GptlabError, match="CUDA is not available"):
+        pick_device("cuda")
+    assert pick_device("auto").type in ("cpu", "mps")
