@@ -17,11 +17,10 @@ from gptlab.device import autocast, fused_adamw, precision_for
 from gptlab.train.distributed import Ranks, wrap
 from gptlab.train.optim import build_optimizer
 
-# compile=auto on CPU: off. Measured with benchmarks/train_throughput.py on the shared 2-core
-# development machine (README "Benchmarks"): compiled steps reached 1.1-1.7x the uncompiled share
-# of the matmul peak, within that machine's noise, while compilation took 25-60 s (minutes when
-# the machine was busy) before the first step, longer than the gain over a few-minute CPU run,
-# and it needs a C++ toolchain. Long CPU runs can still ask for compile=on.
+# compile=auto on CPU: off. Measured with benchmarks/train_throughput.py on the 2-core development
+# machine (README "Benchmarks"): compiled steps ran 1.04-1.5x as fast on cpu-small and 0.72-0.93x
+# on tutorial, after 5-8 s of compilation (minutes when the machine was busy) and only with a C++
+# toolchain at hand: no gain to default to. Long CPU runs can still ask for compile=on.
 COMPILE_ON_CPU = False
 
 
