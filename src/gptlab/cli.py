@@ -24,6 +24,8 @@ examples:
   gptlab plot runs/demo && gptlab report runs/demo
   gptlab prepare ../shared/data/tang_poems.jsonl --tokenizer bpe --vocab-size 4096 --out data/tang-bpe
   gptlab tokenize --tokenizer cl100k_base "How are you?"
+  gptlab bench train --preset cpu-small
+  torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
 """
 
 
@@ -102,7 +104,9 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on a prepared dataset",
                        description="Train a GPT on a prepared dataset, or resume a run. Config comes from a "
-                       "preset, then --config FILE.toml, then key=value overrides (e.g. n_layer=6 lr=3e-4).")
+                       "preset, then --config FILE.toml, then key=value overrides (e.g. n_layer=6 lr=3e-4). "
+                       "Several GPUs or nodes: launch with `torchrun --nproc_per_node=N -m gptlab train ...` "
+                       "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps.")
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
@@ -282,8 +286,35 @@ def _run_report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure training speed: tokens/s, step time, MFU, peak memory",
+                       description="Benchmarks. `bench train`: a short warm-up, then timed training steps of a "
+                       "preset on random tokens (no dataset needed).")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    t = what.add_parser("train", help="time training steps of a preset",
+                        description="Warm-up steps, then timed optimizer steps exactly as `gptlab train` runs them; "
+                        "prints tokens/s, step time, model FLOP/s, MFU and peak memory.")
+    t.add_argument("--preset", required=True, help="named model size (see `gptlab info --list`)")
+    t.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+    t.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    t.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    t.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the model (auto: on for CUDA, off on CPU)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides (batch_size=4 ...)")
+    t.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from gptlab.train.bench import bench_train, report_lines
+
+    result = bench_train(args.preset, args.device, args.steps, args.warmup, args.compile, args.overrides)
+    for line in report_lines(result):
+        print(line)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_tokenize, _add_train, _add_sample, _add_info,
-                                                               _add_eval, _add_serve, _add_plot, _add_report]
+                                                               _add_eval, _add_serve, _add_plot, _add_report,
+                                                               _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,8 @@ class TrainConfig:
     sample_top_k: int = 0  # 0: no top-k filtering
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
+    compile: str = "auto"  # torch.compile the model: "on", "off", or "auto" (see train/step.py)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state across torchrun ranks
 
     def validate(self) -> None:
         """Refuse values that cannot train, naming the field."""
@@ -85,6 +87,8 @@ class TrainConfig:
                 _bad(name, getattr(self, name), "must be in [0, 1)")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             _bad("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
+        if self.compile not in ("auto", "on", "off"):
+            _bad("compile", self.compile, "must be auto, on or off")
 
 
 @dataclass

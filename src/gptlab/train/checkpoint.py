@@ -3,10 +3,16 @@
     model.safetensors   weights (runs.save_weights)
     train_state.pt      optimizer state and torch RNG state: tensors and plain data only, read
                         back with torch.load(weights_only=True), so no pickled code is ever run
-    train_state.json    step, tokens seen, elapsed time, the data loader's RNG state
+    train_state.json    step, tokens seen, elapsed time, the data loader's RNG state, and the world
+                        size and grad_accum it was trained with
 
 Each file is written atomically; train_state.json is written last and names the step, so a crash
 between files is detected on resume (the steps disagree) rather than silently mixing states.
+
+Weights and optimizer state are always saved whole ("full" state dicts keyed by parameter name),
+whether the run was one process, DDP or FSDP-sharded: gathering the shards costs a moment at
+save time, and in exchange any world size (or `sample` on one device) can read any checkpoint.
+Only rank 0 writes; under FSDP every rank takes part in gathering.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write, atomic_write_json
+from gptlab.model.gpt import GPT
 from gptlab.runs import WEIGHTS, load_weights, save_weights
 
 STATE_PT, STATE_JSON = "train_state.pt", "train_state.json"
@@ -33,6 +42,8 @@ class TrainState:
     tokens_seen: int = 0
     elapsed_s: float = 0.0
     loader: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained it; with grad_accum, the global batch in micro-batches
+    grad_accum: int = 0  # per process; 0: not recorded (take the config's)
 
 
 def has_checkpoint(run: str | Path) -> bool:
@@ -40,34 +51,82 @@ def has_checkpoint(run: str | Path) -> bool:
     return (Path(run) / STATE_JSON).is_file()
 
 
-def save_checkpoint(run: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: TrainState) -> None:
-    """Write weights, optimizer/RNG state and the train state, each atomically."""
+def read_state(run: str | Path) -> TrainState:
+    """train_state.json alone (what a resume needs to know before building anything)."""
+    path = Path(run) / STATE_JSON
+    try:
+        return TrainState(**json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise GptlabError(f"{run} has no complete checkpoint ({STATE_JSON} missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+        raise GptlabError(f"corrupt checkpoint in {run}: {STATE_JSON}: {exc}") from None
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def save_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimizer, state: TrainState,
+                    scaler: torch.amp.GradScaler | None = None, sharded: bool = False,
+                    is_main: bool = True) -> None:
+    """Write weights, optimizer/RNG state and the train state, each atomically (on rank 0).
+
+    model is the GPT itself (sharded in place when sharded=True), never a DDP or compile wrapper.
+    """
     run = Path(run)
+    if sharded:
+        # A forward pass without backward (evaluation, sampling) leaves the root's parameters
+        # gathered; put every module back to its shards so parameters match the optimizer's.
+        for module in model.modules():
+            if hasattr(module, "reshard"):
+                module.reshard()
+    optim_state = get_optimizer_state_dict(model, optimizer, options=_FULL)
+    if sharded:
+        full = get_model_state_dict(model, options=_FULL)  # gathered onto rank 0's CPU
+        if is_main:
+            with torch.random.fork_rng(devices=[]):  # building a model draws an init: keep the dropout stream
+                model = GPT(model.config)
+            model.load_state_dict(full)
+    if not is_main:
+        return
     save_weights(model, run / WEIGHTS, state.step)
-    blob = {"step": state.step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+    blob = {"step": state.step, "optimizer": optim_state, "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         blob["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if scaler is not None:
+        blob["grad_scaler"] = scaler.state_dict()
     atomic_write(run / STATE_PT, lambda tmp: torch.save(blob, tmp))
     atomic_write_json(run / STATE_JSON, asdict(state))
 
 
-def load_checkpoint(run: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Restore model, optimizer and RNG state in place; return the train state."""
+def load_weights_for_resume(run: str | Path, model: GPT) -> int:
+    """Load the checkpoint's weights into an unwrapped model (before DDP or FSDP); return their step."""
+    return load_weights(model, Path(run) / WEIGHTS)
+
+
+def load_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimizer, weights_step: int,
+                    scaler: torch.amp.GradScaler | None = None) -> TrainState:
+    """Restore optimizer, scaler and RNG state in place (weights were loaded by load_weights_for_resume);
+    return the train state. Every rank reads the files; FSDP ranks keep their shard of the optimizer state."""
     run = Path(run)
     try:
-        state = TrainState(**json.loads((run / STATE_JSON).read_text(encoding="utf-8")))
+        state = read_state(run)
         blob = torch.load(run / STATE_PT, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(blob["optimizer"])
+        # Kernel choices (fused, foreach) belong to this device, not to the one that saved.
+        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+        set_optimizer_state_dict(model, optimizer, blob["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        for group, chosen in zip(optimizer.param_groups, kernels):
+            group.update(chosen)
     except FileNotFoundError as exc:
         raise GptlabError(f"{run} has no complete checkpoint ({Path(exc.filename).name} missing)") from None
-    except (json.JSONDecodeError, TypeError, KeyError, ValueError, RuntimeError, EOFError) as exc:
+    except (TypeError, KeyError, ValueError, RuntimeError, EOFError) as exc:
         raise GptlabError(f"corrupt checkpoint in {run}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    weights_step = load_weights(model, run / WEIGHTS)
     if not (weights_step == state.step == blob["step"]):
         raise GptlabError(f"corrupt checkpoint in {run}: its files disagree on the step "
                           f"(weights {weights_step}, optimizer {blob['step']}, state {state.step})")
     torch.set_rng_state(blob["torch_rng"])
     if "cuda_rng" in blob and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        torch.cuda.set_rng_state_all(blob["cuda_rng"][:torch.cuda.device_count()])
+    if scaler is not None and "grad_scaler" in blob:
+        scaler.load_state_dict(blob["grad_scaler"])
     return state

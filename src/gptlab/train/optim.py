@@ -9,11 +9,12 @@ import torch
 from gptlab.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only, or plain SGD (w <- w - lr * dL/dw, optional momentum).
 
     Biases and LayerNorm gains (1-D tensors) are not decayed: shrinking them toward zero does not
-    regularise the function, it only fights the normalisation.
+    regularise the function, it only fights the normalisation. fused: AdamW's single-kernel update
+    (device.fused_adamw says where it pays).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -22,7 +23,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

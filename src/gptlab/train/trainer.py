@@ -1,10 +1,16 @@
 """The training loop: batches -> loss -> gradients -> optimizer step, with evaluation, samples,
-checkpoints, metrics, progress, and an exact resume.
+checkpoints, metrics, progress, and an exact resume; on one process or several (torchrun).
 
 Randomness is kept in separate streams so a resumed run replays the same trajectory: the batch
 order comes from the loader's own generator (saved in the checkpoint), dropout from torch's global
 generator (saved), evaluation always uses the same fixed batches, and samples use a generator
 seeded from the step, so neither evaluation nor sampling shifts the training stream.
+
+Several processes: every rank runs this same loop on its own share of each global batch
+(train/prefetch.py says which windows), gradients are averaged across ranks on the last
+micro-step, and rank 0 alone prints and writes files. The global batch is
+batch_size x grad_accum x world_size windows; a run resumed with another world size keeps that
+global batch by changing grad_accum, so it continues the same trajectory.
 """
 
 from __future__ import annotations
@@ -20,17 +26,23 @@ import torch
 
 from gptlab.config import RunConfig
 from gptlab.data.loader import BatchLoader, Dataset
-from gptlab.device import autocast, pick_device
+from gptlab.device import autocast, configure_backends, precision_for
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
-from gptlab.model.accounting import describe
+from gptlab.model.accounting import describe, flops_per_token
 from gptlab.model.gpt import GPT
 from gptlab.report.plot import refresh_loss_plot
 from gptlab.runs import CONFIG, TOKENIZER, read_config
-from gptlab.train.checkpoint import TrainState, has_checkpoint, load_checkpoint, save_checkpoint
+from gptlab.train import distributed
+from gptlab.train.checkpoint import (TrainState, has_checkpoint, load_checkpoint, load_weights_for_resume,
+                                     read_state, save_checkpoint)
+from gptlab.train.distributed import Ranks, all_sum
 from gptlab.train.metrics import MetricsLog, Progress
-from gptlab.train.optim import build_optimizer, lr_at
+from gptlab.train.optim import lr_at
+from gptlab.train.perf import device_peak, mfu
+from gptlab.train.prefetch import PrefetchingLoader
+from gptlab.train.step import compile_by_default, make_runner
 
 LN2 = math.log(2)
 
@@ -45,15 +57,17 @@ class TrainResult:
 
 
 class _InterruptFlag:
-    """First Ctrl-C asks the loop to checkpoint and stop after the current step; a second one
-    falls back to the default (immediate KeyboardInterrupt)."""
+    """First Ctrl-C (or SIGTERM, which torchrun and schedulers send before killing) asks the loop to
+    checkpoint and stop after the current step; a second Ctrl-C falls back to the default
+    (immediate KeyboardInterrupt)."""
 
     def __init__(self) -> None:
         self.set = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_InterruptFlag":
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -61,34 +75,45 @@ class _InterruptFlag:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 @torch.no_grad()
-def estimate_loss(model: GPT, dataset: Dataset, cfg: RunConfig, device: torch.device) -> dict[str, float]:
-    """Mean loss over the same eval_batches fixed batches of each split (nats per token)."""
+def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, device: torch.device,
+                  ranks: Ranks = Ranks()) -> dict[str, float]:
+    """Mean loss over the same eval_batches fixed batches of each split (nats per token).
+
+    With several ranks each evaluates every world_size-th batch and the sums are added up; every
+    rank runs the same number of forward passes (padding with a repeated batch it does not count),
+    which FSDP needs because each forward pass gathers parameters from all ranks.
+    """
     model.eval()
     out = {}
+    n, world = cfg.train.eval_batches, ranks.world_size
     for split in ("train", "val"):
         if not dataset.splits.get(split, {}).get("tokens"):
             continue
         # A fresh loader with a fixed seed: the same windows every evaluation, comparable over time.
         loader = BatchLoader(dataset, split, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed + 1)
-        losses = []
-        for _ in range(cfg.train.eval_batches):
-            x, y = loader.next_batch()
+        total, batch = 0.0, None
+        for i in range(-(-n // world) * world):
+            if i < n:
+                batch = loader.next_batch()
+            if i % world != ranks.rank:
+                continue
+            x, y = batch
             with autocast(device):
                 _, loss = model(x.to(device), y.to(device))
-            losses.append(loss.item())
-        out[split] = sum(losses) / len(losses)
+            if i < n:
+                total += loss.item()
+        out[split] = all_sum([total], ranks, device)[0] / n
     model.train()
     return out
 
 
-def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
-          max_steps: int | None = None) -> TrainResult:
-    """Train a model into run_dir (a new run from cfg, or resume the run already there)."""
-    run = Path(run_dir)
+def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: int | None) -> RunConfig:
+    """The config to train with: cfg for a new run, the run's own when resuming; refuse bad targets."""
     if resume:
         if not has_checkpoint(run):
             raise GptlabError(f"{run} is not a resumable gptlab run (no checkpoint); train one first")
@@ -96,131 +121,210 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
         if max_steps is not None:
             cfg.train.max_steps = max_steps
             cfg.validate()
-    else:
-        assert cfg is not None
-        if has_checkpoint(run):
-            raise GptlabError(f"{run} already holds a run; resume it with `gptlab train --resume {run}` "
-                              "or choose another --out")
-        if run.exists() and not run.is_dir():
-            raise GptlabError(f"--out {run} exists and is not a directory")
+        return cfg
+    assert cfg is not None
+    if has_checkpoint(run):
+        raise GptlabError(f"{run} already holds a run; resume it with `gptlab train --resume {run}` "
+                          "or choose another --out")
+    if run.exists() and not run.is_dir():
+        raise GptlabError(f"--out {run} exists and is not a directory")
+    return cfg
 
-    dataset = Dataset(cfg.data)
-    tokenizer = dataset.tokenizer
-    if cfg.model.vocab_size not in (0, tokenizer.vocab_size) and not resume:
-        print(f"note: vocab_size set to the tokenizer's {tokenizer.vocab_size} (was {cfg.model.vocab_size})")
-    cfg.model.vocab_size = tokenizer.vocab_size
-    if cfg.train.sample_tokens:
-        tokenizer.encode(cfg.train.sample_prompt)  # refuse an unencodable prompt before any work
-    device = pick_device(cfg.train.device)
-    tcfg = cfg.train
 
-    torch.manual_seed(tcfg.seed)
-    model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, tcfg)
-    loader = BatchLoader(dataset, "train", tcfg.batch_size, cfg.model.block_size, seed=tcfg.seed)
-    BatchLoader(dataset, "val", tcfg.batch_size, cfg.model.block_size, seed=0)  # val must fit a window too
+def _keep_global_batch(cfg: RunConfig, run: Path, ranks: Ranks) -> None:
+    """On resume with another world size, set grad_accum so the global batch stays what it was."""
+    saved = read_state(run)
+    micro_batches = (saved.grad_accum or cfg.train.grad_accum) * saved.world_size
+    if micro_batches % ranks.world_size:
+        raise GptlabError(f"{run} trained with {micro_batches} micro-batches per step "
+                          f"({saved.world_size} process(es)); resume it with a number of processes "
+                          f"that divides {micro_batches}")
+    accum = micro_batches // ranks.world_size
+    if accum != cfg.train.grad_accum and ranks.is_main:
+        print(f"note: {ranks.world_size} process(es) now, {saved.world_size} before: grad_accum "
+              f"{cfg.train.grad_accum} -> {accum} keeps the global batch")
+    cfg.train.grad_accum = accum
 
-    if resume:
-        state = load_checkpoint(run, model, optimizer)
-        loader.load_state_dict(state.loader)
-        print(f"resuming {run} at step {state.step}")
-    else:
-        run.mkdir(parents=True, exist_ok=True)
-        state = TrainState()
-    atomic_write_json(run / CONFIG, cfg.to_dict())
-    tokenizer.save(run / TOKENIZER)
-    atomic_write_json(run / "data_meta.json", dataset.meta)
-    for line in describe(cfg.model):
-        print(line)
-    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * cfg.model.block_size
-    print(f"training on {device} for {tcfg.max_steps} steps, {tokens_per_step:,} tokens per step "
-          f"(B={tcfg.batch_size} x accum {tcfg.grad_accum} x T={cfg.model.block_size})")
 
-    metrics = MetricsLog(run / "metrics.jsonl", resume_step=state.step if resume else None)
-    progress = Progress(state.step, tcfg.max_steps, tcfg.log_interval)
-    last_eval: dict[str, float] = {}
-    chars_per_token = dataset.chars_per_token("val" if dataset.splits["val"]["tokens"] else "train")
+def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
+          max_steps: int | None = None) -> TrainResult:
+    """Train a model into run_dir (a new run from cfg, or resume the run already there)."""
+    run = Path(run_dir)
+    cfg = _resolve_config(cfg, run, resume, max_steps)
+    ranks, device = distributed.setup(cfg.train.device)
+    try:
+        if resume:
+            _keep_global_batch(cfg, run, ranks)
+        return _Training(cfg, run, resume, ranks, device).loop()
+    finally:
+        distributed.shutdown()
 
-    def evaluate_and_sample(step: int) -> dict[str, float]:
-        losses = estimate_loss(model, dataset, cfg, device)
+
+class _Training:
+    """One training session: everything built, then loop() until max_steps or an interrupt."""
+
+    def __init__(self, cfg: RunConfig, run: Path, resume: bool, ranks: Ranks, device: torch.device):
+        self.cfg, self.run, self.resume, self.ranks, self.device = cfg, run, resume, ranks, device
+        tcfg = self.tcfg = cfg.train
+        self.main = ranks.is_main
+        self.dataset = Dataset(cfg.data)
+        self.tokenizer = self.dataset.tokenizer
+        if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size) and not resume:
+            self.say(f"note: vocab_size set to the tokenizer's {self.tokenizer.vocab_size} (was {cfg.model.vocab_size})")
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        if tcfg.sample_tokens:
+            self.tokenizer.encode(tcfg.sample_prompt)  # refuse an unencodable prompt before any work
+        configure_backends(device)
+
+        torch.manual_seed(tcfg.seed)
+        self.model = GPT(cfg.model).to(device)
+        weights_step = load_weights_for_resume(run, self.model) if resume else 0
+        self.runner = make_runner(self.model, tcfg, ranks, device)
+        self.loader = PrefetchingLoader(
+            BatchLoader(self.dataset, "train", tcfg.batch_size, cfg.model.block_size, seed=tcfg.seed),
+            ranks.rank, ranks.world_size, pin_memory=device.type == "cuda")
+        BatchLoader(self.dataset, "val", tcfg.batch_size, cfg.model.block_size, seed=0)  # val must fit a window too
+
+        if resume:
+            self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
+            self.loader.load_state_dict(self.state.loader)
+            self.say(f"resuming {run} at step {self.state.step}")
+        else:
+            if self.main:
+                run.mkdir(parents=True, exist_ok=True)
+            self.state = TrainState()
+        self.state.world_size, self.state.grad_accum = ranks.world_size, tcfg.grad_accum
+        if ranks.rank > 0:
+            # Other ranks draw their own dropout masks (rank 0 keeps the saved stream, so a
+            # one-process run resumes exactly).
+            torch.manual_seed(tcfg.seed + 1_000_003 * ranks.rank + self.state.step)
+        if self.main:
+            atomic_write_json(run / CONFIG, cfg.to_dict())
+            self.tokenizer.save(run / TOKENIZER)
+            atomic_write_json(run / "data_meta.json", self.dataset.meta)
+        self.tokens_per_step = tcfg.batch_size * tcfg.grad_accum * ranks.world_size * cfg.model.block_size
+        self.flops_per_token = flops_per_token(cfg.model)["train"]
+        self.peak = device_peak(device) if self.main else None
+        self._announce()
+        self.metrics = MetricsLog(run / "metrics.jsonl", resume_step=self.state.step if resume else None) \
+            if self.main else None
+        self.progress = Progress(self.state.step, tcfg.max_steps, tcfg.log_interval) if self.main else None
+        self.chars_per_token = self.dataset.chars_per_token("val" if self.dataset.splits["val"]["tokens"] else "train")
+
+    def say(self, text: str) -> None:
+        """Print on rank 0 only (through the progress bar once there is one)."""
+        if not self.main:
+            return
+        if getattr(self, "progress", None) is not None:
+            self.progress.write(text)
+        else:
+            print(text, flush=True)
+
+    def _announce(self) -> None:
+        for line in describe(self.cfg.model):
+            self.say(line)
+        t, w = self.tcfg, self.ranks.world_size
+        how = precision_for(self.device).name + (", compiled" if compile_by_default(t.compile, self.device) else "")
+        if w > 1:
+            how += f", {w} processes, {'FSDP' if t.fsdp else 'DDP'}"
+        self.say(f"training on {self.device} ({how}) for {t.max_steps} steps, {self.tokens_per_step:,} tokens per "
+                 f"step (global batch {t.batch_size * t.grad_accum * w} = B={t.batch_size} x accum {t.grad_accum}"
+                 f" x {w} process(es), T={self.cfg.model.block_size})")
+        if self.peak:
+            self.say(f"peak: {self.peak.describe()} per process; "
+                     f"{self.flops_per_token / 1e6:,.2f} MFLOP per token trained")
+
+    def evaluate_and_sample(self, step: int) -> dict[str, float]:
+        """Losses on both splits and a sample (all ranks compute; rank 0 prints and writes)."""
+        tcfg, state = self.tcfg, self.state
+        losses = estimate_loss(self.model, self.dataset, self.cfg, self.device, self.ranks)
         record: dict[str, Any] = {"step": step, "tokens_seen": state.tokens_seen, "elapsed_s": round(state.elapsed_s, 3)}
         text = f"step {step}: train loss {losses['train']:.4f}"
         record["eval_train_loss"] = losses["train"]
         if "val" in losses:
             record["val_loss"] = losses["val"]
-            record["val_bpc"] = losses["val"] / LN2 / chars_per_token
+            record["val_bpc"] = losses["val"] / LN2 / self.chars_per_token
             text += f", val loss {losses['val']:.4f} ({record['val_bpc']:.3f} bits/char)"
-        progress.write(text)
+        self.say(text)
         if tcfg.sample_tokens:
-            sample = "".join(complete(model, tokenizer, tcfg.sample_prompt, tcfg.sample_tokens,
+            # Every rank samples the same text: under FSDP each forward pass needs all of them.
+            sample = "".join(complete(self.model, self.tokenizer, tcfg.sample_prompt, tcfg.sample_tokens,
                                       tcfg.sample_temperature, tcfg.sample_top_k, seed=tcfg.seed + step))
-            model.train()
-            progress.write(f"--- sample at step {step} ---\n{tcfg.sample_prompt}{sample}\n---")
-            with open(run / "samples.txt", "a", encoding="utf-8") as f:
-                f.write(f"=== step {step} ===\n{tcfg.sample_prompt}{sample}\n\n")
-        metrics.write(record)
+            self.model.train()
+            self.say(f"--- sample at step {step} ---\n{tcfg.sample_prompt}{sample}\n---")
+            if self.main:
+                with open(self.run / "samples.txt", "a", encoding="utf-8") as f:
+                    f.write(f"=== step {step} ===\n{tcfg.sample_prompt}{sample}\n\n")
+        if self.main:
+            self.metrics.write(record)
         return losses
 
-    def checkpoint() -> None:
-        state.loader = loader.state_dict()
-        save_checkpoint(run, model, optimizer, state)
-        refresh_loss_plot(run)  # RUN/loss.png follows the checkpoints; a plotting error only warns
+    def checkpoint(self) -> None:
+        """Save everything a resume needs (every rank calls: FSDP gathers shards)."""
+        self.state.loader = self.loader.state_dict()
+        save_checkpoint(self.run, self.model, self.runner.optimizer, self.state, self.runner.scaler,
+                        sharded=self.tcfg.fsdp, is_main=self.main)
+        if self.main:
+            refresh_loss_plot(self.run)  # RUN/loss.png follows the checkpoints; a plotting error only warns
 
-    model.train()
-    interrupted = False
-    try:
-        with _InterruptFlag() as interrupt:
-            if state.step == 0 and not resume:
-                last_eval = evaluate_and_sample(0)
-            window_start, window_tokens = time.perf_counter(), 0
-            while state.step < tcfg.max_steps and not interrupt.set:
-                t0 = time.perf_counter()
-                lr = lr_at(state.step, tcfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = 0.0
-                for _ in range(tcfg.grad_accum):
-                    x, y = loader.next_batch()
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with autocast(device):
-                        _, loss = model(x, y)
-                    (loss / tcfg.grad_accum).backward()
-                    loss_sum += loss.item()
-                train_loss = loss_sum / tcfg.grad_accum
-                if not math.isfinite(train_loss):
-                    raise GptlabError(f"loss became {train_loss} at step {state.step + 1} (try a lower lr); "
-                                      f"the last checkpoint in {run} is kept")
-                if tcfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.tokens_seen += tokens_per_step
-                dt = time.perf_counter() - t0
-                state.elapsed_s += dt
-                window_tokens += tokens_per_step
-                step = state.step
-                is_last = step == tcfg.max_steps
-                if step % tcfg.log_interval == 0 or is_last:
-                    now = time.perf_counter()
-                    tps = window_tokens / max(1e-9, now - window_start)
-                    window_start, window_tokens = now, 0
-                    metrics.write({"step": step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tps,
-                                   "tokens_seen": state.tokens_seen, "elapsed_s": round(state.elapsed_s, 3)})
-                    progress.update(step, train_loss, tps, (tcfg.max_steps - step) * tokens_per_step / max(tps, 1e-9))
-                if step % tcfg.eval_interval == 0 or is_last:
-                    last_eval = evaluate_and_sample(step)
-                    window_start = time.perf_counter()  # evaluation time is not training throughput
-                if step % tcfg.checkpoint_interval == 0 or is_last:
-                    checkpoint()
-            interrupted = interrupt.set and state.step < tcfg.max_steps
-            if interrupted:
-                checkpoint()
-    finally:
-        progress.close()
-        metrics.close()
-    if interrupted:
-        print(f"interrupted: checkpoint saved at step {state.step}; continue with `gptlab train --resume {run}`")
-    else:
-        print(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {run / 'model.safetensors'}")
-    return TrainResult(state.step, interrupted, last_eval)
+    def log(self, step: int, train_loss: float, lr: float, tokens_per_sec: float) -> None:
+        """One metrics record and progress line, with model FLOP/s and MFU when the peak is known."""
+        record = {"step": step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
+                  "tokens_seen": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s, 3)}
+        extra = ""
+        if self.peak:
+            record["mfu"] = mfu(tokens_per_sec, self.flops_per_token, self.peak.flops * self.ranks.world_size)
+            extra = f" | {tokens_per_sec * self.flops_per_token / 1e9:,.1f} GFLOP/s, MFU {record['mfu']:.1%}"
+        self.metrics.write(record)
+        eta = (self.tcfg.max_steps - step) * self.tokens_per_step / max(tokens_per_sec, 1e-9)
+        self.progress.update(step, train_loss, tokens_per_sec, eta, extra)
+
+    def loop(self) -> TrainResult:
+        """Train until max_steps or an interrupt; checkpoint; report."""
+        tcfg, state = self.tcfg, self.state
+        last_eval: dict[str, float] = {}
+        interrupted = False
+        try:
+            with _InterruptFlag() as interrupt:
+                if state.step == 0 and not self.resume:
+                    last_eval = self.evaluate_and_sample(0)
+                window_start, window_tokens = time.perf_counter(), 0
+                stop = False
+                while state.step < tcfg.max_steps and not stop:
+                    t0 = time.perf_counter()
+                    lr = lr_at(state.step, tcfg)
+                    loss = self.runner.step(self.loader.next_batch, lr)
+                    # One exchange per step: the mean loss over ranks, and whether any rank was
+                    # interrupted (all must stop at the same step, or the next collective hangs).
+                    loss_sum, stops = all_sum([loss.item(), float(interrupt.set)], self.ranks, self.device)
+                    train_loss, stop = loss_sum / self.ranks.world_size, stops > 0
+                    if not math.isfinite(train_loss):
+                        raise GptlabError(f"loss became {train_loss} at step {state.step + 1} (try a lower lr); "
+                                          f"the last checkpoint in {self.run} is kept")
+                    state.step += 1
+                    state.tokens_seen += self.tokens_per_step
+                    state.elapsed_s += time.perf_counter() - t0
+                    window_tokens += self.tokens_per_step
+                    step, is_last = state.step, state.step == tcfg.max_steps
+                    if self.main and (step % tcfg.log_interval == 0 or is_last):
+                        now = time.perf_counter()
+                        self.log(step, train_loss, lr, window_tokens / max(1e-9, now - window_start))
+                        window_start, window_tokens = now, 0
+                    if step % tcfg.eval_interval == 0 or is_last:
+                        last_eval = self.evaluate_and_sample(step)
+                        window_start = time.perf_counter()  # evaluation time is not training throughput
+                    if step % tcfg.checkpoint_interval == 0 or is_last:
+                        self.checkpoint()
+                interrupted = stop and state.step < tcfg.max_steps
+                if interrupted:
+                    self.checkpoint()
+        finally:
+            self.loader.close()
+            if self.main:
+                self.progress.close()
+                self.metrics.close()
+        if interrupted:
+            self.say(f"interrupted: checkpoint saved at step {state.step}; continue with `gptlab train --resume {self.run}`")
+        else:
+            self.say(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {self.run / 'model.safetensors'}")
+        return TrainResult(state.step, interrupted, last_eval)

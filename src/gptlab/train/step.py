@@ -1,0 +1,99 @@
+"""One optimizer step: grad_accum micro-steps of forward and backward, then clip and update.
+
+Shared by the trainer and `gptlab bench train`, so the benchmark times exactly what training runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gptlab.config import TrainConfig
+from gptlab.device import autocast, fused_adamw, precision_for
+from gptlab.train.distributed import Ranks, wrap
+from gptlab.train.optim import build_optimizer
+
+# compile=auto on CPU: off. Measured with benchmarks/train_throughput.py on the 2-core development
+# machine (README "Benchmarks"): compiled steps ran 1.04-1.5x as fast on cpu-small and 0.72-0.93x
+# on tutorial, after 4-8 s of compilation (minutes when the machine was busy) and only with a C++
+# toolchain at hand: no gain to default to. Long CPU runs can still ask for compile=on.
+COMPILE_ON_CPU = False
+
+
+def compile_by_default(setting: str, device: torch.device) -> bool:
+    """Whether to torch.compile: "on"/"off" as asked; "auto" is on for CUDA, COMPILE_ON_CPU on CPU,
+    off on MPS (whose compiler backend is still experimental)."""
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" or (device.type == "cpu" and COMPILE_ON_CPU)
+
+
+class StepRunner:
+    """Runs optimizer steps on a (possibly compiled, DDP-wrapped or FSDP-sharded) model.
+
+    raw: the GPT itself (sharded in place under FSDP), whose parameters the optimizer holds and
+    whose state checkpoints save; wrapped: what the forward pass calls (raw, maybe compiled, maybe
+    inside DDP).
+    """
+
+    def __init__(self, raw: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, grad_accum: int, grad_clip: float):
+        self.raw, self.wrapped, self.optimizer = raw, wrapped, optimizer
+        self.device, self.grad_accum, self.grad_clip = device, grad_accum, grad_clip
+        # float16 needs loss scaling so small gradients do not underflow; other precisions do not.
+        self.scaler = torch.amp.GradScaler(device.type) if precision_for(device).grad_scaler else None
+
+    def _sync_gradients(self, last: bool) -> contextlib.AbstractContextManager:
+        """Gradients are averaged across ranks only on the last micro-step: the earlier ones just
+        accumulate locally, so accumulation costs no extra communication."""
+        if isinstance(self.wrapped, DistributedDataParallel):
+            return contextlib.nullcontext() if last else self.wrapped.no_sync()
+        if hasattr(self.raw, "set_requires_gradient_sync"):  # FSDP (fully_shard)
+            self.raw.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def step(self, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], lr: float) -> torch.Tensor:
+        """One optimizer step at learning rate lr; returns this rank's mean micro-step loss (a tensor,
+        so the caller decides when to wait for the device)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            x, y = next_batch()
+            # Pinned host memory + non_blocking: the copy overlaps the GPU's queued work.
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._sync_gradients(micro == self.grad_accum - 1):
+                with autocast(self.device):
+                    _, loss = self.wrapped(x, y)
+                scaled = loss / self.grad_accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / self.grad_accum
+
+
+def make_runner(raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.device) -> StepRunner:
+    """Distribute (DDP or FSDP), maybe compile, and build the optimizer around a model on device.
+
+    FSDP shards the model in place before compiling; DDP wraps the compiled model, so its
+    gradient hooks stay outside the compiled graph and no_sync keeps its plain meaning.
+    """
+    if tcfg.fsdp:
+        wrap(raw, ranks, device, fsdp=True)
+    base = torch.compile(raw) if compile_by_default(tcfg.compile, device) else raw
+    wrapped = base if tcfg.fsdp else wrap(base, ranks, device, fsdp=False)
+    optimizer = build_optimizer(raw, tcfg, fused=fused_adamw(device) and tcfg.optimizer == "adamw")
+    return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip)
