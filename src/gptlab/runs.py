@@ -51,7 +51,12 @@ def read_config(run: str | Path) -> RunConfig:
 
 def save_weights(model: GPT, path: str | Path, step: int) -> None:
     """Write model.safetensors atomically (tied weights stored once)."""
-    atomic_write(path, lambda tmp: save_model(model, tmp, metadata={"step": str(step)}))
+    atomic_write(path, lambda tmp: write_weights(model, tmp, step))
+
+
+def write_weights(model: GPT, path: str | Path, step: int) -> None:
+    """Write weights to path as it is (callers make it atomic), with the step in the metadata."""
+    save_model(model, str(path), metadata={"step": str(step)})
 
 
 def load_weights(model: GPT, path: str | Path) -> int:

@@ -78,9 +78,14 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
         raise GptlabError(f"workers={workers} and shard_tokens={shard_tokens} must be at least 1")
     if tokenizer_options and not needs_training(tokenizer_kind):
         raise GptlabError(f"{', '.join(tokenizer_options)} cannot be set for the pretrained {tokenizer_kind}")
+    if tokenizer_options and tokenizer_kind != "bpe":
+        raise GptlabError(f"{', '.join(tokenizer_options)} applies to the bpe tokenizer, not {tokenizer_kind}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GptlabError(f"--out {out} exists and is not a directory")
+    if (out / "config.json").exists() or (out / "model.safetensors").exists():
+        # Its tokenizer.json belongs to the trained weights: replacing it would break the run.
+        raise GptlabError(f"--out {out} is a training run, not a dataset directory; choose another --out")
 
     report = SkipReport()
     tokenizer, lengths, bar = _first_pass(specs, report, text_field, tokenizer_kind, tokenizer_options or {},

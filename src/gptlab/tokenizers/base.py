@@ -81,4 +81,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind not in KINDS:
         raise GptlabError(f"tokenizer file {p} has unknown kind {kind!r}")
-    return KINDS[kind].from_dict(data)
+    try:
+        return KINDS[kind].from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GptlabError(f"tokenizer file {p} is corrupt ({type(exc).__name__}: {exc})") from None

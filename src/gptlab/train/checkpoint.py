@@ -1,13 +1,14 @@
 """Training checkpoints: weights plus everything needed to continue the same trajectory.
 
-    model.safetensors   weights (runs.save_weights)
+    model.safetensors   weights (runs.write_weights)
     train_state.pt      optimizer state and torch RNG state: tensors and plain data only, read
                         back with torch.load(weights_only=True), so no pickled code is ever run
     train_state.json    step, tokens seen, elapsed time, the data loader's RNG state, and the world
                         size and grad_accum it was trained with
 
-Each file is written atomically; train_state.json is written last and names the step, so a crash
-between files is detected on resume (the steps disagree) rather than silently mixing states.
+All three are written to temporary files first and renamed over the previous checkpoint only when
+every one is complete, train_state.json last: a crash while saving leaves the previous checkpoint
+whole. Should a crash fall between the renames, the steps disagree and resume says so.
 
 Weights and optimizer state are always saved whole ("full" state dicts keyed by parameter name),
 whether the run was one process, DDP or FSDP-sharded: gathering the shards costs a moment at
@@ -18,6 +19,7 @@ Only rank 0 writes; under FSDP every rank takes part in gathering.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write, atomic_write_json
+from gptlab.fileio import atomic_write_group, json_text
 from gptlab.model.gpt import GPT
-from gptlab.runs import WEIGHTS, load_weights, save_weights
+from gptlab.runs import WEIGHTS, load_weights, write_weights
 
 STATE_PT, STATE_JSON = "train_state.pt", "train_state.json"
 
@@ -88,14 +90,17 @@ def save_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimize
             model.load_state_dict(full)
     if not is_main:
         return
-    save_weights(model, run / WEIGHTS, state.step)
     blob = {"step": state.step, "optimizer": optim_state, "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         blob["cuda_rng"] = torch.cuda.get_rng_state_all()
     if scaler is not None:
         blob["grad_scaler"] = scaler.state_dict()
-    atomic_write(run / STATE_PT, lambda tmp: torch.save(blob, tmp))
-    atomic_write_json(run / STATE_JSON, asdict(state))
+    # All three are complete on disk before any replaces the previous checkpoint's file.
+    atomic_write_group([
+        (run / WEIGHTS, lambda tmp: write_weights(model, tmp, state.step)),
+        (run / STATE_PT, lambda tmp: torch.save(blob, tmp)),
+        (run / STATE_JSON, lambda tmp: Path(tmp).write_text(json_text(asdict(state)), encoding="utf-8")),
+    ])
 
 
 def load_weights_for_resume(run: str | Path, model: GPT) -> int:
@@ -119,7 +124,7 @@ def load_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimize
             group.update(chosen)
     except FileNotFoundError as exc:
         raise GptlabError(f"{run} has no complete checkpoint ({Path(exc.filename).name} missing)") from None
-    except (TypeError, KeyError, ValueError, RuntimeError, EOFError) as exc:
+    except (TypeError, KeyError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise GptlabError(f"corrupt checkpoint in {run}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if not (weights_step == state.step == blob["step"]):
         raise GptlabError(f"corrupt checkpoint in {run}: its files disagree on the step "

@@ -20,8 +20,7 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             # Lines logged after the checkpoint we resume from belong to a trajectory that is
             # about to be replayed; keep only what the checkpoint covers.
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -42,7 +41,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A run killed mid-write (or still writing) can end in a partial line: it holds nothing whole.
+            continue
+    return records
 
 
 class Progress:

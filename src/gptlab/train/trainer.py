@@ -32,8 +32,8 @@ from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
 from gptlab.model.accounting import describe, flops_per_token
 from gptlab.model.gpt import GPT
-from gptlab.report.plot import refresh_loss_plot
 from gptlab.runs import CONFIG, TOKENIZER, read_config
+from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
 from gptlab.train.checkpoint import (TrainState, has_checkpoint, load_checkpoint, load_weights_for_resume,
                                      read_state, save_checkpoint)
@@ -169,6 +169,10 @@ class _Training:
         self.main = ranks.is_main
         self.dataset = Dataset(cfg.data)
         self.tokenizer = self.dataset.tokenizer
+        if resume and load_tokenizer(run / TOKENIZER).to_dict() != self.tokenizer.to_dict():
+            # Same vocabulary size, different ids: the weights would silently learn a new mapping.
+            raise GptlabError(f"the dataset {cfg.data} was prepared with another tokenizer than the run {run} "
+                              "was trained with; resume on the dataset the run started with")
         if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size) and not resume:
             self.say(f"note: vocab_size set to the tokenizer's {self.tokenizer.vocab_size} (was {cfg.model.vocab_size})")
         cfg.model.vocab_size = self.tokenizer.vocab_size
@@ -183,7 +187,8 @@ class _Training:
         self.loader = PrefetchingLoader(
             BatchLoader(self.dataset, "train", tcfg.batch_size, cfg.model.block_size, seed=tcfg.seed),
             ranks.rank, ranks.world_size, pin_memory=device.type == "cuda")
-        BatchLoader(self.dataset, "val", tcfg.batch_size, cfg.model.block_size, seed=0)  # val must fit a window too
+        if self.dataset.splits["val"]["tokens"]:  # a val split, where there is one, must fit a window too
+            BatchLoader(self.dataset, "val", tcfg.batch_size, cfg.model.block_size, seed=0)
 
         if resume:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
@@ -200,7 +205,8 @@ class _Training:
             torch.manual_seed(tcfg.seed + 1_000_003 * ranks.rank + self.state.step)
         if self.main:
             atomic_write_json(run / CONFIG, cfg.to_dict())
-            self.tokenizer.save(run / TOKENIZER)
+            if not resume:
+                self.tokenizer.save(run / TOKENIZER)
             atomic_write_json(run / "data_meta.json", self.dataset.meta)
         self.tokens_per_step = tcfg.batch_size * tcfg.grad_accum * ranks.world_size * cfg.model.block_size
         self.flops_per_token = flops_per_token(cfg.model)["train"]
@@ -265,6 +271,8 @@ class _Training:
         save_checkpoint(self.run, self.model, self.runner.optimizer, self.state, self.runner.scaler,
                         sharded=self.tcfg.fsdp, is_main=self.main)
         if self.main:
+            from gptlab.report.plot import refresh_loss_plot  # matplotlib loads only once a plot is due
+
             refresh_loss_plot(self.run)  # RUN/loss.png follows the checkpoints; a plotting error only warns
 
     def log(self, step: int, train_loss: float, lr: float, tokens_per_sec: float) -> None:
