@@ -26,23 +26,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from gptlab.config import build_config  # noqa: E402
 from gptlab.data.prepare import prepare  # noqa: E402
 from gptlab.model.accounting import flops_per_token  # noqa: E402
+from gptlab.train.perf import measure_cpu_matmul_peak  # noqa: E402
 from gptlab.train.trainer import train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def matmul_flops(n: int = 1024, seconds: float = 2.0) -> float:
-    """Best float32 FLOP/s of an n x n matrix product over about `seconds` of repeats."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b  # warm-up: thread pool and caches
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def main() -> None:
@@ -52,7 +39,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
 
     print("measuring float32 matmul FLOP/s (1024 x 1024)...")
-    peak = matmul_flops()
+    peak = measure_cpu_matmul_peak(size=1024, seconds=2.0)
     print(f"  {peak / 1e9:.1f} GFLOP/s")
 
     with tempfile.TemporaryDirectory() as tmp:

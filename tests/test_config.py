@@ -1,6 +1,6 @@
 import pytest
 
-from gptlab.config import RunConfig, build_config
+from gptlab.config import RunConfig, build_config, load_toml
 from gptlab.errors import GptlabError
 
 
@@ -53,5 +53,12 @@ def test_bad_toml_is_refused(tmp_path):
 def test_shipped_config_files_load():
     from conftest import ROOT
 
-    for path in sorted((ROOT / "configs").glob("*.toml")):
-        build_config(None, path, [])
+    paths = sorted((ROOT / "configs").glob("*.toml"))
+    assert paths
+    for path in paths:
+        data = load_toml(path)
+        cfg = build_config(None, path, [])
+        # Every value the file sets is what the config holds.
+        for section in ("model", "train"):
+            for key, value in data.get(section, {}).items():
+                assert getattr(getattr(cfg, section), key) == value, (path.name, key)

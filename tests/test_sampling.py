@@ -1,8 +1,9 @@
 import torch
 
 from gptlab.config import ModelConfig
-from gptlab.inference.generate import complete, generate
-from gptlab.inference.sampling import filter_logits, sample_next
+from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.generate import complete
+from gptlab.inference.sampling import filter_logits, sample_rows
 from gptlab.model.gpt import GPT
 from gptlab.inference.text import StreamDecoder
 from gptlab.tokenizers import CharTokenizer
@@ -10,14 +11,14 @@ from gptlab.tokenizers import CharTokenizer
 
 def test_temperature_zero_is_argmax():
     logits = torch.tensor([[0.1, 3.0, 2.9], [5.0, -1.0, 4.0]])
-    assert sample_next(logits, temperature=0).squeeze(1).tolist() == [1, 0]
+    assert sample_rows(logits, [None, None], temperature=0).tolist() == [1, 0]
 
 
 def test_top_k_never_picks_outside_the_k_best():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 50, generator=g)
     allowed = set(torch.topk(logits, 5).indices[0].tolist())
-    picks = {int(sample_next(logits, 1.5, top_k=5, generator=g)) for _ in range(500)}
+    picks = {int(sample_rows(logits, [g], 1.5, top_k=5)) for _ in range(500)}
     assert picks <= allowed and len(picks) > 1
 
 
@@ -26,7 +27,7 @@ def test_top_p_keeps_the_smallest_nucleus():
     kept = torch.isfinite(filter_logits(logits, 1.0, top_p=0.7))[0].tolist()
     assert kept == [True, True, False, False]  # 0.5 < 0.7 so 0.3 is needed; 0.8 >= 0.7 stops
     g = torch.Generator().manual_seed(1)
-    picks = {int(sample_next(logits, 1.0, top_p=0.7, generator=g)) for _ in range(300)}
+    picks = {int(sample_rows(logits, [g], 1.0, top_p=0.7)) for _ in range(300)}
     assert picks == {0, 1}
 
 
@@ -42,9 +43,8 @@ def _model(block_size=16):
 
 def test_generation_slides_past_block_size():
     model = _model(block_size=16)
-    ids = torch.zeros(1, 10, dtype=torch.long)
-    out = list(generate(model, ids, max_new_tokens=40, temperature=0))
-    assert len(out) == 40  # 50 tokens in all, far past the 16-token window
+    steps = list(generate_steps(model, None, [[0] * 10], SamplingParams(40, temperature=0)))
+    assert len(steps) == 40  # 50 tokens in all, far past the 16-token window
 
 
 def test_same_seed_same_text_different_seed_different_text():

@@ -171,8 +171,9 @@ def generate_steps(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Se
                                  params.top_k, params.top_p)
             probs = probs_from_logits(logits, params.temperature) if with_probs else None
             steps, going = [], []
+            chosen = tokens.view(-1).tolist()  # one device-to-host copy per step, not one per row
             for row, seq in enumerate(active):
-                token, stream = int(tokens[row]), streams[seq]
+                token, stream = chosen[row], streams[seq]
                 text, stopped = stream.push(token) if stream is not None else ("", False)
                 finish = "stop" if stopped else None
                 if finish is None and n == params.max_new_tokens:
@@ -184,7 +185,7 @@ def generate_steps(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Se
             yield steps
             if not going:
                 return
-            decoder.append(tokens.tolist())
+            decoder.append(chosen)
             if seen is not None:
                 seen[torch.arange(len(active), device=device), tokens] = True
             if len(going) < len(active):

@@ -17,19 +17,6 @@ from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
 
-def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, use_cache: bool = True
-             ) -> Iterator[torch.Tensor]:
-    """Yield (B, 1) new ids one step at a time, continuing ids (B, T0).
-
-    When the context grows past block_size the window slides: only the last block_size tokens
-    are seen, so the oldest ones drop out of view.
-    """
-    params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed=seed)
-    for steps in generate_steps(model, None, ids.tolist(), params, use_cache):
-        yield torch.tensor([[s.token] for s in steps], dtype=torch.long)
-
-
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The prompt's ids; an empty prompt starts from a document boundary (it needs one token)."""
     ids = tokenizer.encode(prompt)

@@ -1,0 +1,1 @@
+"""Training: the loop, optimizers and schedule, checkpoints, metrics, distributed set-up."""
