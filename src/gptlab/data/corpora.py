@@ -226,14 +226,20 @@ def _iter_file(path: Path, report: SkipReport, text_field: str) -> Iterator[tupl
         except json.JSONDecodeError as exc:
             raise GptlabError(f"{path} is not valid JSON: {exc}") from None
         records = iter(data if isinstance(data, list) else [data])
+    yield from _record_docs(records, str(path), report, text_field)
+
+
+def _record_docs(records: Iterator[Any], name: str, report: SkipReport, text_field: str
+                 ) -> Iterator[tuple[str, Iterator[str]]]:
+    """One document per JSON record that has text; the others are counted as skipped, with why."""
     for i, record in enumerate(records):
-        doc_text = record_text(record, text_field)
-        if doc_text is None:
+        text = record_text(record, text_field)
+        if text is None:
             report.skip(f"record without a string '{text_field}' field (nor title/paragraphs)")
-        elif not doc_text.strip():
+        elif not text.strip():
             report.skip("record with empty text")
         else:
-            yield f"{path}#{i}", iter([doc_text])
+            yield f"{name}#{i}", iter([text])
 
 
 def _jsonl_records(path: Path) -> Iterator[Any]:
@@ -268,14 +274,7 @@ def hf_texts(spec: str, report: SkipReport, text_field: str) -> Iterator[tuple[s
                           "(pip install datasets), or download the data and pass its files") from None
     try:
         records = datasets.load_dataset(name, config or None, split="train", streaming=True)
-        for i, record in enumerate(records):
-            text = record_text(record, text_field)
-            if text is None:
-                report.skip(f"record without a string '{text_field}' field (nor title/paragraphs)")
-            elif not text.strip():
-                report.skip("record with empty text")
-            else:
-                yield f"{spec}#{i}", iter([text])
+        yield from _record_docs(iter(records), spec, report, text_field)
     except GptlabError:
         raise
     except Exception as exc:  # noqa: BLE001 (datasets raises many types: network, missing config, ...)
