@@ -79,6 +79,7 @@ def test_embeddings_and_neighbours(client, run):
 @pytest.mark.parametrize("path, body, status, message", [
     ("/api/next", {"text": "caf\u00e9"}, 400, "not in this char tokenizer's vocabulary"),
     ("/api/next", {"text": ""}, 400, "prompt is empty"),
+    ("/api/next", {"text": "a" * 100_000}, 400, "at most 3,200 are accepted"),  # tiny run: context 32
     ("/api/next", {"text": "a", "k": 0}, 422, "greater than or equal to 1"),
     ("/api/step", {"text": "a", "mode": "token"}, 400, "needs a token_id"),
     ("/api/step", {"text": "a", "mode": "flip"}, 422, "greedy"),

@@ -36,7 +36,8 @@ from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun, load_run
 from gptlab.serve.explore import router as explore_router
-from gptlab.serve.openai import APIError, CompletionRequest, choice, completion, parse_request
+from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
+                                 parse_request)
 
 
 
@@ -91,7 +92,7 @@ def _read(app: FastAPI, body: bytes) -> tuple[CompletionRequest, list[list[int]]
     block_size = run.config.model.block_size
     encoded = []
     for i, prompt in enumerate(req.prompts()):
-        if len(prompt) > 100 * block_size:  # surely too long: refuse before spending time encoding it
+        if len(prompt) > MAX_CHARS_PER_POSITION * block_size:
             raise APIError(400, f"prompt {i} is {len(prompt):,} characters; this model reads at most "
                            f"{block_size} tokens", "prompt", code="context_length_exceeded")
         try:

@@ -22,6 +22,7 @@ from gptlab.inference.probs import next_token_probs, top_candidates
 from gptlab.model.embedding_map import nearest_neighbours, pca_2d
 from gptlab.model.introspect import attention_maps
 from gptlab.runs import LoadedRun
+from gptlab.serve.openai import MAX_CHARS_PER_POSITION
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -63,6 +64,9 @@ def _encode(run: LoadedRun, text: str) -> list[int]:
     """Prompt ids, or a 400 with the tokenizer's reason (unknown characters, empty prompt)."""
     if not text:
         raise HTTPException(400, "the prompt is empty: type at least one character")
+    limit = MAX_CHARS_PER_POSITION * run.config.model.block_size
+    if len(text) > limit:
+        raise HTTPException(400, f"the prompt is {len(text):,} characters; at most {limit:,} are accepted")
     try:
         return run.tokenizer.encode(text)
     except GptlabError as exc:

@@ -13,6 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_PROMPTS = 16  # prompts in one request
+# A prompt longer than this many characters per context position is surely too long: refuse it
+# before spending time encoding it (no tokenizer makes 100 characters into one token).
+MAX_CHARS_PER_POSITION = 100
 MAX_SEQUENCES = 32  # prompts x n: the rows of one request's batch
 MAX_STOP = 4  # as OpenAI
 
