@@ -10,6 +10,7 @@ products run hundreds of times slower on these CPUs.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,7 @@ class Precision:
         return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
 
 
+@functools.cache  # asked on every micro-step (through autocast); the answer never changes
 def precision_for(device: torch.device) -> Precision:
     """The precision policy of a device (see the module docstring)."""
     if device.type == "cuda":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import socket
 import sys
 import threading
@@ -24,7 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -143,6 +143,7 @@ class _Job:
         texts = [""] * len(self.rows)
         finish = ["length"] * len(self.rows)
         logprobs = [{"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for _ in self.rows]
+        offsets = list(self.prompt_chars)  # where each sequence's next token starts, in characters
         generated = 0
         for step in self.steps():
             for s in step:
@@ -151,10 +152,10 @@ class _Job:
                 finish[s.seq] = s.finish or finish[s.seq]
                 if self.req.logprobs is not None:
                     lp, piece_lp = logprobs[s.seq], self._logprobs(s)
-                    offset = self.prompt_chars[s.seq] + sum(len(t) for t in lp["tokens"])
                     for key in ("tokens", "token_logprobs", "top_logprobs"):
                         lp[key] += piece_lp[key]
-                    lp["text_offset"].append(offset)
+                    lp["text_offset"].append(offsets[s.seq])
+                    offsets[s.seq] += len(piece_lp["tokens"][0])
         choices = [choice(i, texts[i], finish[i], logprobs[i] if self.req.logprobs is not None else None)
                    for i in range(len(self.rows))]
         usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": generated,
@@ -182,7 +183,7 @@ def _sse(obj: dict[str, Any]) -> str:
 
 
 def _log(p: float) -> float:
-    return float(torch.log(torch.tensor(p))) if p > 0 else -1e9  # JSON has no -inf
+    return math.log(p) if p > 0 else -1e9  # JSON has no -inf
 
 
 def _is_loopback(host: str) -> bool:
