@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 from gptlab.config import build_config  # noqa: E402
 from gptlab.data.loader import Dataset  # noqa: E402
 from gptlab.data.prepare import prepare  # noqa: E402
+from gptlab.data.units import bits_per  # noqa: E402
 from gptlab.train.metrics import read_metrics  # noqa: E402
 from gptlab.train.trainer import train  # noqa: E402
 
@@ -71,8 +71,9 @@ def main() -> None:
                   f"training {steps} steps (~{args.seconds:.0f} s)...", flush=True)
             result = run(data, work / f"run-{kind}", steps)
             val_loss = result["final"]["val_loss"]
-            bytes_per_token = dataset.bytes_per_token("val")
-            bpb = val_loss / math.log(2) / bytes_per_token
+            val = dataset.splits["val"]
+            bytes_per_token = val["bytes"] / val["tokens"]
+            bpb = bits_per(val_loss, val, "bytes")
             figures[kind] = {"vocab_size": dataset.tokenizer.vocab_size, "steps": steps,
                              "train_s": round(result["elapsed_s"], 1), "val_loss_nats_per_token": round(val_loss, 4),
                              "val_bytes_per_token": round(bytes_per_token, 3), "val_bits_per_byte": round(bpb, 4),

@@ -47,15 +47,6 @@ class Dataset:
                 arrays.append(np.memmap(file, dtype=self.dtype, mode="r"))
         return arrays
 
-    def chars_per_token(self, split: str) -> float:
-        """Characters of source text per token in a split (to turn nats/token into bits/char)."""
-        s = self.splits[split]
-        return s["chars"] / max(1, s["tokens"])
-
-    def bytes_per_token(self, split: str) -> float:
-        """UTF-8 bytes of source text per token in a split (for bits per byte)."""
-        s = self.splits[split]
-        return s["bytes"] / max(1, s["tokens"])
 
 
 class BatchLoader:

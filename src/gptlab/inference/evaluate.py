@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptlab.data.loader import Dataset
+from gptlab.data.units import bits_per
 from gptlab.device import autocast, pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
@@ -76,8 +77,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: i
     bar.close()
     loss = nats / count
     meta = dataset.splits[split]
-    bpb = loss / math.log(2) * meta["tokens"] / meta["bytes"] if meta.get("bytes") else None
-    return EvalResult(split, count, loss, math.exp(loss), bpb)
+    return EvalResult(split, count, loss, math.exp(loss), bits_per(loss, meta, "bytes"))
 
 
 def _add(model: torch.nn.Module, batch: list[np.ndarray], device: torch.device, nats: float, count: int,

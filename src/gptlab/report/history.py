@@ -7,19 +7,18 @@ so it works on a run that is still training and needs no model or torch.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gptlab.config import RunConfig
+from gptlab.data.units import bits_per
 from gptlab.errors import GptlabError
 from gptlab.runs import read_config
 from gptlab.train.metrics import read_metrics
 
 METRICS, SAMPLES, DATA_META = "metrics.jsonl", "samples.txt", "data_meta.json"
-LN2 = math.log(2)
 _SAMPLE_HEADER = re.compile(r"^=== step (\d+) ===\n", re.MULTILINE)
 
 
@@ -64,15 +63,9 @@ class RunHistory:
             points = self.series(key)
             if points:
                 step, _, nats = points[-1]
-                out.append(FinalLoss(split, step, nats, self._bits_per_byte(split, nats)))
+                stats = ((self.data_meta or {}).get("splits") or {}).get(split) or {}
+                out.append(FinalLoss(split, step, nats, bits_per(nats, stats, "bytes")))
         return out
-
-    def _bits_per_byte(self, split: str, nats: float) -> float | None:
-        stats = ((self.data_meta or {}).get("splits") or {}).get(split) or {}
-        if not stats.get("bytes") or not stats.get("tokens"):
-            return None
-        # nats per token -> bits per token -> bits per byte of source text.
-        return nats / LN2 * stats["tokens"] / stats["bytes"]
 
     def values(self, key: str) -> list[float]:
         """Every recorded value of key (e.g. tokens_per_sec, mfu), in step order."""

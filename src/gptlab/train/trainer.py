@@ -26,6 +26,7 @@ import torch
 
 from gptlab.config import RunConfig
 from gptlab.data.loader import BatchLoader, Dataset
+from gptlab.data.units import bits_per
 from gptlab.device import autocast, configure_backends, precision_for
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
@@ -44,7 +45,6 @@ from gptlab.train.perf import device_peak, mfu
 from gptlab.train.prefetch import PrefetchingLoader
 from gptlab.train.step import compile_by_default, make_runner
 
-LN2 = math.log(2)
 
 
 @dataclass
@@ -215,7 +215,6 @@ class _Training:
         self.metrics = MetricsLog(run / "metrics.jsonl", resume_step=self.state.step if resume else None) \
             if self.main else None
         self.progress = Progress(self.state.step, tcfg.max_steps, tcfg.log_interval) if self.main else None
-        self.chars_per_token = self.dataset.chars_per_token("val" if self.dataset.splits["val"]["tokens"] else "train")
 
     def say(self, text: str) -> None:
         """Print on rank 0 only (through the progress bar once there is one)."""
@@ -249,7 +248,7 @@ class _Training:
         record["eval_train_loss"] = losses["train"]
         if "val" in losses:
             record["val_loss"] = losses["val"]
-            record["val_bpc"] = losses["val"] / LN2 / self.chars_per_token
+            record["val_bpc"] = bits_per(losses["val"], self.dataset.splits["val"], "chars")
             text += f", val loss {losses['val']:.4f} ({record['val_bpc']:.3f} bits/char)"
         self.say(text)
         if tcfg.sample_tokens:
