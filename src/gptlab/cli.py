@@ -236,7 +236,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _run_info(args: argparse.Namespace) -> None:
     from gptlab.config import build_config
     from gptlab.model.accounting import describe
-    from gptlab.model.presets import PRESETS
+    from gptlab.model.presets import CHAR_VOCAB, PRESETS
 
     if args.list:
         for name, values in PRESETS.items():
@@ -246,8 +246,8 @@ def _run_info(args: argparse.Namespace) -> None:
     overrides = list(args.overrides) + ([f"vocab_size={args.vocab_size}"] if args.vocab_size else [])
     cfg = build_config(args.preset, None, overrides)
     if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = 65
-        print("note: this preset takes its vocabulary from the dataset; assuming 65 (tinyshakespeare's "
+        cfg.model.vocab_size = CHAR_VOCAB
+        print(f"note: this preset takes its vocabulary from the dataset; assuming {CHAR_VOCAB} (tinyshakespeare's "
               "characters). Pass --vocab-size V to change it.")
     for line in describe(cfg.model):
         print(line)

@@ -6,6 +6,10 @@ from typing import Any
 
 from gptlab.errors import GptlabError
 
+# Presets without a vocabulary of their own take it from the dataset; where there is none (info,
+# bench), they are sized as character models of tinyshakespeare's 65 characters.
+CHAR_VOCAB = 65
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The demo's default: a character model that learns visible Shakespeare in a few CPU minutes.
     "cpu-tiny": {

@@ -20,11 +20,10 @@ from gptlab.device import configure_backends, pick_device, precision_for, synchr
 from gptlab.errors import GptlabError
 from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.gpt import GPT
+from gptlab.model.presets import CHAR_VOCAB
 from gptlab.train.distributed import Ranks
 from gptlab.train.perf import device_peak, mfu
 from gptlab.train.step import StepRunner, compile_by_default, make_runner
-
-CHAR_VOCAB = 65  # presets without a vocabulary of their own are character models
 
 
 @dataclass
