@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gptlab.config import build_config  # noqa: E402
 from gptlab.inference.engine import SamplingParams, generate_steps  # noqa: E402
+from gptlab.interop.hf_gpt2 import to_gpt2_state_dict  # noqa: E402
+from gptlab.model import build_model  # noqa: E402
 from gptlab.model.gpt import GPT  # noqa: E402
 
 NEW_TOKENS = 256
@@ -58,17 +60,7 @@ def to_hf(model: GPT):
                                     n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu",
                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
                                     bos_token_id=None, eos_token_id=None))
-    ours = model.state_dict()
-    theirs = {"transformer.wte.weight": ours["wte.weight"], "transformer.wpe.weight": ours["wpe.weight"],
-              "transformer.ln_f.weight": ours["ln_f.weight"], "transformer.ln_f.bias": ours["ln_f.bias"]}
-    # GPT-2 keeps its linear layers as Conv1D with (in, out) weights: ours transposed.
-    names = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
-             "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
-    for i in range(c.n_layer):
-        for mine, hfs in names.items():
-            w, b = ours[f"blocks.{i}.{mine}.weight"], ours[f"blocks.{i}.{mine}.bias"]
-            theirs[f"transformer.h.{i}.{hfs}.weight"] = w if mine.startswith("ln") else w.t().contiguous()
-            theirs[f"transformer.h.{i}.{hfs}.bias"] = b
+    theirs = to_gpt2_state_dict(model)
     missing, unexpected = hf.load_state_dict(theirs, strict=False)
     assert not unexpected and all(k == "lm_head.weight" or k.endswith("attn.bias") for k in missing), missing
     hf.tie_weights()
@@ -95,7 +87,7 @@ def main() -> None:
                      "torch": torch.__version__, "python": platform.python_version()}
     for name, (preset, vocab) in SHAPES.items():
         cfg = build_config(preset, None, [f"vocab_size={vocab}", "dropout=0.0"]).model
-        model = GPT(cfg).eval()
+        model = build_model(cfg).eval()
         prompt = [1]
         print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, block_size {cfg.block_size}",
               flush=True)

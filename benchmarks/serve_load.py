@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from gptlab.config import build_config  # noqa: E402
 from gptlab.fileio import atomic_write_json  # noqa: E402
-from gptlab.model.gpt import GPT  # noqa: E402
+from gptlab.model import build_model  # noqa: E402
 from gptlab.runs import CONFIG, TOKENIZER, WEIGHTS, save_weights  # noqa: E402
 from gptlab.tokenizers import CharTokenizer  # noqa: E402
 
@@ -47,7 +47,7 @@ def make_run(path: Path) -> None:
     path.mkdir(parents=True)
     atomic_write_json(path / CONFIG, cfg.to_dict())
     tokenizer.save(path / TOKENIZER)
-    save_weights(GPT(cfg.model), path / WEIGHTS, step=0)
+    save_weights(build_model(cfg.model), path / WEIGHTS, step=0)
 
 
 def start_server(run: Path, logs: Path) -> tuple[subprocess.Popen, str]:

@@ -62,3 +62,65 @@ def test_shipped_config_files_load():
         for section in ("model", "train"):
             for key, value in data.get(section, {}).items():
                 assert getattr(getattr(cfg, section), key) == value, (path.name, key)
+
+
+def test_choices_come_from_the_type_and_are_listed():
+    with pytest.raises(GptlabError) as err:
+        build_config("cpu-tiny", None, ["mlp=swish"])
+    assert "mlp='swish' must be one of: gelu, relu2, swiglu" in str(err.value)
+    cfg = build_config("cpu-tiny", None, ["position=rope", "norm=rmsnorm", "schedule=wsd", "optimizer=muon"])
+    assert (cfg.model.position, cfg.model.norm, cfg.train.schedule, cfg.train.optimizer) == \
+        ("rope", "rmsnorm", "wsd", "muon")
+
+
+def test_a_value_set_in_code_is_type_checked_at_validation():
+    cfg = build_config("cpu-tiny", None, [])
+    cfg.model.norm = "batchnorm"
+    with pytest.raises(GptlabError, match="norm='batchnorm' must be one of"):
+        cfg.validate()
+
+
+def test_optional_fields_are_resolved_from_the_type_hints():
+    from dataclasses import dataclass
+
+    from gptlab.config import _set_field
+
+    @dataclass
+    class Section:
+        cap: float | None = None
+
+    s = Section()
+    _set_field(s, "cap", "2.5", "x")
+    assert s.cap == 2.5
+    _set_field(s, "cap", "none", "x")
+    assert s.cap is None
+
+
+def test_an_ambiguous_bare_key_is_refused_naming_the_sections(monkeypatch):
+    from gptlab import config
+
+    cfg = build_config("cpu-tiny", None, [])
+    real = config._field_types
+    # A field both sections have (none do today; growth must not make an old override change meaning).
+    monkeypatch.setattr(config, "_field_types", lambda obj: {**real(obj), "seed": int})
+    cfg.model.seed = 0
+    with pytest.raises(GptlabError, match="'seed' is in several sections; write model.seed or train.seed"):
+        config.apply_overrides(cfg, ["seed=3"])
+    config.apply_overrides(cfg, ["train.seed=3"])
+    assert cfg.train.seed == 3
+
+
+def test_muon_with_fsdp_is_refused_with_the_reason():
+    with pytest.raises(GptlabError, match="Muon needs whole matrices"):
+        build_config("cpu-modern", None, ["fsdp=true"])
+
+
+def test_presets_have_a_model_part_and_a_train_part():
+    from gptlab.config import ModelConfig, TrainConfig
+    from gptlab.model.presets import PRESETS
+
+    model_fields, train_fields = set(vars(ModelConfig())), set(vars(TrainConfig()))
+    for name, preset in PRESETS.items():
+        assert set(preset) == {"model", "train"}, name
+        assert set(preset["model"]) <= model_fields and set(preset["train"]) <= train_fields, name
+        build_config(name, None, [])  # every preset validates

@@ -11,8 +11,9 @@ def test_windows_are_consecutive_and_targets_shifted(char_dataset):
     ds = Dataset(char_dataset)
     data = np.fromfile(char_dataset / "train.bin", dtype=np.uint16)
     loader = BatchLoader(ds, "train", batch_size=8, block_size=16, seed=0)
-    x, y = loader.next_batch()
-    assert x.shape == y.shape == (8, 16) and x.dtype == torch.int64
+    batch = loader.next_batch()
+    x, y = batch.inputs, batch.targets
+    assert batch.loss_mask is None and x.shape == y.shape == (8, 16) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
     for row_x, row_y in zip(x.numpy(), y.numpy()):
         # The window really is a slice of the token file.
@@ -26,10 +27,10 @@ def test_state_dict_continues_the_same_sequence(char_dataset):
     a = BatchLoader(ds, "train", 4, 16, seed=7)
     a.next_batch()
     state = a.state_dict()
-    expected = [a.next_batch()[0] for _ in range(3)]
+    expected = [a.next_batch().inputs for _ in range(3)]
     b = BatchLoader(ds, "train", 4, 16, seed=999)
     b.load_state_dict(state)
-    assert all(torch.equal(e, b.next_batch()[0]) for e in expected)
+    assert all(torch.equal(e, b.next_batch().inputs) for e in expected)
 
 
 def test_split_too_short_for_a_window_is_refused(tmp_path):

@@ -68,7 +68,7 @@ def test_gpt2_small_has_124m_parameters_and_gpt3_embedding_617m():
     gpt2 = ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
     assert count_params(gpt2).total == 124_439_808
     gpt3 = ModelConfig(vocab_size=50257, block_size=2048, n_layer=96, n_head=96, n_embd=12288)
-    assert count_params(gpt3).token_embedding == 617_558_016
+    assert count_params(gpt3).by_place["token embedding"] == 617_558_016
 
 
 def test_flops_per_token_hand_count():

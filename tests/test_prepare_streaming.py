@@ -166,7 +166,8 @@ def test_loader_never_draws_a_window_across_shards(tmp_path):
     loader = BatchLoader(Dataset(tmp_path), "train", batch_size=64, block_size=16, seed=0)
     starts = set()
     for _ in range(20):
-        x, y = loader.next_batch()
+        batch = loader.next_batch()
+        x, y = batch.inputs, batch.targets
         window = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)
         assert (np.diff(window, axis=1) == 1).all()
         starts.update(window[:, 0].tolist())

@@ -19,12 +19,12 @@ def loader(dataset, seed=7):
 def test_ranks_split_the_one_process_stream_and_resume_exactly(char_dataset):
     ds = Dataset(char_dataset)
     plain = loader(ds)
-    stream = [plain.next_batch()[0] for _ in range(8)]
+    stream = [plain.next_batch().inputs for _ in range(8)]
     ranks = [PrefetchingLoader(loader(ds), rank=r, world_size=2) for r in range(2)]
     try:
         for micro in range(4):  # micro-step m: rank r takes batch 2m + r of the one-process stream
             for r, prefetching in enumerate(ranks):
-                assert torch.equal(prefetching.next_batch()[0], stream[2 * micro + r])
+                assert torch.equal(prefetching.next_batch().inputs, stream[2 * micro + r])
         # The thread has drawn ahead, yet the saved state continues right after what was consumed.
         state = ranks[0].state_dict()
     finally:
@@ -33,7 +33,7 @@ def test_ranks_split_the_one_process_stream_and_resume_exactly(char_dataset):
     resumed = PrefetchingLoader(loader(ds, seed=99), rank=0, world_size=1)
     resumed.load_state_dict(state)
     try:
-        assert torch.equal(resumed.next_batch()[0], plain.next_batch()[0])
+        assert torch.equal(resumed.next_batch().inputs, plain.next_batch().inputs)
     finally:
         resumed.close()
 

@@ -224,10 +224,17 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="parameter count and FLOPs of a preset, without training",
-                       description="Print a model's parameter breakdown and FLOPs per token.")
+    p = sub.add_parser("info", help="parameters, FLOPs and training memory of a preset, without training",
+                       description="Print a model's parameters (by place and by role), FLOPs per token and the "
+                       "memory one training step needs (weights, gradients, optimizer state, activations at "
+                       "B x T), all read from the model built on the meta device (no memory used). With "
+                       "--memory, also the largest batch that fits.")
     p.add_argument("--preset", default="cpu-tiny")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (char presets have none of their own)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of the activations (autocast; weights stay float32)")
+    p.add_argument("--memory", metavar="SIZE", help="device memory, e.g. 24GB or 80GiB: print the largest "
+                   "batch whose training step fits")
     p.add_argument("--list", action="store_true", help="list the presets")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
     p.set_defaults(func=_run_info)
@@ -235,21 +242,27 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 def _run_info(args: argparse.Namespace) -> None:
     from gptlab.config import build_config
-    from gptlab.model.accounting import describe
+    from gptlab.model.accounting import describe, describe_memory, parse_bytes
     from gptlab.model.presets import CHAR_VOCAB, PRESETS
 
     if args.list:
         for name, values in PRESETS.items():
-            print(f"{name:12s} n_layer={values['n_layer']} n_head={values['n_head']} "
-                  f"n_embd={values['n_embd']} block_size={values['block_size']}")
+            m = values["model"]
+            variant = " modern" if m.get("position") == "rope" else ""
+            print(f"{name:16s} n_layer={m['n_layer']} n_head={m['n_head']} "
+                  f"n_embd={m['n_embd']} block_size={m['block_size']}{variant}")
         return
+    try:
+        memory = parse_bytes(args.memory) if args.memory else None
+    except ValueError as exc:
+        raise GptlabError(f"--memory: {exc}") from None
     overrides = list(args.overrides) + ([f"vocab_size={args.vocab_size}"] if args.vocab_size else [])
     cfg = build_config(args.preset, None, overrides)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = CHAR_VOCAB
         print(f"note: this preset takes its vocabulary from the dataset; assuming {CHAR_VOCAB} (tinyshakespeare's "
               "characters). Pass --vocab-size V to change it.")
-    for line in describe(cfg.model):
+    for line in describe(cfg.model) + describe_memory(cfg, args.precision, memory):
         print(line)
 
 

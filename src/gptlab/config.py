@@ -9,14 +9,26 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from gptlab.errors import GptlabError
 
 
+Position = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+Mlp = Literal["gelu", "relu2", "swiglu"]
+Optimizer = Literal["adamw", "sgd", "muon"]
+Schedule = Literal["cosine", "wsd"]
+Switch = Literal["auto", "on", "off"]
+
+
 @dataclass
 class ModelConfig:
-    """Shape of the decoder-only Transformer."""
+    """Shape of the decoder-only Transformer, and which variant of each layer it uses.
+
+    Every default reproduces the 2019 GPT-2 model; the switches choose the modern variants.
+    """
 
     vocab_size: int = 0  # 0: taken from the dataset's tokenizer at train time
     block_size: int = 128  # context length T
@@ -24,17 +36,30 @@ class ModelConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+    bias: bool = True  # biases in Linear and norm layers, as in GPT-2
+    position: Position = "learned"  # learned absolute embedding, or rotary (RoPE) in attention
+    rope_base: float = 10000.0  # RoPE: the wavelength base of the rotation frequencies
+    norm: Norm = "layernorm"
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    mlp: Mlp = "gelu"  # gelu: 4x wide; relu2 (ReLU squared): 4x wide; swiglu: ~8/3x wide, same parameters
+    tie_embeddings: bool = True  # unembedding shares the token embedding's matrix
+    zero_init: bool = False  # output projections (and an untied head) start at zero
+    logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off
 
     def validate(self) -> None:
         """Refuse impossible shapes with a message naming the field."""
-        _positive(self, "block_size", "n_layer", "n_head", "n_embd")
+        _check_types(self)
+        _positive(self, "block_size", "n_layer", "n_head", "n_embd", "rope_base")
         if self.vocab_size < 0:
             _bad("vocab_size", self.vocab_size, "must be >= 0 (0 means: from the tokenizer)")
         if self.n_embd % self.n_head:
             _bad("n_embd", self.n_embd, f"is not divisible by n_head={self.n_head}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            _bad("n_head", self.n_head, f"gives an odd head size {self.n_embd // self.n_head}; rope rotates pairs")
         if not 0.0 <= self.dropout < 1.0:
             _bad("dropout", self.dropout, "must be in [0, 1)")
+        if self.logit_softcap < 0:
+            _bad("logit_softcap", self.logit_softcap, "must be >= 0 (0 is off)")
 
 
 @dataclass
@@ -44,14 +69,20 @@ class TrainConfig:
     batch_size: int = 32  # B: windows per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     max_steps: int = 1000
-    optimizer: str = "adamw"  # "adamw" or "sgd"
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # reached at max_steps by cosine decay
+    optimizer: Optimizer = "adamw"  # muon: Muon for hidden matrices, AdamW for the other roles
+    lr: float = 1e-3  # peak learning rate (of the hidden matrices; of every role unless set below)
+    embedding_lr: float = 0.0  # peak lr of token/position embeddings; 0: lr
+    head_lr: float = 0.0  # peak lr of an untied output head; 0: lr
+    vector_lr: float = 0.0  # peak lr of norms' gains and biases; 0: lr
+    min_lr: float = 1e-4  # cosine: reached at max_steps (other roles keep their ratio to lr)
+    schedule: Schedule = "cosine"  # cosine decay to min_lr, or wsd: warm-up, stable, linear decay to 0
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps that decays to zero
     warmup_steps: int = 100  # linear warm-up from 0 to lr
-    weight_decay: float = 0.1  # AdamW only; matrices only, never biases, norms or embeddings' 1-D params
+    weight_decay: float = 0.1  # hidden matrices (and, with adamw, embeddings); never vectors
     beta1: float = 0.9
     beta2: float = 0.99
     momentum: float = 0.0  # SGD only
+    muon_momentum: float = 0.95  # Muon only (Nesterov)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250
     eval_batches: int = 20  # batches averaged for each of the train/val loss estimates
@@ -63,15 +94,14 @@ class TrainConfig:
     sample_top_k: int = 0  # 0: no top-k filtering
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
-    compile: str = "auto"  # torch.compile the model: "on", "off", or "auto" (see train/step.py)
+    compile: Switch = "auto"  # torch.compile the model: "on", "off", or "auto" (see train/step.py)
     fsdp: bool = False  # shard parameters, gradients and optimizer state across torchrun ranks
 
     def validate(self) -> None:
         """Refuse values that cannot train, naming the field."""
+        _check_types(self)
         _positive(self, "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
                   "log_interval", "checkpoint_interval")
-        if self.optimizer not in ("adamw", "sgd"):
-            _bad("optimizer", self.optimizer, "must be 'adamw' or 'sgd'")
         if self.lr <= 0:
             _bad("lr", self.lr, "must be > 0")
         if not 0 <= self.min_lr <= self.lr:
@@ -79,16 +109,21 @@ class TrainConfig:
         for name in ("warmup_steps", "sample_tokens", "sample_top_k"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "must be >= 0")
-        for name in ("weight_decay", "grad_clip", "momentum", "sample_temperature"):
+        for name in ("weight_decay", "grad_clip", "momentum", "sample_temperature", "embedding_lr", "head_lr",
+                     "vector_lr"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "must be >= 0")
-        for name in ("beta1", "beta2"):
+        for name in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 _bad(name, getattr(self, name), "must be in [0, 1)")
+        if not 0 < self.decay_fraction <= 1:
+            _bad("decay_fraction", self.decay_fraction, "must be in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             _bad("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
-        if self.compile not in ("auto", "on", "off"):
-            _bad("compile", self.compile, "must be auto, on or off")
+        if self.fsdp and self.optimizer == "muon":
+            # Muon orthogonalises whole matrices; FSDP gives each rank a slice of every matrix.
+            _bad("optimizer", self.optimizer, "cannot run with fsdp=true (Muon needs whole matrices, "
+                 "FSDP shards them); use DDP (fsdp=false) or optimizer=adamw")
 
 
 @dataclass
@@ -129,14 +164,31 @@ def _positive(obj: Any, *names: str) -> None:
             _bad(name, getattr(obj, name), "must be > 0")
 
 
-def _field_types(obj: Any) -> dict[str, type]:
-    # Annotations are strings under `from __future__ import annotations`; map them to types.
-    kinds = {"int": int, "float": float, "str": str, "bool": bool}
-    return {f.name: kinds[str(f.type)] for f in fields(obj)}
+def _field_types(obj: Any) -> dict[str, Any]:
+    """Each field's declared type, resolved from the dataclass's hints (annotations are strings here)."""
+    hints = get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in fields(obj)}
 
 
-def _coerce(name: str, kind: type, value: Any) -> Any:
+def _choices(kind: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a Literal[...] type, else None."""
+    return get_args(kind) if get_origin(kind) is Literal else None
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
     """Turn a TOML or command-line value into the field's type, or refuse it."""
+    args = get_args(kind)
+    if get_origin(kind) in (Union, UnionType) and type(None) in args:
+        # An optional field: "none" (or TOML's absence of a value) clears it.
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+    choices = _choices(kind)
+    if choices is not None:
+        text = value.strip() if isinstance(value, str) else value
+        if text not in choices:
+            _bad(name, value, f"must be one of: {', '.join(map(str, choices))}")
+        return text
     if isinstance(value, str) and kind is not str:
         text = value.strip().lower()
         if kind is bool:
@@ -165,6 +217,25 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
     return value
 
 
+def _check_types(section: Any) -> None:
+    """Every field holds a value of its declared type (a choice among the allowed ones), whoever set it."""
+    for name, kind in _field_types(section).items():
+        value = getattr(section, name)
+        args = get_args(kind)
+        if get_origin(kind) in (Union, UnionType) and type(None) in args:
+            if value is None:
+                continue
+            (kind,) = [a for a in args if a is not type(None)]
+        choices = _choices(kind)
+        if choices is not None:
+            if value not in choices:
+                _bad(name, value, f"must be one of: {', '.join(map(str, choices))}")
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        elif not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            _bad(name, value, f"is not a valid {kind.__name__}")
+
+
 def _set_field(section: Any, key: str, value: Any, where: str) -> None:
     types = _field_types(section)
     if key not in types:
@@ -172,23 +243,32 @@ def _set_field(section: Any, key: str, value: Any, where: str) -> None:
     setattr(section, key, _coerce(key, types[key], value))
 
 
+SECTIONS = ("model", "train")
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any] | list[str]) -> None:
-    """Apply `key=value` strings (or a dict); a key may be `field` or `section.field`."""
+    """Apply `key=value` strings (or a dict); a key may be `field` or `section.field`.
+
+    A bare field name must belong to exactly one section; one that several sections have is refused
+    with the sections named, so a new field never silently changes what an old override meant.
+    """
     items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
-    model_names, train_names = set(_field_types(cfg.model)), set(_field_types(cfg.train))
+    names = {section: set(_field_types(getattr(cfg, section))) for section in SECTIONS}
     for key, value in items:
         section, _, name = key.rpartition(".")
         if section:
-            if section not in ("model", "train"):
-                raise GptlabError(f"unknown config section '{section}' in '{key}' (known: model, train)")
+            if section not in SECTIONS:
+                raise GptlabError(f"unknown config section '{section}' in '{key}' (known: {', '.join(SECTIONS)})")
             _set_field(getattr(cfg, section), name, value, where=section)
-        elif name in model_names:
-            _set_field(cfg.model, name, value, where="model")
-        elif name in train_names:
-            _set_field(cfg.train, name, value, where="train")
-        else:
-            known = ", ".join(sorted(model_names | train_names))
+            continue
+        owners = [s for s in SECTIONS if name in names[s]]
+        if len(owners) > 1:
+            raise GptlabError(f"config field '{name}' is in several sections; write "
+                              + " or ".join(f"{s}.{name}" for s in owners))
+        if not owners:
+            known = ", ".join(sorted(set().union(*names.values())))
             raise GptlabError(f"unknown config field '{name}' (known: {known})")
+        _set_field(getattr(cfg, owners[0]), name, value, where=owners[0])
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -222,8 +302,10 @@ def build_config(preset: str | None = None, toml_path: str | Path | None = None,
     file_data = load_toml(toml_path) if toml_path else {}
     name = preset or file_data.get("preset") or "cpu-tiny"
     cfg = RunConfig(preset=name)
-    apply_overrides(cfg, preset_overrides(name))
-    for section in ("model", "train"):
+    for section, values in preset_overrides(name).items():
+        for key, value in values.items():
+            _set_field(getattr(cfg, section), key, value, where=section)
+    for section in SECTIONS:
         for key, value in (file_data.get(section) or {}).items():
             _set_field(getattr(cfg, section), key, value, where=section)
     apply_overrides(cfg, overrides or [])

@@ -21,6 +21,7 @@ from safetensors.torch import load_model, save_model
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write
+from gptlab.model import build_model
 from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
@@ -82,7 +83,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     path = Path(run)
     cfg = read_config(path)
     tokenizer = load_tokenizer(path / TOKENIZER)
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)
     step = load_weights(model, path / WEIGHTS)
     model.to(device).eval()
     return LoadedRun(path, cfg, tokenizer, model, step)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptlab.data.batch import Batch
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
@@ -50,7 +51,7 @@ class Dataset:
 
 
 class BatchLoader:
-    """Random (inputs, targets) batches from one split; its state_dict resumes the same order."""
+    """Random batches (inputs, targets) from one split; its state_dict resumes the same order."""
 
     def __init__(self, dataset: Dataset, split: str, batch_size: int, block_size: int, seed: int):
         self.batch_size, self.block_size = batch_size, block_size
@@ -64,7 +65,7 @@ class BatchLoader:
         self.weights = self.starts / self.starts.sum()
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> Batch:
         """B windows as int64 tensors of shape (B, T): inputs and next-token targets."""
         B, T = self.batch_size, self.block_size
         shard_ids = self.rng.choice(len(self.shards), size=B, p=self.weights) if len(self.shards) > 1 \
@@ -72,7 +73,7 @@ class BatchLoader:
         offsets = self.rng.integers(0, self.starts[shard_ids])
         windows = np.stack([self.shards[s][o:o + T + 1] for s, o in zip(shard_ids, offsets)])
         data = torch.from_numpy(windows.astype(np.int64))
-        return data[:, :-1], data[:, 1:]
+        return Batch(data[:, :-1], data[:, 1:])
 
     def state_dict(self) -> dict[str, Any]:
         """The random generator's state (JSON-able), enough to continue the same batch sequence."""

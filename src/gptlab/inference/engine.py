@@ -17,7 +17,8 @@ import torch
 from gptlab.errors import GptlabError
 from gptlab.inference.sampling import apply_repetition_penalty, probs_from_logits, sample_rows
 from gptlab.inference.text import TextStream
-from gptlab.model.gpt import GPT, KVCache
+from gptlab.inference.kv_cache import KVCache
+from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer
 
 
@@ -54,7 +55,7 @@ class Decoder:
 
     With the cache, the prompts are prefilled once and each step feeds only the newest token.
     Without it, every step recomputes each sequence's whole window (the reference the cache must
-    match, token for token).
+    match, token for token, until the window first slides).
     """
 
     def __init__(self, model: GPT, rows: Sequence[Sequence[int]], use_cache: bool = True):
@@ -75,12 +76,12 @@ class Decoder:
         """Float32 logits (B, V) for the token after each sequence."""
         if not self.use_cache:
             return torch.cat([self._prefill([r]) for r in self.rows])
-        if self.cache is None or self.cache.length == self.cache.capacity:
-            # Once the context fills the block, the window slides by one token per step. Positions
-            # are learned absolute embeddings, so sliding moves every kept token to a new position
-            # (and, through attention, changes every later layer's keys and values too): nothing in
-            # the cache stays valid, and the whole window must be recomputed. Until the block is
-            # full, each step costs one token; after, a prefill of block_size tokens.
+        if self.cache is None or (self.new is not None and self.cache.full and not self.cache.can_slide):
+            # With learned positions the window cannot slide: once the context fills the block,
+            # dropping the oldest token moves every kept token to a new position (and, through
+            # attention, changes every later layer's keys and values too), so the whole window is
+            # recomputed, a prefill of block_size tokens per step. With RoPE (cache.can_slide) the
+            # oldest entry is simply overwritten and each step still costs one token.
             return self._prefill(self.rows, keep_cache=True)
         if self.new is not None:
             x = torch.tensor(self.new, dtype=torch.long, device=self.device)[:, None]
@@ -108,11 +109,12 @@ class Decoder:
     def _prefill(self, rows: list[list[int]], keep_cache: bool = False) -> torch.Tensor:
         windows = [r[-self.block_size:] for r in rows]
         width = max(len(w) for w in windows)
-        # Shorter sequences are left-padded so every row's newest token sits in the last column.
-        pads = torch.tensor([width - len(w) for w in windows], device=self.device)
-        x = torch.tensor([[0] * (width - len(w)) + w for w in windows], dtype=torch.long, device=self.device)
-        cache = KVCache(self.model.config, len(rows), self.block_size if keep_cache else width, self.device, pads)
-        logits, _ = self.model(x, cache=cache)
+        # Rows are right-padded: each row's tokens take positions 0, 1, ... as if alone, and the
+        # cache is told each row's true length.
+        lengths = torch.tensor([len(w) for w in windows], device=self.device)
+        x = torch.tensor([w + [0] * (width - len(w)) for w in windows], dtype=torch.long, device=self.device)
+        cache = KVCache.for_model(self.model, len(rows), self.block_size if keep_cache else width)
+        logits, _ = self.model(x, cache=cache, lengths=lengths)
         if keep_cache:
             self.cache, self.new = cache, None
             self._last = logits[:, -1].float()

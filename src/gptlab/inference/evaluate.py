@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptlab.data.loader import Dataset
@@ -23,6 +22,7 @@ from gptlab.data.units import bits_per
 from gptlab.device import autocast, pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
+from gptlab.model.loss import lm_loss
 from gptlab.runs import load_run
 
 LOGITS_BUDGET = 1 << 26  # floats of logits held at once (256 MB): caps the default batch size
@@ -86,7 +86,7 @@ def _add(model: torch.nn.Module, batch: list[np.ndarray], device: torch.device, 
     x, y = data[:, :-1], data[:, 1:]
     with autocast(device):
         logits, _ = model(x)
-    nats += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+    nats += lm_loss(logits, y, reduction="sum").item()
     bar.update(y.numel(), nats / (count + y.numel()))
     return nats, count + y.numel()
 

@@ -1,80 +1,37 @@
 """The GPT network: a decoder-only Transformer that reads top to bottom.
 
-    ids (B,T) -> token embedding + position embedding -> dropout
-              -> n_layer x Block[ x + attn(ln_1(x)), x + mlp(ln_2(x)) ]
-              -> final LayerNorm -> unembedding (tied to the token embedding) -> logits (B,T,V)
+    ids (B,T) -> token embedding (+ learned position embedding) -> dropout
+              -> n_layer x Block[ x + attn(norm_1(x)), x + mlp(norm_2(x)) ]   (layers.py; RoPE inside attn)
+              -> final norm -> unembedding (tied to the token embedding, or its own head)
+              -> (logit soft-cap) -> logits (B,T,V)
 
-Inference passes a KVCache: each layer's keys and values are kept, so a new token only computes
-its own and attends to the stored ones (prefill the prompt once, then one token per step).
+Positions are given per row (inference feeds rows of different lengths); training uses 0..T-1.
+Inference passes a KV cache (inference/kv_cache.py): each layer's keys and values are kept, so a new
+token only computes its own and attends to the stored ones.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gptlab.config import ModelConfig
+from gptlab.model.layers import AttentionCache, Block, CausalSelfAttention, Rotary, make_norm
+from gptlab.model.loss import lm_loss
+
+# What each parameter is for; an optimizer gives each role its own update rule and learning rate.
+Role = Literal["embedding", "head", "matrix", "vector"]
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where position t only sees positions <= t."""
+class ModelCache(AttentionCache, Protocol):
+    """A KV cache as the model sees it: per-row positions of the tokens fed next, and advancing."""
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+    def positions(self, T: int) -> torch.Tensor: ...
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim): each head attends in its own subspace.
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        dropout_p = self.dropout if self.training else 0.0
-        if cache is None:
-            # Fused kernel (flash attention where available); is_causal masks the future.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        else:
-            k, v = cache.store(layer, k, v)
-            # mask None: a prefill from position 0 (causal) or one new token that may see everything.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                               dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
-
-
-class MLP(nn.Module):
-    """Position-wise feed-forward network, 4x wide with GELU."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: attention then MLP, each added to the residual stream."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
-        return x + self.mlp(self.ln_2(x))
+    def advance(self, lengths: torch.Tensor) -> None: ...
 
 
 class GPT(nn.Module):
@@ -86,20 +43,29 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embedding
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # learned absolute position embedding
+        # Learned absolute positions: one vector per position, so nothing past block_size exists.
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base) if cfg.position == "rope" else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        # Tied unembedding: the same matrix maps ids to vectors and vectors to logits (fewer
-        # parameters, and it trains the rows of rare tokens through both uses).
-        self.lm_head.weight = self.wte.weight
+        if cfg.tie_embeddings:
+            # Tied unembedding: the same matrix maps ids to vectors and vectors to logits (fewer
+            # parameters, and it trains the rows of rare tokens through both uses).
+            self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
-        # Residual projections are scaled down so the residual stream's variance does not grow
-        # with depth (GPT-2's 1/sqrt(2 * n_layer)).
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init:
+                    # Each block starts as the identity on the residual stream; it grows in as it learns.
+                    nn.init.zeros_(p)
+                else:
+                    # Residual projections are scaled down so the residual stream's variance does
+                    # not grow with depth (GPT-2's 1/sqrt(2 * n_layer)).
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.zero_init and not cfg.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)  # every token equally likely at the start: loss ln(V)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -110,103 +76,82 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) for ids (B, T); with targets, also the mean next-token cross-entropy.
+    @property
+    def cache_can_slide(self) -> bool:
+        """Whether a KV cache may drop its oldest entries and go on past block_size without
+        recomputing: yes with RoPE (a stored key keeps its rotation; only distances matter), no with
+        learned positions (sliding moves every kept token to another position embedding)."""
+        return self.wpe is None
 
-        With a cache, idx continues the sequences stored in it and only the last position's logits
-        come back, (B, 1, V): generation needs no others, and the unembedding is the costliest matmul.
+    def parameter_roles(self) -> dict[str, tuple[Role, int]]:
+        """Each parameter's role and, for matrices, how many matrices lie stacked in it (its rows
+        split into that many equal blocks, e.g. q, k and v), by parameter name."""
+        splits = {f"{prefix}.{name}" if prefix else name: n
+                  for prefix, module in self.named_modules()
+                  for name, n in getattr(module, "split_matrices", {}).items()}
+        roles: dict[str, tuple[Role, int]] = {}
+        for name, p in self.named_parameters():  # a tied head is the token embedding, listed once
+            if name in ("wte.weight", "wpe.weight"):
+                roles[name] = ("embedding", 1)
+            elif name == "lm_head.weight":
+                roles[name] = ("head", 1)
+            elif p.dim() >= 2:
+                roles[name] = ("matrix", splits.get(name, 1))
+            else:
+                roles[name] = ("vector", 1)
+        return roles
+
+    def attention_layers(self) -> list[CausalSelfAttention]:
+        """Every attention module, first layer first."""
+        return [block.attn for block in self.blocks]
+
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """The residual stream's start (B, T, C) and the rotary angles for these positions."""
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        rope = self.rotary(positions) if self.rotary is not None else None
+        return self.drop(x), rope
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, unembedding and soft-cap: the residual stream (…, C) to logits (…, V)."""
+        logits = self.lm_head(self.ln_f(x))
+        cap = self.config.logit_softcap
+        if cap:
+            # tanh bounds every logit to (-cap, cap): no token can become overwhelmingly certain.
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                positions: torch.Tensor | None = None, cache: ModelCache | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) for ids (B, T); with targets, also the mean next-token cross-entropy
+        (targets equal to model.loss.IGNORE count for nothing).
+
+        positions: (T,) or (B, T) position ids, 0..T-1 by default. With a cache, idx continues the
+        sequences stored in it (their positions come from the cache) and only each row's last
+        logits come back, (B, 1, V): the token at lengths[b]-1 for rows right-padded to T.
         """
         if cache is not None:
-            return self._forward_cached(idx, cache), None
+            return self._forward_cached(idx, cache, lengths), None
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} exceeds block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        if positions is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of length {T} exceeds block_size={self.config.block_size}")
+            positions = torch.arange(T, device=idx.device)
+        x, rope = self.embed(idx, positions)
         for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+            x = block(x, rope)
+        logits = self.head(x)
+        return logits, (lm_loss(logits, targets) if targets is not None else None)
 
-    def _forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        T = idx.size(1)
-        if cache.length + T > cache.capacity:
-            raise ValueError(f"KV cache holds {cache.capacity} positions; {cache.length} used, {T} more given")
-        x = self.drop(self.wte(idx) + self.wpe(cache.positions(T)))
-        mask = cache.mask(T)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, mask)
-        cache.length += T
-        return self.lm_head(self.ln_f(x[:, -1:, :]))
-
-
-class KVCache:
-    """Keys and values of every layer for a batch of sequences, so past tokens are not recomputed.
-
-    Rows of different lengths are left-padded to a common width: row b starts with pads[b] filler
-    columns that no query may attend to, and its real tokens take positions 0, 1, ... as if alone.
-    Columns are shared (every row gains one per decode step); capacity is at most block_size
-    because the learned position embedding has no row beyond it.
-    """
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, capacity: int, device: torch.device | str,
-                 pads: torch.Tensor | None = None):
-        if not 0 < capacity <= cfg.block_size:
-            raise ValueError(f"cache capacity {capacity} must be in [1, block_size={cfg.block_size}]")
-        self.shape = (cfg.n_layer, batch_size, cfg.n_head, capacity, cfg.n_embd // cfg.n_head)
-        self.device = torch.device(device)
-        self.k: torch.Tensor | None = None  # allocated on first use, in the dtype the layers compute in
-        self.v: torch.Tensor | None = None
-        self.capacity, self.length = capacity, 0
-        self.pads = pads if pads is not None and bool(pads.any()) else None
-
-    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append one layer's new keys/values (B, H, T, D); return all of them so far."""
-        if self.k is None:
-            # Uninitialised on purpose: only columns below `length` are ever read.
-            self.k = torch.empty(self.shape, device=k.device, dtype=k.dtype)
-            self.v = torch.empty(self.shape, device=k.device, dtype=k.dtype)
-        start, end = self.length, self.length + k.size(2)
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        if start == 0:
-            # Nothing older to attend to: use the fresh tensors, so a prefill's attention computes
-            # exactly what the cache-free forward's does (same numbers, bit for bit).
-            return k, v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def positions(self, T: int) -> torch.Tensor:
-        """Position ids of the next T columns: (T,), or (B, T) when rows are padded."""
-        cols = torch.arange(self.length, self.length + T, device=self.device)
-        if self.pads is None:
-            return cols
-        return (cols[None, :] - self.pads[:, None]).clamp(min=0)
-
-    def mask(self, T: int) -> torch.Tensor | None:
-        """Boolean attention mask (B, 1, T, length+T) for the next T columns (True: may attend).
-
-        None where plain causal attention is right: no padding, and either a prefill from column 0
-        or a single new token (which sees every stored column).
-        """
-        if self.pads is None and (self.length == 0 or T == 1):
-            return None
-        end = self.length + T
-        q = torch.arange(self.length, end, device=self.device)[:, None]
-        key = torch.arange(end, device=self.device)[None, :]
-        allowed = (key <= q)[None, None]
-        if self.pads is not None:
-            allowed = allowed & (key >= self.pads[:, None, None, None])
-            # A filler column attends to itself, so its (unused) output stays finite, never NaN.
-            allowed = allowed | (key == q)[None, None]
-        return allowed
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only these rows (indices into the batch), e.g. when the others have finished."""
-        if self.k is not None:
-            self.k, self.v = self.k[:, rows], self.v[:, rows]
-        if self.pads is not None:
-            self.pads = self.pads[rows]
+    def _forward_cached(self, idx: torch.Tensor, cache: ModelCache, lengths: torch.Tensor | None) -> torch.Tensor:
+        B, T = idx.shape
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=idx.device)
+        x, rope = self.embed(idx, cache.positions(T))
+        for block in self.blocks:
+            x = block(x, rope, cache)
+        cache.advance(lengths)
+        last = x[torch.arange(B, device=idx.device), lengths - 1]  # each row's newest real token
+        return self.head(last[:, None, :])

@@ -1,13 +1,12 @@
 """Look inside the network: attention maps per layer and head.
 
-The model computes attention in a fused kernel that never materialises the weights, so we
-capture each block's q and k (the output of its `attn.qkv` Linear, via forward hooks) during an
-ordinary forward pass and recompute softmax(q k^T / sqrt(head_dim)) with the causal mask.
+The model computes attention in a fused kernel that never materialises the weights, so each
+attention module is asked for them: a forward hook catches the input it got (the normalised
+residual stream and the rotary angles) and the module recomputes its own q and k from it, so the
+maps stay right whatever the variant (QK-norm, RoPE).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -21,24 +20,17 @@ def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
     Row t holds how much position t attends to each position <= t (each row sums to 1; the
     upper triangle, the future, is 0).
     """
-    cfg = model.config
-    ids = ids[-cfg.block_size:]
-    captured: list[torch.Tensor] = []
-    hooks = [block.attn.qkv.register_forward_hook(lambda _m, _inp, out: captured.append(out.detach()))
-             for block in model.blocks]
+    ids = ids[-model.config.block_size:]
+    maps: list[torch.Tensor] = []
+
+    def capture(module, args, _output):
+        maps.append(module.weights(*args[:2])[0])
+
+    hooks = [attn.register_forward_hook(capture) for attn in model.attention_layers()]
     try:
         device = next(model.parameters()).device
         model(torch.tensor([ids], dtype=torch.long, device=device))
     finally:
         for hook in hooks:
             hook.remove()
-    T, C, H = len(ids), cfg.n_embd, cfg.n_head
-    future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=device), diagonal=1)
-    maps = []
-    for qkv in captured:
-        q, k, _ = qkv[0].float().split(C, dim=-1)
-        # (T, C) -> (H, T, head_dim): the same split into heads as the model's attention.
-        q, k = (t.view(T, H, C // H).transpose(0, 1) for t in (q, k))
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(C // H)
-        maps.append(torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1))
     return torch.stack(maps).cpu()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.fileio import atomic_write_text
-from gptlab.model.accounting import count_params, describe, flops_per_token, human
+from gptlab.model.accounting import ROLE_NAMES, count_params, describe, flops_per_token, human
 from gptlab.report.history import RunHistory, read_history, read_samples
 from gptlab.report.plot import png_bytes
 
@@ -123,10 +123,12 @@ def _params(hist: RunHistory) -> str:
     if model.vocab_size <= 0:
         return '<p class="muted">vocab_size unknown: no parameter count.</p>'
     p, f = count_params(model), flops_per_token(model)
-    rows = [["token embedding (tied to the unembedding)", p.token_embedding],
-            ["position embedding", p.position_embedding],
-            [f"blocks ({model.n_layer})", p.blocks], ["final norm", p.final_norm], ["total", p.total],
-            ["forward FLOPs per token", human(f["forward"])], ["training FLOPs per token", human(f["train"])]]
+    tied = " (tied to the unembedding)" if p.tied else ""
+    rows = [[("token embedding" + tied) if place == "token embedding" else
+             (f"blocks ({model.n_layer})" if place == "blocks" else place), n] for place, n in p.by_place.items()]
+    rows += [[f"by role: {ROLE_NAMES[role]}", n] for role, n in p.by_role.items() if n]
+    rows += [["total", p.total], ["forward FLOPs per token", human(f["forward"])],
+             ["training FLOPs per token", human(f["train"])]]
     return _table(rows, ["part", "parameters"]) + f"<pre>{escape(chr(10).join(describe(model)))}</pre>"
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from gptlab.config import RunConfig, build_config
+from gptlab.data.batch import Batch
 from gptlab.device import configure_backends, pick_device, precision_for, synchronize
 from gptlab.errors import GptlabError
 from gptlab.model.accounting import count_params, flops_per_token
-from gptlab.model.gpt import GPT
+from gptlab.model import build_model
 from gptlab.model.presets import CHAR_VOCAB
 from gptlab.train.distributed import Ranks
 from gptlab.train.perf import device_peak, mfu
@@ -35,17 +36,17 @@ class BenchSetup:
     runner: StepRunner
     compiled: bool
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> Batch:
         """B random windows of T+1 ids: inputs and targets."""
         B, T = self.cfg.train.batch_size, self.cfg.model.block_size
         data = torch.randint(0, self.cfg.model.vocab_size, (B, T + 1))
         if self.device.type == "cuda":
             data = data.pin_memory()
-        return data[:, :-1], data[:, 1:]
+        return Batch(data[:, :-1], data[:, 1:])
 
     def step(self) -> None:
         """One optimizer step, waiting for its loss as the trainer does."""
-        self.runner.step(self.next_batch, self.cfg.train.lr).item()
+        self.runner.step(self.next_batch, 1.0).item()
 
 
 def setup_bench(preset: str, device: str = "auto", compile: str = "auto",
@@ -57,7 +58,7 @@ def setup_bench(preset: str, device: str = "auto", compile: str = "auto",
     dev = pick_device(cfg.train.device)
     configure_backends(dev)
     torch.manual_seed(cfg.train.seed)
-    runner = make_runner(GPT(cfg.model).to(dev), cfg.train, Ranks(), dev)
+    runner = make_runner(build_model(cfg.model).to(dev), cfg.train, Ranks(), dev)
     return BenchSetup(cfg, dev, runner, compile_by_default(cfg.train.compile, dev))
 
 

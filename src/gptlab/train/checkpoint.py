@@ -30,7 +30,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_group, json_text
+from gptlab.model import build_model
 from gptlab.model.gpt import GPT
+from gptlab.train.optim import RoleOptimizer
 from gptlab.runs import WEIGHTS, load_weights, write_weights
 
 STATE_PT, STATE_JSON = "train_state.pt", "train_state.json"
@@ -67,7 +69,7 @@ def read_state(run: str | Path) -> TrainState:
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def save_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimizer, state: TrainState,
+def save_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, state: TrainState,
                     scaler: torch.amp.GradScaler | None = None, sharded: bool = False,
                     is_main: bool = True) -> None:
     """Write weights, optimizer/RNG state and the train state, each atomically (on rank 0).
@@ -81,12 +83,12 @@ def save_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimize
         for module in model.modules():
             if hasattr(module, "reshard"):
                 module.reshard()
-    optim_state = get_optimizer_state_dict(model, optimizer, options=_FULL)
+    optim_state = get_optimizer_state_dict(model, optimizer.optimizers, options=_FULL)
     if sharded:
         full = get_model_state_dict(model, options=_FULL)  # gathered onto rank 0's CPU
         if is_main:
             with torch.random.fork_rng(devices=[]):  # building a model draws an init: keep the dropout stream
-                model = GPT(model.config)
+                model = build_model(model.config)
             model.load_state_dict(full)
     if not is_main:
         return
@@ -108,7 +110,7 @@ def load_weights_for_resume(run: str | Path, model: GPT) -> int:
     return load_weights(model, Path(run) / WEIGHTS)
 
 
-def load_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimizer, weights_step: int,
+def load_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, weights_step: int,
                     scaler: torch.amp.GradScaler | None = None) -> TrainState:
     """Restore optimizer, scaler and RNG state in place (weights were loaded by load_weights_for_resume);
     return the train state. Every rank reads the files; FSDP ranks keep their shard of the optimizer state."""
@@ -118,7 +120,7 @@ def load_checkpoint(run: str | Path, model: GPT, optimizer: torch.optim.Optimize
         blob = torch.load(run / STATE_PT, map_location="cpu", weights_only=True)
         # Kernel choices (fused, foreach) belong to this device, not to the one that saved.
         kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-        set_optimizer_state_dict(model, optimizer, blob["optimizer"],
+        set_optimizer_state_dict(model, optimizer.optimizers, blob["optimizer"],
                                  options=StateDictOptions(full_state_dict=True))
         for group, chosen in zip(optimizer.param_groups, kernels):
             group.update(chosen)

@@ -19,8 +19,7 @@ import queue
 import threading
 from typing import Any
 
-import torch
-
+from gptlab.data.batch import Batch
 from gptlab.data.loader import BatchLoader
 
 
@@ -45,16 +44,16 @@ class PrefetchingLoader:
         """The loader state after the last batch handed out."""
         return self._state
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (inputs, targets) for the next micro-step."""
+    def next_batch(self) -> Batch:
+        """This rank's batch for the next micro-step."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._fill, name="gptlab-prefetch", daemon=True)
             self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        x, y, self._state = item
-        return x, y
+        batch, self._state = item
+        return batch
 
     def close(self) -> None:
         """Stop the thread (it may be blocked on a full queue: drain one slot to wake it)."""
@@ -71,13 +70,10 @@ class PrefetchingLoader:
         try:
             while not self._stop.is_set():
                 for r in range(self.world_size):
-                    x, y = self.loader.next_batch()
+                    batch = self.loader.next_batch()
                     if r == self.rank:
-                        mine = (x, y)
-                x, y = mine
-                if self.pin_memory:
-                    x, y = x.pin_memory(), y.pin_memory()
-                self._put((x, y, self.loader.state_dict()))
+                        mine = batch
+                self._put((mine.pin_memory() if self.pin_memory else mine, self.loader.state_dict()))
         except BaseException as exc:  # handed to the trainer's thread, raised by next_batch
             self._put(exc)
 

@@ -13,9 +13,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gptlab.config import TrainConfig
+from gptlab.data.batch import Batch
 from gptlab.device import autocast, fused_adamw, precision_for
 from gptlab.train.distributed import Ranks, wrap
-from gptlab.train.optim import build_optimizer
+from gptlab.train.optim import RoleOptimizer, build_optimizer
 
 # compile=auto on CPU: off. Measured with benchmarks/train_throughput.py on the 2-core development
 # machine (README "Benchmarks"): compiled steps ran 1.04-1.5x as fast on cpu-small and 0.72-0.93x
@@ -40,7 +41,7 @@ class StepRunner:
     inside DDP).
     """
 
-    def __init__(self, raw: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, raw: nn.Module, wrapped: nn.Module, optimizer: RoleOptimizer,
                  device: torch.device, grad_accum: int, grad_clip: float):
         self.raw, self.wrapped, self.optimizer = raw, wrapped, optimizer
         self.device, self.grad_accum, self.grad_clip = device, grad_accum, grad_clip
@@ -56,28 +57,29 @@ class StepRunner:
             self.raw.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
-    def step(self, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], lr: float) -> torch.Tensor:
-        """One optimizer step at learning rate lr; returns this rank's mean micro-step loss (a tensor,
-        so the caller decides when to wait for the device)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def step(self, next_batch: Callable[[], Batch], lr_factor: float) -> torch.Tensor:
+        """One optimizer step with every role at lr_factor x its peak learning rate; returns this
+        rank's mean micro-step loss (a tensor, so the caller decides when to wait for the device)."""
+        self.optimizer.set_lr_factor(lr_factor)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
-            x, y = next_batch()
             # Pinned host memory + non_blocking: the copy overlaps the GPU's queued work.
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            batch = next_batch().to(self.device, non_blocking=True)
             with self._sync_gradients(micro == self.grad_accum - 1):
                 with autocast(self.device):
-                    _, loss = self.wrapped(x, y)
+                    _, loss = self.wrapped(batch.inputs, batch.loss_targets())
                 scaled = loss / self.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach()
+        optimizers = self.optimizer.optimizers
         if self.scaler:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            for o in optimizers:
+                self.scaler.unscale_(o)  # clip the true gradients, not the scaled ones
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.grad_clip)
         if self.scaler:
-            self.scaler.step(self.optimizer)
+            for o in optimizers:
+                self.scaler.step(o)
             self.scaler.update()
         else:
             self.optimizer.step()
@@ -95,5 +97,5 @@ def make_runner(raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.d
         wrap(raw, ranks, device, fsdp=True)
     base = torch.compile(raw) if compile_by_default(tcfg.compile, device) else raw
     wrapped = base if tcfg.fsdp else wrap(base, ranks, device, fsdp=False)
-    optimizer = build_optimizer(raw, tcfg, fused=fused_adamw(device) and tcfg.optimizer == "adamw")
+    optimizer = build_optimizer(raw, tcfg, device, fused=fused_adamw(device))
     return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip)

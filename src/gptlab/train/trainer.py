@@ -32,7 +32,7 @@ from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
 from gptlab.model.accounting import describe, flops_per_token
-from gptlab.model.gpt import GPT
+from gptlab.model import build_model
 from gptlab.runs import CONFIG, TOKENIZER, read_config
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
@@ -102,9 +102,9 @@ def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, devi
                 batch = loader.next_batch()
             if i % world != ranks.rank:
                 continue
-            x, y = batch
+            on_device = batch.to(device)
             with autocast(device):
-                _, loss = model(x.to(device), y.to(device))
+                _, loss = model(on_device.inputs, on_device.loss_targets())
             if i < n:
                 total += loss.item()
         out[split] = all_sum([total], ranks, device)[0] / n
@@ -181,7 +181,7 @@ class _Training:
         configure_backends(device)
 
         torch.manual_seed(tcfg.seed)
-        self.model = GPT(cfg.model).to(device)
+        self.model = build_model(cfg.model).to(device)
         weights_step = load_weights_for_resume(run, self.model) if resume else 0
         self.runner = make_runner(self.model, tcfg, ranks, device)
         self.loader = PrefetchingLoader(
@@ -232,6 +232,7 @@ class _Training:
         how = precision_for(self.device).name + (", compiled" if compile_by_default(t.compile, self.device) else "")
         if w > 1:
             how += f", {w} processes, {'FSDP' if t.fsdp else 'DDP'}"
+        self.say(f"optimizer {t.optimizer} ({self.runner.optimizer.describe()}), {t.schedule} schedule")
         self.say(f"training on {self.device} ({how}) for {t.max_steps} steps, {self.tokens_per_step:,} tokens per "
                  f"step (global batch {t.batch_size * t.grad_accum * w} = B={t.batch_size} x accum {t.grad_accum}"
                  f" x {w} process(es), T={self.cfg.model.block_size})")
@@ -300,7 +301,7 @@ class _Training:
                 while state.step < tcfg.max_steps and not stop:
                     t0 = time.perf_counter()
                     lr = lr_at(state.step, tcfg)
-                    loss = self.runner.step(self.loader.next_batch, lr)
+                    loss = self.runner.step(self.loader.next_batch, lr / tcfg.lr)
                     # One exchange per step: the mean loss over ranks, and whether any rank was
                     # interrupted (all must stop at the same step, or the next collective hangs).
                     loss_sum, stops = all_sum([loss.item(), float(interrupt.set)], self.ranks, self.device)

@@ -1,0 +1,1 @@
+"""Interop: the ways in and out of gptlab (Hugging Face formats); every name map lives here."""
