@@ -64,16 +64,20 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"lr={lr}, weight_decay={weight_decay}, momentum={momentum} must be >= 0")
         if adjust_lr_fn not in ADJUST_LR_FNS:
             raise ValueError(f"adjust_lr_fn={adjust_lr_fn!r} is not one of {ADJUST_LR_FNS}")
+        # The dtype is kept by name: checkpoints (torch.distributed.checkpoint) take plain values only.
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        ns_steps=ns_steps, ns_dtype=ns_dtype, adjust_lr_fn=adjust_lr_fn, split=split,
+                        ns_steps=ns_steps, ns_dtype=str(ns_dtype).removeprefix("torch."),
+                        adjust_lr_fn=adjust_lr_fn, split=split,
                         ns_coefficients=NS_COEFFICIENTS, eps=EPS)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group, checking each param is 2-D with rows that split into `split` equal blocks."""
         super().add_param_group(param_group)
-        split = self.param_groups[-1]["split"]
-        for p in self.param_groups[-1]["params"]:
+        group = self.param_groups[-1]
+        group["ns_dtype"] = str(group["ns_dtype"]).removeprefix("torch.")  # a name, whoever set it
+        split = group["split"]
+        for p in group["params"]:
             if p.ndim != 2 or split < 1 or p.size(0) % split:
                 raise ValueError(f"Muon needs 2-D params whose rows split into {split} equal blocks, "
                                  f"got shape {tuple(p.shape)}")
@@ -95,7 +99,7 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - mu)  # torch's form: an average of gradients, not a sum
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
                 blocks = update.reshape(group["split"], -1, p.size(1))
-                key = (blocks.shape[1:], p.device, group["ns_dtype"], group["ns_steps"],
+                key = (blocks.shape[1:], p.device, getattr(torch, group["ns_dtype"]), group["ns_steps"],
                        tuple(group["ns_coefficients"]), group["eps"])
                 batches.setdefault(key, []).append((p, group, blocks))
         for (shape, _, dtype, steps, coefficients, eps), items in batches.items():

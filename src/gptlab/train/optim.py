@@ -90,18 +90,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fu
         if params[name].requires_grad:
             groups.setdefault((role, split), []).append(params[name])
 
-    def group(role: str, split: int, members: list[nn.Parameter], **extra: Any) -> dict[str, Any]:
+    def group(role: str, members: list[nn.Parameter], **extra: Any) -> dict[str, Any]:
         lr = role_lr(cfg, role)
         decay = 0.0 if role == "vector" else cfg.weight_decay
         return {"params": members, "lr": lr, "peak_lr": lr, "weight_decay": decay, "role": role, **extra}
 
     if cfg.optimizer == "sgd":
-        return RoleOptimizer([torch.optim.SGD([group(r, s, m, weight_decay=0.0) for (r, s), m in groups.items()],
+        return RoleOptimizer([torch.optim.SGD([group(r, m, weight_decay=0.0) for (r, s), m in groups.items()],
                                               lr=cfg.lr, momentum=cfg.momentum)])
     optimizers: list[torch.optim.Optimizer] = []
-    adam_groups = [group(r, s, m) for (r, s), m in groups.items() if not (cfg.optimizer == "muon" and r == "matrix")]
+    adam_groups = [group(r, m) for (r, s), m in groups.items() if not (cfg.optimizer == "muon" and r == "matrix")]
     if cfg.optimizer == "muon":
-        muon_groups = [group(r, s, m, split=s) for (r, s), m in groups.items() if r == "matrix"]
+        muon_groups = [group(r, m, split=s) for (r, s), m in groups.items() if r == "matrix"]
         if muon_groups:
             optimizers.append(make_muon(muon_groups, device, lr=cfg.lr, momentum=cfg.muon_momentum,
                                         weight_decay=cfg.weight_decay, nesterov=True))
