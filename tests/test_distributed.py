@@ -96,6 +96,18 @@ def test_fsdp_matches_and_its_checkpoint_samples_on_one_device(runs, char_datase
     assert sample.returncode == 0 and sample.stdout.startswith("RO"), sample.stderr
 
 
+def test_muon_under_ddp_matches_one_process(tmp_path, char_dataset):
+    """The modern recipe (Muon for matrices, AdamW for the rest) under DDP: gradients averaged before
+    each rank orthogonalises, so two ranks take one process's steps."""
+    modern = ["--preset", "cpu-modern", *TINY[2:], "grad_accum=1"]
+    one = run_cli("train", "--data", char_dataset, "--out", tmp_path / "one", "--max-steps", "4", *modern, "grad_accum=2")
+    assert one.returncode == 0, one.stderr
+    two = torchrun("train", "--data", char_dataset, "--out", tmp_path / "two", "--max-steps", "4", *modern)
+    assert two.returncode == 0, two.stderr
+    assert "optimizer muon (muon:" in two.stdout
+    assert_same_losses(tmp_path / "one", tmp_path / "two", steps=[1, 2, 3, 4])
+
+
 @pytest.mark.parametrize("args, needles", [
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--max-steps", "2", "fsdp=true"], ["fsdp=true", "torchrun"]),
     (["bench", "train", "--preset", "gpt5"], ["unknown preset 'gpt5'"]),

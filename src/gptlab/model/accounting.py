@@ -130,8 +130,13 @@ class MemoryEstimate:
 def _saved_activation_bytes(cfg: ModelConfig, T: int, dtype: torch.dtype | None) -> int:
     """Bytes the autograd graph keeps for backward for one window of T tokens, traced on the meta
     device (parameters excluded; every storage counted once, however many views it has), plus the
-    logits and their gradient, which live at the same time at the loss."""
-    model = _meta(cfg)
+    logits and their gradient, which live at the same time at the loss.
+
+    Autocast does not act on meta tensors, so a 16-bit precision is traced with the model cast to it
+    (autocast keeps a few reductions in float32: a slight under-count there)."""
+    from gptlab.model import build_model
+
+    model = build_model(cfg, "meta").to(dtype) if dtype is not None else _meta(cfg)
     model.train()
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -144,8 +149,7 @@ def _saved_activation_bytes(cfg: ModelConfig, T: int, dtype: torch.dtype | None)
 
     x = torch.zeros(1, T, dtype=torch.long, device="meta")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            logits, _ = model(x, x)
+        logits, _ = model(x, x)
     logits_bytes = logits.numel() * 4  # the loss works in float32
     return sum(seen.values()) + 2 * logits_bytes
 
