@@ -57,6 +57,7 @@ class TrainConfig:
     eval_batches: int = 20  # batches averaged for each of the train/val loss estimates
     log_interval: int = 10
     checkpoint_interval: int = 500
+    keep_checkpoints: int = 1  # complete checkpoint sets kept in RUN/checkpoints, the newest first
     sample_prompt: str = "\n"
     sample_tokens: int = 200
     sample_temperature: float = 0.8
@@ -69,7 +70,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse values that cannot train, naming the field."""
         _positive(self, "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
-                  "log_interval", "checkpoint_interval")
+                  "log_interval", "checkpoint_interval", "keep_checkpoints")
         if self.optimizer not in ("adamw", "sgd"):
             _bad("optimizer", self.optimizer, "must be 'adamw' or 'sgd'")
         if self.lr <= 0:

@@ -33,12 +33,13 @@ from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
 from gptlab.model.accounting import describe, flops_per_token
 from gptlab.model.gpt import GPT
-from gptlab.runs import CONFIG, TOKENIZER, read_config
+from gptlab.runs import CONFIG, TOKENIZER, read_config, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
 from gptlab.train.checkpoint import (TrainState, has_checkpoint, load_checkpoint, load_weights_for_resume,
                                      read_state, save_checkpoint)
 from gptlab.train.distributed import Ranks, all_sum
+from gptlab.train.guard import divergence_message, first_nonfinite
 from gptlab.train.metrics import MetricsLog, Progress
 from gptlab.train.optim import lr_at
 from gptlab.train.perf import device_peak, mfu
@@ -194,10 +195,12 @@ class _Training:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
             self.loader.load_state_dict(self.state.loader)
             self.say(f"resuming {run} at step {self.state.step}")
+            self.saved_step = self.state.step
         else:
             if self.main:
                 run.mkdir(parents=True, exist_ok=True)
             self.state = TrainState()
+            self.saved_step = -1  # no checkpoint yet
         self.state.world_size, self.state.grad_accum = ranks.world_size, tcfg.grad_accum
         if ranks.rank > 0:
             # Other ranks draw their own dropout masks (rank 0 keeps the saved stream, so a
@@ -265,10 +268,19 @@ class _Training:
         return losses
 
     def checkpoint(self) -> None:
-        """Save everything a resume needs (every rank calls: FSDP gathers shards)."""
+        """Save everything a resume needs (every rank calls: FSDP gathers shards), never from
+        non-finite weights or optimizer state (train/guard.py)."""
         self.state.loader = self.loader.state_dict()
+        if self.state.step == self.saved_step:
+            return  # an interrupt right after a checkpoint: that set already holds this step
+        bad = first_nonfinite(self.model, self.runner.optimizer)
+        if all_sum([float(bad is not None)], self.ranks, self.device)[0] > 0:  # every rank stops together
+            event = f"{bad or 'a weight on another rank'} became NaN or infinite after the update"
+            raise GptlabError(divergence_message(event, self.state.step, self.run, self.saved_step,
+                                                 lr_at(self.state.step - 1, self.tcfg)))
         save_checkpoint(self.run, self.model, self.runner.optimizer, self.state, self.runner.scaler,
-                        sharded=self.tcfg.fsdp, is_main=self.main)
+                        sharded=self.tcfg.fsdp, is_main=self.main, keep=self.tcfg.keep_checkpoints)
+        self.saved_step = self.state.step
         if self.main:
             from gptlab.report.plot import refresh_loss_plot  # matplotlib loads only once a plot is due
 
@@ -306,8 +318,8 @@ class _Training:
                     loss_sum, stops = all_sum([loss.item(), float(interrupt.set)], self.ranks, self.device)
                     train_loss, stop = loss_sum / self.ranks.world_size, stops > 0
                     if not math.isfinite(train_loss):
-                        raise GptlabError(f"loss became {train_loss} at step {state.step + 1} (try a lower lr); "
-                                          f"the last checkpoint in {self.run} is kept")
+                        raise GptlabError(divergence_message(f"the loss became {train_loss}", state.step + 1, self.run,
+                                                             self.saved_step, lr))
                     state.step += 1
                     state.tokens_seen += self.tokens_per_step
                     state.elapsed_s += time.perf_counter() - t0
@@ -333,5 +345,5 @@ class _Training:
         if interrupted:
             self.say(f"interrupted: checkpoint saved at step {state.step}; continue with `gptlab train --resume {self.run}`")
         else:
-            self.say(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {self.run / 'model.safetensors'}")
+            self.say(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {weights_path(self.run)}")
         return TrainResult(state.step, interrupted, last_eval)

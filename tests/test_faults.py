@@ -1,0 +1,147 @@
+"""Fault injection: what a crash, a divergence or a damaged file leaves behind is always a run that
+resumes from its last complete checkpoint, and every failure ends in one line."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gptlab.runs as runs
+from conftest import assert_clean_error, cli_in_process
+from gptlab.runs import current_checkpoint, weights_path
+
+SMALL = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "batch_size=4", "eval_batches=1",
+         "sample_tokens=0", "eval_interval=100", "log_interval=1", "device=cpu", "warmup_steps=0"]
+
+
+class Killed(BaseException):
+    """Stands for kill -9 at a chosen point (a BaseException, so no `except Exception` handles it)."""
+
+
+def train(capsys, data, run, steps, *extra):
+    return cli_in_process(capsys, "train", "--data", data, "--out", run, "--max-steps", steps, *SMALL, *extra)
+
+
+def resume(capsys, run, steps):
+    return cli_in_process(capsys, "train", "--resume", run, "--max-steps", steps)
+
+
+def step_of(run):
+    return json.loads((weights_path(run).parent / "train_state.json").read_text())["step"]
+
+
+@pytest.fixture
+def run4(tmp_path, char_dataset, capsys):
+    """A run checkpointed at steps 2 and 4."""
+    run = tmp_path / "run"
+    done = train(capsys, char_dataset, run, 4, "checkpoint_interval=2", "keep_checkpoints=2")
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+def test_sets_are_kept_as_configured_and_files_are_readable_by_all(run4):
+    assert [p.name for p in runs.checkpoint_sets(run4)] == ["step-0000004", "step-0000002"]
+    assert json.loads((run4 / "checkpoints" / "latest.json").read_text())["checkpoint"] == "step-0000004"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert weights_path(run4).stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600 like other files' temps
+    assert not [p for p in (run4 / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("where", ["writing the set", "before the pointer moves"])
+def test_a_kill_during_a_checkpoint_leaves_the_previous_one_resumable(run4, capsys, monkeypatch, where):
+    calls = {"n": 0}
+    if where == "writing the set":
+        real = runs._fsync
+
+        def crash(path):
+            calls["n"] += 1
+            if calls["n"] == 2:  # weights on disk, optimizer state not yet
+                raise Killed()
+            real(path)
+        monkeypatch.setattr(runs, "_fsync", crash)
+    else:
+        def crash(*args):
+            raise Killed()
+        monkeypatch.setattr(runs, "atomic_write", crash)  # the set is renamed into place, latest.json not moved
+    with pytest.raises(Killed):
+        resume(capsys, run4, 6)
+    monkeypatch.undo()
+    assert step_of(run4) == 4
+    done = resume(capsys, run4, 6)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout and "at step 4" in done.stdout
+    assert step_of(run4) == 6
+
+
+def test_resume_falls_back_to_the_newest_intact_set(run4, capsys):
+    newest = run4 / "checkpoints" / "step-0000004" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-10] ^= 0xFF  # a flipped bit inside a tensor: safetensors alone would accept it
+    newest.write_bytes(bytes(data))
+    assert_clean_error(cli_in_process(capsys, "sample", run4, "--max-new-tokens", "2"), "checksum",
+                       "model.safetensors")
+    assert current_checkpoint(run4, verify=True).name == "step-0000002"
+    done = resume(capsys, run4, 5)
+    assert done.returncode == 0, done.stderr
+    assert "at step 2" in done.stdout
+    # Step 4 was saved again on the way (the damaged set replaced by a good one), then step 5.
+    assert [p.name for p in runs.checkpoint_sets(run4)] == ["step-0000005", "step-0000004"]
+    runs.verify_files(run4 / "checkpoints" / "step-0000004")
+
+
+def test_an_incomplete_set_and_a_lost_pointer_are_ignored(run4, capsys):
+    (run4 / "checkpoints" / "latest.json").unlink()
+    shutil.copytree(run4 / "checkpoints" / "step-0000004", run4 / "checkpoints" / "step-0000006")
+    (run4 / "checkpoints" / "step-0000006" / "manifest.json").unlink()  # never finished
+    assert current_checkpoint(run4).name == "step-0000004"
+    assert cli_in_process(capsys, "sample", run4, "--max-new-tokens", "2").returncode == 0
+
+
+def test_a_run_in_the_older_flat_layout_is_read_and_migrated(run4, capsys):
+    newest = run4 / "checkpoints" / "step-0000004"
+    for name in ("model.safetensors", "train_state.pt", "train_state.json"):
+        shutil.copy(newest / name, run4 / name)
+    shutil.rmtree(run4 / "checkpoints")
+    assert weights_path(run4) == run4 / "model.safetensors"
+    assert cli_in_process(capsys, "sample", run4, "--max-new-tokens", "2").returncode == 0
+    done = resume(capsys, run4, 5)
+    assert done.returncode == 0 and "at step 4" in done.stdout, done.stderr
+    assert weights_path(run4).parent.name == "step-0000005"
+    assert not (run4 / "model.safetensors").exists() and not (run4 / "train_state.json").exists()
+
+
+def test_divergence_never_replaces_a_finite_checkpoint(tmp_path, char_dataset, capsys):
+    # The issue's reproduction: step 2's loss is finite, its update is not.
+    run = tmp_path / "run"
+    done = train(capsys, char_dataset, run, 20, "lr=100", "min_lr=100", "checkpoint_interval=1")
+    assert_clean_error(done, "diverged", "lower lr", "is kept")
+    for tensor in load_file(weights_path(run)).values():
+        assert torch.isfinite(tensor).all()
+    assert cli_in_process(capsys, "sample", run, "--max-new-tokens", "3").returncode == 0
+
+
+def test_nan_weights_after_a_finite_loss_are_caught_before_saving(tmp_path, char_dataset, capsys, monkeypatch):
+    from gptlab.train.step import StepRunner
+
+    real = StepRunner.step
+
+    def poisoned(self, next_batch, lr):
+        loss = real(self, next_batch, lr)
+        if self.optimizer.state and len(self.optimizer.state) and poisoned.calls == 2:
+            with torch.no_grad():
+                next(self.raw.parameters()).fill_(float("nan"))  # the loss returned is still finite
+        poisoned.calls += 1
+        return loss
+    poisoned.calls = 0
+    monkeypatch.setattr(StepRunner, "step", poisoned)
+    run = tmp_path / "run"
+    done = train(capsys, char_dataset, run, 6, "checkpoint_interval=1")
+    assert_clean_error(done, "diverged at step 3", "became nan or infinite", "step 2", "is kept")
+    assert step_of(run) == 2
+    monkeypatch.undo()
+    again = resume(capsys, run, 4)
+    assert again.returncode == 0 and "at step 2" in again.stdout, again.stderr
