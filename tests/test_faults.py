@@ -145,3 +145,97 @@ def test_nan_weights_after_a_finite_loss_are_caught_before_saving(tmp_path, char
     monkeypatch.undo()
     again = resume(capsys, run, 4)
     assert again.returncode == 0 and "at step 2" in again.stdout, again.stderr
+
+
+# --- locks, a replaced dataset, stale temporaries -------------------------------------------------
+
+
+def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, char_dataset):
+    import time
+
+    from conftest import popen_cli, run_cli
+
+    run = tmp_path / "run"
+    first = popen_cli("train", "--data", char_dataset, "--out", run, "--max-steps", "100000", *SMALL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        assert (run / "metrics.jsonl").is_file(), "the first trainer never started"
+        second = run_cli("train", "--data", char_dataset, "--out", run, "--max-steps", "5", *SMALL)
+        assert_clean_error(second, "in use by another gptlab process")
+        assert_clean_error(run_cli("train", "--resume", run), "in use by another gptlab process")
+        assert first.poll() is None  # the first one trains on, undisturbed
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    assert first.returncode == 130 and step_of(run) > 0  # SIGTERM: checkpointed and stopped
+
+
+def test_a_held_run_lock_refuses_train_and_leaves_no_empty_directory(tmp_path, char_dataset, capsys):
+    from gptlab.locks import lock_run
+
+    run = tmp_path / "run"
+    with lock_run(run, create=True):  # what a trainer in another process holds
+        assert_clean_error(train(capsys, char_dataset, run, 3), "in use")
+    assert [p.name for p in run.iterdir()] == [".gptlab.lock"]  # untouched
+    # A new run refused for another reason does not leave an empty directory behind.
+    assert_clean_error(train(capsys, tmp_path, tmp_path / "new", 3), "not a prepared dataset")
+    assert not (tmp_path / "new").exists()
+
+
+def test_prepare_over_a_dataset_in_use_is_refused(tmp_path, char_dataset, shakespeare_txt, capsys):
+    from gptlab.locks import lock_dataset_for_reading
+
+    data = tmp_path / "data"
+    shutil.copytree(char_dataset, data)
+    before = (data / "meta.json").read_bytes()
+    with lock_dataset_for_reading(data):  # what a training run reading it holds
+        assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data, "--val-fraction", "0.2"),
+                           "in use by another gptlab process")
+    assert (data / "meta.json").read_bytes() == before
+    assert not list(data.glob(".prepare-*"))
+
+
+def test_a_dataset_replaced_during_training_stops_it_with_one_line(tmp_path, char_dataset, shakespeare_txt,
+                                                                  capsys, monkeypatch):
+    import gptlab.train.trainer as trainer
+    from gptlab.data.prepare import prepare
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    shutil.copytree(char_dataset, data)
+    prepare([str(shakespeare_txt)], other, "char", val_fraction=0.3, progress=False)
+    assert json.loads((other / "meta.json").read_text())["id"] != json.loads((data / "meta.json").read_text())["id"]
+    real, calls = trainer.estimate_loss, []
+
+    def replace_then_estimate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # between the evaluations at steps 0 and 4, as a copy or a lock-less prepare would
+            for path in other.iterdir():
+                if path.is_file() and path.name != ".gptlab.lock":
+                    shutil.copy(path, data / path.name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(trainer, "estimate_loss", replace_then_estimate)
+    run = tmp_path / "run"
+    done = train(capsys, data, run, 8, "eval_interval=4", "checkpoint_interval=2")
+    assert_clean_error(done, "was replaced", "stopped at step 4", "last checkpoint: step 2")
+    assert [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "val_loss" in m] == [0]  # no loss measured on the new data was recorded
+    assert step_of(run) == 2
+
+
+def test_stale_temporaries_are_removed_by_resume_and_prepare(run4, tmp_path, char_dataset, shakespeare_txt, capsys):
+    junk = [run4 / ".model.safetensors.x1.tmp", run4 / ".loss.png.x2.tmp",
+            run4 / "checkpoints" / ".staging-step-0000006-99999" / "model.safetensors"]
+    for path in junk:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    done = resume(capsys, run4, 5)
+    assert done.returncode == 0, done.stderr
+    assert not [p for p in junk if p.exists()] and not (run4 / "checkpoints" / ".staging-step-0000006-99999").exists()
+    data = tmp_path / "data"
+    shutil.copytree(char_dataset, data)
+    (data / ".prepare-killed").mkdir()
+    (data / ".prepare-killed" / "train-00000.bin").write_bytes(b"\0" * 1000)
+    assert cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data).returncode == 0
+    assert not (data / ".prepare-killed").exists()

@@ -16,6 +16,8 @@ global batch by changing grad_accum, so it continues the same trajectory.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -31,9 +33,10 @@ from gptlab.device import autocast, configure_backends, precision_for
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
+from gptlab.locks import LOCK_FILE, lock_dataset_for_reading, lock_run
 from gptlab.model.accounting import describe, flops_per_token
 from gptlab.model.gpt import GPT
-from gptlab.runs import CONFIG, TOKENIZER, read_config, weights_path
+from gptlab.runs import CONFIG, TOKENIZER, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
 from gptlab.train.checkpoint import (TrainState, has_checkpoint, load_checkpoint, load_weights_for_resume,
@@ -149,16 +152,33 @@ def _keep_global_batch(cfg: RunConfig, run: Path, ranks: Ranks) -> None:
 
 def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
           max_steps: int | None = None) -> TrainResult:
-    """Train a model into run_dir (a new run from cfg, or resume the run already there)."""
+    """Train a model into run_dir (a new run from cfg, or resume the run already there).
+
+    The writer (rank 0) holds the run directory exclusively and the dataset shared (locks.py) for
+    the whole session, and first clears what a killed writer left half-written."""
     run = Path(run_dir)
-    cfg = _resolve_config(cfg, run, resume, max_steps)
-    ranks, device = distributed.setup(cfg.train.device)
+    writer = int(os.environ.get("RANK", "0")) == 0  # before setup: only rank 0 writes the run
+    created = not run.exists()
+    held = [lock_run(run, create=not resume)] if writer else []
     try:
-        if resume:
-            _keep_global_batch(cfg, run, ranks)
-        return _Training(cfg, run, resume, ranks, device).loop()
+        cfg = _resolve_config(cfg, run, resume, max_steps)
+        if writer:
+            held.append(lock_dataset_for_reading(cfg.data))
+            remove_stale_temporaries(run)
+        ranks, device = distributed.setup(cfg.train.device)
+        try:
+            if resume:
+                _keep_global_batch(cfg, run, ranks)
+            return _Training(cfg, run, resume, ranks, device).loop()
+        finally:
+            distributed.shutdown()
+    except BaseException:
+        if writer and created and run.is_dir() and {p.name for p in run.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(run, ignore_errors=True)  # refused before writing anything: leave no empty run
+        raise
     finally:
-        distributed.shutdown()
+        for lock in held:
+            lock.release()
 
 
 class _Training:
@@ -246,6 +266,7 @@ class _Training:
         """Losses on both splits and a sample (all ranks compute; rank 0 prints and writes)."""
         tcfg, state = self.tcfg, self.state
         losses = estimate_loss(self.model, self.dataset, self.cfg, self.device, self.ranks)
+        self.check_dataset()
         record: dict[str, Any] = {"step": step, "tokens_seen": state.tokens_seen, "elapsed_s": round(state.elapsed_s, 3)}
         text = f"step {step}: train loss {losses['train']:.4f}"
         record["eval_train_loss"] = losses["train"]
@@ -266,6 +287,14 @@ class _Training:
         if self.main:
             self.metrics.write(record)
         return losses
+
+    def check_dataset(self) -> None:
+        """Stop with one line when the dataset was replaced under the run (all ranks together)."""
+        if all_sum([float(self.main and self.dataset.replaced())], self.ranks, self.device)[0] > 0:
+            kept = f"step {self.saved_step}" if self.saved_step >= 0 else "none yet"
+            raise GptlabError(f"the dataset {self.cfg.data} was replaced while this run was training on it "
+                              f"(its meta.json changed); stopped at step {self.state.step} (last checkpoint: "
+                              f"{kept}); prepare new data into another directory")
 
     def checkpoint(self) -> None:
         """Save everything a resume needs (every rank calls: FSDP gathers shards), never from
