@@ -239,3 +239,97 @@ def test_stale_temporaries_are_removed_by_resume_and_prepare(run4, tmp_path, cha
     (data / ".prepare-killed" / "train-00000.bin").write_bytes(b"\0" * 1000)
     assert cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data).returncode == 0
     assert not (data / ".prepare-killed").exists()
+
+
+# --- one line for every bad value and damaged file ----------------------------------------------
+
+
+@pytest.fixture
+def nested_json(tmp_path):
+    path = tmp_path / "nested.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    return path
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "seed=-1"], ["seed=-1"]),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", f"seed={2**70}"], ["seed=", "2**32"]),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", f"block_size={10**12}"], ["block_size="]),
+    (["sample", "{run}", "--seed", str(2**64)], ["seed="]),
+    (["sample", "{run}", "--temperature", "1e-40"], ["temperature="]),
+    (["sample", "{run}", "--repetition-penalty", "1e-300"], ["repetition_penalty="]),
+    (["sample", "{run}", "--num-samples", str(10**12)], ["num_samples="]),
+    (["prepare", "{tmp}/nested.json", "--out", "{tmp}/d"], ["nested too deeply"]),
+    (["train", "--resume", "{run}", "--max-steps", "3"], ["below the step", "(4)"]),
+])
+def test_bad_values_are_one_line(run4, char_dataset, nested_json, tmp_path, capsys, args, needles):
+    config_before = (run4 / "config.json").read_bytes()
+    args = [a.format(tmp=tmp_path, data=char_dataset, run=run4) for a in args]
+    assert_clean_error(cli_in_process(capsys, *args), *needles)
+    assert (run4 / "config.json").read_bytes() == config_before  # --max-steps did not rewrite it
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
+
+
+def test_damaged_run_files_are_one_line_naming_the_file(run4, capsys):
+    cfg = json.loads((run4 / "config.json").read_text())
+    cfg["model"]["n_head"] = 3
+    (run4 / "config.json").write_text(json.dumps(cfg))
+    for command in (["sample", run4], ["eval", run4], ["train", "--resume", run4, "--max-steps", "6"]):
+        assert_clean_error(cli_in_process(capsys, *command), "config.json is invalid", "n_head=3")
+    cfg["model"]["n_head"] = 2
+    (run4 / "config.json").write_text(json.dumps(cfg))
+    tok = json.loads((run4 / "tokenizer.json").read_text())
+    tok["chars"] = tok["chars"][:-5]  # entries removed
+    (run4 / "tokenizer.json").write_text(json.dumps(tok))
+    assert_clean_error(cli_in_process(capsys, "sample", run4), "tokenizer.json is corrupt", "vocab_size")
+    (weights_path(run4).parent / "train_state.json").write_text('{"step": 4, "loader": ')  # cut short
+    # The damaged newest set is skipped for the intact older one (keep_checkpoints=2 in run4).
+    assert current_checkpoint(run4, verify=True).name == "step-0000002"
+    shutil.rmtree(run4 / "checkpoints" / "step-0000002")
+    assert_clean_error(cli_in_process(capsys, "train", "--resume", run4, "--max-steps", "6"),
+                       "corrupt checkpoint", "train_state.json")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (mounting needs root; elsewhere the test is skipped, saying why)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or 'mount failed'}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_mid_checkpoint_is_one_line_and_keeps_the_previous(small_disk, char_dataset, capsys):
+    run = small_disk / "run"
+    done = train(capsys, char_dataset, run, 2, "checkpoint_interval=2")
+    assert done.returncode == 0, done.stderr
+    weights = weights_path(run).read_bytes()
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 12 * 1024))  # room for logs, not a set
+    full = resume(capsys, run, 4)
+    assert_clean_error(full, "no space left")
+    assert step_of(run) == 2 and weights_path(run).read_bytes() == weights
+    filler.unlink()
+    again = resume(capsys, run, 4)
+    assert again.returncode == 0 and "at step 2" in again.stdout, again.stderr
+    assert step_of(run) == 4
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_directories_are_one_line(run4, char_dataset, shakespeare_txt, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(char_dataset, data)
+    for path in (run4, data):
+        os.chmod(path, 0o555)
+    try:
+        assert_clean_error(resume(capsys, run4, 6), "cannot write to", "permission denied")
+        assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data), "permission denied")
+        assert_clean_error(cli_in_process(capsys, "report", run4), "permission denied")
+    finally:
+        for path in (run4, data):
+            os.chmod(path, 0o755)

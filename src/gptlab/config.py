@@ -14,6 +14,8 @@ from typing import Any
 from gptlab.errors import GptlabError
 
 
+MAX_BLOCK_SIZE = 1 << 20  # context length: far beyond any model gptlab trains
+
 @dataclass
 class ModelConfig:
     """Shape of the decoder-only Transformer."""
@@ -35,6 +37,8 @@ class ModelConfig:
             _bad("n_embd", self.n_embd, f"is not divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             _bad("dropout", self.dropout, "must be in [0, 1)")
+        if self.block_size > MAX_BLOCK_SIZE:  # its position table alone would not fit in memory
+            _bad("block_size", self.block_size, f"must be at most {MAX_BLOCK_SIZE:,}")
 
 
 @dataclass
@@ -90,6 +94,8 @@ class TrainConfig:
             _bad("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
         if self.compile not in ("auto", "on", "off"):
             _bad("compile", self.compile, "must be auto, on or off")
+        if not 0 <= self.seed < 2**32:  # numpy and torch generators take it (plus rank and step offsets)
+            _bad("seed", self.seed, "must be in [0, 2**32)")
 
 
 @dataclass

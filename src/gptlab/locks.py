@@ -46,6 +46,8 @@ def lock_dir(directory: str | Path, busy: str, shared: bool = False) -> DirLock:
     A shared lock on a directory this user cannot write to (a read-only dataset) is skipped: the
     reader then relies on the dataset id check alone (data/loader.py)."""
     path = Path(directory) / LOCK_FILE
+    if not shared and not os.access(directory, os.W_OK):  # the holder will write there: say so now
+        raise GptlabError(f"cannot write to {directory}: permission denied")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:

@@ -22,6 +22,7 @@ This module is the one place that knows these names; everything else asks it for
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from gptlab.config import RunConfig
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, describe_os_error
 from gptlab.fileio import atomic_write
 from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer, load_tokenizer
@@ -65,9 +66,13 @@ def read_config(run: str | Path) -> RunConfig:
     if not (path / CONFIG).is_file():
         raise GptlabError(f"{path} is not a gptlab run (no {CONFIG}); train one with `gptlab train`")
     try:
-        return RunConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        cfg = RunConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+        cfg.validate()  # a hand-edited or damaged file must not reach the model
+        return cfg
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, RecursionError) as exc:
         raise GptlabError(f"{path / CONFIG} is corrupt: {exc}") from None
+    except GptlabError as exc:
+        raise GptlabError(f"{path / CONFIG} is invalid: {exc}") from None
 
 
 def save_weights(model: GPT, path: str | Path, step: int) -> None:
@@ -104,6 +109,10 @@ def load_run(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     path = Path(run)
     cfg = read_config(path)
     tokenizer = load_tokenizer(path / TOKENIZER)
+    if cfg.model.vocab_size and tokenizer.vocab_size != cfg.model.vocab_size:
+        # Ids the model can emit that the tokenizer cannot decode (or the reverse).
+        raise GptlabError(f"{path / TOKENIZER} is corrupt: vocab_size {tokenizer.vocab_size} does not match "
+                          f"the model's vocab_size={cfg.model.vocab_size} in {CONFIG}")
     model = GPT(cfg.model)
     weights = weights_path(path)
     verify_files(weights.parent, [WEIGHTS])
@@ -230,7 +239,11 @@ def publish_checkpoint(run: str | Path, step: int, write: Callable[[Path], list[
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        names = write(staging)
+        try:
+            names = write(staging)
+        except (OSError, RuntimeError, SafetensorError) as exc:  # torch and safetensors wrap the OS error
+            raise GptlabError(f"could not write checkpoint {name} in {run}: {_write_failure(exc, root)}; "
+                              "the previous checkpoint is kept") from None
         umask = os.umask(0)
         os.umask(umask)
         files = {}
@@ -256,6 +269,15 @@ def publish_checkpoint(run: str | Path, step: int, write: Callable[[Path], list[
         shutil.rmtree(staging, ignore_errors=True)
     _prune(run, final, keep)
     return final
+
+
+def _write_failure(exc: BaseException, where: Path) -> str:
+    """Why a write failed, in words: a full disk is named even when torch only says
+    "unexpected pos" about its short write."""
+    free = shutil.disk_usage(where).free
+    if getattr(exc, "errno", None) == errno.ENOSPC or free < 1 << 20:
+        return f"no space left on the device ({free:,} bytes free)"
+    return describe_os_error(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
 
 
 def _prune(run: Path, current: Path, keep: int) -> None:

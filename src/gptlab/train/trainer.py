@@ -123,6 +123,10 @@ def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: i
             raise GptlabError(f"{run} is not a resumable gptlab run (no checkpoint); train one first")
         cfg = read_config(run)
         if max_steps is not None:
+            at = read_state(run).step
+            if max_steps < at:  # would rewrite config.json with a target the run has passed
+                raise GptlabError(f"--max-steps {max_steps} is below the step {run} has reached ({at}); "
+                                  f"give at least {at}")
             cfg.train.max_steps = max_steps
             cfg.validate()
         return cfg
