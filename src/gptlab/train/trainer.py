@@ -325,6 +325,7 @@ class _Training:
                   "tokens_seen": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s, 3)}
         extra = ""
         if self.peak:
+            self.peak.refine(tokens_per_sec * self.flops_per_token / self.ranks.world_size)
             record["mfu"] = mfu(tokens_per_sec, self.flops_per_token, self.peak.flops * self.ranks.world_size)
             extra = f" | {tokens_per_sec * self.flops_per_token / 1e9:,.1f} GFLOP/s, MFU {record['mfu']:.1%}"
         self.metrics.write(record)
@@ -361,7 +362,8 @@ class _Training:
                     if self.main and (step % tcfg.log_interval == 0 or is_last):
                         now = time.perf_counter()
                         self.log(step, train_loss, lr, window_tokens / max(1e-9, now - window_start))
-                        window_start, window_tokens = now, 0
+                        # Logging (and a peak re-timing there) is not training throughput.
+                        window_start, window_tokens = time.perf_counter(), 0
                     if step % tcfg.eval_interval == 0 or is_last:
                         last_eval = self.evaluate_and_sample(step)
                         window_start = time.perf_counter()  # evaluation time is not training throughput
