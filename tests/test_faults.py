@@ -87,7 +87,7 @@ def test_resume_falls_back_to_the_newest_intact_set(run4, capsys):
     assert current_checkpoint(run4, verify=True).name == "step-0000002"
     done = resume(capsys, run4, 5)
     assert done.returncode == 0, done.stderr
-    assert "at step 2" in done.stdout
+    assert "at step 2" in done.stdout and "step-0000004 is damaged or incomplete" in done.stdout
     # Step 4 was saved again on the way (the damaged set replaced by a good one), then step 5.
     assert [p.name for p in runs.checkpoint_sets(run4)] == ["step-0000005", "step-0000004"]
     runs.verify_files(run4 / "checkpoints" / "step-0000004")

@@ -64,6 +64,14 @@ def _resume_dir(run: str | Path) -> Path:
     return found
 
 
+def fallback_note(run: str | Path) -> str | None:
+    """A line saying why resume takes an older set than the current one, when it does."""
+    current, intact = current_checkpoint(run), _resume_dir(run)
+    if current is None or current == intact:
+        return None
+    return f"note: {current.name} is damaged or incomplete; resuming from {intact.name}, the newest intact checkpoint"
+
+
 def read_state(run: str | Path) -> TrainState:
     """train_state.json alone (what a resume needs to know before building anything)."""
     path = _resume_dir(run) / STATE_JSON

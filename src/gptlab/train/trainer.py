@@ -39,8 +39,8 @@ from gptlab.model.gpt import GPT
 from gptlab.runs import CONFIG, TOKENIZER, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
-from gptlab.train.checkpoint import (TrainState, has_checkpoint, load_checkpoint, load_weights_for_resume,
-                                     read_state, save_checkpoint)
+from gptlab.train.checkpoint import (TrainState, fallback_note, has_checkpoint, load_checkpoint,
+                                     load_weights_for_resume, read_state, save_checkpoint)
 from gptlab.train.distributed import Ranks, all_sum
 from gptlab.train.guard import divergence_message, first_nonfinite
 from gptlab.train.metrics import MetricsLog, Progress
@@ -218,7 +218,8 @@ class _Training:
         if resume:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
             self.loader.load_state_dict(self.state.loader)
-            self.say(f"resuming {run} at step {self.state.step}")
+            for line in filter(None, [fallback_note(run), f"resuming {run} at step {self.state.step}"]):
+                self.say(line)
             self.saved_step = self.state.step
         else:
             if self.main:
