@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DATA ?= data/shakespeare-char
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test install dev clean
+.PHONY: demo test install dev browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,22 @@ demo: install
 	$(BIN)/gptlab train --data $(DEMO_DATA) --out $(DEMO_RUN) --preset cpu-tiny
 	$(BIN)/gptlab sample $(DEMO_RUN) --prompt "ROMEO:" --max-new-tokens 400 --seed 1 --num-samples 2
 
-test: dev
+# The page's tests drive a real headless browser: Debian's chromium and its chromedriver, installed
+# once with apt-get (as root, or through sudo without a password); where that cannot be done, one
+# line says what to install.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	need="make test needs chromium and chromedriver for the page's browser tests"; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "$$need: no apt-get here, install them with your package manager" >&2; exit 1; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then as_root=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then as_root=sudo; \
+	else echo "$$need: run 'sudo apt-get install chromium chromium-driver' once (not root, no sudo here)" >&2; exit 1; fi; \
+	echo "installing chromium and chromedriver (apt-get) for the page's browser tests"; \
+	$$as_root apt-get update -qq >/dev/null && \
+	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+
+test: dev browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from conftest import assert_clean_error, popen_cli, run_cli
+from gptlab.runs import weights_path
 
 # A small but real model: trains a few hundred steps in seconds on 2 cores.
 SMALL = ["n_layer=2", "n_head=2", "n_embd=48", "block_size=32", "batch_size=16", "eval_batches=4",
@@ -32,8 +33,11 @@ def test_end_to_end_lowers_val_loss_and_samples(tmp_path, shakespeare_txt):
     logged = [m for m in metrics(run) if "train_loss" in m]
     assert {"step", "train_loss", "lr", "tokens_per_sec", "elapsed_s"} <= set(logged[-1])
     assert (run / "samples.txt").read_text().count("=== step") == 3
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_state.pt", "train_state.json"):
+    for name in ("config.json", "tokenizer.json"):
         assert (run / name).is_file(), name
+    for name in ("model.safetensors", "train_state.pt", "train_state.json", "manifest.json"):
+        assert (run / "checkpoints" / "step-0000300" / name).is_file(), name
+    assert weights_path(run) == run / "checkpoints" / "step-0000300" / "model.safetensors"
 
     sample = run_cli("sample", run, "--prompt", "ROMEO:", "--max-new-tokens", "80", "--seed", "3")
     again = run_cli("sample", run, "--prompt", "ROMEO:", "--max-new-tokens", "80", "--seed", "3")
@@ -64,7 +68,7 @@ def test_sigint_then_resume_matches_uninterrupted(tmp_path, char_dataset):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "checkpoint saved at step" in out
-    cut_step = json.loads((run / "train_state.json").read_text())["step"]
+    cut_step = json.loads((weights_path(run).parent / "train_state.json").read_text())["step"]
     assert 30 <= cut_step < 500
 
     resumed = run_cli("train", "--resume", run)
@@ -84,10 +88,10 @@ def test_training_into_an_existing_run_is_refused_and_keeps_it(tmp_path, char_da
     run = tmp_path / "run"
     first = run_cli("train", "--data", char_dataset, "--out", run, "--max-steps", "5", *SMALL)
     assert first.returncode == 0, first.stderr
-    before = (run / "model.safetensors").read_bytes()
+    before = weights_path(run).read_bytes()
     again = run_cli("train", "--data", char_dataset, "--out", run, "--max-steps", "5", *SMALL)
     assert_clean_error(again, "already holds a run")
-    assert (run / "model.safetensors").read_bytes() == before
+    assert weights_path(run).read_bytes() == before
 
 
 @pytest.fixture

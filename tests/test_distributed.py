@@ -54,7 +54,8 @@ def test_two_ranks_equal_one_process_with_double_accumulation(runs):
     assert_same_losses(root / "one", root / "two", steps=[1, 2, 3, 4])
     assert "global batch 8 = B=4 x accum 1 x 2 process(es)" in two.stdout
     from safetensors.torch import load_file
-    w1, w2 = load_file(root / "one" / "model.safetensors"), load_file(root / "two" / "model.safetensors")
+    from gptlab.runs import weights_path
+    w1, w2 = load_file(weights_path(root / "one")), load_file(weights_path(root / "two"))
     assert w1.keys() == w2.keys()
     for name in w1:
         assert torch.allclose(w1[name], w2[name], atol=1e-6), name
@@ -115,7 +116,7 @@ def test_muon_under_ddp_matches_one_process(tmp_path, char_dataset):
 def test_bad_scale_input_is_one_clear_line(tmp_path, char_dataset, args, needles):
     proc = run_cli(*[a.format(tmp=tmp_path, data=char_dataset) for a in args])
     assert_clean_error(proc, *needles)
-    assert not (tmp_path / "r" / "model.safetensors").exists()
+    assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("overrides, needle", [(["device=tpu"], "device='tpu'"), (["compile=maybe"], "compile='maybe'")])

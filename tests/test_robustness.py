@@ -8,6 +8,7 @@ import pytest
 
 from conftest import assert_clean_error, cli_in_process
 from gptlab.fileio import atomic_write_group
+from gptlab.runs import weights_path
 
 SMALL = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "batch_size=4", "eval_batches=2",
          "sample_tokens=8", "device=cpu"]
@@ -58,7 +59,7 @@ def test_resume_refuses_a_dataset_with_another_tokenizer(run_copy, tmp_path, cap
 
 
 def test_corrupt_optimizer_state_is_one_line(run_copy, capsys):
-    (run_copy / "train_state.pt").write_bytes(b"\x80\x04garbage")
+    (weights_path(run_copy).parent / "train_state.pt").write_bytes(b"\x80\x04garbage")
     assert_clean_error(cli_in_process(capsys, "train", "--resume", run_copy, "--max-steps", "40"),
                        "corrupt checkpoint")
 

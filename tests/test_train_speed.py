@@ -65,6 +65,20 @@ def test_mfu_is_model_flops_over_peak():
     assert mfu(1000.0, per_token, per_token * 2000.0) == pytest.approx(0.5)
 
 
+def test_a_peak_measured_on_a_busy_machine_is_corrected_and_mfu_stays_at_most_one():
+    from gptlab.train.perf import Peak, measure_cpu_matmul_peak
+
+    fooled = Peak(1e6, "float32 matmul, measured", measured=True, retimings=1)  # read while busy
+    fooled.refine(achieved_flops=0.0)
+    assert fooled.flops > 1e6 and fooled.retimings == 0  # re-timed: the real peak is far above
+    reached = 10 * measure_cpu_matmul_peak(seconds=0.05)  # as if the model ran faster than the timing
+    fooled.refine(reached)
+    assert fooled.flops >= reached and mfu(reached / 100, 100, fooled.flops) <= 1.0
+    sheet = Peak(1e12, "datasheet")
+    sheet.refine(5e12)
+    assert sheet.flops == 1e12 and mfu(5e12, 1, sheet.flops) == 1.0  # never printed above 100%
+
+
 def test_cpu_trains_in_float32_and_unknown_devices_are_refused(monkeypatch):
     assert precision_for(torch.device("cpu")).name == "fp32"
     with pytest.raises(GptlabError, match="unknown device 'tpu'"):

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from gptlab import __version__
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, describe_os_error
 
 EXAMPLES = """\
 examples:
@@ -354,9 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     except GptlabError as exc:
         print(f"gptlab: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except BrokenPipeError:
+        sys.exit(0)  # output piped into e.g. `head`, which stopped reading
+    except (OSError, MemoryError) as exc:
+        # The machine refused (read-only directory, full disk, out of memory): one line, as promised.
+        print(f"gptlab: error: {describe_os_error(exc)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("gptlab: interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(0)  # output piped into e.g. `head`, which stopped reading
     sys.exit(code or 0)

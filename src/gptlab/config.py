@@ -22,6 +22,8 @@ Optimizer = Literal["adamw", "sgd", "muon"]
 Schedule = Literal["cosine", "wsd"]
 Switch = Literal["auto", "on", "off"]
 
+MAX_BLOCK_SIZE = 1 << 20  # context length: far beyond any model gptlab trains
+
 
 @dataclass
 class ModelConfig:
@@ -60,6 +62,8 @@ class ModelConfig:
             _bad("dropout", self.dropout, "must be in [0, 1)")
         if self.logit_softcap < 0:
             _bad("logit_softcap", self.logit_softcap, "must be >= 0 (0 is off)")
+        if self.block_size > MAX_BLOCK_SIZE:  # its position table alone would not fit in memory
+            _bad("block_size", self.block_size, f"must be at most {MAX_BLOCK_SIZE:,}")
 
 
 @dataclass
@@ -88,6 +92,7 @@ class TrainConfig:
     eval_batches: int = 20  # batches averaged for each of the train/val loss estimates
     log_interval: int = 10
     checkpoint_interval: int = 500
+    keep_checkpoints: int = 1  # complete checkpoint sets kept in RUN/checkpoints, the newest first
     sample_prompt: str = "\n"
     sample_tokens: int = 200
     sample_temperature: float = 0.8
@@ -101,7 +106,7 @@ class TrainConfig:
         """Refuse values that cannot train, naming the field."""
         _check_types(self)
         _positive(self, "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
-                  "log_interval", "checkpoint_interval")
+                  "log_interval", "checkpoint_interval", "keep_checkpoints")
         if self.lr <= 0:
             _bad("lr", self.lr, "must be > 0")
         if not 0 <= self.min_lr <= self.lr:
@@ -124,6 +129,8 @@ class TrainConfig:
             # Muon orthogonalises whole matrices; FSDP gives each rank a slice of every matrix.
             _bad("optimizer", self.optimizer, "cannot run with fsdp=true (Muon needs whole matrices, "
                  "FSDP shards them); use DDP (fsdp=false) or optimizer=adamw")
+        if not 0 <= self.seed < 2**32:  # numpy and torch generators take it (plus rank and step offsets)
+            _bad("seed", self.seed, "must be in [0, 2**32)")
 
 
 @dataclass

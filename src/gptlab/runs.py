@@ -2,15 +2,33 @@
 
     RUN/config.json        the RunConfig (model shape, training settings, dataset path)
     RUN/tokenizer.json     the tokenizer, so nothing needs the corpus again
-    RUN/model.safetensors  weights (no pickled code), with the step in its metadata
-    RUN/train_state.*      optimizer, RNG and data-order state for an exact resume (train/checkpoint.py)
+    RUN/checkpoints/step-0000500/   one complete checkpoint set:
+        model.safetensors  weights (no pickled code), with the step in its metadata
+        train_state.*      optimizer, RNG and data-order state for an exact resume (train/checkpoint.py)
+        manifest.json      written last: each file's size and sha256 (a set without it is incomplete)
+    RUN/checkpoints/latest.json   which set is current, replaced atomically once that set is whole
     RUN/metrics.jsonl      one JSON object per logged step
     RUN/samples.txt        continuations of the sample prompt taken during training
+    RUN/.gptlab.lock       held (flock) by the process training the run (locks.py)
+
+A set is built in a hidden staging directory and renamed into place whole, then the pointer moves
+to it, then older sets beyond keep_checkpoints go: a crash at any point leaves the previous complete
+set and a pointer to it (or to nothing readers trust, in which case they take the newest complete
+set). Runs written before checkpoint sets existed keep model.safetensors and train_state.* at the
+top of RUN; they are read as they are, and their first new checkpoint replaces them.
+
+This module is the one place that knows these names; everything else asks it for paths.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
+import re
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +37,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from gptlab.config import RunConfig
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, describe_os_error
 from gptlab.fileio import atomic_write
 from gptlab.model import build_model
 from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.json", "model.safetensors"
+STATE_PT, STATE_JSON = "train_state.pt", "train_state.json"
+CHECKPOINTS, LATEST, MANIFEST = "checkpoints", "latest.json", "manifest.json"
+_SET = re.compile(r"step-(\d+)")
+_STAGING, _REPLACED = ".staging-", ".replaced-"
 
 
 @dataclass
@@ -45,9 +67,13 @@ def read_config(run: str | Path) -> RunConfig:
     if not (path / CONFIG).is_file():
         raise GptlabError(f"{path} is not a gptlab run (no {CONFIG}); train one with `gptlab train`")
     try:
-        return RunConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        cfg = RunConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+        cfg.validate()  # a hand-edited or damaged file must not reach the model
+        return cfg
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, RecursionError) as exc:
         raise GptlabError(f"{path / CONFIG} is corrupt: {exc}") from None
+    except GptlabError as exc:
+        raise GptlabError(f"{path / CONFIG} is invalid: {exc}") from None
 
 
 def save_weights(model: GPT, path: str | Path, step: int) -> None:
@@ -79,11 +105,208 @@ def load_weights(model: GPT, path: str | Path) -> int:
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Config, tokenizer and weights of a run, the model in eval mode on device."""
+    """Config, tokenizer and weights of a run (the current checkpoint set, its checksums verified),
+    the model in eval mode on device."""
     path = Path(run)
     cfg = read_config(path)
     tokenizer = load_tokenizer(path / TOKENIZER)
+    if cfg.model.vocab_size and tokenizer.vocab_size != cfg.model.vocab_size:
+        # Ids the model can emit that the tokenizer cannot decode (or the reverse).
+        raise GptlabError(f"{path / TOKENIZER} is corrupt: vocab_size {tokenizer.vocab_size} does not match "
+                          f"the model's vocab_size={cfg.model.vocab_size} in {CONFIG}")
     model = build_model(cfg.model)
-    step = load_weights(model, path / WEIGHTS)
+    weights = weights_path(path)
+    verify_files(weights.parent, [WEIGHTS])
+    step = load_weights(model, weights)
     model.to(device).eval()
     return LoadedRun(path, cfg, tokenizer, model, step)
+
+
+# --- checkpoint sets ------------------------------------------------------------------------------
+
+
+def checkpoint_sets(run: str | Path) -> list[Path]:
+    """The complete checkpoint sets of a run (those with a manifest), newest step first."""
+    root = Path(run) / CHECKPOINTS
+    found = []
+    if root.is_dir():
+        for entry in root.iterdir():
+            match = _SET.fullmatch(entry.name)
+            if match and (entry / MANIFEST).is_file():
+                found.append((int(match.group(1)), entry))
+    return [entry for _, entry in sorted(found, reverse=True)]
+
+
+def _pointed(run: Path) -> Path | None:
+    """The set latest.json names, when it names a complete one."""
+    try:
+        name = json.loads((run / CHECKPOINTS / LATEST).read_text(encoding="utf-8"))["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    target = run / CHECKPOINTS / str(name)
+    return target if _SET.fullmatch(str(name)) and (target / MANIFEST).is_file() else None
+
+
+def current_checkpoint(run: str | Path, verify: bool = False) -> Path | None:
+    """The directory holding the checkpoint to read: the set latest.json points to when it is
+    complete (and, with verify, its checksums match), else the newest such set; RUN itself for a
+    run in the older flat layout; None when the run has no checkpoint."""
+    run = Path(run)
+    pointed = _pointed(run)
+    candidates = ([pointed] if pointed else []) + [s for s in checkpoint_sets(run) if s != pointed]
+    for candidate in candidates:
+        if not verify:
+            return candidate
+        try:
+            verify_files(candidate)
+            return candidate
+        except GptlabError:
+            continue  # damaged or half-gone: fall back to the next older complete set
+    if candidates:
+        verify_files(candidates[0])  # none is intact: say what is wrong with the newest
+    if (run / STATE_JSON).is_file() or (run / WEIGHTS).is_file():
+        return run  # older flat layout
+    return None
+
+
+def weights_path(run: str | Path) -> Path:
+    """Where a run's current weights are (through latest.json; RUN/model.safetensors for an
+    older flat run, or when there is no checkpoint yet, so errors name the usual file)."""
+    found = current_checkpoint(run)
+    return (found or Path(run)) / WEIGHTS
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_verified: set[tuple] = set()  # (directory, names, stats) already checked: a resume reads a set 4 times
+
+
+def verify_files(directory: str | Path, names: list[str] | None = None) -> None:
+    """Check the files of a checkpoint set (or only names) against its manifest: size and sha256.
+    A set without a manifest (the older flat layout) is not checked."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return
+    try:
+        stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.iterdir()))
+    except OSError:
+        stats = None
+    key = (str(directory), tuple(names or ()), stats)
+    if stats is not None and key in _verified:
+        return
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+        for name in names or list(files):
+            entry, path = files[name], directory / name
+            if not path.is_file():
+                raise GptlabError(f"corrupt checkpoint {directory}: {name} is missing")
+            if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+                raise GptlabError(f"corrupt checkpoint {directory}: {name} does not match its checksum "
+                                  f"in {MANIFEST} (damaged on disk?)")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise GptlabError(f"corrupt checkpoint {directory}: {MANIFEST}: {exc}") from None
+    if stats is not None:
+        _verified.add(key)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_checkpoint(run: str | Path, step: int, write: Callable[[Path], list[str]], keep: int = 1) -> Path:
+    """Write one checkpoint set atomically and make it current; return its directory.
+
+    write(staging) writes the set's files into a fresh directory and returns their names; then a
+    manifest goes beside them, the directory is renamed to step-N, latest.json is replaced to point
+    at it, and sets beyond the newest `keep` go (the previous one stays until the new one is in
+    place). A failure at any point leaves the previous set current and whole.
+    """
+    run = Path(run)
+    root = run / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    staging = root / f"{_STAGING}{name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        try:
+            names = write(staging)
+        except (OSError, RuntimeError, SafetensorError) as exc:  # torch and safetensors wrap the OS error
+            raise GptlabError(f"could not write checkpoint {name} in {run}: {_write_failure(exc, root)}; "
+                              "the previous checkpoint is kept") from None
+        umask = os.umask(0)
+        os.umask(umask)
+        files = {}
+        for file in names:
+            os.chmod(staging / file, 0o666 & ~umask)  # some writers create files private (0600)
+            _fsync(staging / file)  # on disk before the manifest vouches for them
+            files[file] = {"bytes": (staging / file).stat().st_size, "sha256": _sha256(staging / file)}
+        manifest = json.dumps({"step": step, "files": files}, indent=2) + "\n"
+        (staging / MANIFEST).write_text(manifest, encoding="utf-8")
+        _fsync(staging / MANIFEST)
+        final = root / name
+        if final.exists():  # the same step saved again (after a fallback): swap the old one out
+            aside = root / f"{_REPLACED}{name}-{os.getpid()}"
+            os.replace(final, aside)
+            os.replace(staging, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync(root)
+        atomic_write(root / LATEST, lambda tmp: Path(tmp).write_text(
+            json.dumps({"checkpoint": name, "step": step}) + "\n", encoding="utf-8"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune(run, final, keep)
+    return final
+
+
+def _write_failure(exc: BaseException, where: Path) -> str:
+    """Why a write failed, in words: a full disk is named even when torch only says
+    "unexpected pos" about its short write."""
+    free = shutil.disk_usage(where).free
+    if getattr(exc, "errno", None) == errno.ENOSPC or free < 1 << 20:
+        return f"no space left on the device ({free:,} bytes free)"
+    return describe_os_error(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
+
+
+def _prune(run: Path, current: Path, keep: int) -> None:
+    """Remove sets beyond the newest `keep` (current included), sets newer than current (left by a
+    run that fell back to an older set), and the older flat layout's files once a set exists."""
+    step = int(_SET.fullmatch(current.name).group(1))
+    kept = 0
+    for entry in checkpoint_sets(run):
+        newer = int(_SET.fullmatch(entry.name).group(1)) > step
+        if entry == current or (not newer and kept < keep):
+            kept += 1
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+    for name in (WEIGHTS, STATE_PT, STATE_JSON):
+        (run / name).unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(run: str | Path) -> list[str]:
+    """Delete what a killed process left half-written in a run: staging checkpoint sets and the
+    temporary files of atomic writes. Call only while holding the run's lock (so no live writer
+    owns them). Returns the names removed."""
+    run = Path(run)
+    removed = []
+    for pattern in (f"{CHECKPOINTS}/{_STAGING}*", f"{CHECKPOINTS}/{_REPLACED}*", f"{CHECKPOINTS}/.*.tmp", ".*.tmp"):
+        for path in run.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(run)))
+    return removed

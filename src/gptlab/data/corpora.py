@@ -225,6 +225,8 @@ def _iter_file(path: Path, report: SkipReport, text_field: str) -> Iterator[tupl
             raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise GptlabError(f"{path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise GptlabError(f"{path} is JSON nested too deeply to read (records must be shallow objects)") from None
         records = iter(data if isinstance(data, list) else [data])
     yield from _record_docs(records, str(path), report, text_field)
 
@@ -259,6 +261,8 @@ def _jsonl_records(path: Path) -> Iterator[Any]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 raise GptlabError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise GptlabError(f"{path} line {lineno} is JSON nested too deeply to read") from None
 
 
 def hf_texts(spec: str, report: SkipReport, text_field: str) -> Iterator[tuple[str, Iterator[str]]]:

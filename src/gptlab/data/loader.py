@@ -35,6 +35,15 @@ class Dataset:
             raise GptlabError(f"{meta_path} is corrupt: {exc}") from None
         self.tokenizer: Tokenizer = load_tokenizer(self.path / "tokenizer.json")
 
+    def replaced(self) -> bool:
+        """Whether the directory no longer holds the dataset read at construction (another prepare
+        wrote it since: meta.json, and with it the dataset id, changed or is gone)."""
+        try:
+            now = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return True
+        return now != self.meta
+
     def shards(self, split: str) -> list[np.ndarray]:
         """Memory-mapped token arrays of a split (never loaded whole)."""
         if split not in self.splits:

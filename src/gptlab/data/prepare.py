@@ -8,10 +8,17 @@ Validation takes whole documents, a seeded choice, when the corpus has several; 
 cut at about 90%. Everything is written into a staging directory first and moved into place at
 the end, meta.json last, so an interrupted prepare never leaves a half-written dataset that looks
 complete, and the same inputs and settings give byte-identical files.
+
+meta.json carries an `id`: a hash of the tokenizer and of every split's token stream, so a trainer
+reading the directory can tell, at each evaluation, that the dataset was replaced under it. prepare
+holds the directory's lock (locks.py) from start to end: it is refused while a training run reads
+the directory, and it clears staging directories an earlier killed prepare left behind.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -29,6 +36,7 @@ from gptlab.data.progress import ByteProgress
 from gptlab.data.shards import ShardWriter
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
+from gptlab.locks import LOCK_FILE, lock_dataset_for_writing
 from gptlab.tokenizers import Tokenizer, build_tokenizer, check_kind, needs_training
 
 META_FORMAT = 1
@@ -83,10 +91,30 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GptlabError(f"--out {out} exists and is not a directory")
-    if (out / "config.json").exists() or (out / "model.safetensors").exists():
+    if any((out / name).exists() for name in ("config.json", "model.safetensors", "checkpoints")):
         # Its tokenizer.json belongs to the trained weights: replacing it would break the run.
         raise GptlabError(f"--out {out} is a training run, not a dataset directory; choose another --out")
 
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_dataset_for_writing(out)
+    try:
+        for stale in out.glob(".prepare-*"):  # a killed prepare's staging (the lock says none is live)
+            shutil.rmtree(stale, ignore_errors=True)
+        return _prepare_locked(specs, out, tokenizer_kind, val_fraction, seed, text_field, tokenizer_options,
+                               workers, shard_tokens, progress)
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave no empty directory
+        raise
+    finally:
+        lock.release()
+
+
+def _prepare_locked(specs: list[str], out: Path, tokenizer_kind: str, val_fraction: float, seed: int,
+                    text_field: str, tokenizer_options: dict[str, Any] | None, workers: int,
+                    shard_tokens: int, progress: bool) -> PrepareResult:
+    """prepare() once its arguments are checked and out is locked."""
     report = SkipReport()
     tokenizer, lengths, bar = _first_pass(specs, report, text_field, tokenizer_kind, tokenizer_options or {},
                                           progress)
@@ -100,7 +128,6 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
     dtype = token_dtype(tokenizer.vocab_size)
     workers = max(1, min(workers, bar.bytes // MIN_BYTES_PER_WORKER)) if MIN_BYTES_PER_WORKER else workers
 
-    out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
     try:
         stats = _second_pass(specs, text_field, tokenizer, val_docs, cut_at, dtype, staging, workers,
@@ -108,6 +135,7 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
         tokenizer.save(staging / "tokenizer.json")
         meta = {
             "format": META_FORMAT,
+            "id": _dataset_id(staging / "tokenizer.json", stats),
             "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
             "dtype": dtype.name,
             "splits": stats,
@@ -120,6 +148,14 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PrepareResult(meta, report)
+
+
+def _dataset_id(tokenizer_file: Path, stats: dict[str, dict[str, Any]]) -> str:
+    """What identifies a dataset's content: its tokenizer and each split's ids (deterministic, so
+    preparing the same inputs again gives the same id)."""
+    digest = hashlib.sha256(tokenizer_file.read_bytes())
+    digest.update(json.dumps({split: stat["sha256"] for split, stat in stats.items()}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def _first_pass(specs: list[str], report: SkipReport, text_field: str, spec: str, options: dict[str, Any],
@@ -202,6 +238,7 @@ def _second_pass(specs: list[str], text_field: str, tokenizer: Tokenizer, val_do
     for split in SPLITS:
         stats[split]["files"] = writers[split].close()
         stats[split]["tokens"] = writers[split].tokens
+        stats[split]["sha256"] = writers[split].digest.hexdigest()
     bar.close()
     return stats
 

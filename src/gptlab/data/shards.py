@@ -6,6 +6,7 @@ A split that fits in one shard is the single file `SPLIT.bin`; a larger one is `
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +20,7 @@ class ShardWriter:
         self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
         self.names: list[str] = []
         self.tokens = 0
+        self.digest = hashlib.sha256()  # of the split's whole id stream, whatever the sharding
         self._file: BinaryIO | None = None
         self._room = 0
         self._open_next()  # every split has a file, even an empty one
@@ -38,6 +40,7 @@ class ShardWriter:
                 self._open_next()
             part, ids = ids[:self._room], ids[self._room:]
             part.tofile(self._file)
+            self.digest.update(part)
             self._room -= len(part)
             self.tokens += len(part)
 

@@ -38,14 +38,18 @@ class SamplingParams:
         """Refuse settings that make no sense, naming the bad one."""
         if self.max_new_tokens < 0:
             raise GptlabError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
-        if self.temperature < 0 or not math.isfinite(self.temperature):
-            raise GptlabError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+        if not (self.temperature == 0 or 1e-6 <= self.temperature < math.inf):
+            # Tinier temperatures overflow the scaled logits (and are greedy in effect).
+            raise GptlabError(f"temperature={self.temperature} must be 0 (greedy) or at least 1e-06")
         if self.top_k < 0:
             raise GptlabError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
         if not 0 < self.top_p <= 1:
             raise GptlabError(f"top_p={self.top_p} must be in (0, 1]")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise GptlabError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 disables it)")
+        if not 1e-3 <= self.repetition_penalty <= 1e3:  # beyond, penalised logits overflow float32
+            raise GptlabError(f"repetition_penalty={self.repetition_penalty} must be in [0.001, 1000] "
+                              "(1 disables it)")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise GptlabError(f"seed={self.seed} must be in [0, 2**63)")
         if any(not s for s in self.stop):
             raise GptlabError("stop strings must not be empty")
 

@@ -17,6 +17,8 @@ from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
 
+MAX_NUM_SAMPLES = 1024  # one batch: its KV cache must fit in memory
+
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The prompt's ids; an empty prompt starts from a document boundary (it needs one token)."""
     ids = tokenizer.encode(prompt)
@@ -44,8 +46,9 @@ def print_samples(run: str, prompt: str, params: SamplingParams, num_samples: in
     JSON object per step, then one per sample with its text.
     """
     params.validate()
-    if num_samples < 1:
-        raise GptlabError(f"num_samples={num_samples} must be >= 1")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise GptlabError(f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated "
+                          "in one batch)")
     if show_probs < 0:
         raise GptlabError(f"show_probs={show_probs} must be >= 0")
     if as_json and not show_probs:

@@ -1,14 +1,17 @@
 """Training checkpoints: weights plus everything needed to continue the same trajectory.
 
+A checkpoint is one set of files in its own directory (runs.py says where and how a set is made
+current atomically):
+
     model.safetensors   weights (runs.write_weights)
     train_state.pt      optimizer state and torch RNG state: tensors and plain data only, read
                         back with torch.load(weights_only=True), so no pickled code is ever run
     train_state.json    step, tokens seen, elapsed time, the data loader's RNG state, and the world
                         size and grad_accum it was trained with
 
-All three are written to temporary files first and renamed over the previous checkpoint only when
-every one is complete, train_state.json last: a crash while saving leaves the previous checkpoint
-whole. Should a crash fall between the renames, the steps disagree and resume says so.
+All three are written into a staging directory that becomes the current set only once every one
+is complete, so a crash while saving leaves the previous set whole; resume reads the current set,
+or the newest complete one whose checksums match when the current one is damaged.
 
 Weights and optimizer state are always saved whole ("full" state dicts keyed by parameter name),
 whether the run was one process, DDP or FSDP-sharded: gathering the shards costs a moment at
@@ -29,13 +32,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write_group, json_text
+from gptlab.fileio import json_text
 from gptlab.model import build_model
 from gptlab.model.gpt import GPT
+from gptlab.runs import (STATE_JSON, STATE_PT, WEIGHTS, current_checkpoint, load_weights, publish_checkpoint,
+                         write_weights)
 from gptlab.train.optim import RoleOptimizer
-from gptlab.runs import WEIGHTS, load_weights, write_weights
-
-STATE_PT, STATE_JSON = "train_state.pt", "train_state.json"
 
 
 @dataclass
@@ -52,18 +54,39 @@ class TrainState:
 
 def has_checkpoint(run: str | Path) -> bool:
     """Whether a run directory holds a resumable checkpoint."""
-    return (Path(run) / STATE_JSON).is_file()
+    found = current_checkpoint(run)
+    return found is not None and (found / STATE_JSON).is_file()
+
+
+def _resume_dir(run: str | Path) -> Path:
+    """The checkpoint set a resume reads: the current one, or the newest intact one."""
+    found = current_checkpoint(run, verify=True)
+    if found is None:
+        raise GptlabError(f"{run} has no complete checkpoint ({STATE_JSON} missing)")
+    return found
+
+
+def fallback_note(run: str | Path) -> str | None:
+    """A line saying why resume takes an older set than the current one, when it does."""
+    current, intact = current_checkpoint(run), _resume_dir(run)
+    if current is None or current == intact:
+        return None
+    return f"note: {current.name} is damaged or incomplete; resuming from {intact.name}, the newest intact checkpoint"
 
 
 def read_state(run: str | Path) -> TrainState:
     """train_state.json alone (what a resume needs to know before building anything)."""
-    path = Path(run) / STATE_JSON
+    path = _resume_dir(run) / STATE_JSON
     try:
-        return TrainState(**json.loads(path.read_text(encoding="utf-8")))
+        state = TrainState(**json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise GptlabError(f"{run} has no complete checkpoint ({STATE_JSON} missing)") from None
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
         raise GptlabError(f"corrupt checkpoint in {run}: {STATE_JSON}: {exc}") from None
+    if not isinstance(state.step, int) or state.step < 0 or not isinstance(state.loader, dict):
+        raise GptlabError(f"corrupt checkpoint in {run}: {STATE_JSON}: step={state.step!r} "
+                          "must be an integer >= 0 and loader an object")
+    return state
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -71,8 +94,9 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def save_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, state: TrainState,
                     scaler: torch.amp.GradScaler | None = None, sharded: bool = False,
-                    is_main: bool = True) -> None:
-    """Write weights, optimizer/RNG state and the train state, each atomically (on rank 0).
+                    is_main: bool = True, keep: int = 1) -> None:
+    """Write weights, optimizer/RNG state and the train state as one new checkpoint set and make it
+    current (on rank 0), keeping the newest `keep` sets.
 
     model is the GPT itself (sharded in place when sharded=True), never a DDP or compile wrapper.
     """
@@ -97,17 +121,19 @@ def save_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, state
         blob["cuda_rng"] = torch.cuda.get_rng_state_all()
     if scaler is not None:
         blob["grad_scaler"] = scaler.state_dict()
-    # All three are complete on disk before any replaces the previous checkpoint's file.
-    atomic_write_group([
-        (run / WEIGHTS, lambda tmp: write_weights(model, tmp, state.step)),
-        (run / STATE_PT, lambda tmp: torch.save(blob, tmp)),
-        (run / STATE_JSON, lambda tmp: Path(tmp).write_text(json_text(asdict(state)), encoding="utf-8")),
-    ])
+
+    def write(directory: Path) -> list[str]:
+        write_weights(model, directory / WEIGHTS, state.step)
+        torch.save(blob, directory / STATE_PT)
+        (directory / STATE_JSON).write_text(json_text(asdict(state)), encoding="utf-8")
+        return [WEIGHTS, STATE_PT, STATE_JSON]
+
+    publish_checkpoint(run, state.step, write, keep)
 
 
 def load_weights_for_resume(run: str | Path, model: GPT) -> int:
     """Load the checkpoint's weights into an unwrapped model (before DDP or FSDP); return their step."""
-    return load_weights(model, Path(run) / WEIGHTS)
+    return load_weights(model, _resume_dir(run) / WEIGHTS)
 
 
 def load_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, weights_step: int,
@@ -117,7 +143,7 @@ def load_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, weigh
     run = Path(run)
     try:
         state = read_state(run)
-        blob = torch.load(run / STATE_PT, map_location="cpu", weights_only=True)
+        blob = torch.load(_resume_dir(run) / STATE_PT, map_location="cpu", weights_only=True)
         # Kernel choices (fused, foreach) belong to this device, not to the one that saved.
         kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
         set_optimizer_state_dict(model, optimizer.optimizers, blob["optimizer"],

@@ -4,6 +4,9 @@ MFU = (tokens/s x training FLOPs per token) / peak FLOP/s. The FLOPs per token c
 shape (model/accounting.py), not from counting what the kernels did, so recomputation or padding
 never inflates it. The peak is the datasheet dense bf16 figure on known GPUs; on a CPU no datasheet
 number means much (cores, clocks and vector units vary), so the float32 matmul peak is measured.
+A measurement on a busy machine reads low (the neighbours' share is missing), which once showed
+"MFU 153%": so a measured peak is timed again, briefly, at the first few log lines, the best of all
+timings kept, and it is never kept below the FLOP/s the model was just seen to reach.
 """
 
 from __future__ import annotations
@@ -34,12 +37,28 @@ GPU_BF16_PEAKS: list[tuple[str, float]] = [
 ]
 
 
-@dataclass(frozen=True)
+RETIMINGS = 3  # short re-timings of a measured peak, one at each of the first log lines
+
+
+@dataclass
 class Peak:
     """A device's peak FLOP/s and where the figure comes from."""
 
     flops: float
     source: str
+    measured: bool = False  # timed on this machine (CPU), so a busy moment can make it read low
+    retimings: int = 0  # re-timings still to take (refine)
+
+    def refine(self, achieved_flops: float) -> None:
+        """Correct a measured peak as training goes: one more short timing while any are left
+        (keeping the best), and never below achieved_flops, what the model just reached. A
+        datasheet peak is left as it is."""
+        if not self.measured:
+            return
+        if self.retimings > 0:
+            self.retimings -= 1
+            self.flops = max(self.flops, measure_cpu_matmul_peak(seconds=0.1))
+        self.flops = max(self.flops, achieved_flops)
 
     def describe(self) -> str:
         """'12.3 GFLOP/s (float32 matmul, measured)'."""
@@ -78,7 +97,8 @@ def gpu_datasheet_peak(name: str) -> float | None:
 def device_peak(device: torch.device) -> Peak | None:
     """The peak to measure MFU against, or None when none is known (an unknown GPU, MPS)."""
     if device.type == "cpu":
-        return Peak(measure_cpu_matmul_peak(), f"float32 matmul, measured on {torch.get_num_threads()} threads")
+        return Peak(measure_cpu_matmul_peak(), f"float32 matmul, measured on {torch.get_num_threads()} threads",
+                    measured=True, retimings=RETIMINGS)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         flops = gpu_datasheet_peak(name)
@@ -87,5 +107,6 @@ def device_peak(device: torch.device) -> Peak | None:
 
 
 def mfu(tokens_per_sec: float, flops_per_token: float, peak_flops: float) -> float:
-    """Model FLOP utilisation: the share of the peak that the model's useful arithmetic reaches."""
-    return tokens_per_sec * flops_per_token / peak_flops
+    """Model FLOP utilisation: the share of the peak that the model's useful arithmetic reaches (at
+    most 1: more would mean the peak figure is wrong, not that the model outran the machine)."""
+    return min(1.0, tokens_per_sec * flops_per_token / peak_flops)

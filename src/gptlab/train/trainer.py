@@ -16,6 +16,8 @@ global batch by changing grad_accum, so it continues the same trajectory.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -31,14 +33,16 @@ from gptlab.device import autocast, configure_backends, precision_for
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
+from gptlab.locks import LOCK_FILE, lock_dataset_for_reading, lock_run
 from gptlab.model.accounting import describe, flops_per_token
 from gptlab.model import build_model
-from gptlab.runs import CONFIG, TOKENIZER, read_config
+from gptlab.runs import CONFIG, TOKENIZER, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
-from gptlab.train.checkpoint import (TrainState, has_checkpoint, load_checkpoint, load_weights_for_resume,
-                                     read_state, save_checkpoint)
+from gptlab.train.checkpoint import (TrainState, fallback_note, has_checkpoint, load_checkpoint,
+                                     load_weights_for_resume, read_state, save_checkpoint)
 from gptlab.train.distributed import Ranks, all_sum
+from gptlab.train.guard import divergence_message, first_nonfinite
 from gptlab.train.metrics import MetricsLog, Progress
 from gptlab.train.optim import lr_at
 from gptlab.train.perf import device_peak, mfu
@@ -119,6 +123,10 @@ def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: i
             raise GptlabError(f"{run} is not a resumable gptlab run (no checkpoint); train one first")
         cfg = read_config(run)
         if max_steps is not None:
+            at = read_state(run).step
+            if max_steps < at:  # would rewrite config.json with a target the run has passed
+                raise GptlabError(f"--max-steps {max_steps} is below the step {run} has reached ({at}); "
+                                  f"give at least {at}")
             cfg.train.max_steps = max_steps
             cfg.validate()
         return cfg
@@ -148,16 +156,33 @@ def _keep_global_batch(cfg: RunConfig, run: Path, ranks: Ranks) -> None:
 
 def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
           max_steps: int | None = None) -> TrainResult:
-    """Train a model into run_dir (a new run from cfg, or resume the run already there)."""
+    """Train a model into run_dir (a new run from cfg, or resume the run already there).
+
+    The writer (rank 0) holds the run directory exclusively and the dataset shared (locks.py) for
+    the whole session, and first clears what a killed writer left half-written."""
     run = Path(run_dir)
-    cfg = _resolve_config(cfg, run, resume, max_steps)
-    ranks, device = distributed.setup(cfg.train.device)
+    writer = int(os.environ.get("RANK", "0")) == 0  # before setup: only rank 0 writes the run
+    created = not run.exists()
+    held = [lock_run(run, create=not resume)] if writer else []
     try:
-        if resume:
-            _keep_global_batch(cfg, run, ranks)
-        return _Training(cfg, run, resume, ranks, device).loop()
+        cfg = _resolve_config(cfg, run, resume, max_steps)
+        if writer:
+            held.append(lock_dataset_for_reading(cfg.data))
+            remove_stale_temporaries(run)
+        ranks, device = distributed.setup(cfg.train.device)
+        try:
+            if resume:
+                _keep_global_batch(cfg, run, ranks)
+            return _Training(cfg, run, resume, ranks, device).loop()
+        finally:
+            distributed.shutdown()
+    except BaseException:
+        if writer and created and run.is_dir() and {p.name for p in run.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(run, ignore_errors=True)  # refused before writing anything: leave no empty run
+        raise
     finally:
-        distributed.shutdown()
+        for lock in held:
+            lock.release()
 
 
 class _Training:
@@ -193,11 +218,14 @@ class _Training:
         if resume:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
             self.loader.load_state_dict(self.state.loader)
-            self.say(f"resuming {run} at step {self.state.step}")
+            for line in filter(None, [fallback_note(run), f"resuming {run} at step {self.state.step}"]):
+                self.say(line)
+            self.saved_step = self.state.step
         else:
             if self.main:
                 run.mkdir(parents=True, exist_ok=True)
             self.state = TrainState()
+            self.saved_step = -1  # no checkpoint yet
         self.state.world_size, self.state.grad_accum = ranks.world_size, tcfg.grad_accum
         if ranks.rank > 0:
             # Other ranks draw their own dropout masks (rank 0 keeps the saved stream, so a
@@ -244,6 +272,7 @@ class _Training:
         """Losses on both splits and a sample (all ranks compute; rank 0 prints and writes)."""
         tcfg, state = self.tcfg, self.state
         losses = estimate_loss(self.model, self.dataset, self.cfg, self.device, self.ranks)
+        self.check_dataset()
         record: dict[str, Any] = {"step": step, "tokens_seen": state.tokens_seen, "elapsed_s": round(state.elapsed_s, 3)}
         text = f"step {step}: train loss {losses['train']:.4f}"
         record["eval_train_loss"] = losses["train"]
@@ -265,11 +294,28 @@ class _Training:
             self.metrics.write(record)
         return losses
 
+    def check_dataset(self) -> None:
+        """Stop with one line when the dataset was replaced under the run (all ranks together)."""
+        if all_sum([float(self.main and self.dataset.replaced())], self.ranks, self.device)[0] > 0:
+            kept = f"step {self.saved_step}" if self.saved_step >= 0 else "none yet"
+            raise GptlabError(f"the dataset {self.cfg.data} was replaced while this run was training on it "
+                              f"(its meta.json changed); stopped at step {self.state.step} (last checkpoint: "
+                              f"{kept}); prepare new data into another directory")
+
     def checkpoint(self) -> None:
-        """Save everything a resume needs (every rank calls: FSDP gathers shards)."""
+        """Save everything a resume needs (every rank calls: FSDP gathers shards), never from
+        non-finite weights or optimizer state (train/guard.py)."""
         self.state.loader = self.loader.state_dict()
+        if self.state.step == self.saved_step:
+            return  # an interrupt right after a checkpoint: that set already holds this step
+        bad = first_nonfinite(self.model, self.runner.optimizer)
+        if all_sum([float(bad is not None)], self.ranks, self.device)[0] > 0:  # every rank stops together
+            event = f"{bad or 'a weight on another rank'} became NaN or infinite after the update"
+            raise GptlabError(divergence_message(event, self.state.step, self.run, self.saved_step,
+                                                 lr_at(self.state.step - 1, self.tcfg)))
         save_checkpoint(self.run, self.model, self.runner.optimizer, self.state, self.runner.scaler,
-                        sharded=self.tcfg.fsdp, is_main=self.main)
+                        sharded=self.tcfg.fsdp, is_main=self.main, keep=self.tcfg.keep_checkpoints)
+        self.saved_step = self.state.step
         if self.main:
             from gptlab.report.plot import refresh_loss_plot  # matplotlib loads only once a plot is due
 
@@ -281,6 +327,7 @@ class _Training:
                   "tokens_seen": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s, 3)}
         extra = ""
         if self.peak:
+            self.peak.refine(tokens_per_sec * self.flops_per_token / self.ranks.world_size)
             record["mfu"] = mfu(tokens_per_sec, self.flops_per_token, self.peak.flops * self.ranks.world_size)
             extra = f" | {tokens_per_sec * self.flops_per_token / 1e9:,.1f} GFLOP/s, MFU {record['mfu']:.1%}"
         self.metrics.write(record)
@@ -307,8 +354,8 @@ class _Training:
                     loss_sum, stops = all_sum([loss.item(), float(interrupt.set)], self.ranks, self.device)
                     train_loss, stop = loss_sum / self.ranks.world_size, stops > 0
                     if not math.isfinite(train_loss):
-                        raise GptlabError(f"loss became {train_loss} at step {state.step + 1} (try a lower lr); "
-                                          f"the last checkpoint in {self.run} is kept")
+                        raise GptlabError(divergence_message(f"the loss became {train_loss}", state.step + 1, self.run,
+                                                             self.saved_step, lr))
                     state.step += 1
                     state.tokens_seen += self.tokens_per_step
                     state.elapsed_s += time.perf_counter() - t0
@@ -317,7 +364,8 @@ class _Training:
                     if self.main and (step % tcfg.log_interval == 0 or is_last):
                         now = time.perf_counter()
                         self.log(step, train_loss, lr, window_tokens / max(1e-9, now - window_start))
-                        window_start, window_tokens = now, 0
+                        # Logging (and a peak re-timing there) is not training throughput.
+                        window_start, window_tokens = time.perf_counter(), 0
                     if step % tcfg.eval_interval == 0 or is_last:
                         last_eval = self.evaluate_and_sample(step)
                         window_start = time.perf_counter()  # evaluation time is not training throughput
@@ -334,5 +382,5 @@ class _Training:
         if interrupted:
             self.say(f"interrupted: checkpoint saved at step {state.step}; continue with `gptlab train --resume {self.run}`")
         else:
-            self.say(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {self.run / 'model.safetensors'}")
+            self.say(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {weights_path(self.run)}")
         return TrainResult(state.step, interrupted, last_eval)
