@@ -22,7 +22,7 @@ examples:
   gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
   gptlab plot runs/demo && gptlab report runs/demo
-  gptlab prepare ../shared/data/tang_poems.jsonl --tokenizer bpe --vocab-size 4096 --out data/tang-bpe
+  gptlab prepare tang-poems --tokenizer bpe --vocab-size 4096 --out data/tang-bpe
   gptlab tokenize --tokenizer cl100k_base "How are you?"
   gptlab bench train --preset cpu-small
   torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
