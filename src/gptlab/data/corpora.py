@@ -1,8 +1,8 @@
 """Corpora: where raw text comes from, as a stream of documents in chunks.
 
-A corpus spec is a built-in name (`shakespeare`, `tang-poems`), a path (.txt/.md files, directories of them,
-.jsonl/.json records, and .gz of any of these) or `hf:DATASET[:CONFIG]` (through the `datasets`
-library, where installed). Text files are read in blocks and .jsonl line by line, so no corpus is
+A corpus spec is a built-in name (`shakespeare`, `tang-poems`), a path (.txt/.md files,
+directories of them, .jsonl/.json records, and .gz of any of these) or `hf:DATASET[:CONFIG]`
+(through the `datasets` library, where installed). Text files are read in blocks and .jsonl line by line, so no corpus is
 ever held whole in memory. Records or files with no usable text are counted with the reason in a
 SkipReport, never silently dropped.
 """
