@@ -22,7 +22,7 @@ examples:
   gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
   gptlab plot runs/demo && gptlab report runs/demo
-  gptlab prepare ../shared/data/tang_poems.jsonl --tokenizer bpe --vocab-size 4096 --out data/tang-bpe
+  gptlab prepare tang-poems --tokenizer bpe --vocab-size 4096 --out data/tang-bpe
   gptlab tokenize --tokenizer cl100k_base "How are you?"
   gptlab bench train --preset cpu-small
   torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
@@ -35,7 +35,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                        "dataset directory. Reads in chunks and encodes in worker processes, so corpora larger "
                        "than memory work; the same inputs and settings give byte-identical files.")
     p.add_argument("corpus", nargs="+", metavar="CORPUS_OR_PATH",
-                   help="built-in corpus (shakespeare), .txt/.md/.jsonl/.json[.gz] files or directories, or "
+                   help="built-in corpus (shakespeare, tang-poems), .txt/.md/.jsonl/.json[.gz] files or directories, or "
                    "hf:DATASET[:CONFIG] (needs the datasets library)")
     p.add_argument("--tokenizer", default="char", metavar="SPEC",
                    help="char, bpe (trained on the corpus), or a pretrained tiktoken encoding: gpt2, cl100k_base, "

