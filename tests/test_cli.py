@@ -26,7 +26,7 @@ def test_end_to_end_lowers_val_loss_and_samples(tmp_path, shakespeare_txt):
     train = run_cli("train", "--data", data, "--out", run, "--preset", "cpu-small", "--max-steps", "300",
                     "eval_interval=150", "lr=3e-3", *SMALL)
     assert train.returncode == 0, train.stderr
-    assert "parameters:" in train.stdout and "embeddings:" in train.stdout and "blocks:" in train.stdout
+    assert "parameters:" in train.stdout and "token embedding:" in train.stdout and "blocks:" in train.stdout
     evals = [m for m in metrics(run) if "val_loss" in m]
     assert [m["step"] for m in evals] == [0, 150, 300]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0  # from ~ln(65)=4.17 to well below

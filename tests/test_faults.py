@@ -129,9 +129,9 @@ def test_nan_weights_after_a_finite_loss_are_caught_before_saving(tmp_path, char
 
     real = StepRunner.step
 
-    def poisoned(self, next_batch, lr):
-        loss = real(self, next_batch, lr)
-        if self.optimizer.state and len(self.optimizer.state) and poisoned.calls == 2:
+    def poisoned(self, next_batch, lr_factor):
+        loss = real(self, next_batch, lr_factor)
+        if poisoned.calls == 2:
             with torch.no_grad():
                 next(self.raw.parameters()).fill_(float("nan"))  # the loss returned is still finite
         poisoned.calls += 1
@@ -320,16 +320,35 @@ def test_a_full_disk_mid_checkpoint_is_one_line_and_keeps_the_previous(small_dis
     assert step_of(run) == 4
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_directories_are_one_line(run4, char_dataset, shakespeare_txt, tmp_path, capsys):
+@pytest.fixture
+def read_only(tmp_path):
+    """Make directories unwritable: by permissions for a normal user; root ignores those, so for root
+    a read-only bind mount over the directory. lock(path) returns the OS's words for the failure."""
+    import subprocess
+
+    done: list = []
+
+    def lock(path):
+        if os.geteuid() != 0:
+            os.chmod(path, 0o555)
+            done.append(lambda: os.chmod(path, 0o755))
+            return "permission denied"
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        done.append(lambda: subprocess.run(["umount", "-l", str(path)], check=False))
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True)
+        return "read-only file system"
+
+    yield lock
+    for undo in reversed(done):
+        undo()
+
+
+def test_read_only_directories_are_one_line(run4, char_dataset, shakespeare_txt, tmp_path, capsys, read_only):
     data = tmp_path / "data"
     shutil.copytree(char_dataset, data)
-    for path in (run4, data):
-        os.chmod(path, 0o555)
-    try:
-        assert_clean_error(resume(capsys, run4, 6), "cannot write to", "permission denied")
-        assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data), "permission denied")
-        assert_clean_error(cli_in_process(capsys, "report", run4), "permission denied")
-    finally:
-        for path in (run4, data):
-            os.chmod(path, 0o755)
+    why = read_only(run4)
+    read_only(data)
+    # Train and prepare check first that they can write (os.access: false for either cause).
+    assert_clean_error(resume(capsys, run4, 6), "cannot write to", "permission denied")
+    assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data), "permission denied")
+    assert_clean_error(cli_in_process(capsys, "report", run4), why)

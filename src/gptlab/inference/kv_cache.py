@@ -78,9 +78,10 @@ class KVCache:
         may read, with the attention mask (None: plain causal for a prefill, or all columns)."""
         columns, mask, width = self._step
         if self.k is None:
-            # Uninitialised on purpose: only valid columns are ever attended to.
-            self.k = torch.empty(self.shape, device=k.device, dtype=k.dtype)
-            self.v = torch.empty(self.shape, device=k.device, dtype=k.dtype)
+            # Zeros, not uninitialised memory: a masked-out column gets weight 0, and 0 x NaN (what
+            # uninitialised memory may hold) would still be NaN.
+            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self.v = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
         rows = torch.arange(k.size(0), device=k.device)[:, None]
         # (B, T) column indices per row; the stored layout is (B, H, capacity, D).
         self.k[layer][rows, :, columns] = k.transpose(1, 2)
