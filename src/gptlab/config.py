@@ -90,6 +90,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250
     eval_batches: int = 20  # batches averaged for each of the train/val loss estimates
+    eval_batch_size: int = 0  # windows per evaluation batch; 0: batch_size (set it to compare runs alike)
     log_interval: int = 10
     checkpoint_interval: int = 500
     keep_checkpoints: int = 1  # complete checkpoint sets kept in RUN/checkpoints, the newest first
@@ -111,7 +112,7 @@ class TrainConfig:
             _bad("lr", self.lr, "must be > 0")
         if not 0 <= self.min_lr <= self.lr:
             _bad("min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
-        for name in ("warmup_steps", "sample_tokens", "sample_top_k"):
+        for name in ("warmup_steps", "sample_tokens", "sample_top_k", "eval_batch_size"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "must be >= 0")
         for name in ("weight_decay", "grad_clip", "momentum", "sample_temperature", "embedding_lr", "head_lr",

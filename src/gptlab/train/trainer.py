@@ -99,7 +99,8 @@ def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, devi
         if not dataset.splits.get(split, {}).get("tokens"):
             continue
         # A fresh loader with a fixed seed: the same windows every evaluation, comparable over time.
-        loader = BatchLoader(dataset, split, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed + 1)
+        loader = BatchLoader(dataset, split, cfg.train.eval_batch_size or cfg.train.batch_size, cfg.model.block_size,
+                             seed=cfg.train.seed + 1)
         total, batch = 0.0, None
         for i in range(-(-n // world) * world):
             if i < n:
