@@ -106,7 +106,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a GPT on a prepared dataset, or resume a run. Config comes from a "
                        "preset, then --config FILE.toml, then key=value overrides (e.g. n_layer=6 lr=3e-4). "
                        "Several GPUs or nodes: launch with `torchrun --nproc_per_node=N -m gptlab train ...` "
-                       "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps.")
+                       "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps. "
+                       "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
+                       "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
+                       "optimizer=muon schedule=wsd (README: Commands, train).")
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
