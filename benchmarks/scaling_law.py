@@ -8,8 +8,8 @@ default twice the largest budget, at the family's shape nearest the predicted op
 trained to check it. Every point is a JSON line (OUT/scaling_law.jsonl and stdout); a rerun with the
 same setup reuses them, so a sweep can be continued or extended (bigger --sizes/--budgets, --device cuda).
 
-    python benchmarks/scaling_law.py [--sizes 1x32,2x48,2x64,3x96,4x128] [--budgets 5e11,1e12,2e12]
-        [--holdout-budget 4e12] [--holdout-size 3x96] [--corpus PATH] [--device cpu] [--out DIR]
+    python benchmarks/scaling_law.py [--sizes 1x32,2x48,2x64,3x96,4x128] [--budgets 2.5e11,5e11,1e12]
+        [--holdout-budget 2e12] [--holdout-size 3x96] [--corpus PATH] [--device cpu] [--threads 1] [--out DIR]
 
 Ends with one JSON line: alpha, beta, predicted_val_loss, measured_val_loss, prediction_error_pct, ...
 """

@@ -24,7 +24,7 @@ from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 
 DEFAULT_SIZES = "1x32,2x48,2x64,3x96,4x128"
-DEFAULT_BUDGETS = "5e11,1e12,2e12"
+DEFAULT_BUDGETS = "2.5e11,5e11,1e12"
 DEFAULT_CORPUS = str(Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tinyshakespeare.txt")
 POINTS, SUMMARY, PLOT = "scaling_law.jsonl", "scaling_law.json", "scaling_law.png"
 
@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batches", type=int, default=20,
                         help="val batches behind each point's loss, the same windows for every run (default 20)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: these small models gain little from a second "
+                             "thread, and on a shared, loaded machine two threads run many times slower)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (repeatable), e.g. --set compile=on")
     parser.add_argument("--out", type=Path, default=Path("runs/scaling_law"),
@@ -70,7 +73,7 @@ def _options(args: argparse.Namespace) -> tuple[list, list[float], Any, Any]:
     if holdout_budget in budgets and (holdout_shape is None or holdout_shape.name in {s.name for s in shapes}):
         raise GptlabError(f"the held-out run (budget {holdout_budget:g}) would be one of the fitted points; "
                           "give a --holdout-budget outside --budgets or a --holdout-size outside --sizes")
-    for name in ("block_size", "batch_size", "eval_batches"):
+    for name in ("block_size", "batch_size", "eval_batches", "threads"):
         if getattr(args, name) < 1:
             raise GptlabError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     return shapes, budgets, holdout_budget, holdout_shape
@@ -107,6 +110,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from gptlab.scaling.sweep import Setup, family_flops, read_points, run_point, sizing, steps_for
 
     shapes, budgets, holdout_budget, holdout_shape = _options(args)
+    torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
     out: Path = args.out
     if out.exists() and not out.is_dir():
