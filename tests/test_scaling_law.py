@@ -143,3 +143,12 @@ def test_bad_flags_give_one_error_line_and_a_nonzero_exit(args, message, char_da
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("scaling_law: error:"), err
     assert not (tmp_path / "out" / "scaling_law.jsonl").exists()  # refused before any run
+
+
+def test_gptlab_sweep_command_refuses_a_bad_size_in_one_line(tmp_path):
+    from conftest import run_cli
+
+    done = run_cli("sweep", "--sizes", "4x128x3,2x64", "--out", tmp_path / "out")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["gptlab: error: size '4x128x3': layers, width and heads must be "
+                                                "positive and the width divisible by the heads (128 by 3)"]

@@ -328,9 +328,26 @@ def _run_bench(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from gptlab.scaling.experiment import add_arguments
+
+    p = sub.add_parser("sweep", help="measure the scaling law: a model family at FLOP budgets, fit, held-out check",
+                       description="Train a family of model sizes at fixed training-FLOP budgets, fit "
+                       "L(N, D) = E + A/N^alpha + B/D^beta to the val losses, report the compute-optimal size per "
+                       "budget, then predict a held-out run and train it to check (benchmarks/scaling_law.py).")
+    add_arguments(p)
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    from gptlab.scaling.experiment import run_sweep
+
+    run_sweep(args)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_tokenize, _add_train, _add_sample, _add_info,
                                                                _add_eval, _add_serve, _add_plot, _add_report,
-                                                               _add_bench]
+                                                               _add_bench, _add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:

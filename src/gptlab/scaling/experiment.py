@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json

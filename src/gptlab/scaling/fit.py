@@ -52,8 +52,11 @@ class ScalingLaw:
 def _nonnegative_lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     """argmin ||X c - y|| over c >= 0, for a handful of columns: the best unconstrained solution over
     every subset of active columns (exact for 3 columns, and cheaper than an iterative solver)."""
+    c, *_ = np.linalg.lstsq(X, y, rcond=None)
+    if np.all(c >= 0):  # the unconstrained optimum is feasible, so it is the constrained one (convexity)
+        return c, float(np.sum((X @ c - y) ** 2))
     best, best_sse = np.zeros(X.shape[1]), float(np.sum(y**2))
-    for k in range(1, X.shape[1] + 1):
+    for k in range(1, X.shape[1]):
         for cols in itertools.combinations(range(X.shape[1]), k):
             c, *_ = np.linalg.lstsq(X[:, cols], y, rcond=None)
             if np.any(c < 0):
