@@ -130,6 +130,7 @@ def _benchmark_main():
     (["--sizes", "2x64", "--budgets", "1e12,2e12"], "at least 2 distinct sizes"),
     (["--holdout-budget", "1e12"], "would be one of the fitted points"),
     (["--block-size", "0"], "--block-size must be at least 1"),
+    (["--threads", "-1"], "--threads must be at least 0"),
     (["--set", "colour=blue"], "unknown config field 'colour'"),
     (["--no-such-flag"], "unrecognized arguments"),
 ])

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 
@@ -50,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="val batches behind each point's loss, the same windows for every run (default 20)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default 1: these small models gain little from a second "
-                             "thread, and on a shared, loaded machine two threads run many times slower)")
+                        help="CPU threads for torch; 0: torch's default (default 1: these small models gain little "
+                             "from a second thread, and on a shared, loaded machine two threads run many times slower)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (repeatable), e.g. --set compile=on")
     parser.add_argument("--out", type=Path, default=Path("runs/scaling_law"),
@@ -72,9 +71,11 @@ def _options(args: argparse.Namespace) -> tuple[list, list[float], Any, Any]:
     if holdout_budget in budgets and (holdout_shape is None or holdout_shape.name in {s.name for s in shapes}):
         raise GptlabError(f"the held-out run (budget {holdout_budget:g}) would be one of the fitted points; "
                           "give a --holdout-budget outside --budgets or a --holdout-size outside --sizes")
-    for name in ("block_size", "batch_size", "eval_batches", "threads"):
+    for name in ("block_size", "batch_size", "eval_batches"):
         if getattr(args, name) < 1:
             raise GptlabError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if args.threads < 0:
+        raise GptlabError(f"--threads must be at least 0 (0: torch's default; got {args.threads})")
     return shapes, budgets, holdout_budget, holdout_shape
 
 
@@ -103,13 +104,24 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """The whole experiment from parsed flags; returns the summary (also written and printed last)."""
     import torch
 
+    threads = torch.get_num_threads()
+    try:
+        return _sweep(args)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process keeps its own setting
+
+
+def _sweep(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from gptlab.data.loader import Dataset
     from gptlab.scaling.fit import compute_optimal, fit_scaling_law
     from gptlab.scaling.plot import plot_sweep
     from gptlab.scaling.sweep import Setup, family_flops, read_points, run_point, sizing, steps_for
 
     shapes, budgets, holdout_budget, holdout_shape = _options(args)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
     out: Path = args.out
     if out.exists() and not out.is_dir():
