@@ -22,6 +22,7 @@ def plot_sweep(points: list[dict[str, Any]], law: ScalingLaw, flops: Callable[[n
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     sizes = sorted({p["non_embedding_params"] for p in points} | {holdout["non_embedding_params"]})
     n_range = (sizes[0] / 2, sizes[-1] * 2)
@@ -60,6 +61,8 @@ def plot_sweep(points: list[dict[str, Any]], law: ScalingLaw, flops: Callable[[n
     right.set(xscale="log", xlabel="training FLOPs C", ylabel="val loss (nats/token)",
               title=f"L(N, D) = {law.E:.2f} + {law.A:.3g}/N^{law.alpha:.2f} + {law.B:.3g}/D^{law.beta:.2f}")
     right.legend(fontsize=8)
+    # After set_xscale (which installs its own): labelled minor ticks (2x10^11 ...) would overlap.
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
     try:
