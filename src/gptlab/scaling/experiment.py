@@ -133,10 +133,11 @@ def _sweep(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="scaling-law-") as tmp_name:
         tmp = Path(tmp_name)
         data = _dataset(args, tmp)
-        setup = Setup(data=data, vocab_size=Dataset(data).tokenizer.vocab_size, preset=args.preset,
+        setup = Setup(data=data, vocab_size=Dataset(data).tokenizer.vocab_size,
+                      corpus=f"{args.corpus} ({args.tokenizer})", preset=args.preset,
                       block_size=args.block_size, batch_size=args.batch_size, eval_batches=args.eval_batches,
                       device=args.device, overrides=tuple(args.overrides))
-        signature = {**setup.signature(), "data": f"{args.corpus} ({args.tokenizer})"}
+        signature = setup.signature()
         sizes = {s.name: sizing(setup, s) for s in shapes}  # refuses bad --set overrides before any training
         for s in shapes:
             z = sizes[s.name]
@@ -155,7 +156,6 @@ def _sweep(args: argparse.Namespace) -> dict[str, Any]:
                     return p
             print(f"--- {role}: {shape.name} at {budget:.3g} FLOPs", flush=True)
             record = run_point(setup, shape, budget, tmp / f"{role}-{shape.name}-{budget:.3g}", role)
-            record["setup"] = signature
             _emit(record, points_file)
             return record
 

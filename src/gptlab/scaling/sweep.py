@@ -77,6 +77,7 @@ class Setup:
 
     data: Path  # a prepared dataset directory
     vocab_size: int
+    corpus: str = ""  # where the dataset came from, as the user named it (the points file's key, not `data`)
     preset: str = "cpu-modern"
     block_size: int = 64
     batch_size: int = 16
@@ -97,7 +98,7 @@ class Setup:
 
     def signature(self) -> dict[str, Any]:
         """What makes two points comparable (reused from a points file only when this matches)."""
-        return {"data": str(self.data), "preset": self.preset, "block_size": self.block_size,
+        return {"data": self.corpus or str(self.data), "preset": self.preset, "block_size": self.block_size,
                 "batch_size": self.batch_size, "eval_batches": self.eval_batches, "overrides": list(self.overrides)}
 
 
