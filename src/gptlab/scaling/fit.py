@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,10 +43,6 @@ class ScalingLaw:
     def optimal_size_exponent(self) -> float:
         """a in N_opt ∝ C^a when C ∝ N·D (the split of extra compute between size and data)."""
         return self.beta / (self.alpha + self.beta)
-
-    def to_dict(self) -> dict[str, float]:
-        """Plain numbers for JSON."""
-        return asdict(self)
 
 
 def _nonnegative_lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
