@@ -35,7 +35,8 @@ class Stage:
 def summary(value: torch.Tensor) -> dict[str, float]:
     """Mean, standard deviation, minimum and maximum of a tensor's finite values (a masked score is -inf)."""
     v = value.detach().float()
-    v = v[torch.isfinite(v)]
+    if not math.isfinite(v.sum().item()):  # only then pay for picking the finite values out
+        v = v[torch.isfinite(v)]
     if v.numel() == 0:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
     return {"mean": v.mean().item(), "std": v.std(unbiased=False).item(), "min": v.min().item(),
