@@ -128,7 +128,7 @@ def _fmt(x: float) -> str:
     return "-inf" if x == -math.inf else f"{x:.4g}"
 
 
-def trace_table(trace: Trace, width: int = 6) -> list[str]:
+def trace_table(trace: Trace, width: int = 4) -> list[str]:
     """`gptlab trace`: one line per stage (name, module, shape, the first values at the position,
     statistics), then the top candidates."""
     pos = trace.position
@@ -136,14 +136,14 @@ def trace_table(trace: Trace, width: int = 6) -> list[str]:
     lines = [f"tokens ({len(trace.tokens)}): {pieces}",
              f"values at position {pos} ({trace.tokens[pos][1]!r}); sizes: "
              + ", ".join(f"{k}={v}" for k, v in trace.dims.items()),
-             f"{'stage':34s} {'module':20s} {'shape':16s} {'values at position':44s} "
+             f"{'stage':34s} {'module':20s} {'shape':16s} {'values at position':42s} "
              f"{'mean':>9s} {'std':>9s} {'min':>9s} {'max':>9s}"]
     for s in trace.stages:
         flat = at_position(s, pos).flatten().tolist()
         shown = ", ".join(_fmt(v) for v in flat[:width]) + (", …" if len(flat) > width else "")
         shape = "×".join(str(n) for n in s.shape) or "1"
         stats = " ".join(f"{_fmt(s.stats[key]):>9s}" for key in ("mean", "std", "min", "max"))
-        lines.append(f"{s.name:34s} {s.module:20s} {s.axes + ' ' + shape:16s} {'[' + shown + ']':44s} {stats}")
+        lines.append(f"{s.name:34s} {s.module:20s} {s.axes + ' ' + shape:16s} {'[' + shown + ']':42s} {stats}")
     lines.append(f"next token after position {pos}: "
                  + ", ".join(f"{c.piece!r} (id {c.id}) {c.prob:.2%}" for c in trace.top))
     return lines
