@@ -186,9 +186,10 @@ def _sample(n: int, most: int) -> list[int]:
     return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
 
 
-def heatmap(stage: Stage, trace: Trace, head: int) -> dict[str, Any]:
+def heatmap(trace: Trace, index: int, head: int) -> dict[str, Any]:
     """One stage's tensor as positions × columns (one head's for per-head stages), at most
     MAX_ROWS × MAX_COLS: positions and channels sampled evenly, vocabulary columns the top tokens."""
+    stage = trace.stages[index]
     value, axes = stage.value, stage.axes.split()
     assert value is not None
     heads = 0
@@ -207,7 +208,7 @@ def heatmap(stage: Stage, trace: Trace, head: int) -> dict[str, Any]:
         columns = [{"label": str(c)} for c in cols]
     rows = _sample(value.shape[0], MAX_ROWS)
     grid = value[rows][:, cols].float()
-    return {"index": trace.stages.index(stage), "name": stage.name, "head": head if heads else None,
+    return {"index": index, "name": stage.name, "head": head if heads else None,
             "heads": heads, "rows": rows, "columns": columns,
             "kind": "attention" if axes == ["T", "T"] else "channels",
             "values": _finite([[float(f"{v:.4g}") if math.isfinite(v) else v for v in row] for row in grid.tolist()])}
@@ -235,7 +236,7 @@ def trace_view(model: GPT, tokenizer: Tokenizer, ids: list[int], stage: int = 0,
                         "axes": s.axes, "op": s.op, "shape": list(s.shape), "stats": _finite_stats(s.stats)}
                        for i, s in enumerate(result.stages)],
             "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in result.top],
-            "stage": heatmap(chosen, result, head)}
+            "stage": heatmap(result, stage, head)}
 
 
 def _finite_stats(stats: dict[str, float]) -> dict[str, float | None]:

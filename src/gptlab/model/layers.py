@@ -4,6 +4,9 @@
     position:  learned absolute embedding (in gpt.py) | rotary (RoPE): q and k rotated by position
     attention: causal multi-head self-attention, optional QK-norm, computing its own weights on request
     mlp:       GELU 4x | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
+
+Each module also hands its intermediates to a recorder while model/record.py's recording() is on
+(`gptlab trace`); off, `record` is None and forward computes exactly what it did without it.
 """
 
 from __future__ import annotations
