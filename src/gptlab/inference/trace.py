@@ -68,15 +68,18 @@ def axis_size(axis: str, dims: dict[str, int]) -> int:
 
 @torch.no_grad()
 def trace_ids(model: GPT, tokenizer: Tokenizer, ids: list[int], position: int | None = None, k: int = 10,
-              keep: Callable[[int, str], bool] | None = None) -> Trace:
+              keep: Callable[[int, str], bool] | None = None, only_position: bool = False) -> Trace:
     """Run the model once on ids (at most block_size of them), recording every stage.
 
     position: where values and candidates are read (default the last, whose next token is the
-    prediction); keep(index, name) limits which stages keep their tensor (statistics are always kept).
+    prediction); keep(index, name) limits which stages keep their tensor (statistics are always kept);
+    only_position keeps just the values at that position.
     """
     T = len(ids)
     position = T - 1 if position is None else position
-    recorder = Recorder(keep) if keep is not None else Recorder()
+    recorder = Recorder(at=position if only_position else None)
+    if keep is not None:
+        recorder.keep = keep
     device = next(model.parameters()).device
     with eval_mode(model), recording(model, recorder):
         logits, _ = model(torch.tensor([ids], dtype=torch.long, device=device))
@@ -97,13 +100,16 @@ def trace_prompt(run: str, prompt: str, position: int | None = None, k: int = 10
         raise GptlabError(f"the prompt is {len(ids)} tokens; this model reads at most block_size={block}")
     if position is not None and not 0 <= position < len(ids):
         raise GptlabError(f"--position {position} is out of range: the prompt has {len(ids)} tokens (0..{len(ids) - 1})")
-    return trace_ids(loaded.model, loaded.tokenizer, ids, position, k)
+    return trace_ids(loaded.model, loaded.tokenizer, ids, position, k, only_position=True)
 
 
 def at_position(stage: Stage, position: int) -> torch.Tensor:
     """A stage's values at one position (its first T axis; for attention, the row of that query)."""
     axes = stage.axes.split()
     assert stage.value is not None, f"stage {stage.name} was not kept"
+    if stage.position is not None:  # recorded as that slice alone
+        assert stage.position == position, f"stage {stage.name} holds position {stage.position} only"
+        return stage.value
     return stage.value.select(axes.index("T"), position) if "T" in axes else stage.value
 
 

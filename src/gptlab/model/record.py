@@ -30,6 +30,7 @@ class Stage:
     shape: tuple[int, ...]
     stats: dict[str, float]  # mean, std, min, max over its finite values
     value: torch.Tensor | None  # None when the recorder was asked not to keep it
+    position: int | None = None  # when set, value holds only this position's slice (its first T axis)
 
 
 def summary(value: torch.Tensor) -> dict[str, float]:
@@ -48,10 +49,12 @@ class Recorder:
     """Collects the stages of a forward pass in the order they are computed.
 
     keep(index, name) says whether to hold a stage's tensor (default: all); statistics are always
-    kept, so a page can list every stage of a large model while holding one tensor.
+    kept, so a page can list every stage of a large model while holding one tensor. With `at`, only
+    that position's slice is held (a long prompt's T×T attention maps are never kept whole).
     """
 
     keep: Callable[[int, str], bool] = lambda index, name: True
+    at: int | None = None
     stages: list[Stage] = field(default_factory=list)
 
     def scoped(self, prefix: str, module: nn.Module) -> Callable[..., None]:
@@ -61,8 +64,11 @@ class Recorder:
             full = f"{prefix}.{name}" if prefix else name
             row = value.detach()[0]  # the batch's first sequence
             kept = row if self.keep(len(self.stages), full) else None
+            sliced = self.at is not None and "T" in axes.split()
+            if kept is not None and sliced:
+                kept = kept.select(axes.split().index("T"), self.at).clone()  # the slice alone, not a view
             self.stages.append(Stage(full, module_name or type(module).__name__, axes, op, tuple(row.shape),
-                                     summary(row), kept))
+                                     summary(row), kept, self.at if sliced else None))
 
         return record
 
