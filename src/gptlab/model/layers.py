@@ -27,6 +27,11 @@ from gptlab.model.record import record_norm
 Record = Callable[..., None] | None
 
 
+def _bias(linear: nn.Linear) -> str:
+    """The bias term of a Linear layer's operation, as a recorded stage describes it."""
+    return " + b" if linear.bias is not None else ""
+
+
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     """The normalisation layer the config asks for, over the last dim (n_embd unless given)."""
     dim = dim or cfg.n_embd
@@ -99,7 +104,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         qkv = self.qkv(x)
         if record is not None:
-            record("qkv", qkv, "T 3C", "[T×C] · W_qkv [C×3C]" + (" + b" if self.qkv.bias is not None else ""))
+            record("qkv", qkv, "T 3C", "[T×C] · W_qkv [C×3C]" + _bias(self.qkv))
         q, k, v = qkv.split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): each head attends in its own subspace.
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
@@ -155,7 +160,7 @@ class CausalSelfAttention(nn.Module):
         out = self.proj(y)
         if record is not None:
             record("heads", y, "T C", "the H heads' [T×D] side by side")
-            record("proj", out, "T C", "[T×C] · W_proj [C×C]" + (" + b" if self.proj.bias is not None else ""))
+            record("proj", out, "T C", "[T×C] · W_proj [C×C]" + _bias(self.proj))
         return self.resid_dropout(out)
 
     @torch.no_grad()
@@ -190,23 +195,22 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         record = self.record
         h = self.fc(x)
-        bias = " + b" if self.fc.bias is not None else ""
         if self.kind == "gelu":
             if record is not None:
-                record("fc", h, "T F", f"[T×C] · W_fc [C×F]{bias}")
+                record("fc", h, "T F", "[T×C] · W_fc [C×F]" + _bias(self.fc))
             h = F.gelu(h)
             if record is not None:
                 record("gelu", h, "T F", "GELU(fc)")
         elif self.kind == "relu2":
             if record is not None:
-                record("fc", h, "T F", f"[T×C] · W_fc [C×F]{bias}")
+                record("fc", h, "T F", "[T×C] · W_fc [C×F]" + _bias(self.fc))
             h = F.relu(h).square()  # ReLU²: sparse like ReLU, smooth enough to train fast
             if record is not None:
                 record("relu2", h, "T F", "ReLU(fc)²")
         else:
             gate, value = h.chunk(2, dim=-1)
             if record is not None:
-                record("fc", h, "T 2F", f"[T×C] · W_fc [C×2F]{bias}")
+                record("fc", h, "T 2F", "[T×C] · W_fc [C×2F]" + _bias(self.fc))
                 record("gate", gate, "T F", "first half of fc")
                 record("value", value, "T F", "second half of fc")
             h = F.silu(gate) * value
@@ -214,7 +218,7 @@ class MLP(nn.Module):
                 record("swiglu", h, "T F", "SiLU(gate) ⊙ value")
         out = self.proj(h)
         if record is not None:
-            record("proj", out, "T C", "[T×F] · W_proj [F×C]" + (" + b" if self.proj.bias is not None else ""))
+            record("proj", out, "T C", "[T×F] · W_proj [F×C]" + _bias(self.proj))
         return self.dropout(out)
 
 
