@@ -226,7 +226,10 @@ def test_api_trace_agrees_with_api_next(client, loaded):
     assert [b["module"] for b in blocks["children"]] == ["Block"] * 2
     assert [c["name"] for c in blocks["children"][0]["children"]] == \
         ["blocks.0.ln_1", "blocks.0.attn", "blocks.0.ln_2", "blocks.0.mlp"]
-    assert {s["owner"] for s in stages} >= {"blocks.0.ln_1", "blocks.0.attn", "blocks.0.mlp", "wte", "ln_f", ""}
+    owners = {s["name"]: s["owner"] for s in stages}
+    assert set(owners.values()) >= {"blocks.0.ln_1", "blocks.0.attn", "blocks.0.mlp", "wte", "ln_f", ""}
+    assert owners["blocks.1.attn.qkv"] == "blocks.1.attn.qkv" and owners["blocks.1.attn.weights"] == "blocks.1.attn"
+    assert owners["logits"] == "lm_head" and owners["probs"] == "" and owners["ids"] == ""
     last = client.post("/api/trace", json={"text": PROMPT, "stage": len(stages) - 1}).json()["stage"]
     nxt = client.post("/api/next", json={"text": PROMPT, "k": 10}).json()
     assert last["name"] == "probs" and last["columns"][0]["id"] == nxt["candidates"][0]["id"]

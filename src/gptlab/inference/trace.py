@@ -176,13 +176,18 @@ def architecture(model: nn.Module, prefix: str = "") -> list[dict[str, Any]]:
     return tree
 
 
-def _owner(name: str, modules: set[str]) -> str:
-    """The deepest module whose path starts the stage's name ("" for the model itself)."""
-    parts = name.split(".")
-    for n in range(len(parts), 0, -1):
-        if ".".join(parts[:n]) in modules:
-            return ".".join(parts[:n])
-    return ""
+def _owner(stage: Stage, modules: dict[str, nn.Module]) -> str:
+    """The module a stage belongs to: the deepest whose path starts the stage's name ("" for the model
+    itself), or that module's one child of the class that computed it (the model's `logits` are its
+    lm_head Linear's output)."""
+    parts = stage.name.split(".")
+    owner = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules), "")
+    if type(modules[owner]).__name__ != stage.module:
+        prefix = f"{owner}." if owner else ""
+        children = [path for path, child in modules[owner].named_children() if type(child).__name__ == stage.module]
+        if len(children) == 1:
+            return prefix + children[0]
+    return owner
 
 
 def _sample(n: int, most: int) -> list[int]:
@@ -234,11 +239,11 @@ def trace_view(model: GPT, tokenizer: Tokenizer, ids: list[int], stage: int = 0,
     heads = chosen.shape[0] if chosen.axes.split()[0] == "H" else 0
     if heads and not 0 <= head < heads:
         raise GptlabError(f"head must be in 0..{heads - 1}")
-    modules = {name for name, _ in model.named_modules() if name}
+    modules = dict(model.named_modules())
     return {"tokens": [{"id": i, "piece": p} for i, p in result.tokens], "dims": result.dims,
             "architecture": {"name": "", "module": type(model).__name__, "detail": "",
                              "children": architecture(model)},
-            "stages": [{"index": i, "name": s.name, "module": s.module, "owner": _owner(s.name, modules),
+            "stages": [{"index": i, "name": s.name, "module": s.module, "owner": _owner(s, modules),
                         "axes": s.axes, "op": s.op, "shape": list(s.shape), "stats": _finite_stats(s.stats)}
                        for i, s in enumerate(result.stages)],
             "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in result.top],

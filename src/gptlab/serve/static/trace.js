@@ -56,16 +56,19 @@ function drawArchitecture(data) {
     head.textContent = `${node.name ? node.name.split(".").pop() + " · " : ""}${node.module}` +
       (node.detail ? ` ${node.detail}` : "");
     div.appendChild(head);
-    // Children and own stages in the order the data reaches them; modules no stage passes through
-    // (dropout, a tied head) keep their place after the one before them.
+    // Children and own stages in the order the data reaches them; a module no stage is recorded in
+    // (dropout) sits just before the next one that has, or at the end.
     const items = [];
-    let key = -1;
+    let pending = [];
     for (const child of node.children) {
-      key = first.get(child.name) === Infinity ? key + 1e-3 : first.get(child.name);
-      items.push([key, box(child)]);
+      pending.push(box(child));
+      if (first.get(child.name) === Infinity) continue;
+      pending.forEach((element, i) => items.push([first.get(child.name) - (pending.length - i) * 1e-3, element]));
+      pending = [];
     }
+    pending.forEach((element, i) => items.push([Infinity, element]));
     for (const s of owned.get(node.name) || []) items.push([s.index, chip(s)]);
-    items.sort((a, b) => a[0] - b[0]);
+    items.sort((a, b) => (a[0] > b[0]) - (a[0] < b[0]));  // stable: trailing modules keep their order
     for (const [, element] of items) div.appendChild(element);
     return div;
   };
