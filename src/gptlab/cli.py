@@ -19,6 +19,7 @@ examples:
   gptlab train --data data/shakespeare-char --out runs/demo --preset cpu-tiny
   gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300
   gptlab eval runs/demo
+  gptlab trace runs/demo --prompt "ROMEO:" --position 3
   gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
   gptlab plot runs/demo && gptlab report runs/demo
@@ -204,6 +205,37 @@ def _run_eval(args: argparse.Namespace) -> None:
           f"perplexity {result.perplexity:.3f} | {bpb}")
 
 
+def _add_trace(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="every intermediate of one forward pass, from token ids to probabilities",
+                       description="Run the model once on a prompt and show every stage the data flows "
+                       "through, as the model's own modules compute it: token ids, embeddings, and per "
+                       "block the norm, q, k, v per head, attention scores, mask, softmax weights, "
+                       "weighted values, projection, residual, MLP and its activation; then the final "
+                       "norm, logits and probabilities. One line per stage: name, module, shape, the "
+                       "values at one position, mean/std/min/max.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--prompt", required=True, help="text to trace (\\n is a newline); at most block_size tokens")
+    p.add_argument("--position", type=int, help="position whose values and next-token candidates are shown "
+                   "(default: the last)")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="next-token candidates to list (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: tokens, stages (values at the "
+                   "position), top")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_trace)
+
+
+def _run_trace(args: argparse.Namespace) -> None:
+    import json
+
+    from gptlab.inference.trace import trace_json, trace_prompt, trace_table
+
+    trace = trace_prompt(args.run, args.prompt.replace("\\n", "\n"), args.position, args.top, args.device)
+    if args.json:
+        print(json.dumps(trace_json(trace), ensure_ascii=False))
+    else:
+        print("\n".join(trace_table(trace)))
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a trained run over HTTP: completions API and explorer page",
                        description="Serve a run: an interactive page at / (tokens, next-token probabilities, "
@@ -346,7 +378,7 @@ def _run_sweep(args: argparse.Namespace) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_tokenize, _add_train, _add_sample, _add_info,
-                                                               _add_eval, _add_serve, _add_plot, _add_report,
+                                                               _add_eval, _add_trace, _add_serve, _add_plot, _add_report,
                                                                _add_bench, _add_sweep]
 
 

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.layers import AttentionCache, Block, CausalSelfAttention, Rotary, make_norm
+from gptlab.model.layers import AttentionCache, Block, CausalSelfAttention, Record, Rotary, make_norm
 from gptlab.model.loss import lm_loss
+from gptlab.model.record import record_norm
 
 # What each parameter is for; an optimizer gives each role its own update rule and learning rate.
 Role = Literal["embedding", "head", "matrix", "vector"]
@@ -36,6 +37,8 @@ class ModelCache(AttentionCache, Protocol):
 
 class GPT(nn.Module):
     """Decoder-only Transformer language model."""
+
+    record: Record = None  # set by model.record.recording() to trace one forward pass
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -107,19 +110,35 @@ class GPT(nn.Module):
 
     def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """The residual stream's start (B, T, C) and the rotary angles for these positions."""
+        record = self.record
         x = self.wte(idx)
+        if record is not None:
+            record("ids", idx, "T", "tokenizer(prompt)")
+            record("wte", x, "T C", "rows ids of W_te [V×C]", "Embedding")
         if self.wpe is not None:
-            x = x + self.wpe(positions)
+            pos = self.wpe(positions)
+            x = x + pos
+            if record is not None:
+                record("wpe", pos if pos.dim() == 3 else pos[None], "T C", "rows 0..T−1 of W_pe [block×C]", "Embedding")
+                record("embed", x, "T C", "token embedding + position embedding")
         rope = self.rotary(positions) if self.rotary is not None else None
         return self.drop(x), rope
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm, unembedding and soft-cap: the residual stream (…, C) to logits (…, V)."""
-        logits = self.lm_head(self.ln_f(x))
+        record = self.record
+        h = self.ln_f(x)
+        logits = self.lm_head(h)
         cap = self.config.logit_softcap
+        if record is not None:
+            record_norm(record, "ln_f", self.ln_f, x, h)
+            head = "W_teᵀ" if self.lm_head.weight is self.wte.weight else "W_head"
+            record("logits_raw" if cap else "logits", logits, "T V", f"[T×C] · {head} [C×V]", "Linear")
         if cap:
             # tanh bounds every logit to (-cap, cap): no token can become overwhelmingly certain.
             logits = cap * torch.tanh(logits / cap)
+            if record is not None:
+                record("logits", logits, "T V", f"{cap:g} · tanh(logits_raw / {cap:g}) (soft-cap)")
         return logits
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,

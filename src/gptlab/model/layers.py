@@ -4,11 +4,15 @@
     position:  learned absolute embedding (in gpt.py) | rotary (RoPE): q and k rotated by position
     attention: causal multi-head self-attention, optional QK-norm, computing its own weights on request
     mlp:       GELU 4x | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
+
+Each module also hands its intermediates to a recorder while model/record.py's recording() is on
+(`gptlab trace`); off, `record` is None and forward computes exactly what it did without it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -16,6 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.config import ModelConfig
+from gptlab.model.record import record_norm
+
+# Each module's `record` is None except while model.record.recording() traces a forward pass: it then
+# receives every intermediate the module computes (name, tensor, axes, operation).
+Record = Callable[..., None] | None
+
+
+def _bias(linear: nn.Linear) -> str:
+    """The bias term of a Linear layer's operation, as a recorded stage describes it."""
+    return " + b" if linear.bias is not None else ""
 
 
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -34,6 +48,8 @@ class Rotary(nn.Module):
     block_size: keys keep the rotation they were stored with.
     """
 
+    record: Record = None
+
     def __init__(self, head_dim: int, base: float):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -42,6 +58,9 @@ class Rotary(nn.Module):
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of the angles, (T, head_dim/2) or (B, 1, T, head_dim/2) for per-row positions."""
         angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
+        if self.record is not None:
+            self.record("angles", angles if angles.dim() == 3 else angles[None], "T D/2",
+                        "position t × base^(−2i/D), one angle per channel pair i")
         if angles.dim() == 3:  # (B, T, d/2): broadcast over heads
             angles = angles[:, None]
         return angles.cos(), angles.sin()
@@ -64,6 +83,8 @@ class AttentionCache(Protocol):
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t only sees positions <= t."""
 
+    record: Record = None
+
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.layer = layer  # its index into a KV cache
@@ -78,23 +99,52 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, record: Record = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
+        qkv = self.qkv(x)
+        if record is not None:
+            record("qkv", qkv, "T 3C", "[T×C] · W_qkv [C×3C]" + _bias(self.qkv))
+        q, k, v = qkv.split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): each head attends in its own subspace.
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if record is not None:
+            for name, t in (("q", q), ("k", k), ("v", v)):
+                record(name, t, "H T D", f"{name} third of qkv [T×C], split into H heads of D channels")
         if self.q_norm is not None:
             # QK-norm bounds the attention logits, so a high learning rate cannot blow up the softmax.
             q, k = self.q_norm(q), self.k_norm(k)
+            if record is not None:
+                record("q_norm", q, "H T D", "q / rms · γ over D, per head (QK-norm)", "RMSNorm")
+                record("k_norm", k, "H T D", "k / rms · γ over D, per head (QK-norm)", "RMSNorm")
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if record is not None:
+                record("q_rope", q, "H T D", "each channel pair of q rotated by its angle at t (RoPE)", "Rotary")
+                record("k_rope", k, "H T D", "each channel pair of k rotated by its angle at t (RoPE)", "Rotary")
         return q, k, v
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, record: Record = None) -> torch.Tensor:
+        """Softmax of the scaled q·k with the future masked: the weights the fused kernel applies."""
+        T = q.size(-2)
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
+        future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)
+        masked = scores.masked_fill(future, float("-inf"))
+        weights = torch.softmax(masked, dim=-1)
+        if record is not None:
+            record("scores", scores, "H T T", "q [H×T×D] · kᵀ [H×D×T] / √D")
+            record("scores_masked", masked, "H T T", "scores with the future (column > row) set to −∞")
+            record("weights", weights, "H T T", "softmax over each row (the keys)")
+        return weights
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: AttentionCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self._qkv(x, rope)
+        record = self.record
+        q, k, v = self._qkv(x, rope, record)
+        if record is not None and cache is None:
+            # The weights the kernel below applies, from the same q and k; it never materialises them.
+            self._weights(q, k, record)
         dropout_p = self.dropout if self.training else 0.0
         if cache is None:
             # Fused kernel (flash attention where available); is_causal masks the future.
@@ -104,18 +154,21 @@ class CausalSelfAttention(nn.Module):
             # mask None: a prefill from position 0 (plain causal) or one token that may see every key.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                dropout_p=dropout_p)
+        if record is not None:
+            record("weighted", y, "H T D", "weights [H×T×T] · v [H×T×D]")
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        out = self.proj(y)
+        if record is not None:
+            record("heads", y, "T C", "the H heads' [T×D] side by side")
+            record("proj", out, "T C", "[T×C] · W_proj [C×C]" + _bias(self.proj))
+        return self.resid_dropout(out)
 
     @torch.no_grad()
     def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The attention weights (B, n_head, T, T) this layer applies to input x: softmax of the scaled
         q·k with the future masked, computed from the same q and k as forward (QK-norm, RoPE and all)."""
         q, k, _ = self._qkv(x, rope)
-        T = x.size(1)
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
-        future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=1)
-        return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        return self._weights(q, k)
 
 
 def swiglu_hidden(n_embd: int) -> int:
@@ -126,6 +179,8 @@ def swiglu_hidden(n_embd: int) -> int:
 
 class MLP(nn.Module):
     """Position-wise feed-forward network: widen, a non-linearity, project back."""
+
+    record: Record = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -138,19 +193,39 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        record = self.record
         h = self.fc(x)
         if self.kind == "gelu":
+            if record is not None:
+                record("fc", h, "T F", "[T×C] · W_fc [C×F]" + _bias(self.fc))
             h = F.gelu(h)
+            if record is not None:
+                record("gelu", h, "T F", "GELU(fc)")
         elif self.kind == "relu2":
+            if record is not None:
+                record("fc", h, "T F", "[T×C] · W_fc [C×F]" + _bias(self.fc))
             h = F.relu(h).square()  # ReLU²: sparse like ReLU, smooth enough to train fast
+            if record is not None:
+                record("relu2", h, "T F", "ReLU(fc)²")
         else:
             gate, value = h.chunk(2, dim=-1)
+            if record is not None:
+                record("fc", h, "T 2F", "[T×C] · W_fc [C×2F]" + _bias(self.fc))
+                record("gate", gate, "T F", "first half of fc")
+                record("value", value, "T F", "second half of fc")
             h = F.silu(gate) * value
-        return self.dropout(self.proj(h))
+            if record is not None:
+                record("swiglu", h, "T F", "SiLU(gate) ⊙ value")
+        out = self.proj(h)
+        if record is not None:
+            record("proj", out, "T C", "[T×F] · W_proj [F×C]" + _bias(self.proj))
+        return self.dropout(out)
 
 
 class Block(nn.Module):
     """Pre-norm Transformer block: attention then MLP, each added to the residual stream."""
+
+    record: Record = None
 
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
@@ -161,5 +236,17 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: AttentionCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, cache)
-        return x + self.mlp(self.ln_2(x))
+        record = self.record
+        if record is None:
+            x = x + self.attn(self.ln_1(x), rope, cache)
+            return x + self.mlp(self.ln_2(x))
+        # The same sums, each part handed to the recorder on the way.
+        h = self.ln_1(x)
+        record_norm(record, "ln_1", self.ln_1, x, h)
+        x = x + self.attn(h, rope, cache)
+        record("resid_attn", x, "T C", "x + attention: the residual stream after attention")
+        h = self.ln_2(x)
+        record_norm(record, "ln_2", self.ln_2, x, h)
+        x = x + self.mlp(h)
+        record("resid_mlp", x, "T C", "x + MLP: the residual stream after the block")
+        return x

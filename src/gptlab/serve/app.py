@@ -38,6 +38,7 @@ from gptlab.runs import LoadedRun, load_run
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
                                  parse_request)
+from gptlab.serve.trace_api import router as trace_router
 
 
 
@@ -75,6 +76,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
         return JSONResponse(await run_in_threadpool(job.whole))
 
     app.include_router(explore_router)  # the page at / and its JSON under /api/
+    app.include_router(trace_router)  # the page's step-through view: /api/trace
     return app
 
 

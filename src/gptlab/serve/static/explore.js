@@ -62,6 +62,7 @@ async function refresh() {
     drawTokens(data.tokens, data.context);
     drawBars(data, s);
     if (state.view === "attention") await refreshAttention();
+    if (state.view === "trace") await refreshTrace();
   } catch (error) {
     if (seq !== state.seq) return;
     showError(error);
@@ -269,8 +270,9 @@ async function selectToken(id) {
 function showView(view) {
   state.view = view;
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === view);
-  for (const name of ["next", "attention", "embeddings"]) $(`view-${name}`).hidden = name !== view;
+  for (const name of ["next", "attention", "embeddings", "trace"]) $(`view-${name}`).hidden = name !== view;
   if (view === "attention") refreshAttention();
+  if (view === "trace") refreshTrace();
   if (view === "embeddings") loadEmbeddings();
 }
 
@@ -298,6 +300,7 @@ async function start() {
   $("sample").addEventListener("click", () => step({ mode: "sample" }));
   $("layer").addEventListener("change", refreshAttention);
   $("head").addEventListener("change", refreshAttention);
+  startTrace();  // trace.js: the step-through view's buttons and arrow keys
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
   $("emb").addEventListener("mousemove", (event) => {
     const p = state.embeddings && pointAt(event);

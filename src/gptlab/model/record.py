@@ -1,0 +1,102 @@
+"""Recording mode of the layers: every named intermediate of one forward pass, as the modules compute it.
+
+Each module of the network (GPT, Block, attention, MLP, Rotary) has a `record` attribute, None by
+default: forward then does exactly what it always does (one `is not None` test per stage, no other
+work). `recording(model, recorder)` points each module's `record` at the recorder for one forward
+pass; the module hands it each tensor it computes, named by the module, with its axes in symbols
+(T positions, C channels, H heads, D head channels, F MLP hidden width, V vocabulary) and the
+operation that produced it. Nothing is recomputed: the values are those the forward pass uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(eq=False)  # stages are told apart by position in the trace, never by their tensors
+class Stage:
+    """One intermediate of the forward pass (the first row of the batch)."""
+
+    name: str  # module path and the module's own name for it, e.g. "blocks.0.attn.weights"
+    module: str  # the class of the module that computed it, e.g. "RMSNorm", "CausalSelfAttention"
+    axes: str  # its shape in symbols, e.g. "H T T" or "T 3C"
+    op: str  # the operation that produced it, with its operands' shapes, e.g. "[T×C] · [C×3C]"
+    shape: tuple[int, ...]
+    stats: dict[str, float]  # mean, std, min, max over its finite values
+    value: torch.Tensor | None  # None when the recorder was asked not to keep it
+    position: int | None = None  # when set, value holds only this position's slice (its first T axis)
+
+
+def summary(value: torch.Tensor) -> dict[str, float]:
+    """Mean, standard deviation, minimum and maximum of a tensor's finite values (a masked score is -inf)."""
+    v = value.detach().float()
+    if not math.isfinite(v.sum().item()):  # only then pay for picking the finite values out
+        v = v[torch.isfinite(v)]
+    if v.numel() == 0:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    return {"mean": v.mean().item(), "std": v.std(unbiased=False).item(), "min": v.min().item(),
+            "max": v.max().item()}
+
+
+@dataclass
+class Recorder:
+    """Collects the stages of a forward pass in the order they are computed.
+
+    keep(index, name) says whether to hold a stage's tensor (default: all); statistics are always
+    kept, so a page can list every stage of a large model while holding one tensor. With `at`, only
+    that position's slice is held (a long prompt's T×T attention maps are never kept whole).
+    """
+
+    keep: Callable[[int, str], bool] = lambda index, name: True
+    at: int | None = None
+    stages: list[Stage] = field(default_factory=list)
+
+    def scoped(self, prefix: str, module: nn.Module) -> Callable[..., None]:
+        """The `record` function of one module: names its stages under the module's path."""
+
+        def record(name: str, value: torch.Tensor, axes: str, op: str, module_name: str | None = None) -> None:
+            full = f"{prefix}.{name}" if prefix else name
+            row = value.detach()[0]  # the batch's first sequence
+            kept = row if self.keep(len(self.stages), full) else None
+            sliced = self.at is not None and "T" in axes.split()
+            if kept is not None and sliced:
+                kept = kept.select(axes.split().index("T"), self.at).clone()  # the slice alone, not a view
+            self.stages.append(Stage(full, module_name or type(module).__name__, axes, op, tuple(row.shape),
+                                     summary(row), kept, self.at if sliced else None))
+
+        return record
+
+
+def record_norm(record: Callable[..., None], name: str, norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    """A norm's input statistics (what it divides by, and subtracts for LayerNorm) and its output.
+
+    The statistics describe the input; the output is the norm module's own.
+    """
+    kind = type(norm).__name__
+    if isinstance(norm, nn.RMSNorm):
+        record(f"{name}.in_rms", x.float().square().mean(-1).sqrt(), "T", "√mean(x²) over C", kind)
+        record(f"{name}.{kind.lower()}", out, "T C", "x / rms · γ", kind)
+    else:
+        record(f"{name}.in_mean", x.float().mean(-1), "T", "mean of x over C", kind)
+        record(f"{name}.in_std", x.float().std(-1, unbiased=False), "T", "std of x over C", kind)
+        record(f"{name}.{kind.lower()}", out, "T C", "(x − mean) / std · γ + β", kind)
+
+
+@contextmanager
+def recording(model: nn.Module, recorder: Recorder) -> Iterator[Recorder]:
+    """Within the block, every module with a `record` attribute hands its stages to the recorder."""
+    scoped = [m for _, m in model.named_modules() if hasattr(m, "record")]
+    try:
+        for prefix, module in model.named_modules():
+            if hasattr(module, "record"):
+                module.record = recorder.scoped(prefix, module)
+        yield recorder
+    finally:
+        for module in scoped:
+            module.record = None
