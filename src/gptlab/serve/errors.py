@@ -82,4 +82,6 @@ def install_error_handlers(app: FastAPI) -> None:
         # As FastAPI's own answer, but the offending input is shown as text: NaN and Infinity have
         # no JSON form, and serialising them failed with a 500.
         errors = [{k: (repr(v) if k in ("input", "ctx") else v) for k, v in e.items()} for e in exc.errors()]
-        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+        # NaN or Infinity is a malformed number rather than a number out of range: 400, as /v1 says.
+        status = 400 if any(e["type"] == "finite_number" for e in exc.errors()) else 422
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=status)

@@ -20,7 +20,7 @@ from gptlab.errors import GptlabError
 from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES
-from gptlab.serve.openai import MAX_CHARS_PER_POSITION, MAX_SEED, MAX_TEMPERATURE, APIError, sampling_params
+from gptlab.serve.openai import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, APIError, sampling_params
 from gptlab.serve.service import ModelService, Overloaded
 
 STATIC = Path(__file__).parent / "static"
@@ -44,7 +44,7 @@ class StepRequest(BaseModel):
     mode: Literal["greedy", "sample", "token"] = "greedy"
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
     token_id: int | None = None  # mode "token": the id to append
-    seed: int | None = Field(None, ge=0, lt=MAX_SEED)  # mode "sample": same seed, same choice
+    seed: int | None = None  # mode "sample": same seed, same choice (checked with the other settings)
 
 
 class AttentionRequest(BaseModel):
@@ -89,7 +89,7 @@ def _window(run: LoadedRun, ids: list[int]) -> list[int]:
 async def _one_token(request: Request, ids: list[int], temperature: float, seed: int | None) -> tuple[int, torch.Tensor]:
     """One token drawn by the model service's sampler (temperature 0: greedy) and the distribution
     at the temperature (0 shows it at 1)."""
-    params = sampling_params(1, temperature, seed=seed)
+    params = sampling_params(1, temperature, seed=seed)  # APIError 400 naming a bad setting
     try:
         gen = _service(request).submit([(ids, params)], with_probs=True)
     except Overloaded as exc:
