@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
 from gptlab.device import pick_device
@@ -33,7 +34,7 @@ from gptlab.serve.errors import install_error_handlers
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
-from gptlab.serve.middleware import BodyLimit, RequestLog
+from gptlab.serve.middleware import RequestLog
 from gptlab.serve.service import ModelService
 
 MAX_BODY_BYTES = 4 * 2**20  # default cap on a request body: prompts are short, a body of megabytes is abuse
@@ -52,14 +53,17 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
         yield
         service.stop()  # on shutdown: cancel every sequence, stop the model thread
 
-    app = FastAPI(title="gptlab", description=f"Completions from the gptlab run {loaded.path}", lifespan=lifespan)
+    # max_body_size: FastAPI answers 413 as soon as a body passes the cap (by Content-Length or while
+    # it arrives), before it is read into memory.
+    app = FastAPI(title="gptlab", description=f"Completions from the gptlab run {loaded.path}", lifespan=lifespan,
+                  max_body_size=max_body_bytes)
     app.state.run = loaded
     app.state.service = service
     app.state.model_id = Path(run_dir).resolve().name
     app.state.max_tokens_limit = max_tokens_limit
+    app.state.max_body_bytes = max_body_bytes
     install_error_handlers(app)
     app.add_middleware(RequestLog, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # outermost: nothing reads an oversized body
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -89,8 +93,6 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "au
           max_tokens_limit: int = 2048, max_batch: int = 16, max_waiting: int = 256,
           max_body_bytes: int = MAX_BODY_BYTES) -> None:
     """`gptlab serve`: load the run, bind host:port (0: any free port), serve until Ctrl-C."""
-    import uvicorn
-
     if not 0 <= port <= 65535:
         raise GptlabError(f"port={port} must be in 0..65535")
     for name, value, least in (("max_tokens_limit", max_tokens_limit, 1), ("max_batch", max_batch, 1),
@@ -117,4 +119,18 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "au
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Our request log replaces uvicorn's access log. A few seconds for open responses on Ctrl-C,
     # then the rest are cut (their sequences cancelled).
-    uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=3)).run(sockets=[sock])
+    config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=3)
+    _Server(config, app.state.service).run(sockets=[sock])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that, on Ctrl-C, first ends every generation (open streams then close at once
+    with finish_reason "cancelled"), so its graceful shutdown does not wait on them."""
+
+    def __init__(self, config: uvicorn.Config, service: ModelService):
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.service.stop(timeout=2)
+        super().handle_exit(sig, frame)

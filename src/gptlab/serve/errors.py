@@ -72,6 +72,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(413)
+    async def too_large(request: Request, exc: Exception) -> JSONResponse:
+        message = f"request body larger than the {request.app.state.max_body_bytes:,} bytes this server accepts"
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": message}, status_code=413)
+        return JSONResponse(APIError(413, message, code="request_too_large").body(), status_code=413)
+
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
         # The framework's JSON parser recursing on a body nested thousands deep.
