@@ -38,7 +38,7 @@ class Event:
     token: int | None
     text: str  # the text this token completes ("" while held back)
     probs: torch.Tensor | None  # (V,) the distribution at the sequence's temperature, when asked for
-    finish: str | None  # None while the sequence goes on; "stop", "length" or "cancelled"
+    finish: str | None  # None while the sequence goes on; "stop", "length", "cancelled" or "error"
 
 
 class Sequence:
@@ -165,6 +165,10 @@ class Scheduler:
             # Learned positions cannot slide: recompute the last block_size tokens from position 0.
             self.cache.reset(seq.slot)
             seq.pending = seq.ids[-self.cache.capacity:]
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """End a running sequence now, with this finish reason."""
+        self._leave(seq, Event(None, "", None, reason))
 
     def _leave(self, seq: Sequence, event: Event) -> None:
         self.running.remove(seq)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from gptlab.serve.metrics import Metrics
 from gptlab.serve.scheduler import Event, Scheduler, Sequence
 
 T = TypeVar("T")
+log = logging.getLogger("gptlab.serve")
 
 
 class Overloaded(Exception):
@@ -182,7 +184,12 @@ class ModelService:
                             future.set_result(fn(self.run.model))
                     except BaseException as exc:  # handed to the awaiting route, which reports it
                         future.set_exception(exc)
-            self.scheduler.step()
+            try:
+                self.scheduler.step()
+            except Exception:  # a bug must not leave every client hanging: end what was running
+                log.exception("scheduler step failed; ending the running sequences")
+                for seq in list(self.scheduler.running):
+                    self.scheduler.finish(seq, "error")
             self._waiting = len(self.scheduler.waiting)
             self.metrics.running.set(len(self.scheduler.running))
             self.metrics.waiting.set(self.waiting)
