@@ -5,7 +5,7 @@ Two run directories with random weights (serving speed does not depend on what w
 gpt2-small-shaped model (12x12x768, block 1024, 50,257-entry vocabulary: the tinyshakespeare
 characters padded with CJK ideographs, since GPT-2's BPE files cannot be fetched offline). For
 each model and each server, 1, 4, 16 and 64 concurrent clients send streamed completion requests
-one after another; measured: requests/s, tokens/s, p50/p95 time to first token and total latency,
+one after another (both servers with one torch thread; SERVE_LOAD_THREADS=N to change); measured: requests/s, tokens/s, p50/p95 time to first token and total latency,
 errors, and the server's peak resident memory. The last line is a JSON object with the figures.
 
     python benchmarks/serve_load.py
@@ -41,9 +41,12 @@ CLIENTS = (1, 4, 16, 64)
 MODELS = {
     "tutorial": (["dropout=0.0"], 32, 4, 64),
     # 16 rows of a 1024-token KV cache for 12 layers of 768: 1.2 GB, the bound on its memory.
-    "gpt2-small": (["n_layer=12", "n_head=12", "n_embd=768", "block_size=1024", "dropout=0.0"], 16, 1, 16),
+    "gpt2-small": (["n_layer=12", "n_head=12", "n_embd=768", "block_size=1024", "dropout=0.0"], 10, 1, 16),
 }
 PROMPT = "ROMEO:"
+# One intra-op thread for both servers: on a shared, loaded 2-core machine two threads per process spin
+# against each other and every step gets tens of times slower (measured: 4 ms vs 129 ms per step).
+THREADS = os.environ.get("SERVE_LOAD_THREADS", "1")
 GPT2_VOCAB = 50257
 
 
@@ -52,7 +55,7 @@ def make_run(path: Path, name: str) -> None:
     text = (ROOT.parent / "shared" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     chars = sorted(set(text))
     if name == "gpt2-small":  # pad the alphabet to GPT-2's vocabulary size with CJK ideographs
-        chars += [chr(0x4E00 + i) for i in range(GPT2_VOCAB - len(chars))]
+        chars += [chr(0x20000 + i) for i in range(GPT2_VOCAB - len(chars))]
     tokenizer = CharTokenizer("".join(chars))
     overrides, *_ = MODELS[name]
     cfg = build_config("tutorial", None, overrides + [f"vocab_size={tokenizer.vocab_size}"])
@@ -68,7 +71,7 @@ def start_server(run: Path, logs: Path, max_batch: int) -> tuple[subprocess.Pope
     proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0",
                              "--max-batch", str(max_batch)],
                             stdout=out, stderr=open(logs / "stderr", "w"),
-                            env=os.environ | {"PYTHONPATH": str(ROOT / "src")})
+                            env=os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": THREADS})
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         found = re.search(r"http://127\.0\.0\.1:(\d+)", (logs / "stdout").read_text())
@@ -134,7 +137,8 @@ def load(base: str, clients: int, requests: int, max_tokens: int) -> dict:
 
 
 def main() -> None:
-    figures: dict = {"load_before": os.getloadavg()[0], "torch": torch.__version__, "cpus": os.cpu_count()}
+    figures: dict = {"load_before": os.getloadavg()[0], "torch": torch.__version__, "cpus": os.cpu_count(),
+                     "threads": int(THREADS)}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (_, max_tokens, requests, max_batch) in MODELS.items():
             run = Path(tmp) / name
@@ -149,9 +153,7 @@ def main() -> None:
                     client(base, 999, 1, max_tokens)  # warm-up
                     rows = []
                     for clients in CLIENTS:
-                        # The turn-taking server serves one sequence at a time: fewer requests keep it short.
-                        per_client = requests if mode == "batched" or clients < 16 else 1
-                        row = load(base, clients, per_client, max_tokens)
+                        row = load(base, clients, requests, max_tokens)
                         row["peak_rss_mb"] = peak_rss_mb(proc.pid)
                         print(f"  {clients:3d} clients: {row['requests_per_s']} req/s, {row['tokens_per_s']} tok/s, "
                               f"TTFT p50/p95 {row['ttft_p50_s']}/{row['ttft_p95_s']} s, latency p50/p95 "

@@ -50,13 +50,13 @@ class Generation:
         self.seqs: list[Sequence] = []
 
     def sink(self, index: int) -> Callable[[Event], None]:
-        """Where the model thread sends sequence index's events: onto the route's event loop."""
-        def put(event: Event) -> None:
-            try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, (index, event))
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                self.seqs[index].cancel()
-        return put
+        """Where the model thread sends sequence index's events (delivered after each step)."""
+        return lambda event: self.service._post(self, (index, event))
+
+    def deliver(self, items: list[tuple[int, Event]]) -> None:
+        """On the route's event loop: hand over events."""
+        for item in items:
+            self._queue.put_nowait(item)
 
     def cancel(self) -> None:
         """Stop generating (the client left); the rows are freed at the next scheduler step."""
@@ -89,6 +89,9 @@ class ModelService:
         self._stopping = False
         self._waiting = 0  # sequences queued but not yet running, as last seen
         self._pca: tuple[torch.Tensor, list[float]] | None = None
+        # Events of the current step per Generation, handed to the event loops once per step: one
+        # wake-up of a loop per step, not one per token.
+        self._outbox: dict[Generation, list[tuple[int, Event]]] = {}
         self._thread = threading.Thread(target=self._loop, name="gptlab-model", daemon=True)
         self._thread.start()
 
@@ -164,6 +167,18 @@ class ModelService:
 
     # --- the model thread ---
 
+    def _post(self, gen: Generation, item: tuple[int, Event]) -> None:
+        self._outbox.setdefault(gen, []).append(item)
+
+    def _flush(self) -> None:
+        for gen, items in self._outbox.items():
+            try:
+                gen._loop.call_soon_threadsafe(gen.deliver, items)
+            except RuntimeError:  # its event loop is closed: nobody is listening any more
+                for seq in gen.seqs:
+                    seq.cancel()
+        self._outbox = {}
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -190,11 +205,13 @@ class ModelService:
                 log.exception("scheduler step failed; ending the running sequences")
                 for seq in list(self.scheduler.running):
                     self.scheduler.finish(seq, "error")
+            self._flush()
             self._waiting = len(self.scheduler.waiting)
             self.metrics.running.set(len(self.scheduler.running))
             self.metrics.waiting.set(self.waiting)
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting) + list(self._incoming):
             seq.sink(Event(None, "", None, "cancelled"))
+        self._flush()
         for _, future in self._calls:
             future.cancel()
 

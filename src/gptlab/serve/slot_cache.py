@@ -67,14 +67,17 @@ class SlotCache:
             self.k = torch.zeros(shape, device=k.device, dtype=k.dtype)
             self.v = torch.zeros(shape, device=k.device, dtype=k.dtype)
         T = q.size(2)
+        real = [b for b, slot in enumerate(self._rows) if slot is not None]
+        # Store every real row's new keys and values at once: (rows, T) column indices per slot.
+        slots = torch.tensor([self._rows[b] for b in real], device=k.device)
+        starts = torch.tensor([self.seen[self._rows[b]] for b in real], device=k.device)
+        columns = (starts[:, None] + torch.arange(T, device=k.device)[None, :]) % self.capacity
+        self.k[layer][slots[:, None], :, columns] = k[real].transpose(1, 2)
+        self.v[layer][slots[:, None], :, columns] = v[real].transpose(1, 2)
         y = torch.zeros_like(q)
-        for b, slot in enumerate(self._rows):
-            if slot is None:
-                continue
+        for b in real:
+            slot = self._rows[b]
             start = self.seen[slot]
-            columns = torch.arange(start, start + T, device=k.device) % self.capacity
-            self.k[layer, slot][:, columns] = k[b]
-            self.v[layer, slot][:, columns] = v[b]
             if start == 0:
                 # From the first position: causal attention over the fresh keys only.
                 y[b] = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], is_causal=T > 1)[0]
