@@ -217,3 +217,15 @@ def test_full_queue_is_503_with_retry_after_and_ctrl_c_is_quick(run_dir, tmp_pat
     finally:
         if s.proc.poll() is None:
             s.stop()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--max-batch", 0, "max_batch=0 must be >= 1"),
+                                                  ("--max-waiting", -1, "max_waiting=-1 must be >= 0"),
+                                                  ("--max-body-mb", 0, "max_body_bytes=0 must be >= 1")])
+def test_bad_serve_options_are_one_clear_line(capsys, run_dir, flag, value, message):
+    from gptlab.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(run_dir), "--port", "0", flag, str(value)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

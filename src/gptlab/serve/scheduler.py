@@ -1,8 +1,9 @@
 """Continuous batching: sequences join the running batch at step boundaries and leave when done.
 
 Each scheduler step does, in order: drop cancelled sequences, admit waiting ones into free slots,
-feed one chunk of one long prompt (so a long prompt never stalls the others for long), then one
-decode step for every sequence that has a single token to feed, all in one forward pass. Every
+feed prompt chunks up to one chunk's worth of tokens (so a long prompt never stalls the others for
+long), then one decode step for every sequence that has a single token to feed, all in one forward
+pass. Every
 sequence has its own length, position, sampling settings and random generator.
 
 Determinism: a sequence's tokens depend only on its own ids, settings and seed. Attention is
@@ -109,10 +110,18 @@ class Scheduler:
             seq.slot = self.free.pop(0)
             self.cache.reset(seq.slot)
             self.running.append(seq)
+        # Prompt chunks, each sequence's fed alone, until a chunk's worth of tokens this step (at
+        # least one chunk): many short prompts start together, one long prompt does not stall
+        # the decoding ones. Chunk boundaries depend on the prompt only, never on the budget.
         prefilling = [s for s in self.running if len(s.pending) > 1]
-        if prefilling:
-            self._prefill_chunk(prefilling[self._turn % len(prefilling)])
-            self._turn += 1
+        budget = self.prefill_chunk
+        for i in range(len(prefilling)):
+            if budget <= 0:
+                break
+            seq = prefilling[(self._turn + i) % len(prefilling)]
+            budget -= min(len(seq.pending), self.prefill_chunk)
+            self._prefill_chunk(seq)
+        self._turn += 1
         decoding = [s for s in self.running if len(s.pending) == 1]
         if decoding:
             self._decode(decoding)
