@@ -8,6 +8,7 @@ import json
 import math
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -82,11 +83,10 @@ def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], in
 
 def submit(service: ModelService, rows: list[list[int]], req: CompletionRequest) -> Generation:
     """Submit a request's sequences: sequence i draws with seed + i, as the engine does; 503 when full."""
-    base = req.seed
+    params = sampling_params(req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty,
+                             req.stops(), req.seed)
     try:
-        return service.submit([(ids, sampling_params(req.max_tokens, req.temperature, req.top_k, req.top_p,
-                                                     req.repetition_penalty, req.stops(),
-                                                     None if base is None else base + i))
+        return service.submit([(ids, replace(params, seed=None if req.seed is None else req.seed + i))
                                for i, ids in enumerate(rows)], with_probs=req.logprobs is not None)
     except Overloaded as exc:
         raise APIError(503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded",

@@ -114,6 +114,8 @@ def sampling_params(max_tokens: int, temperature: float, top_k: int = 0, top_p: 
                     seed: int | None = None) -> SamplingParams:
     """The engine's settings for a request, checked by the engine's own rules (the one validation
     /v1 and /api share); APIError 400 naming the field otherwise."""
+    if seed is not None and not 0 <= seed < MAX_SEED:  # room for seed + i of a request's sequences
+        raise APIError(400, f"seed={seed} must be in [0, 2**62)", "seed")
     params = SamplingParams(max_tokens, temperature, top_k, top_p, repetition_penalty, tuple(stop or ()), seed)
     try:
         params.validate()
