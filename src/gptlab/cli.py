@@ -218,7 +218,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=2048,
                    help="largest max_tokens a request may ask for (default 2048)")
     p.add_argument("--max-batch", type=int, default=16,
-                   help="sequences decoded together in one forward pass (default 16; 1: requests take turns)")
+                   help="sequences decoded together in one forward pass (default 16; 1: one sequence at a time, "
+                   "first come first served)")
     p.add_argument("--max-waiting", type=int, default=256,
                    help="sequences that may wait for a place in the batch; past it requests get 503 (default 256)")
     p.add_argument("--max-body-mb", type=float, default=4.0,
