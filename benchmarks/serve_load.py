@@ -1,8 +1,12 @@
-"""Load on `gptlab serve`: requests/s and latency percentiles for 16 concurrent clients.
+"""Load on `gptlab serve`: the batched server against the turn-taking one (`--max-batch 1`), side by side.
 
-Builds a run with random weights of the `tutorial` preset (character vocabulary of tinyshakespeare),
-starts `gptlab serve` on a free localhost port, and has 16 client threads send completion requests
-(32 new tokens each) as fast as answers come back. The last line is a JSON object with the figures.
+Two run directories with random weights (serving speed does not depend on what was learnt): the
+`tutorial` preset (4x4x64, block 256, character vocabulary of tinyshakespeare) and a
+gpt2-small-shaped model (12x12x768, block 1024, 50,257-entry vocabulary: the tinyshakespeare
+characters padded with CJK ideographs, since GPT-2's BPE files cannot be fetched offline). For
+each model and each server, 1, 4, 16 and 64 concurrent clients send streamed completion requests
+one after another (both servers with one torch thread; SERVE_LOAD_THREADS=N to change); measured: requests/s, tokens/s, p50/p95 time to first token and total latency,
+errors, and the server's peak resident memory. The last line is a JSON object with the figures.
 
     python benchmarks/serve_load.py
 """
@@ -20,10 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import fastapi
 import httpx
 import torch
-import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -34,15 +36,29 @@ from gptlab.model import build_model  # noqa: E402
 from gptlab.runs import CONFIG, TOKENIZER, WEIGHTS, save_weights  # noqa: E402
 from gptlab.tokenizers import CharTokenizer  # noqa: E402
 
-CLIENTS, REQUESTS_PER_CLIENT, MAX_TOKENS = 16, 8, 32
+CLIENTS = (1, 4, 16, 64)
+# model -> (preset overrides, new tokens per request, requests per client, batched server's --max-batch)
+MODELS = {
+    "tutorial": (["dropout=0.0"], 32, 4, 64),
+    # 16 rows of a 1024-token KV cache for 12 layers of 768: 1.2 GB, the bound on its memory.
+    "gpt2-small": (["n_layer=12", "n_head=12", "n_embd=768", "block_size=1024", "dropout=0.0"], 10, 1, 16),
+}
+PROMPT = "ROMEO:"
+# One intra-op thread for both servers: on a shared, loaded 2-core machine two threads per process spin
+# against each other and every step gets tens of times slower (measured: 4 ms vs 129 ms per step).
+THREADS = os.environ.get("SERVE_LOAD_THREADS", "1")
+GPT2_VOCAB = 50257
 
 
-def make_run(path: Path) -> None:
-    """A run directory with random weights: serving speed does not depend on what was learnt."""
-    text = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-    tokenizer = CharTokenizer(text.read_text(encoding="utf-8") if text.is_file() else
-                              "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-    cfg = build_config("tutorial", None, [f"vocab_size={tokenizer.vocab_size}"])
+def make_run(path: Path, name: str) -> None:
+    """A run directory with random weights."""
+    text = (ROOT.parent / "shared" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    if name == "gpt2-small":  # pad the alphabet to GPT-2's vocabulary size with CJK ideographs
+        chars += [chr(0x20000 + i) for i in range(GPT2_VOCAB - len(chars))]
+    tokenizer = CharTokenizer("".join(chars))
+    overrides, *_ = MODELS[name]
+    cfg = build_config("tutorial", None, overrides + [f"vocab_size={tokenizer.vocab_size}"])
     torch.manual_seed(0)
     path.mkdir(parents=True)
     atomic_write_json(path / CONFIG, cfg.to_dict())
@@ -50,12 +66,13 @@ def make_run(path: Path) -> None:
     save_weights(build_model(cfg.model), path / WEIGHTS, step=0)
 
 
-def start_server(run: Path, logs: Path) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, logs: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
     out = open(logs / "stdout", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0",
+                             "--max-batch", str(max_batch)],
                             stdout=out, stderr=open(logs / "stderr", "w"),
-                            env=os.environ | {"PYTHONPATH": str(ROOT / "src")})
-    deadline = time.time() + 120
+                            env=os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": THREADS})
+    deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         found = re.search(r"http://127\.0\.0\.1:(\d+)", (logs / "stdout").read_text())
         if found:
@@ -70,45 +87,92 @@ def start_server(run: Path, logs: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"server did not start: {(logs / 'stderr').read_text()[-2000:]}")
 
 
-def client(base: str, index: int) -> list[float]:
-    """Latencies (s) of this client's requests, one after another."""
-    latencies = []
-    with httpx.Client(base_url=base, timeout=300) as http:
-        for j in range(REQUESTS_PER_CLIENT):
-            body = {"prompt": "ROMEO:", "max_tokens": MAX_TOKENS, "temperature": 0.8, "seed": index * 100 + j}
-            start = time.perf_counter()
-            r = http.post("/v1/completions", json=body)
-            r.raise_for_status()
-            latencies.append(time.perf_counter() - start)
-    return latencies
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return round(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024, 1)
+
+
+def client(base: str, index: int, requests: int, max_tokens: int) -> list[tuple[float, float, int] | None]:
+    """(time to first token, total latency, tokens) of each of this client's requests; None: an error."""
+    results = []
+    with httpx.Client(base_url=base, timeout=600) as http:
+        for j in range(requests):
+            body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "seed": index * 100 + j,
+                    "stream": True}
+            start, first, tokens = time.perf_counter(), None, 0
+            try:
+                with http.stream("POST", "/v1/completions", json=body) as r:
+                    if r.status_code != 200:
+                        results.append(None)
+                        continue
+                    for line in r.iter_lines():
+                        if line.startswith("data: {"):
+                            first = first or time.perf_counter()
+                            tokens += 1  # one event per generated token
+            except httpx.HTTPError:
+                results.append(None)
+                continue
+            results.append((first - start, time.perf_counter() - start, tokens))
+    return results
+
+
+def load(base: str, clients: int, requests: int, max_tokens: int) -> dict:
+    """clients concurrent clients, each sending `requests` requests one after another."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(lambda i: client(base, i, requests, max_tokens), range(clients)) for r in rs]
+    wall = time.perf_counter() - start
+    ok = [r for r in results if r is not None]
+
+    def pct(values: list[float], q: int) -> float:
+        return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3) if len(values) > 1 \
+            else round(values[0], 3)
+
+    ttft, total = [r[0] for r in ok], [r[1] for r in ok]
+    return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
+            "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r[2] for r in ok) / wall, 1),
+            "ttft_p50_s": pct(ttft, 50), "ttft_p95_s": pct(ttft, 95),
+            "latency_p50_s": pct(total, 50), "latency_p95_s": pct(total, 95), "wall_s": round(wall, 1)}
 
 
 def main() -> None:
+    figures: dict = {"load_before": os.getloadavg()[0], "torch": torch.__version__, "cpus": os.cpu_count(),
+                     "threads": int(THREADS)}
     with tempfile.TemporaryDirectory() as tmp:
-        run, logs = Path(tmp) / "run", Path(tmp)
-        make_run(run)
-        print("starting gptlab serve on a random-weight tutorial-preset run", flush=True)
-        proc, base = start_server(run, logs)
-        try:
-            client(base, 999)  # warm-up
-            print(f"{CLIENTS} clients x {REQUESTS_PER_CLIENT} requests of {MAX_TOKENS} tokens against {base}",
-                  flush=True)
-            start = time.perf_counter()
-            with ThreadPoolExecutor(CLIENTS) as pool:
-                latencies = [t for ts in pool.map(lambda i: client(base, i), range(CLIENTS)) for t in ts]
-            wall = time.perf_counter() - start
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    qs = statistics.quantiles(latencies, n=100)
-    result = {"clients": CLIENTS, "requests": len(latencies), "max_tokens": MAX_TOKENS,
-              "requests_per_s": round(len(latencies) / wall, 2),
-              "tokens_per_s": round(len(latencies) * MAX_TOKENS / wall, 1),
-              "p50_s": round(qs[49], 3), "p95_s": round(qs[94], 3), "wall_s": round(wall, 1),
-              "torch": torch.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}
-    print(f"{result['requests_per_s']} requests/s, {result['tokens_per_s']} tokens/s, "
-          f"latency p50 {result['p50_s']} s, p95 {result['p95_s']} s", flush=True)
-    print(json.dumps(result))
+        for name, (_, max_tokens, requests, max_batch) in MODELS.items():
+            run = Path(tmp) / name
+            make_run(run, name)
+            for mode, batch in (("batched", max_batch), ("turn_taking", 1)):
+                logs = Path(tmp) / f"{name}-{mode}"
+                logs.mkdir()
+                print(f"{name}: gptlab serve --max-batch {batch} ({mode}), {max_tokens} tokens per request",
+                      flush=True)
+                proc, base = start_server(run, logs, batch)
+                try:
+                    client(base, 999, 1, max_tokens)  # warm-up
+                    rows = []
+                    for clients in CLIENTS:
+                        row = load(base, clients, requests, max_tokens)
+                        row["peak_rss_mb"] = peak_rss_mb(proc.pid)
+                        print(f"  {clients:3d} clients: {row['requests_per_s']} req/s, {row['tokens_per_s']} tok/s, "
+                              f"TTFT p50/p95 {row['ttft_p50_s']}/{row['ttft_p95_s']} s, latency p50/p95 "
+                              f"{row['latency_p50_s']}/{row['latency_p95_s']} s, {row['errors']} errors, "
+                              f"peak RSS {row['peak_rss_mb']} MB", flush=True)
+                        rows.append(row)
+                    figures[f"{name}_{mode}"] = rows
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+            for clients in (1, 16):
+                b = next(r for r in figures[f"{name}_batched"] if r["clients"] == clients)
+                t = next(r for r in figures[f"{name}_turn_taking"] if r["clients"] == clients)
+                figures[f"{name}_tokens_per_s_ratio_at_{clients}"] = round(b["tokens_per_s"] / t["tokens_per_s"], 2)
+            print(f"{name}: batched / turn-taking tokens/s at 16 clients: "
+                  f"{figures[f'{name}_tokens_per_s_ratio_at_16']}x; at 1 client: "
+                  f"{figures[f'{name}_tokens_per_s_ratio_at_1']}x", flush=True)
+    figures["load_after"] = os.getloadavg()[0]
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -241,13 +241,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        description="Serve a run: an interactive page at / (tokens, next-token probabilities, "
                        "stepping, attention maps, embeddings) with its JSON under /api, and an "
                        "OpenAI-compatible API: POST /v1/completions, GET /v1/models, GET /health. Binds "
-                       "127.0.0.1 unless told otherwise. Concurrent requests queue for the model and take "
-                       "turns one decode step at a time.")
+                       "127.0.0.1 unless told otherwise. Concurrent requests are batched: their decode steps run "
+                       "together as one forward pass (continuous batching), up to --max-batch sequences; "
+                       "GET /metrics has Prometheus metrics.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-tokens-limit", type=int, default=2048,
                    help="largest max_tokens a request may ask for (default 2048)")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="sequences decoded together in one forward pass (default 16; 1: one sequence at a time, "
+                   "first come first served)")
+    p.add_argument("--max-waiting", type=int, default=256,
+                   help="sequences that may wait for a place in the batch; past it requests get 503 (default 256)")
+    p.add_argument("--max-body-mb", type=float, default=4.0,
+                   help="largest request body accepted, in MB; larger ones get 413 unread (default 4)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_serve)
 
@@ -255,7 +263,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> None:
     from gptlab.serve.app import serve
 
-    serve(args.run, args.host, args.port, args.device, args.max_tokens_limit)
+    serve(args.run, args.host, args.port, args.device, args.max_tokens_limit, args.max_batch, args.max_waiting,
+          int(args.max_body_mb * 2**20))
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:

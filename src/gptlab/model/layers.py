@@ -149,6 +149,10 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             # Fused kernel (flash attention where available); is_causal masks the future.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        elif hasattr(cache, "attend"):
+            # A cache that attends row by row itself (serve/'s batch of rows of different lengths,
+            # each computed exactly as it would be alone).
+            y = cache.attend(self.layer, q, k, v)
         else:
             k, v, mask = cache.update(self.layer, k, v)
             # mask None: a prefill from position 0 (plain causal) or one token that may see every key.

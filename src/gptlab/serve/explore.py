@@ -1,56 +1,56 @@
 """The exploration page: a router serving the page at `/`, its static files, and JSON under /api.
 
-It reads two attributes of the app it is included in: `app.state.run` (a runs.LoadedRun) and
-`app.state.model_lock` (a threading.Lock held around every model call, as the endpoints run in
-worker threads). Endpoints are documented in the README ("The page").
+It reads two attributes of the app it is included in: `app.state.run` (a runs.LoadedRun, for its
+tokenizer and config) and `app.state.service` (the ModelService: every model call, every draw,
+with the same validation, sampler and limits as /v1). Endpoints are documented in the README
+("The page").
 """
 
 from __future__ import annotations
 
-import secrets
-import weakref
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gptlab.errors import GptlabError
-from gptlab.inference.probs import next_token_probs, top_candidates
-from gptlab.model.embedding_map import nearest_neighbours, pca_2d
-from gptlab.model.introspect import attention_maps
+from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun
-from gptlab.serve.openai import MAX_CHARS_PER_POSITION
+from gptlab.serve.errors import PAGE_ERROR_RESPONSES
+from gptlab.serve.openai import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, APIError, sampling_params
+from gptlab.serve.service import ModelService, Overloaded
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
-# PCA of a model's embedding matrix, computed once per loaded model (weights do not change while served).
-_pca_cache: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 class NextRequest(BaseModel):
     """Body of /api/next."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     text: str
     k: int = Field(10, ge=1, le=1000)
-    temperature: float = Field(1.0, ge=0.0, le=100.0)
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
 
 
 class StepRequest(BaseModel):
     """Body of /api/step."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     text: str
     mode: Literal["greedy", "sample", "token"] = "greedy"
-    temperature: float = Field(1.0, ge=0.0, le=100.0)
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
     token_id: int | None = None  # mode "token": the id to append
-    seed: int | None = None  # mode "sample": same seed, same choice
+    seed: int | None = None  # mode "sample": same seed, same choice (checked with the other settings)
 
 
 class AttentionRequest(BaseModel):
     """Body of /api/attention."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     text: str
     layer: int = Field(0, ge=0)
     head: int = Field(0, ge=0)
@@ -58,6 +58,10 @@ class AttentionRequest(BaseModel):
 
 def _run(request: Request) -> LoadedRun:
     return request.app.state.run
+
+
+def _service(request: Request) -> ModelService:
+    return request.app.state.service
 
 
 def _encode(run: LoadedRun, text: str) -> list[int]:
@@ -80,6 +84,23 @@ def _token(run: LoadedRun, token_id: int) -> dict[str, Any]:
 def _window(run: LoadedRun, ids: list[int]) -> list[int]:
     """The ids the model actually sees: the last block_size of them."""
     return ids[-run.config.model.block_size:]
+
+
+async def _one_token(request: Request, ids: list[int], temperature: float, seed: int | None) -> tuple[int, torch.Tensor]:
+    """One token drawn by the model service's sampler (temperature 0: greedy) and the distribution
+    at the temperature (0 shows it at 1)."""
+    params = sampling_params(1, temperature, seed=seed)  # APIError 400 naming a bad setting
+    try:
+        gen = _service(request).submit([(ids, params)], with_probs=True)
+    except Overloaded as exc:
+        raise APIError(503, f"the server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
+    try:
+        async for _, event in gen:
+            if event.token is not None:
+                return event.token, event.probs
+    finally:
+        gen.cancel()
+    raise APIError(503, "the server stopped before answering")
 
 
 @router.get("/", include_in_schema=False)
@@ -107,49 +128,42 @@ def info(request: Request) -> dict[str, Any]:
             "n_head": m.n_head, "n_embd": m.n_embd}
 
 
-@router.post("/api/next")
-def next_token(body: NextRequest, request: Request) -> dict[str, Any]:
+@router.post("/api/next", responses=PAGE_ERROR_RESPONSES)
+async def next_token(body: NextRequest, request: Request) -> dict[str, Any]:
     """The prompt's tokens and the top-k candidates for the next token at the given temperature."""
     run = _run(request)
     ids = _encode(run, body.text)
-    with request.app.state.model_lock:
-        probs = next_token_probs(run.model, ids, body.temperature)
+    _, probs = await _one_token(request, ids, body.temperature, None)
     candidates = top_candidates(run.tokenizer, probs, body.k)
     return {"tokens": [_token(run, i) for i in ids], "context": len(_window(run, ids)),
             "temperature": body.temperature,
             "candidates": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in candidates]}
 
 
-@router.post("/api/step")
-def step(body: StepRequest, request: Request) -> dict[str, Any]:
+@router.post("/api/step", responses=PAGE_ERROR_RESPONSES)
+async def step(body: StepRequest, request: Request) -> dict[str, Any]:
     """Append one token to the text: the most likely, a sample at the temperature, or a chosen id."""
     run = _run(request)
     ids = _encode(run, body.text)
-    with request.app.state.model_lock:
-        probs = next_token_probs(run.model, ids, body.temperature).cpu()
-    if body.mode == "token":
-        if body.token_id is None or not 0 <= body.token_id < probs.numel():
-            raise HTTPException(400, f"mode 'token' needs a token_id in [0, {probs.numel()})")
-        chosen = body.token_id
-    elif body.mode == "greedy" or body.temperature == 0:
-        chosen = int(probs.argmax())
-    else:
-        generator = torch.Generator().manual_seed(body.seed if body.seed is not None else secrets.randbits(63))
-        chosen = int(torch.multinomial(probs, 1, generator=generator))
+    if body.mode == "token" and (body.token_id is None or not 0 <= body.token_id < run.config.model.vocab_size):
+        raise HTTPException(400, f"mode 'token' needs a token_id in [0, {run.config.model.vocab_size})")
+    drawn, probs = await _one_token(request, ids, body.temperature, body.seed)
+    if body.mode == "greedy":
+        drawn = int(probs.argmax())  # the top at any temperature
+    chosen = body.token_id if body.mode == "token" else drawn
     return {"token": {**_token(run, chosen), "prob": float(probs[chosen])},
             "text": run.tokenizer.decode(ids + [chosen])}
 
 
-@router.post("/api/attention")
-def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
+@router.post("/api/attention", responses=PAGE_ERROR_RESPONSES)
+async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     """One layer and head's attention weights over the context window (T x T, row = query)."""
     run = _run(request)
     m = run.config.model
     if body.layer >= m.n_layer or body.head >= m.n_head:
         raise HTTPException(400, f"layer must be < {m.n_layer} and head < {m.n_head}")
     ids = _window(run, _encode(run, body.text))
-    with request.app.state.model_lock:
-        maps = attention_maps(run.model, ids)
+    maps = await _service(request).attention(ids)
     weights = maps[body.layer, body.head]
     return {"tokens": [_token(run, i) for i in ids], "layer": body.layer, "head": body.head,
             "n_layer": m.n_layer, "n_head": m.n_head,
@@ -157,28 +171,21 @@ def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/embeddings")
-def embeddings(request: Request) -> dict[str, Any]:
+async def embeddings(request: Request) -> dict[str, Any]:
     """Every token as a point of the 2-D PCA projection of the token embedding matrix."""
     run = _run(request)
-    with request.app.state.model_lock:
-        cached = _pca_cache.get(run.model)
-        if cached is None:
-            points, explained = pca_2d(run.model.wte.weight)
-            cached = {"explained": explained,
-                      "points": [{**_token(run, i), "x": round(x, 5), "y": round(y, 5)}
-                                 for i, (x, y) in enumerate(points.tolist())]}
-            _pca_cache[run.model] = cached
-    return cached
+    points, explained = await _service(request).embedding_map()
+    return {"explained": explained,
+            "points": [{**_token(run, i), "x": round(x, 5), "y": round(y, 5)} for i, (x, y) in enumerate(points.tolist())]}
 
 
-@router.get("/api/neighbours")
-def neighbours(request: Request, token_id: int = Query(..., ge=0, alias="id"),
-               k: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
+@router.get("/api/neighbours", responses=PAGE_ERROR_RESPONSES)
+async def neighbours(request: Request, token_id: int = Query(..., ge=0, alias="id"),
+                     k: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
     """The k tokens whose embeddings are closest to token `id` by cosine similarity."""
     run = _run(request)
     if token_id >= run.config.model.vocab_size:
         raise HTTPException(400, f"id must be < vocab_size={run.config.model.vocab_size}")
-    with request.app.state.model_lock:
-        near = nearest_neighbours(run.model.wte.weight, token_id, k)
+    near = await _service(request).neighbours(token_id, k)
     return {"token": _token(run, token_id),
             "neighbours": [{**_token(run, i), "cosine": round(c, 5)} for i, c in near]}

@@ -12,21 +12,27 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gptlab.errors import GptlabError
+from gptlab.inference.engine import SamplingParams
+
 MAX_PROMPTS = 16  # prompts in one request
 # A prompt longer than this many characters per context position is surely too long: refuse it
 # before spending time encoding it (no tokenizer makes 100 characters into one token).
 MAX_CHARS_PER_POSITION = 100
 MAX_SEQUENCES = 32  # prompts x n: the rows of one request's batch
 MAX_STOP = 4  # as OpenAI
+MAX_TEMPERATURE = 2.0  # as OpenAI; the page's routes share it
+MAX_SEED = 2**62  # seeds are in [0, MAX_SEED): torch generators take at most 64 bits
 
 
 class APIError(Exception):
     """A request the server refuses: becomes an OpenAI-style JSON error with this HTTP status."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 kind: str = "invalid_request_error", code: str | None = None):
+                 kind: str = "invalid_request_error", code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+        self.headers = headers  # e.g. Retry-After on a 503
 
     def body(self) -> dict[str, Any]:
         """The JSON body: {"error": {"message", "type", "param", "code"}}."""
@@ -41,13 +47,13 @@ class CompletionRequest(BaseModel):
     model: str | None = None
     prompt: str | list[str] = ""
     max_tokens: int = Field(16, ge=0)
-    temperature: float = Field(1.0, ge=0, le=2)
+    temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0, le=100)
+    repetition_penalty: float = Field(1.0, ge=1e-3, le=100)
     n: int = Field(1, ge=1, le=MAX_SEQUENCES)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**62)
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED)
     logprobs: int | None = Field(None, ge=0, le=5)
     stream: bool = False
     user: str | None = None  # accepted and ignored, as OpenAI clients send it
@@ -91,6 +97,8 @@ def parse_request(data: Any, max_tokens_limit: int) -> CompletionRequest:
                        "max_tokens")
     if not math.isfinite(req.temperature) or not math.isfinite(req.top_p):
         raise APIError(400, "temperature and top_p must be finite numbers", "temperature")
+    sampling_params(req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(),
+                    req.seed)
     prompts, stops = req.prompts(), req.stops()
     if not prompts or len(prompts) > MAX_PROMPTS:
         raise APIError(400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", "prompt")
@@ -99,6 +107,23 @@ def parse_request(data: Any, max_tokens_limit: int) -> CompletionRequest:
     if len(stops) > MAX_STOP or any(not s for s in stops):
         raise APIError(400, f"stop must be up to {MAX_STOP} non-empty strings", "stop")
     return req
+
+
+def sampling_params(max_tokens: int, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                    repetition_penalty: float = 1.0, stop: list[str] | None = None,
+                    seed: int | None = None) -> SamplingParams:
+    """The engine's settings for a request, checked by the engine's own rules (the one validation
+    /v1 and /api share); APIError 400 naming the field otherwise."""
+    if seed is not None and not 0 <= seed < MAX_SEED:  # room for seed + i of a request's sequences
+        raise APIError(400, f"seed={seed} must be in [0, 2**62)", "seed")
+    params = SamplingParams(max_tokens, temperature, top_k, top_p, repetition_penalty, tuple(stop or ()), seed)
+    try:
+        params.validate()
+    except GptlabError as exc:
+        # The engine's messages start with the field's name ("temperature=1e-40 must be ...").
+        field = str(exc).split("=")[0].split()[0]
+        raise APIError(400, str(exc), {"max_new_tokens": "max_tokens"}.get(field, field)) from None
+    return params
 
 
 def choice(index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,162 @@
+"""POST /v1/completions: a request's prompts x n sequences submitted to the model service, answered
+whole or streamed as server-sent events. A client that leaves (streaming or not) cancels them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from dataclasses import replace
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from gptlab.errors import GptlabError
+from gptlab.inference.generate import prompt_ids
+from gptlab.inference.probs import top_candidates
+from gptlab.runs import LoadedRun
+from gptlab.serve.errors import ERROR_RESPONSES, read_json
+from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
+                                 parse_request, sampling_params)
+from gptlab.serve.scheduler import Event
+from gptlab.serve.service import Generation, ModelService, Overloaded
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", responses=ERROR_RESPONSES,
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+async def completions(request: Request) -> Any:
+    """OpenAI's legacy completions (plus top_k and repetition_penalty), whole or streamed."""
+    app = request.app
+    req, rows, prompt_tokens = _read(app, await request.body())
+    job = _Job(app, req, rows, prompt_tokens)
+    request.state.tokens = job.counts
+    if req.stream:
+        return StreamingResponse(job.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    collect = asyncio.ensure_future(job.whole())
+    gone = asyncio.ensure_future(_disconnected(request))
+    await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not collect.done():  # the client left: stop generating for it
+        job.gen.cancel()
+        collect.cancel()
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    return JSONResponse(collect.result())
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone away."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.1)
+
+
+def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], int]:
+    """Parse and check a request; its token rows (each prompt n times) and its prompt token count."""
+    req = parse_request(read_json(body), app.state.max_tokens_limit)
+    if req.model is not None and req.model != app.state.model_id:
+        raise APIError(404, f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
+                       "model", code="model_not_found")
+    run: LoadedRun = app.state.run
+    block_size = run.config.model.block_size
+    encoded = []
+    for i, prompt in enumerate(req.prompts()):
+        if len(prompt) > MAX_CHARS_PER_POSITION * block_size:
+            raise APIError(400, f"prompt {i} is {len(prompt):,} characters; this model reads at most "
+                           f"{block_size} tokens", "prompt", code="context_length_exceeded")
+        try:
+            ids = prompt_ids(run.tokenizer, prompt)
+        except GptlabError as exc:
+            raise APIError(400, f"prompt {i}: {exc}", "prompt") from None
+        if len(ids) > block_size:
+            raise APIError(400, f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
+                           "prompt", code="context_length_exceeded")
+        encoded.append(ids)
+    rows = [ids for ids in encoded for _ in range(req.n)]  # choice index = prompt index * n + j, as OpenAI
+    return req, rows, sum(len(ids) for ids in encoded)
+
+
+def submit(service: ModelService, rows: list[list[int]], req: CompletionRequest) -> Generation:
+    """Submit a request's sequences: sequence i draws with seed + i, as the engine does; 503 when full."""
+    params = sampling_params(req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty,
+                             req.stops(), req.seed)
+    try:
+        return service.submit([(ids, replace(params, seed=None if req.seed is None else req.seed + i))
+                               for i, ids in enumerate(rows)], with_probs=req.logprobs is not None)
+    except Overloaded as exc:
+        raise APIError(503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded",
+                       headers={"Retry-After": "1"}) from None
+
+
+class _Job:
+    """One request's generation, whole or as a stream of server-sent events."""
+
+    def __init__(self, app: Any, req: CompletionRequest, rows: list[list[int]], prompt_tokens: int):
+        self.run: LoadedRun = app.state.run
+        self.req, self.rows, self.prompt_tokens = req, rows, prompt_tokens
+        self.prompt_chars = [len(p) for p in req.prompts() for _ in range(req.n)]
+        self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), app.state.model_id
+        self.gen = submit(app.state.service, rows, req)
+        self.counts = {"in": prompt_tokens, "out": 0}  # read by the request log
+
+    def _logprobs(self, event: Event) -> dict[str, Any]:
+        """OpenAI's logprobs for one token, under the distribution at the request's temperature."""
+        tok = self.run.tokenizer
+        top = top_candidates(tok, event.probs, self.req.logprobs or 0)
+        return {"tokens": [tok.id_to_piece(event.token)],
+                "token_logprobs": [_log(float(event.probs[event.token]))],
+                "top_logprobs": [{c.piece: _log(c.prob) for c in top}]}
+
+    async def whole(self) -> dict[str, Any]:
+        """The whole response object."""
+        texts = [""] * len(self.rows)
+        finish = ["length"] * len(self.rows)
+        logprobs = [{"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for _ in self.rows]
+        offsets = list(self.prompt_chars)  # where each sequence's next token starts, in characters
+        async for i, event in self.gen:
+            texts[i] += event.text
+            finish[i] = event.finish or finish[i]
+            if event.token is None:
+                continue
+            self.counts["out"] += 1
+            if self.req.logprobs is not None:
+                lp, piece_lp = logprobs[i], self._logprobs(event)
+                for key in ("tokens", "token_logprobs", "top_logprobs"):
+                    lp[key] += piece_lp[key]
+                lp["text_offset"].append(offsets[i])
+                offsets[i] += len(piece_lp["tokens"][0])
+        choices = [choice(i, texts[i], finish[i], logprobs[i] if self.req.logprobs is not None else None)
+                   for i in range(len(self.rows))]
+        generated = self.counts["out"]
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": generated,
+                 "total_tokens": self.prompt_tokens + generated}
+        return completion(self.id, self.created, self.model, choices, usage)
+
+    async def events(self) -> AsyncIterator[str]:
+        """Server-sent events: one chunk per token with text (and each sequence's finish), then [DONE].
+        If the client leaves, the response is cancelled here and so is the generation."""
+        try:
+            async for i, event in self.gen:
+                self.counts["out"] += event.token is not None
+                with_lp = self.req.logprobs is not None and event.token is not None
+                if not (event.text or event.finish or with_lp):
+                    continue
+                logprobs = self._logprobs(event) if with_lp else None
+                yield _sse(completion(self.id, self.created, self.model, [choice(i, event.text, event.finish,
+                                                                                 logprobs)]))
+            yield "data: [DONE]\n\n"
+        finally:
+            self.gen.cancel()  # a no-op once every sequence has finished
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else -1e9  # JSON has no -inf

@@ -1,0 +1,40 @@
+"""ASGI middleware around every route: one log line plus a metrics count per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from gptlab.serve.metrics import Metrics
+
+log = logging.getLogger("gptlab.serve")
+
+
+class RequestLog:
+    """One line per request (method, path, status, tokens in and out, seconds) and its count by status."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+        scope.setdefault("state", {})
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            tokens = scope["state"].get("tokens") or {}
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "other"  # the route's pattern: a bounded label set
+            self.metrics.requests.labels(path, str(status)).inc()
+            log.info("%s %s %d tokens_in=%d tokens_out=%d %.3fs", scope["method"], scope["path"], status,
+                     tokens.get("in", 0), tokens.get("out", 0), time.perf_counter() - start)

@@ -1,0 +1,225 @@
+"""The one model service: everything the HTTP routes ask of the model goes through here.
+
+One thread owns the model. It runs the continuous-batching scheduler (serve/scheduler.py) and,
+between two scheduler steps, any exclusive call a route needs (attention maps, embeddings, and
+later scoring or a trace). The event loop never runs model code, so /health and cheap routes
+never wait behind generation.
+
+    gen = service.submit([(ids, SamplingParams(...)), ...], with_probs=False)  # Overloaded when full
+    async for index, event in gen: ...     # a scheduler.Event per token; a sequence's last has a finish
+    gen.cancel()                           # frees its rows at the next step (client gone)
+    result = await service.call(fn)        # fn(model) alone on the model, between two steps
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import torch
+
+from gptlab.inference.engine import SamplingParams
+from gptlab.model.embedding_map import nearest_neighbours, pca_2d
+from gptlab.model.introspect import attention_maps
+from gptlab.runs import LoadedRun
+from gptlab.serve.metrics import Metrics
+from gptlab.serve.scheduler import Event, Scheduler, Sequence
+
+T = TypeVar("T")
+log = logging.getLogger("gptlab.serve")
+
+
+class Overloaded(Exception):
+    """The waiting queue is full: the request should be retried later (HTTP 503)."""
+
+
+class Generation:
+    """Sequences submitted together (one request's prompts x n), as seen by a route: an async stream
+    of (index, Event), index being the sequence's place in the submitted list."""
+
+    def __init__(self, service: "ModelService"):
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.service = service
+        self.seqs: list[Sequence] = []
+
+    def sink(self, index: int) -> Callable[[Event], None]:
+        """Where the model thread sends sequence index's events (delivered after each step)."""
+        return lambda event: self.service._post(self, (index, event))
+
+    def deliver(self, items: list[tuple[int, Event]]) -> None:
+        """On the route's event loop: hand over events."""
+        for item in items:
+            self._queue.put_nowait(item)
+
+    def cancel(self) -> None:
+        """Stop generating (the client left); the rows are freed at the next scheduler step."""
+        for seq in self.seqs:
+            seq.cancel()
+        self.service.wake()
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, Event]]:
+        going = len(self.seqs)
+        while going:
+            index, event = await self._queue.get()
+            going -= event.finish is not None
+            yield index, event
+
+
+class ModelService:
+    """A LoadedRun behind a scheduler thread: submit() sequences, call() one-off model work."""
+
+    def __init__(self, run: LoadedRun, max_batch: int = 16, max_waiting: int = 256, prefill_chunk: int = 128,
+                 metrics: Metrics | None = None):
+        if max_batch < 1 or max_waiting < 0 or prefill_chunk < 1:
+            raise ValueError("max_batch and prefill_chunk must be >= 1 and max_waiting >= 0")
+        self.run, self.max_batch, self.max_waiting = run, max_batch, max_waiting
+        self.metrics = metrics or Metrics()
+        run.model.eval()  # the service owns the model from now on: no dropout, ever
+        self.scheduler = Scheduler(run.model, max_batch, prefill_chunk, on_token=self._count_token)
+        self._cond = threading.Condition()
+        self._incoming: deque[Sequence] = deque()
+        self._calls: deque[tuple[Callable[[Any], Any], concurrent.futures.Future]] = deque()
+        self._stopping = False
+        self._waiting = 0  # sequences queued but not yet running, as last seen
+        self._pca: tuple[torch.Tensor, list[float]] | None = None
+        # Events of the current step per Generation, handed to the event loops once per step: one
+        # wake-up of a loop per step, not one per token.
+        self._outbox: dict[Generation, list[tuple[int, Event]]] = {}
+        self._thread = threading.Thread(target=self._loop, name="gptlab-model", daemon=True)
+        self._thread.start()
+
+    # --- for the routes ---
+
+    def submit(self, rows: list[tuple[list[int], SamplingParams]], with_probs: bool = False) -> Generation:
+        """Queue sequences (each its prompt ids, of which the last block_size are read, and its settings),
+        all or none; call it on the event loop that will consume them. Raises Overloaded when the
+        waiting queue is full, gptlab.errors.GptlabError for settings that make no sense."""
+        cfg = self.run.config.model
+        gen = Generation(self)
+        for i, (ids, params) in enumerate(rows):
+            gen.seqs.append(Sequence(ids, params, self.run.tokenizer, cfg.vocab_size, cfg.block_size,
+                                     gen.sink(i), with_probs))
+        with self._cond:
+            if self._stopping:
+                raise Overloaded("the server is shutting down")
+            free = max(0, self.max_batch - self.running)
+            if self.waiting + len(rows) > self.max_waiting + free:
+                raise Overloaded(f"{self.waiting} sequences are already waiting for the model")
+            self._incoming.extend(gen.seqs)
+            self._cond.notify()
+        for seq in gen.seqs:
+            self.metrics.tokens_in.inc(seq.prompt_tokens)
+        return gen
+
+    async def call(self, fn: Callable[[torch.nn.Module], T]) -> T:
+        """Run fn(model) in the model thread between two scheduler steps, with gradients off."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the model service has stopped")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return await asyncio.wrap_future(future)
+
+    async def attention(self, ids: list[int]) -> torch.Tensor:
+        """Attention weights (n_layer, n_head, T, T) over the last block_size of ids."""
+        return await self.call(lambda model: attention_maps(model, ids))
+
+    async def embedding_map(self) -> tuple[torch.Tensor, list[float]]:
+        """The token embeddings' 2-D PCA (points (V, 2), explained variance), computed once: weights
+        do not change while served."""
+        if self._pca is None:
+            self._pca = await self.call(lambda model: pca_2d(model.wte.weight))
+        return self._pca
+
+    async def neighbours(self, token_id: int, k: int) -> list[tuple[int, float]]:
+        """The k tokens whose embeddings are closest to token_id's by cosine similarity."""
+        return await self.call(lambda model: nearest_neighbours(model.wte.weight, token_id, k))
+
+    @property
+    def running(self) -> int:
+        """Sequences in the running batch."""
+        return len(self.scheduler.running)
+
+    @property
+    def waiting(self) -> int:
+        """Sequences queued for a free row."""
+        return self._waiting + len(self._incoming)
+
+    def wake(self) -> None:
+        """Have the model thread look at its queues now (a cancellation, a new request)."""
+        with self._cond:
+            self._cond.notify()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel everything and stop the model thread (after its current step)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # --- the model thread ---
+
+    def _post(self, gen: Generation, item: tuple[int, Event]) -> None:
+        self._outbox.setdefault(gen, []).append(item)
+
+    def _flush(self) -> None:
+        for gen, items in self._outbox.items():
+            try:
+                gen._loop.call_soon_threadsafe(gen.deliver, items)
+            except RuntimeError:  # its event loop is closed: nobody is listening any more
+                for seq in gen.seqs:
+                    seq.cancel()
+        self._outbox = {}
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopping or self._incoming or self._calls or self.scheduler.has_work()):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                calls = list(self._calls)
+                self._calls.clear()
+                incoming = list(self._incoming)
+                self._incoming.clear()
+            for seq in incoming:
+                self.scheduler.add(seq)
+            for fn, future in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        with torch.no_grad():
+                            future.set_result(fn(self.run.model))
+                    except BaseException as exc:  # handed to the awaiting route, which reports it
+                        future.set_exception(exc)
+            try:
+                self.scheduler.step()
+            except Exception:  # a bug must not leave every client hanging: end what was running
+                log.exception("scheduler step failed; ending the running sequences")
+                for seq in list(self.scheduler.running):
+                    self.scheduler.finish(seq, "error")
+            self._flush()
+            self._waiting = len(self.scheduler.waiting)
+            self.metrics.running.set(len(self.scheduler.running))
+            self.metrics.waiting.set(self.waiting)
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting) + list(self._incoming):
+            seq.sink(Event(None, "", None, "cancelled"))
+        self._flush()
+        for _, future in self._calls:
+            future.cancel()
+
+    def _count_token(self, seq: Sequence, event: Event) -> None:
+        now = time.perf_counter()
+        if seq.last_token is None:
+            self.metrics.ttft.observe(now - seq.submitted)
+        else:
+            self.metrics.token_latency.observe(now - seq.last_token)
+        seq.last_token = now
+        self.metrics.tokens_out.inc()
