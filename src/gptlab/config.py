@@ -17,7 +17,7 @@ from gptlab.errors import GptlabError
 
 Position = Literal["learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
-Mlp = Literal["gelu", "relu2", "swiglu"]
+Mlp = Literal["gelu", "gelu_tanh", "relu2", "swiglu"]
 Optimizer = Literal["adamw", "sgd", "muon"]
 Schedule = Literal["cosine", "wsd"]
 Switch = Literal["auto", "on", "off"]
@@ -43,7 +43,7 @@ class ModelConfig:
     rope_base: float = 10000.0  # RoPE: the wavelength base of the rotation frequencies
     norm: Norm = "layernorm"
     qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
-    mlp: Mlp = "gelu"  # gelu: 4x wide; relu2 (ReLU squared): 4x wide; swiglu: ~8/3x wide, same parameters
+    mlp: Mlp = "gelu"  # gelu (exact) or gelu_tanh (GPT-2's tanh form): 4x wide; relu2 (ReLU squared): 4x wide; swiglu: ~8/3x wide, same parameters
     tie_embeddings: bool = True  # unembedding shares the token embedding's matrix
     zero_init: bool = False  # output projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off

@@ -3,7 +3,7 @@
     norm:      LayerNorm (GPT-2) | RMSNorm (scale only, no mean subtraction)
     position:  learned absolute embedding (in gpt.py) | rotary (RoPE): q and k rotated by position
     attention: causal multi-head self-attention, optional QK-norm, computing its own weights on request
-    mlp:       GELU 4x | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
+    mlp:       GELU 4x (exact or tanh form) | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ class MLP(nn.Module):
         h = self.fc(x)
         if self.kind == "gelu":
             h = F.gelu(h)
+        elif self.kind == "gelu_tanh":
+            h = F.gelu(h, approximate="tanh")  # the form OpenAI's GPT-2 weights were trained with
         elif self.kind == "relu2":
             h = F.relu(h).square()  # ReLU²: sparse like ReLU, smooth enough to train fast
         else:
