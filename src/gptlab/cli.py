@@ -359,7 +359,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--data", help="prepared dataset to continue pretraining on (optional)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="train settings for continued pretraining (lr=1e-4 max_steps=200 ...)")
+                   help="train settings for continued pretraining, right after DIR (lr=1e-4 max_steps=200 ...)")
     p.set_defaults(func=_run_import)
 
 

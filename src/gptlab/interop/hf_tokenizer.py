@@ -81,7 +81,9 @@ def tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict[str, Any]:
     eos = eos_token(tokenizer)
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
                               "clean_up_tokenization_spaces": False, "add_bos_token": False,
-                              "add_eos_token": False}
+                              "add_eos_token": False,
+                              # As in gptlab, "<|endoftext|>" typed in a text is text, never the special id.
+                              "split_special_tokens": True}
     if eos is not None:
         config |= {"eos_token": eos, "bos_token": eos, "pad_token": eos}
     if getattr(tokenizer, "name", None):
