@@ -29,7 +29,7 @@ SHAPE = ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32"]
 VARIANTS = {  # name: (overrides, the transformers class that must express it)
     "classic": ([], "GPT2LMHeadModel"),
     "gelu-tanh-untied": (["mlp=gelu_tanh", "tie_embeddings=false"], "GPT2LMHeadModel"),
-    "rope-swiglu-untied": (["position=rope", "norm=rmsnorm", "mlp=swiglu", "bias=false", "tie_embeddings=false"],
+    "rope-swiglu-untied": (["position=rope", "rope_base=500", "norm=rmsnorm", "mlp=swiglu", "bias=false", "tie_embeddings=false"],
                            "LlamaForCausalLM"),
     "rope-relu2-bias": (["position=rope", "norm=rmsnorm", "mlp=relu2", "bias=true"], "LlamaForCausalLM"),
     "cpu-modern": (["preset=cpu-modern"], "Qwen3ForCausalLM"),

@@ -79,6 +79,7 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[
                     # Positions past block_size work with RoPE; this is what the model was trained on.
                     "max_position_embeddings": cfg.block_size, "rms_norm_eps": RMSNORM_EPS,
                     "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+                    "rope_theta": cfg.rope_base,  # where transformers 4 reads it
                     "attention_bias": cfg.bias, "attention_dropout": cfg.dropout}
     if arch == "llama":
         out["mlp_bias"] = cfg.bias
