@@ -1,6 +1,7 @@
 """`gptlab serve`: a trained run behind an OpenAI-compatible HTTP API, on FastAPI and uvicorn.
 
     POST /v1/completions   prompt(s) -> completions, whole or streamed as server-sent events
+    GET  /tokenizer_info, POST /tokenize, POST /detokenize   the tokenizer (tokenizer_routes.py)
     GET  /v1/models        the one model served (named after the run directory)
     GET  /health           liveness, with the run's training step
 
@@ -34,10 +35,12 @@ from gptlab.errors import GptlabError
 from gptlab.inference.engine import SamplingParams, Step, generate_steps
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
+from gptlab.inference.score import score_tokens
 from gptlab.runs import LoadedRun, load_run
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
-                                 parse_request)
+                                 echo_logprobs, parse_request)
+from gptlab.serve.tokenizer_routes import router as tokenizer_router
 
 
 
@@ -75,6 +78,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
         return JSONResponse(await run_in_threadpool(job.whole))
 
     app.include_router(explore_router)  # the page at / and its JSON under /api/
+    app.include_router(tokenizer_router)  # /tokenizer_info, /tokenize, /detokenize
     return app
 
 
@@ -92,6 +96,9 @@ def _read(app: FastAPI, body: bytes) -> tuple[CompletionRequest, list[list[int]]
     block_size = run.config.model.block_size
     encoded = []
     for i, prompt in enumerate(req.prompts()):
+        if isinstance(prompt, list):  # token ids, as lm-evaluation-harness sends them
+            encoded.append(_checked_ids(run, prompt, i))
+            continue
         if len(prompt) > MAX_CHARS_PER_POSITION * block_size:
             raise APIError(400, f"prompt {i} is {len(prompt):,} characters; this model reads at most "
                            f"{block_size} tokens", "prompt", code="context_length_exceeded")
@@ -107,6 +114,17 @@ def _read(app: FastAPI, body: bytes) -> tuple[CompletionRequest, list[list[int]]
     return req, rows, sum(len(ids) for ids in encoded)
 
 
+def _checked_ids(run: LoadedRun, ids: list[int], i: int) -> list[int]:
+    """A prompt given as token ids, refused unless every id is in the vocabulary and they fit the context."""
+    vocab, block_size = run.tokenizer.vocab_size, run.config.model.block_size
+    if not ids or any(not 0 <= t < vocab for t in ids):
+        raise APIError(400, f"prompt {i}: token ids must be 1 or more, each in 0..{vocab - 1}", "prompt")
+    if len(ids) > block_size:
+        raise APIError(400, f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
+                       "prompt", code="context_length_exceeded")
+    return ids
+
+
 class _Job:
     """One request's generation, whole or as a stream of server-sent events."""
 
@@ -114,7 +132,9 @@ class _Job:
         self.run: LoadedRun = app.state.run
         self.lock: threading.Lock = app.state.model_lock
         self.req, self.rows, self.prompt_tokens = req, rows, prompt_tokens
-        self.prompt_chars = [len(p) for p in req.prompts() for _ in range(req.n)]
+        texts = [p if isinstance(p, str) else self.run.tokenizer.decode(p) for p in req.prompts()]
+        self.prompt_texts = [t for t in texts for _ in range(req.n)]
+        self.prompt_chars = [len(t) for t in self.prompt_texts]
         self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), app.state.model_id
 
     def steps(self) -> Iterator[list[Step]]:
@@ -138,11 +158,19 @@ class _Job:
                 "token_logprobs": [_log(float(step.probs[step.token]))],
                 "top_logprobs": [{c.piece: _log(c.prob) for c in top}]}
 
+    def _echoed(self, row: list[int]) -> dict[str, Any]:
+        """The prompt's own logprobs (echo), scored while holding the model lock."""
+        with self.lock:
+            scores = score_tokens(self.run.model, row, self.req.logprobs or 0)
+        return echo_logprobs(self.run.tokenizer, scores, self.req.logprobs or 0)
+
     def whole(self) -> dict[str, Any]:
         """The whole response object."""
-        texts = [""] * len(self.rows)
+        echo = self.req.echo
+        texts = list(self.prompt_texts) if echo else [""] * len(self.rows)
         finish = ["length"] * len(self.rows)
-        logprobs = [{"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for _ in self.rows]
+        logprobs = [self._echoed(row) if echo and self.req.logprobs is not None else
+                    {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for row in self.rows]
         offsets = list(self.prompt_chars)  # where each sequence's next token starts, in characters
         generated = 0
         for step in self.steps():
