@@ -21,6 +21,7 @@ Mlp = Literal["gelu", "gelu_tanh", "relu2", "swiglu"]
 Optimizer = Literal["adamw", "sgd", "muon"]
 Schedule = Literal["cosine", "wsd"]
 Switch = Literal["auto", "on", "off"]
+Logger = Literal["none", "tensorboard", "wandb"]
 
 MAX_BLOCK_SIZE = 1 << 20  # context length: far beyond any model gptlab trains
 
@@ -102,6 +103,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     compile: Switch = "auto"  # torch.compile the model: "on", "off", or "auto" (see train/step.py)
     fsdp: bool = False  # shard parameters, gradients and optimizer state across torchrun ranks
+    logger: Logger = "none"  # also send metrics to tensorboard (RUN/tensorboard) or wandb (offline, RUN/wandb)
 
     def validate(self) -> None:
         """Refuse values that cannot train, naming the field."""
