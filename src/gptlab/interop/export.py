@@ -37,6 +37,20 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return to_gpt2_state_dict(model) if hf_architecture(model.config) == "gpt2" else to_llama_state_dict(model)
 
 
+def transformers_model(model: GPT):
+    """The same weights as a transformers model in memory (eval mode; needs transformers installed):
+    what loading an export gives, without the files."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = hf_config(model.config, None, None)
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+    if unexpected or any(k != "lm_head.weight" for k in missing):  # a tied head is the embedding
+        raise GptlabError(f"weight map out of step with transformers: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    hf.tie_weights()
+    return hf.eval()
+
+
 def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     """Write the run's current checkpoint as a transformers directory at out; return it."""
     if fmt not in FORMATS:
