@@ -105,5 +105,9 @@ def test_a_missing_tracker_package_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", without_wandb)
     with pytest.raises(GptlabError, match=r"pip install 'gptlab\[wandb\]'"):
         trackers.make_tracker("wandb", tmp_path, {})
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    monkeypatch.setenv("WANDB_MODE", "nonsense")
+    with pytest.raises(GptlabError, match="logger='wandb' could not start a run: .*mode"):
+        trackers.make_tracker("wandb", tmp_path, {})
     with pytest.raises(GptlabError, match="logger='x'.*must be one of"):
         build_config("cpu-tiny", None, ["logger=x"])

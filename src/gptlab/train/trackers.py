@@ -59,10 +59,12 @@ class WandbTracker:
             import wandb
         except ImportError:
             raise GptlabError("logger='wandb' needs the wandb package: pip install 'gptlab[wandb]'") from None
-        self.wandb = wandb
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "gptlab"), name=run.resolve().name,
-                              dir=str(run), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
-                              reinit="create_new")
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "gptlab"), name=run.resolve().name,
+                                  dir=str(run), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
+                                  reinit="create_new")
+        except Exception as exc:  # wandb raises its own error types (no login, bad mode, no network)
+            raise GptlabError(f"logger='wandb' could not start a run: {' '.join(str(exc).split())[:300]}") from None
 
     def log(self, record: dict[str, Any]) -> None:
         self.run.log(scalars(record), step=int(record["step"]))
