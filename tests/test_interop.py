@@ -106,12 +106,15 @@ def test_char_and_bpe_tokenizer_json_give_the_same_ids_in_the_tokenizers_library
     text = shakespeare_txt.read_text(encoding="utf-8")[-3000:] + CHINESE
     char = CharTokenizer(text + CHINESE + ENGLISH)
     for name, ours in (("char", char), ("bpe", bpe)):
-        to_hf_tokenizer(ours).save(str(tmp_path / f"{name}.json"))
-        theirs = Tokenizer.from_file(str(tmp_path / f"{name}.json"))
+        (tmp_path / name).mkdir()
+        to_hf_tokenizer(ours).save(str(tmp_path / name / "tokenizer.json"))
+        (tmp_path / name / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(ours, 32)))
+        theirs = Tokenizer.from_file(str(tmp_path / name / "tokenizer.json"))
+        auto = AutoTokenizer.from_pretrained(tmp_path / name, local_files_only=True)
         for sample in (text, CHINESE, ENGLISH):
             ids = theirs.encode(sample, add_special_tokens=False).ids
-            assert ids == ours.encode(sample), name
-            assert theirs.decode(ids) == sample
+            assert ids == ours.encode(sample) == auto(sample).input_ids, name
+            assert theirs.decode(ids) == sample == auto.decode(ids)
     assert tokenizer_config(char, 32).get("eos_token") is None  # a char vocabulary has no end-of-text
 
 
