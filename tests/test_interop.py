@@ -6,6 +6,7 @@ a wrong name, a missed transpose or a swapped half shows in the logits)."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,9 @@ def test_import_then_export_keeps_the_logits(kind, bpe, tmp_path, capsys):
     run = load_run(tmp_path / "run")
     assert run.tokenizer.encode(CHINESE + ENGLISH) == bpe.encode(CHINESE + ENGLISH)
     assert run.tokenizer.eot_id == bpe.eot_id
+    # prepare's worker processes get it pickled: "<|endoftext|>" in a text must stay text there too.
+    text = "a<|endoftext|>b"
+    assert pickle.loads(pickle.dumps(run.tokenizer)).encode(text) == run.tokenizer.encode(text) == bpe.encode(text)
     # gelu_new (GPT-2's hand-written tanh GELU) and torch's tanh GELU agree to rounding.
     assert max_diff(theirs, run.model, batch(bpe)) < 1e-4
     again = AutoModelForCausalLM.from_pretrained(export_run(tmp_path / "run", tmp_path / "back"),

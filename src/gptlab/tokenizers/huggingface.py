@@ -37,6 +37,14 @@ class HuggingFaceTokenizer(Tokenizer):
         """Rebuild from to_dict() output."""
         return cls(data["tokenizer"], int(data.get("vocab_size", 0)), data.get("eos_token"))
 
+    # Pickled for prepare's worker processes: rebuild from the data, since the library's own pickle
+    # forgets encode_special_tokens.
+    def __getstate__(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tokenizer"], int(state.get("vocab_size", 0)), state.get("eos_token"))
+
     @classmethod
     def from_file(cls, path: str | Path, vocab_size: int = 0) -> "HuggingFaceTokenizer":
         """Load a Hugging Face tokenizer.json, with the end-of-text token that the tokenizer_config.json
