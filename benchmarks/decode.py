@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gptlab.config import build_config  # noqa: E402
 from gptlab.inference.engine import SamplingParams, generate_steps  # noqa: E402
-from gptlab.interop.hf_gpt2 import to_gpt2_state_dict  # noqa: E402
+from gptlab.interop.export import transformers_model  # noqa: E402
 from gptlab.model import build_model  # noqa: E402
 from gptlab.model.gpt import GPT  # noqa: E402
 
@@ -50,21 +50,12 @@ def decode(model: GPT, prompt: list[int], use_cache: bool) -> tuple[list[int], f
 
 
 def to_hf(model: GPT):
-    """The same weights in transformers' GPT-2 (exact GELU, as gptlab uses), or None without it."""
+    """The same weights in transformers' GPT-2 (interop's map and config), or None without transformers."""
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        import transformers  # noqa: F401
     except ImportError:
         return None
-    c = model.config
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                                    n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu",
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-                                    bos_token_id=None, eos_token_id=None))
-    theirs = to_gpt2_state_dict(model)
-    missing, unexpected = hf.load_state_dict(theirs, strict=False)
-    assert not unexpected and all(k == "lm_head.weight" or k.endswith("attn.bias") for k in missing), missing
-    hf.tie_weights()
-    return hf.eval()
+    return transformers_model(model)
 
 
 def hf_decode(hf, prompt: list[int]) -> tuple[list[int], float]:

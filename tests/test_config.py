@@ -67,7 +67,7 @@ def test_shipped_config_files_load():
 def test_choices_come_from_the_type_and_are_listed():
     with pytest.raises(GptlabError) as err:
         build_config("cpu-tiny", None, ["mlp=swish"])
-    assert "mlp='swish' must be one of: gelu, relu2, swiglu" in str(err.value)
+    assert "mlp='swish' must be one of: gelu, gelu_tanh, relu2, swiglu" in str(err.value)
     cfg = build_config("cpu-tiny", None, ["position=rope", "norm=rmsnorm", "schedule=wsd", "optimizer=muon"])
     assert (cfg.model.position, cfg.model.norm, cfg.train.schedule, cfg.train.optimizer) == \
         ("rope", "rmsnorm", "wsd", "muon")

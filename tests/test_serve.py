@@ -157,6 +157,45 @@ def test_logprobs(server, run_dir):
     assert lp["token_logprobs"][0] == pytest.approx(math.log(first), abs=1e-4)
 
 
+def test_echo_scores_the_prompt_as_the_training_loss_does(server, run_dir):
+    import torch
+
+    from gptlab.model.loss import IGNORE
+
+    prompt = "First Citizen:\nBefore we proceed"
+    r = post(server, {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 2, "echo": True}).json()
+    choice = r["choices"][0]
+    lp = choice["logprobs"]
+    loaded = load_run(run_dir)
+    ids = loaded.tokenizer.encode(prompt)
+    assert choice["text"].startswith(prompt) and len(choice["text"]) == len(prompt) + 1
+    assert len(lp["token_logprobs"]) == len(ids) + 1 and lp["text_offset"][:len(ids)] == list(range(len(ids)))
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None  # nothing predicts the first token
+    # The sum of the prompt's logprobs is minus the model's own loss over those targets.
+    targets = torch.tensor([ids[1:] + [IGNORE]])
+    with torch.no_grad():
+        _, loss = loaded.model(torch.tensor([ids]), targets)
+    assert sum(lp["token_logprobs"][1:len(ids)]) == pytest.approx(-loss.item() * (len(ids) - 1), abs=1e-3)
+    for chosen, top in zip(lp["token_logprobs"][1:], lp["top_logprobs"][1:]):
+        assert len(top) <= 2 and max(top.values()) >= chosen
+    as_ids = post(server, {"prompt": [ids], "max_tokens": 0, "logprobs": 1, "echo": True}).json()["choices"][0]
+    assert as_ids["text"] == prompt and as_ids["logprobs"]["token_logprobs"] == lp["token_logprobs"][:len(ids)]
+
+
+def test_tokenizer_routes(server, run_dir):
+    tok = load_run(run_dir).tokenizer
+    info = httpx.get(server + "/tokenizer_info", timeout=TIMEOUT).json()
+    assert info["eos_token"] is None and info["model_max_length"] == BLOCK and info["vocab_size"] == tok.vocab_size
+    ids = httpx.post(server + "/tokenize", json={"prompt": "First, you", "add_special_tokens": False},
+                     timeout=TIMEOUT).json()["tokens"]
+    assert ids == tok.encode("First, you")
+    assert httpx.post(server + "/detokenize", json={"tokens": ids}, timeout=TIMEOUT).json() == {"prompt": "First, you"}
+    bad = httpx.post(server + "/detokenize", json={"tokens": [tok.vocab_size]}, timeout=TIMEOUT)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    bad = httpx.post(server + "/tokenize", json={"prompt": "✓"}, timeout=TIMEOUT)
+    assert bad.status_code == 400 and "not in this char tokenizer" in bad.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("body, status, param", [
     (b"{not json", 400, None),
     (b"[1, 2]", 400, None),
@@ -174,7 +213,9 @@ def test_logprobs(server, run_dir):
     ({"prompt": "a" * (BLOCK + 1)}, 400, "prompt"),
     ({"prompt": "a ✓"}, 400, "prompt"),
     ({"prompt": "a", "max_token": 5}, 400, "max_token"),
-    ({"prompt": "a", "echo": True}, 400, "echo"),
+    ({"prompt": "a", "echo": True, "stream": True}, 400, "echo"),
+    ({"prompt": [0, 10**6]}, 400, "prompt"),
+    ({"prompt": list(range(BLOCK + 1))}, 400, "prompt"),
     ({"prompt": "a", "model": "gpt-4"}, 404, "model"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_stays_up(server, body, status, param):

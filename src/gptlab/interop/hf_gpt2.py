@@ -1,7 +1,7 @@
 """gptlab's classic GPT as transformers' GPT-2: the one map between their parameter names.
 
-Only the classic variant has a GPT-2 twin (learned positions, LayerNorm with biases, GELU, tied
-head, no soft-cap); other variants are refused with the field that differs.
+GPT-2 keeps its linear layers as Conv1D, whose weights are stored (in, out): the transpose of
+torch's Linear. Which configs have a GPT-2 twin is decided in architectures.py.
 """
 
 from __future__ import annotations
@@ -10,30 +10,45 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
+from gptlab.interop.architectures import hf_architecture
 
-# Block parameters, ours -> GPT-2's. GPT-2 keeps its linear layers as Conv1D with (in, out) weights.
+# Block parameters, ours -> GPT-2's.
 BLOCK_NAMES = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
                "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
-GPT2_VARIANT = {"position": "learned", "norm": "layernorm", "qk_norm": False, "mlp": "gelu",
-                "tie_embeddings": True, "logit_softcap": 0.0, "bias": True}
+PREFIX = "transformer."
 
 
-def check_gpt2_shaped(cfg: ModelConfig) -> None:
-    """Refuse a config transformers' GPT-2 cannot represent, naming the first field that differs."""
-    for name, value in GPT2_VARIANT.items():
-        if getattr(cfg, name) != value:
-            raise GptlabError(f"{name}={getattr(cfg, name)!r} has no GPT-2 equivalent (GPT-2 needs {name}={value!r})")
+def _pairs(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
+    """(our name, GPT-2's name, transposed) for every stored tensor."""
+    pairs = [("wte.weight", "transformer.wte.weight", False), ("wpe.weight", "transformer.wpe.weight", False),
+             ("ln_f.weight", "transformer.ln_f.weight", False), ("ln_f.bias", "transformer.ln_f.bias", False)]
+    for i in range(cfg.n_layer):
+        for mine, hf in BLOCK_NAMES.items():
+            pairs.append((f"blocks.{i}.{mine}.weight", f"transformer.h.{i}.{hf}.weight", not mine.startswith("ln")))
+            pairs.append((f"blocks.{i}.{mine}.bias", f"transformer.h.{i}.{hf}.bias", False))
+    if not cfg.tie_embeddings:
+        pairs.append(("lm_head.weight", "lm_head.weight", False))
+    return pairs
 
 
 def to_gpt2_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Our weights under transformers' GPT2LMHeadModel names (without the tied lm_head)."""
-    check_gpt2_shaped(model.config)
+    """Our weights under transformers' GPT2LMHeadModel names (a tied lm_head left out, as GPT-2 saves it)."""
+    cfg = model.config
+    if hf_architecture(cfg) != "gpt2":
+        raise GptlabError("this model is not GPT-2 shaped (learned positions, LayerNorm, biases)")
     ours = model.state_dict()
-    theirs = {"transformer.wte.weight": ours["wte.weight"], "transformer.wpe.weight": ours["wpe.weight"],
-              "transformer.ln_f.weight": ours["ln_f.weight"], "transformer.ln_f.bias": ours["ln_f.bias"]}
-    for i in range(model.config.n_layer):
-        for mine, hf in BLOCK_NAMES.items():
-            w, b = ours[f"blocks.{i}.{mine}.weight"], ours[f"blocks.{i}.{mine}.bias"]
-            theirs[f"transformer.h.{i}.{hf}.weight"] = w if mine.startswith("ln") else w.t().contiguous()
-            theirs[f"transformer.h.{i}.{hf}.bias"] = b
-    return theirs
+    return {hf: (ours[mine].t() if transposed else ours[mine]).contiguous() for mine, hf, transposed in _pairs(cfg)}
+
+
+def from_gpt2_state_dict(cfg: ModelConfig, theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GPT-2 weights (with or without the 'transformer.' prefix) under our names, for cfg."""
+    if not any(k.startswith(PREFIX) for k in theirs):  # a bare GPT2Model checkpoint
+        theirs = {(k if k == "lm_head.weight" else PREFIX + k): v for k, v in theirs.items()}
+    ours = {}
+    for mine, hf, transposed in _pairs(cfg):
+        if hf not in theirs:
+            raise GptlabError(f"the checkpoint has no {hf}")
+        ours[mine] = (theirs[hf].t() if transposed else theirs[hf]).contiguous()
+    if cfg.tie_embeddings:
+        ours["lm_head.weight"] = ours["wte.weight"]
+    return ours

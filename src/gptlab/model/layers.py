@@ -3,7 +3,7 @@
     norm:      LayerNorm (GPT-2) | RMSNorm (scale only, no mean subtraction)
     position:  learned absolute embedding (in gpt.py) | rotary (RoPE): q and k rotated by position
     attention: causal multi-head self-attention, optional QK-norm, computing its own weights on request
-    mlp:       GELU 4x | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
+    mlp:       GELU 4x (exact or tanh form) | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
 
 Each module also hands its intermediates to a recorder while model/record.py's recording() is on
 (`gptlab trace`); off, `record` is None and forward computes exactly what it did without it.
@@ -205,6 +205,12 @@ class MLP(nn.Module):
             h = F.gelu(h)
             if record is not None:
                 record("gelu", h, "T F", "GELU(fc)")
+        elif self.kind == "gelu_tanh":
+            if record is not None:
+                record("fc", h, "T F", "[T×C] · W_fc [C×F]" + _bias(self.fc))
+            h = F.gelu(h, approximate="tanh")  # the form OpenAI's GPT-2 weights were trained with
+            if record is not None:
+                record("gelu_tanh", h, "T F", "GELU(fc), tanh form")
         elif self.kind == "relu2":
             if record is not None:
                 record("fc", h, "T F", "[T×C] · W_fc [C×F]" + _bias(self.fc))

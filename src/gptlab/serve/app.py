@@ -1,6 +1,7 @@
 """`gptlab serve`: a trained run behind an OpenAI-compatible HTTP API, on FastAPI and uvicorn.
 
     POST /v1/completions   prompt(s) -> completions, whole or streamed as server-sent events
+    GET  /tokenizer_info, POST /tokenize, POST /detokenize   the tokenizer (tokenizer_routes.py)
     GET  /v1/models        the one model served (named after the run directory)
     GET  /health           liveness, with the run's training step
     GET  /metrics          Prometheus metrics (requests, tokens, batch, latencies)
@@ -36,6 +37,7 @@ from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
 from gptlab.serve.middleware import RequestLog
 from gptlab.serve.service import ModelService
+from gptlab.serve.tokenizer_routes import router as tokenizer_router
 from gptlab.serve.trace_api import router as trace_router
 
 MAX_BODY_BYTES = 4 * 2**20  # default cap on a request body: prompts are short, a body of megabytes is abuse
@@ -80,6 +82,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
     app.include_router(metrics_router)
     app.include_router(explore_router)  # the page at / and its JSON under /api/
     app.include_router(trace_router)  # the page's step-through view: /api/trace
+    app.include_router(tokenizer_router)  # /tokenizer_info, /tokenize, /detokenize (lm-evaluation-harness)
     return app
 
 

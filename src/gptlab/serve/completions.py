@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gptlab.errors import GptlabError
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
+from gptlab.inference.score import score_tokens
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import ERROR_RESPONSES, read_json
 from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
-                                 parse_request, sampling_params)
+                                 echo_logprobs, parse_request, sampling_params)
 from gptlab.serve.scheduler import Event
 from gptlab.serve.service import Generation, ModelService, Overloaded
 
@@ -66,6 +67,9 @@ def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], in
     block_size = run.config.model.block_size
     encoded = []
     for i, prompt in enumerate(req.prompts()):
+        if isinstance(prompt, list):  # token ids, as lm-evaluation-harness sends them
+            encoded.append(_checked_ids(run, prompt, i))
+            continue
         if len(prompt) > MAX_CHARS_PER_POSITION * block_size:
             raise APIError(400, f"prompt {i} is {len(prompt):,} characters; this model reads at most "
                            f"{block_size} tokens", "prompt", code="context_length_exceeded")
@@ -79,6 +83,17 @@ def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], in
         encoded.append(ids)
     rows = [ids for ids in encoded for _ in range(req.n)]  # choice index = prompt index * n + j, as OpenAI
     return req, rows, sum(len(ids) for ids in encoded)
+
+
+def _checked_ids(run: LoadedRun, ids: list[int], i: int) -> list[int]:
+    """A prompt given as token ids, refused unless every id is in the vocabulary and they fit the context."""
+    vocab, block_size = run.tokenizer.vocab_size, run.config.model.block_size
+    if not ids or any(not 0 <= t < vocab for t in ids):
+        raise APIError(400, f"prompt {i}: token ids must be 1 or more, each in 0..{vocab - 1}", "prompt")
+    if len(ids) > block_size:
+        raise APIError(400, f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
+                       "prompt", code="context_length_exceeded")
+    return ids
 
 
 def submit(service: ModelService, rows: list[list[int]], req: CompletionRequest) -> Generation:
@@ -99,7 +114,10 @@ class _Job:
     def __init__(self, app: Any, req: CompletionRequest, rows: list[list[int]], prompt_tokens: int):
         self.run: LoadedRun = app.state.run
         self.req, self.rows, self.prompt_tokens = req, rows, prompt_tokens
-        self.prompt_chars = [len(p) for p in req.prompts() for _ in range(req.n)]
+        texts = [p if isinstance(p, str) else self.run.tokenizer.decode(p) for p in req.prompts()]
+        self.prompt_texts = [t for t in texts for _ in range(req.n)]
+        self.prompt_chars = [len(t) for t in self.prompt_texts]
+        self.service: ModelService = app.state.service
         self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), app.state.model_id
         self.gen = submit(app.state.service, rows, req)
         self.counts = {"in": prompt_tokens, "out": 0}  # read by the request log
@@ -112,11 +130,20 @@ class _Job:
                 "token_logprobs": [_log(float(event.probs[event.token]))],
                 "top_logprobs": [{c.piece: _log(c.prob) for c in top}]}
 
+    async def _echoed(self, row: list[int]) -> dict[str, Any]:
+        """The prompt's own logprobs (echo), scored by the model service between two steps."""
+        k = self.req.logprobs or 0
+        scores = await self.service.call(lambda model: score_tokens(model, row, k))
+        return echo_logprobs(self.run.tokenizer, scores, k)
+
     async def whole(self) -> dict[str, Any]:
-        """The whole response object."""
-        texts = [""] * len(self.rows)
+        """The whole response object; with echo, each text starts with its prompt (and its logprobs
+        with the prompt tokens' own, as lm-evaluation-harness reads loglikelihoods)."""
+        echo = self.req.echo
+        texts = list(self.prompt_texts) if echo else [""] * len(self.rows)
         finish = ["length"] * len(self.rows)
-        logprobs = [{"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for _ in self.rows]
+        logprobs = [await self._echoed(row) if echo and self.req.logprobs is not None else
+                    {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for row in self.rows]
         offsets = list(self.prompt_chars)  # where each sequence's next token starts, in characters
         async for i, event in self.gen:
             texts[i] += event.text

@@ -1,8 +1,10 @@
 """The OpenAI-compatible completions request, its checks, and the response objects.
 
 Unknown fields are refused (a typo such as `max_token` would otherwise be ignored silently), and so
-are OpenAI features gptlab does not have (echo, suffix, best_of, logit_bias, presence and frequency
-penalties), unless set to their do-nothing values. Types are strict: "5" is not a number.
+are OpenAI features gptlab does not have (suffix, best_of, logit_bias, presence and frequency
+penalties), unless set to their do-nothing values. Types are strict: "5" is not a number. A prompt
+may be text or token ids; `echo` returns the prompt before the completion, with its tokens'
+logprobs when asked (what lm-evaluation-harness scores loglikelihoods with).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import SamplingParams
+from gptlab.inference.score import TokenScore
+from gptlab.tokenizers import Tokenizer
 
 MAX_PROMPTS = 16  # prompts in one request
 # A prompt longer than this many characters per context position is surely too long: refuse it
@@ -45,7 +49,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
-    prompt: str | list[str] = ""
+    prompt: str | list[str] | list[int] | list[list[int]] = ""  # text(s), or token ids (one list per prompt)
     max_tokens: int = Field(16, ge=0)
     temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -64,9 +68,11 @@ class CompletionRequest(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
 
-    def prompts(self) -> list[str]:
-        """The prompt(s) as a list."""
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt(s) as a list: each a text or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
     def stops(self) -> list[str]:
         """The stop string(s) as a list."""
@@ -86,7 +92,9 @@ def parse_request(data: Any, max_tokens_limit: int) -> CompletionRequest:
             raise APIError(400, f"unknown field '{param}'", param) from None
         where = ".".join(str(p) for p in err["loc"])  # e.g. prompt.list[str].0: which alternative failed
         raise APIError(400, f"{where}: {err['msg']}", param) from None
-    unsupported = {"echo": req.echo, "suffix": req.suffix is not None, "logit_bias": bool(req.logit_bias),
+    if req.echo and req.stream:
+        raise APIError(400, "'echo' is not supported with 'stream' (ask for the whole response)", "echo")
+    unsupported = {"suffix": req.suffix is not None, "logit_bias": bool(req.logit_bias),
                    "presence_penalty": req.presence_penalty != 0, "frequency_penalty": req.frequency_penalty != 0,
                    "best_of": req.best_of not in (None, req.n)}
     for name, used in unsupported.items():
@@ -101,7 +109,8 @@ def parse_request(data: Any, max_tokens_limit: int) -> CompletionRequest:
                     req.seed)
     prompts, stops = req.prompts(), req.stops()
     if not prompts or len(prompts) > MAX_PROMPTS:
-        raise APIError(400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", "prompt")
+        raise APIError(400, f"prompt must be a string, token ids, or a list of 1 to {MAX_PROMPTS} of them",
+                       "prompt")
     if len(prompts) * req.n > MAX_SEQUENCES:
         raise APIError(400, f"{len(prompts)} prompts x n={req.n} is more than {MAX_SEQUENCES} sequences", "n")
     if len(stops) > MAX_STOP or any(not s for s in stops):
@@ -124,6 +133,17 @@ def sampling_params(max_tokens: int, temperature: float, top_k: int = 0, top_p: 
         field = str(exc).split("=")[0].split()[0]
         raise APIError(400, str(exc), {"max_new_tokens": "max_tokens"}.get(field, field)) from None
     return params
+
+
+def echo_logprobs(tokenizer: Tokenizer, scores: list[TokenScore], k: int) -> dict[str, Any]:
+    """OpenAI's logprobs for an echoed prompt: each token's piece, its logprob (null for the first,
+    which nothing predicts), its top-k alternatives, and where it starts in the echoed text."""
+    pieces = [tokenizer.id_to_piece(s.id) for s in scores]
+    offsets = [len(tokenizer.decode([s.id for s in scores[:i]])) for i in range(len(scores))]
+    return {"tokens": pieces, "token_logprobs": [s.logprob for s in scores],
+            "top_logprobs": [None if s.logprob is None else {tokenizer.id_to_piece(i): lp for i, lp in s.top[:k]}
+                             for s in scores],
+            "text_offset": offsets}
 
 
 def choice(index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:

@@ -16,10 +16,13 @@ from gptlab.errors import GptlabError
 from gptlab.tokenizers.base import Tokenizer, load_tokenizer
 from gptlab.tokenizers.bpe import BPETokenizer
 from gptlab.tokenizers.char import CharTokenizer
+from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
 from gptlab.tokenizers.pretrained import ENCODINGS, PretrainedTokenizer
 
 # kind name (tokenizer.json's "kind") -> class; a class builds itself with .train(texts) or .from_dict(data).
-KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": PretrainedTokenizer}
+# huggingface: an imported checkpoint's tokenizer.json, kept as it is (gptlab import).
+KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": PretrainedTokenizer,
+                                     "huggingface": HuggingFaceTokenizer}
 TRAINED = ("char", "bpe")
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -63,5 +66,5 @@ def build_tokenizer(spec: str, texts: Iterable[str] = (), **options: Any) -> Tok
     return PretrainedTokenizer(name, path or None)
 
 
-__all__ = ["KINDS", "BPETokenizer", "CharTokenizer", "PretrainedTokenizer", "Tokenizer", "build_tokenizer",
+__all__ = ["KINDS", "BPETokenizer", "CharTokenizer", "HuggingFaceTokenizer", "PretrainedTokenizer", "Tokenizer", "build_tokenizer",
            "check_kind", "load_tokenizer", "needs_training"]

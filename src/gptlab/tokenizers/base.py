@@ -79,6 +79,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GptlabError(f"tokenizer file {p} is not valid JSON: {exc}") from None
     kind = data.get("kind") if isinstance(data, dict) else None
+    if kind is None and isinstance(data, dict) and "model" in data and "added_tokens" in data:
+        # A Hugging Face tokenizer.json (an exported or downloaded checkpoint's), used as it is.
+        from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
+
+        return HuggingFaceTokenizer.from_file(p)
     if kind not in KINDS:
         raise GptlabError(f"tokenizer file {p} has unknown kind {kind!r}")
     try:

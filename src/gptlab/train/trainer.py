@@ -44,6 +44,7 @@ from gptlab.train.checkpoint import (TrainState, fallback_note, has_checkpoint, 
 from gptlab.train.distributed import Ranks, all_sum
 from gptlab.train.guard import divergence_message, first_nonfinite
 from gptlab.train.metrics import MetricsLog, Progress
+from gptlab.train.trackers import make_tracker
 from gptlab.train.optim import lr_at
 from gptlab.train.perf import device_peak, mfu
 from gptlab.train.prefetch import PrefetchingLoader
@@ -241,8 +242,8 @@ class _Training:
         self.flops_per_token = flops_per_token(cfg.model)["train"]
         self.peak = device_peak(device) if self.main else None
         self._announce()
-        self.metrics = MetricsLog(run / "metrics.jsonl", resume_step=self.state.step if resume else None) \
-            if self.main else None
+        self.metrics = MetricsLog(run / "metrics.jsonl", resume_step=self.state.step if resume else None,
+                                  tracker=make_tracker(tcfg.logger, run, cfg.to_dict())) if self.main else None
         self.progress = Progress(self.state.step, tcfg.max_steps, tcfg.log_interval) if self.main else None
 
     def say(self, text: str) -> None:

@@ -1,0 +1,149 @@
+"""Which transformers architecture expresses a gptlab model, and the config.json each side writes.
+
+    classic (learned positions, LayerNorm with biases, GELU/ReLU² 4x)   -> GPT-2  (GPT2LMHeadModel)
+    modern (RoPE, RMSNorm, gated or ReLU² MLP), no QK-norm              -> Llama  (LlamaForCausalLM)
+    modern with QK-norm, no biases                                      -> Qwen3  (Qwen3ForCausalLM)
+
+ReLU² has no gated twin by name, but Llama's and Qwen3's MLP is down(act(gate(x)) * up(x)); with
+act=relu and gate = up = our fc it computes relu(a) * a = relu(a)², exactly. A combination none of the
+three expresses (a logit soft-cap, RoPE with LayerNorm, ...) is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gptlab.config import ModelConfig
+from gptlab.errors import GptlabError
+from gptlab.model.layers import swiglu_hidden
+
+LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, which gptlab uses (GPT-2's layer_norm_epsilon too)
+RMSNORM_EPS = 1e-6  # gptlab's RMSNorm (layers.make_norm and QK-norm)
+GPT2_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu2": "relu2"}
+# transformers' activation names read back: gelu_new is GPT-2's tanh GELU written out by hand.
+GPT2_ACTS_IN = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu2": "relu2"}
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def _refuse(why: str) -> GptlabError:
+    return GptlabError(f"no transformers architecture expresses this model: {why}")
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    """'gpt2', 'llama' or 'qwen3': the transformers model type that computes what cfg computes,
+    or one clear error naming the field that rules each out."""
+    if cfg.logit_softcap:
+        raise _refuse(f"logit_softcap={cfg.logit_softcap} (GPT-2, Llama and Qwen3 do not cap logits)")
+    if cfg.position == "learned":
+        if cfg.norm != "layernorm":
+            raise _refuse("norm='rmsnorm' with learned positions (GPT-2 has LayerNorm; Llama and Qwen3 use RoPE)")
+        if not cfg.bias:
+            raise _refuse("bias=false with learned positions (GPT-2's layers all have biases)")
+        if cfg.qk_norm:
+            raise _refuse("qk_norm=true with learned positions (GPT-2 has no QK-norm; Qwen3 uses RoPE)")
+        if cfg.mlp not in GPT2_ACTS:
+            raise _refuse(f"mlp={cfg.mlp!r} with learned positions (GPT-2's MLP is not gated)")
+        return "gpt2"
+    if cfg.norm != "rmsnorm":
+        raise _refuse("norm='layernorm' with RoPE (Llama and Qwen3 use RMSNorm; GPT-2 has learned positions)")
+    if cfg.mlp not in ("swiglu", "relu2"):
+        raise _refuse(f"mlp={cfg.mlp!r} with RoPE (Llama's and Qwen3's MLPs are gated: swiglu or relu2 only)")
+    if cfg.qk_norm:
+        if cfg.bias:
+            raise _refuse("qk_norm=true with bias=true (Qwen3's MLP has no biases)")
+        return "qwen3"
+    return "llama"
+
+
+def mlp_hidden(cfg: ModelConfig) -> int:
+    """The MLP's hidden width (read from the layer's rule, not restated)."""
+    return swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+
+
+def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[str, Any]:
+    """config.json of the transformers model that expresses cfg (float32 weights)."""
+    arch = hf_architecture(cfg)
+    common = {"architectures": [CLASSES[arch]], "model_type": arch, "vocab_size": cfg.vocab_size,
+              "bos_token_id": bos_id, "eos_token_id": eos_id, "tie_word_embeddings": cfg.tie_embeddings,
+              "dtype": "float32", "use_cache": True}
+    if arch == "gpt2":
+        return common | {"n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
+                         "n_head": cfg.n_head, "n_inner": None, "activation_function": GPT2_ACTS[cfg.mlp],
+                         "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+                         "layer_norm_epsilon": LAYERNORM_EPS, "scale_attn_weights": True,
+                         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
+    out = common | {"hidden_size": cfg.n_embd, "intermediate_size": mlp_hidden(cfg),
+                    "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+                    "num_key_value_heads": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head,
+                    "hidden_act": "silu" if cfg.mlp == "swiglu" else "relu",
+                    # Positions past block_size work with RoPE; this is what the model was trained on.
+                    "max_position_embeddings": cfg.block_size, "rms_norm_eps": RMSNORM_EPS,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+                    "rope_theta": cfg.rope_base,  # where transformers 4 reads it
+                    "attention_bias": cfg.bias, "attention_dropout": cfg.dropout}
+    if arch == "llama":
+        out["mlp_bias"] = cfg.bias
+    else:
+        out |= {"use_sliding_window": False, "sliding_window": None}
+    return out
+
+
+def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """The gptlab ModelConfig that computes what a transformers config.json describes, or one
+    clear error naming what gptlab cannot express."""
+    arch = hf.get("model_type")
+    if arch not in CLASSES:
+        raise GptlabError(f"cannot import model_type={arch!r} (supported: {', '.join(CLASSES)})")
+    if arch == "gpt2":
+        return _gpt2_config(hf)
+    return _rope_config(hf, arch)
+
+
+def _need(hf: dict[str, Any], key: str, wanted: Any, default: Any, why: str) -> None:
+    value = hf.get(key, default)
+    if value != wanted and not (isinstance(wanted, float) and isinstance(value, (int, float))
+                                and abs(value - wanted) <= 1e-12):
+        raise GptlabError(f"cannot import {hf.get('model_type')}: {key}={value!r} ({why})")
+
+
+def _gpt2_config(hf: dict[str, Any]) -> ModelConfig:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in GPT2_ACTS_IN:
+        raise GptlabError(f"cannot import gpt2: activation_function={act!r} (gptlab has {', '.join(GPT2_ACTS_IN)})")
+    n_embd = int(hf.get("n_embd", 768))
+    _need(hf, "n_inner", None, None, "gptlab's GELU MLP is 4 x n_embd wide")  # None means 4x
+    _need(hf, "layer_norm_epsilon", LAYERNORM_EPS, 1e-5, f"gptlab's LayerNorm uses eps={LAYERNORM_EPS}")
+    _need(hf, "scale_attn_weights", True, True, "gptlab scales attention by 1/sqrt(head size)")
+    _need(hf, "scale_attn_by_inverse_layer_idx", False, False, "gptlab does not scale by layer")
+    return ModelConfig(vocab_size=int(hf.get("vocab_size", 50257)), block_size=int(hf.get("n_positions", 1024)),
+                       n_layer=int(hf.get("n_layer", 12)), n_head=int(hf.get("n_head", 12)), n_embd=n_embd,
+                       dropout=0.0, bias=True, position="learned", norm="layernorm", mlp=GPT2_ACTS_IN[act],
+                       tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+
+
+def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
+    n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    _need(hf, "num_key_value_heads", n_head, n_head, "gptlab has no grouped-query attention")
+    _need(hf, "head_dim", n_embd // n_head, n_embd // n_head, "gptlab's head size is hidden_size / heads")
+    _need(hf, "rms_norm_eps", RMSNORM_EPS, 1e-6, f"gptlab's RMSNorm uses eps={RMSNORM_EPS}")
+    rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+    if (rope.get("rope_type") or rope.get("type") or "default") != "default" or hf.get("rope_scaling"):
+        raise GptlabError(f"cannot import {arch}: RoPE scaling {rope} (gptlab has plain RoPE)")
+    act = hf.get("hidden_act", "silu")
+    mlp = {"silu": "swiglu", "relu": "relu2"}.get(act)
+    if mlp is None:
+        raise GptlabError(f"cannot import {arch}: hidden_act={act!r} (gptlab has silu for SwiGLU, relu for ReLU²)")
+    bias = bool(hf.get("attention_bias", False))
+    if arch == "llama":
+        _need(hf, "mlp_bias", bias, False, "gptlab's bias switch covers attention and MLP together")
+    elif bias:
+        raise GptlabError("cannot import qwen3: attention_bias=true (its MLP has none; gptlab's bias switch covers both)")
+    if arch == "qwen3" and hf.get("use_sliding_window"):
+        raise GptlabError("cannot import qwen3: use_sliding_window=true (gptlab attends to the whole context)")
+    cfg = ModelConfig(vocab_size=int(hf["vocab_size"]), block_size=int(hf.get("max_position_embeddings", 2048)),
+                      n_layer=int(hf["num_hidden_layers"]), n_head=n_head, n_embd=n_embd, dropout=0.0, bias=bias,
+                      position="rope", rope_base=float(rope.get("rope_theta", 10000.0)), norm="rmsnorm",
+                      qk_norm=arch == "qwen3", mlp=mlp, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    _need(hf, "intermediate_size", mlp_hidden(cfg), None,
+          f"gptlab's {mlp} MLP is {mlp_hidden(cfg)} wide at hidden_size={n_embd}")
+    return cfg

@@ -1,0 +1,87 @@
+"""`gptlab export RUN --format hf --out DIR`: a run as a transformers checkpoint directory.
+
+    DIR/config.json               the transformers config of the architecture that expresses the model
+    DIR/model.safetensors         the weights under that architecture's names (float32)
+    DIR/generation_config.json    end-of-text id and the run's sampling temperature and top-k
+    DIR/tokenizer.json            the tokenizer for the `tokenizers` library (same ids as gptlab's)
+    DIR/tokenizer_config.json     so that AutoTokenizer loads it as it is
+    DIR/README.md                 the model card: training data and figures from the run
+
+The directory is written beside DIR under a temporary name and renamed into place whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from gptlab.errors import GptlabError
+from gptlab.interop.architectures import hf_architecture, hf_config
+from gptlab.interop.hf_gpt2 import to_gpt2_state_dict
+from gptlab.interop.hf_llama import to_llama_state_dict
+from gptlab.interop.hf_tokenizer import to_hf_tokenizer, tokenizer_config
+from gptlab.interop.model_card import model_card
+from gptlab.model.gpt import GPT
+from gptlab.runs import load_run
+
+FORMATS = ("hf",)
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights under the names of its transformers twin."""
+    return to_gpt2_state_dict(model) if hf_architecture(model.config) == "gpt2" else to_llama_state_dict(model)
+
+
+def transformers_model(model: GPT):
+    """The same weights as a transformers model in memory (eval mode; needs transformers installed):
+    what loading an export gives, without the files."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = hf_config(model.config, None, None)
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+    if unexpected or any(k != "lm_head.weight" for k in missing):  # a tied head is the embedding
+        raise GptlabError(f"weight map out of step with transformers: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
+    """Write the run's current checkpoint as a transformers directory at out; return it."""
+    if fmt not in FORMATS:
+        raise GptlabError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise GptlabError(f"--out {out} already exists; choose a new directory")
+    loaded = load_run(run, "cpu")
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
+    arch = hf_architecture(cfg.model)  # refuses what no architecture expresses, before anything is written
+    eot = tok.eot_id
+    generation = {"bos_token_id": eot, "eos_token_id": eot, "do_sample": True,
+                  "temperature": cfg.train.sample_temperature, "top_k": cfg.train.sample_top_k,
+                  "max_length": cfg.model.block_size}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        weights = hf_state_dict(model)
+        save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        write = {"config.json": hf_config(cfg.model, eot, eot), "generation_config.json": generation,
+                 "tokenizer_config.json": tokenizer_config(tok, cfg.model.block_size)}
+        for name, data in write.items():
+            (staging / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        to_hf_tokenizer(tok).save(str(staging / "tokenizer.json"))
+        params = sum(p.numel() for p in model.parameters())
+        (staging / "README.md").write_text(model_card(loaded, arch, params), encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # an empty directory the user made for it
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

@@ -1,0 +1,86 @@
+"""A tokenizer that came from elsewhere as a Hugging Face `tokenizer.json` (an imported checkpoint's),
+applied by the `tokenizers` library as it is; gptlab's tokenizer.json keeps it inline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from gptlab.errors import GptlabError
+from gptlab.tokenizers.base import Tokenizer
+
+
+class HuggingFaceTokenizer(Tokenizer):
+    """Ids as the `tokenizers` library gives them, special tokens never made from plain text.
+
+    vocab_size may exceed the file's own count: checkpoints often pad the embedding (to a multiple
+    of 64, say); the extra ids decode to nothing.
+    """
+
+    kind = "huggingface"
+
+    def __init__(self, spec: dict[str, Any], vocab_size: int = 0, eos_token: str | None = None):
+        try:
+            self.hf = HFTokenizer.from_str(json.dumps(spec))
+        except Exception as exc:  # the library raises its own exception type for a bad file
+            raise GptlabError(f"not a valid Hugging Face tokenizer.json: {str(exc).splitlines()[0]}") from None
+        self.hf.encode_special_tokens = True  # "<|endoftext|>" typed in a text is text
+        self.spec, self.eos_token = spec, eos_token
+        self._vocab = max(vocab_size, self.hf.get_vocab_size(with_added_tokens=True))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HuggingFaceTokenizer":
+        """Rebuild from to_dict() output."""
+        return cls(data["tokenizer"], int(data.get("vocab_size", 0)), data.get("eos_token"))
+
+    # Pickled for prepare's worker processes: rebuild from the data, since the library's own pickle
+    # forgets encode_special_tokens.
+    def __getstate__(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tokenizer"], int(state.get("vocab_size", 0)), state.get("eos_token"))
+
+    @classmethod
+    def from_file(cls, path: str | Path, vocab_size: int = 0) -> "HuggingFaceTokenizer":
+        """Load a Hugging Face tokenizer.json, with the end-of-text token that the tokenizer_config.json
+        beside it names (eos_token), if any."""
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise GptlabError(f"cannot read the tokenizer {path}: {exc}") from None
+        eos = None
+        config = path.parent / "tokenizer_config.json"
+        if config.is_file():
+            try:
+                eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+            except (OSError, ValueError, AttributeError):
+                eos = None
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+        return cls(spec, vocab_size, eos if isinstance(eos, str) else None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+
+    @property
+    def eot_id(self) -> int | None:
+        return self.hf.token_to_id(self.eos_token) if self.eos_token else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vocab_size": self._vocab, "eos_token": self.eos_token, "tokenizer": self.spec}
