@@ -25,6 +25,8 @@ examples:
   gptlab prepare tang-poems --tokenizer bpe --vocab-size 4096 --out data/tang-bpe
   gptlab tokenize --tokenizer cl100k_base "How are you?"
   gptlab bench train --preset cpu-small
+  gptlab couplets tang-poems --out data/couplets.jsonl && gptlab prepare data/couplets.jsonl --pairs --out data/couplets
+  gptlab train --data data/couplets --out runs/couplets arch=encdec && gptlab sample runs/couplets --source 秦川雄帝宅
   torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
 """
 
@@ -49,6 +51,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="encoding processes (default: all cores)")
     p.add_argument("--shard-tokens", type=int, default=100_000_000,
                    help="most token ids per shard file (default 100M)")
+    p.add_argument("--pairs", action="store_true",
+                   help="records are {\"source\": ..., \"target\": ...} pairs: write a dataset of pairs, which "
+                   "arch=encdec trains on (and a GPT, reading source then target; loss on the target only)")
     p.set_defaults(func=_run_prepare)
 
 
@@ -56,6 +61,8 @@ def _run_prepare(args: argparse.Namespace) -> None:
     from gptlab.data.prepare import prepare
 
     options = {"vocab_size": args.vocab_size} if args.vocab_size is not None else {}
+    if args.pairs:
+        return _run_prepare_pairs(args, options)
     result = prepare(args.corpus, args.out, args.tokenizer, args.val_fraction, args.seed, args.text_field,
                      options, workers=args.workers, shard_tokens=args.shard_tokens)
     for line in result.skipped.lines():
@@ -70,6 +77,37 @@ def _run_prepare(args: argparse.Namespace) -> None:
     print(f"vocabulary size: {tok['vocab_size']:,} ({tok['kind']} tokenizer, {result.meta['dtype']} ids, "
           f"{chars / max(tokens, 1):.2f} characters per token)")
     print(f"wrote {args.out} ({shards} token file{'s' if shards > 1 else ''})")
+
+
+def _run_prepare_pairs(args: argparse.Namespace, options: dict) -> None:
+    from gptlab.data.pairs import prepare_pairs
+
+    meta, skipped = prepare_pairs(args.corpus, args.out, args.tokenizer, args.val_fraction, args.seed, options)
+    for line in skipped.lines():
+        print(line)
+    splits = meta["splits"]
+    print(f"pairs: train {splits['train']['pairs']:,}, val {splits['val']['pairs']:,} | vocabulary size: "
+          f"{meta['tokenizer']['vocab_size']:,} ({meta['tokenizer']['kind']} tokenizer)")
+    print(f"wrote {args.out}")
+
+
+def _add_couplets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("couplets", help="poem records -> JSONL couplets (first line -> second) for --pairs",
+                       description="Build the couplet task (對句) from poem records in chinese-poetry's shape "
+                       "({\"paragraphs\": [\"秦川雄帝宅，函谷壯皇居。\", ...]}): every couplet's first line becomes a "
+                       "source and its second line the target, written as JSONL {\"source\", \"target\"}.")
+    p.add_argument("poems", nargs="+", metavar="POEMS", help="tang-poems, or .jsonl/.json[.gz] files or directories")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.set_defaults(func=_run_couplets)
+
+
+def _run_couplets(args: argparse.Namespace) -> None:
+    from gptlab.data.couplets import write_couplets
+
+    result = write_couplets(args.poems, args.out)
+    for line in result.skipped.lines():
+        print(line)
+    print(f"wrote {args.out}: {result.pairs:,} couplets from {result.poems:,} poems")
 
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
@@ -148,6 +186,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                        "samples are generated together in one batch.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline; \\n is a newline)")
+    p.add_argument("--source", metavar="TEXT", help="encoder–decoder runs (arch=encdec): the source to write a "
+                   "target for (the encoder reads it once; the decoder samples with a KV cache)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (argmax)")
     p.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0: all)")
@@ -173,6 +213,13 @@ def _run_sample(args: argparse.Namespace) -> None:
 
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
                             [s.replace("\\n", "\n") for s in args.stop], args.seed)
+    if args.source is not None:
+        from gptlab.inference.seq2seq import print_translations
+
+        if args.show_probs or args.json:
+            raise GptlabError("--show-probs and --json go with --prompt, not --source")
+        return print_translations(args.run, args.source.replace("\\n", "\n"), params, args.num_samples, args.device,
+                                  not args.no_cache)
     print_samples(args.run, args.prompt.replace("\\n", "\n"), params, args.num_samples, args.device,
                   args.show_probs, args.json, not args.no_cache)
 
@@ -328,7 +375,7 @@ def _run_bench(args: argparse.Namespace) -> None:
         print(line)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_tokenize, _add_train, _add_sample, _add_info,
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_couplets, _add_tokenize, _add_train, _add_sample, _add_info,
                                                                _add_eval, _add_serve, _add_plot, _add_report,
                                                                _add_bench]
 
