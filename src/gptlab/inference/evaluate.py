@@ -130,4 +130,8 @@ def evaluate_run(run: str, data: str | None = None, split: str = "val", batch_si
         raise GptlabError(f"{data} was prepared with another tokenizer than {run} was trained with")
     if batch_size < 0:
         raise GptlabError(f"batch_size={batch_size} must be >= 1 (or 0: automatic)")
+    if dataset.kind == "pairs":
+        from gptlab.inference.evaluate_pairs import evaluate_pairs
+
+        return evaluate_pairs(loaded.model, dataset, split, batch_size)
     return evaluate(loaded.model, dataset, split, batch_size, show_progress)
