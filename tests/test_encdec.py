@@ -196,3 +196,23 @@ def test_bad_inputs_give_one_line_errors(capsys, tmp_path, encdec_run, tiny_run,
                        "no couplets")
     assert not (tmp_path / "c.jsonl").exists()
     assert_clean_error(cli_in_process(capsys, "sample", encdec_run, "--source", "ROMEO"), "vocabulary")
+
+
+def test_page_api_shows_cross_attention_beside_self_attention(encdec_run, tiny_run):
+    from fastapi.testclient import TestClient
+
+    from gptlab.serve.app import create_app
+
+    client = TestClient(create_app(encdec_run, "cpu"))
+    data = client.post("/api/encdec/attention", json={"source": "秦川雄帝宅", "target": "函谷", "head": 1}).json()
+    assert [t["piece"] for t in data["source_tokens"]] == list("秦川雄帝宅")
+    assert [t["piece"] for t in data["target_tokens"]][1:] == list("函谷")  # after the start token
+    cross, self_ = torch.tensor(data["cross"]), torch.tensor(data["self"])
+    assert cross.shape == (3, 5) and self_.shape == (3, 3)  # target x source beside target x target
+    assert torch.allclose(cross.sum(-1), torch.ones(3), atol=1e-3) and (cross > 0).all()
+    assert torch.equal(self_.triu(1), torch.zeros(3, 3))  # causal: the future gets nothing
+    assert client.get("/api/info").json()["arch"] == "encdec"
+    assert client.post("/api/next", json={"text": "秦"}).status_code == 400
+    assert client.post("/v1/completions", json={"prompt": "秦"}).status_code == 400
+    gpt = TestClient(create_app(tiny_run, "cpu"))
+    assert gpt.post("/api/encdec/attention", json={"source": "ROMEO"}).status_code == 400

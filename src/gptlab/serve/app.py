@@ -35,6 +35,7 @@ from gptlab.inference.engine import SamplingParams, Step, generate_steps
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun, load_run
+from gptlab.serve.encdec_api import router as encdec_router
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
                                  parse_request)
@@ -75,6 +76,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
         return JSONResponse(await run_in_threadpool(job.whole))
 
     app.include_router(explore_router)  # the page at / and its JSON under /api/
+    app.include_router(encdec_router)  # an encoder–decoder run's attention view
     return app
 
 
@@ -89,6 +91,9 @@ def _read(app: FastAPI, body: bytes) -> tuple[CompletionRequest, list[list[int]]
         raise APIError(404, f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
                        "model", code="model_not_found")
     run: LoadedRun = app.state.run
+    if run.config.model.arch != "gpt":  # completions continue a prompt: a decoder-only model's job
+        raise APIError(400, f"this run is an encoder–decoder (arch={run.config.model.arch}); completions need a "
+                       "decoder-only GPT run (use `gptlab sample RUN --source TEXT`)")
     block_size = run.config.model.block_size
     encoded = []
     for i, prompt in enumerate(req.prompts()):
