@@ -48,9 +48,9 @@ from gptlab.train.distributed import Ranks  # noqa: E402
 from gptlab.train.step import make_runner  # noqa: E402
 
 POEMS = ROOT.parent / "shared" / "data" / "tang_poems.jsonl"
-SHAPE = ["n_embd=128", "n_head=4", "block_size=32", "dropout=0.0"]
+SHAPE = ["n_embd=96", "n_head=4", "block_size=32", "dropout=0.0"]
 ARCHS = {"encdec": ["arch=encdec", "n_layer=3"], "gpt": ["arch=gpt", "n_layer=7"]}
-TRAIN = ["batch_size=64", "lr=3e-3", "min_lr=3e-4", "warmup_steps=50", "weight_decay=0.1", "device=cpu",
+TRAIN = ["batch_size=32", "lr=3e-3", "min_lr=3e-4", "warmup_steps=50", "weight_decay=0.1", "device=cpu",
          "compile=off"]
 SAMPLES = 6
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, cli_in_process
+from test_page_browser import _free_port, browser  # noqa: F401 (the headless chromium fixture)
 from gptlab.config import ModelConfig, build_config
 from gptlab.data.couplets import write_couplets
 from gptlab.data.loader import Dataset
@@ -216,3 +217,45 @@ def test_page_api_shows_cross_attention_beside_self_attention(encdec_run, tiny_r
     assert client.post("/v1/completions", json={"prompt": "秦"}).status_code == 400
     gpt = TestClient(create_app(tiny_run, "cpu"))
     assert gpt.post("/api/encdec/attention", json={"source": "ROMEO"}).status_code == 400
+
+
+def test_page_draws_cross_attention_beside_self_attention(encdec_run, browser):
+    import time
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import popen_cli
+
+    port = _free_port()
+    proc = popen_cli("serve", encdec_run, "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                urllib.request.urlopen(url + "/api/info", timeout=2).read()
+                break
+            except OSError:
+                assert time.time() < deadline, "server did not come up in 60 s"
+                time.sleep(0.2)
+        browser.get(url)
+        size = "const c = document.getElementById(arguments[0]); return [c.width, c.height];"
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script(size, "encdec-cross")[0] > 10)
+        assert browser.find_element(By.ID, "view-encdec").is_displayed()
+        assert not browser.find_element(By.ID, "prompt-panel").is_displayed()
+        # Default source and target: 5 source characters; the start token and 5 target characters.
+        self_w, self_h = browser.execute_script(size, "encdec-self")
+        cross_w, cross_h = browser.execute_script(size, "encdec-cross")
+        assert self_w == self_h and cross_h == self_h and cross_w < cross_h  # 6 x 6 beside 6 x 5
+        inked = browser.execute_script("""
+            const c = document.getElementById('encdec-cross');
+            const d = c.getContext('2d').getImageData(34, 34, c.width - 34, c.height - 34).data;
+            let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 250) n++; return n;""")
+        assert inked > 0  # the weights are drawn, not an empty frame
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None  # no error shown
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

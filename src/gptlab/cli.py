@@ -147,7 +147,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps. "
                        "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
                        "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
-                       "optimizer=muon schedule=wsd (README: Commands, train).")
+                       "optimizer=muon schedule=wsd (README: Commands, train). arch=encdec trains the "
+                       "encoder–decoder on a dataset of pairs (`prepare --pairs`; README: Encoder–decoder).")
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
