@@ -197,6 +197,8 @@ def test_bad_inputs_give_one_line_errors(capsys, tmp_path, encdec_run, tiny_run,
                        "no couplets")
     assert not (tmp_path / "c.jsonl").exists()
     assert_clean_error(cli_in_process(capsys, "sample", encdec_run, "--source", "ROMEO"), "vocabulary")
+    assert_clean_error(cli_in_process(capsys, "eval", encdec_run, "--data", char_dataset), "pairs")
+    assert_clean_error(cli_in_process(capsys, "bench", "train", "--preset", "cpu-tiny", "arch=encdec"), "encdec")
 
 
 def test_page_api_shows_cross_attention_beside_self_attention(encdec_run, tiny_run):

@@ -14,7 +14,7 @@ from gptlab.errors import GptlabError
 # Block parameters, ours -> GPT-2's. GPT-2 keeps its linear layers as Conv1D with (in, out) weights.
 BLOCK_NAMES = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
                "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
-GPT2_VARIANT = {"position": "learned", "norm": "layernorm", "qk_norm": False, "mlp": "gelu",
+GPT2_VARIANT = {"arch": "gpt", "position": "learned", "norm": "layernorm", "qk_norm": False, "mlp": "gelu",
                 "tie_embeddings": True, "logit_softcap": 0.0, "bias": True}
 
 
