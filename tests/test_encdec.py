@@ -261,3 +261,17 @@ def test_page_draws_cross_attention_beside_self_attention(encdec_run, browser):
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_a_gpt_trains_on_the_same_pairs_and_is_measured_on_the_same_targets(tmp_path, couplets, capsys):
+    from gptlab.train.trainer import train
+
+    cfg = _cfg(couplets, 2)
+    cfg.model.arch = "gpt"
+    cfg.model.n_layer, cfg.model.block_size = 2, 32  # room for "source<sep>target<sep>" of the longest couplet
+    train(cfg, tmp_path / "gpt")
+    first_source = Dataset(couplets).tokenizer.decode(
+        int(i) for i in read_pairs(couplets, Dataset(couplets).meta, "val").pair(0)[0])
+    assert f"{first_source} -> " in (tmp_path / "gpt" / "samples.txt").read_text(encoding="utf-8")
+    result = json.loads(cli_in_process(capsys, "eval", tmp_path / "gpt", "--json").stdout)
+    assert result["tokens"] == Dataset(couplets).splits["val"]["tokens"]  # every target and its end, as encdec
