@@ -2,7 +2,8 @@
 
 The task: the couplets of every poem in ../shared/data/tang_poems.jsonl (`gptlab couplets`), the
 first line as source and the second as target, prepared as a pairs dataset (char tokenizer; a
-seeded 2% of the couplets held out). Two models with the same parameter count (within 1%):
+seeded 2% of the couplets held out). Two models of width n_embd=96 (4 heads) with the same parameter
+count (within 1%), batches of 32 pairs, AdamW at lr 3e-3:
 
     encdec: arch=encdec, 3 encoder + 3 decoder layers, reading the source, writing the target
     gpt:    arch=gpt, 7 layers, reading "source<sep>target<sep>", the loss on the target (and its end) only
