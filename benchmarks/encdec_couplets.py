@@ -14,7 +14,8 @@ training time on a shared, loaded machine: the two alternate in slices (SLICE se
 each has trained BUDGET seconds of its own, so both see the same load; the learning rate warms up,
 then decays (cosine) with the fraction of the time budget used. Then each is measured on every
 held-out couplet: target loss in bits per character (each target's end counted as one character),
-and a few held-out couplets are written side by side (greedy). Last line: one JSON object.
+beside the character-frequency (unigram) reference, and a few held-out couplets are written side by
+side (greedy). Last line: one JSON object.
 
     python benchmarks/encdec_couplets.py [--budget 600] [--slice 15]
 """
@@ -54,6 +55,19 @@ ARCHS = {"encdec": ["arch=encdec", "n_layer=3"], "gpt": ["arch=gpt", "n_layer=7"
 TRAIN = ["batch_size=32", "lr=3e-3", "min_lr=3e-4", "warmup_steps=50", "weight_decay=0.1", "device=cpu",
          "compile=off"]
 SAMPLES = 6
+
+
+def unigram_bpc(dataset: Dataset) -> float:
+    """The reference a model must beat: each target character (and the end) predicted from the training
+    targets' character frequencies alone (add-one smoothed), in bits per character of the held-out targets."""
+    import numpy as np
+
+    V, sep = dataset.tokenizer.vocab_size, int(dataset.meta["separator"])
+    counts = np.bincount(np.asarray(read_pairs(dataset.path, dataset.meta, "train").target), minlength=V) + 1.0
+    counts[sep] += dataset.splits["train"]["pairs"]
+    val = read_pairs(dataset.path, dataset.meta, "val")
+    ids = np.concatenate([np.asarray(val.target), np.full(len(val), sep)])
+    return float(-np.log2(counts[ids] / counts.sum()).sum() / dataset.splits["val"]["chars"])
 
 
 def load() -> str:
@@ -132,6 +146,9 @@ def main() -> None:
                   f"({evaluated.tokens:,} target tokens, {m.steps:,} steps, "
                   f"{m.steps * m.cfg.train.batch_size:,} couplets seen)", flush=True)
 
+        unigram = unigram_bpc(dataset)
+        print(f"reference: character frequencies alone give {unigram:.4f} bits/char on the held-out targets",
+              flush=True)
         pairs, tok = read_pairs(dataset.path, dataset.meta, "val"), dataset.tokenizer
         greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
         print("held-out couplets, greedy (source | truth | encdec | gpt):", flush=True)
@@ -147,6 +164,7 @@ def main() -> None:
     print(json.dumps({
         "encdec_target_bpc": round(figures["encdec"]["bpc"], 4), "gpt_target_bpc": round(figures["gpt"]["bpc"], 4),
         "bpc_ratio_encdec_to_gpt": round(figures["encdec"]["bpc"] / figures["gpt"]["bpc"], 4),
+        "unigram_target_bpc": round(unigram, 4),
         "encdec_params": encdec.params, "gpt_params": gpt.params,
         "train_seconds_each": args.budget, "slice_seconds": args.slice,
         "encdec_steps": encdec.steps, "gpt_steps": gpt.steps,
