@@ -28,6 +28,8 @@ examples:
   gptlab bench train --preset cpu-small
   gptlab export runs/demo --format hf --out exports/demo
   gptlab import exports/demo --out runs/imported
+  gptlab couplets tang-poems --out data/couplets.jsonl && gptlab prepare data/couplets.jsonl --pairs --out data/couplets
+  gptlab train --data data/couplets --out runs/couplets arch=encdec && gptlab sample runs/couplets --source 秦川雄帝宅
   torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
 """
 
@@ -52,6 +54,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="encoding processes (default: all cores)")
     p.add_argument("--shard-tokens", type=int, default=100_000_000,
                    help="most token ids per shard file (default 100M)")
+    p.add_argument("--pairs", action="store_true",
+                   help="records are {\"source\": ..., \"target\": ...} pairs: write a dataset of pairs, which "
+                   "arch=encdec trains on (and a GPT, reading source then target; loss on the target only)")
     p.set_defaults(func=_run_prepare)
 
 
@@ -59,6 +64,8 @@ def _run_prepare(args: argparse.Namespace) -> None:
     from gptlab.data.prepare import prepare
 
     options = {"vocab_size": args.vocab_size} if args.vocab_size is not None else {}
+    if args.pairs:
+        return _run_prepare_pairs(args, options)
     result = prepare(args.corpus, args.out, args.tokenizer, args.val_fraction, args.seed, args.text_field,
                      options, workers=args.workers, shard_tokens=args.shard_tokens)
     for line in result.skipped.lines():
@@ -73,6 +80,37 @@ def _run_prepare(args: argparse.Namespace) -> None:
     print(f"vocabulary size: {tok['vocab_size']:,} ({tok['kind']} tokenizer, {result.meta['dtype']} ids, "
           f"{chars / max(tokens, 1):.2f} characters per token)")
     print(f"wrote {args.out} ({shards} token file{'s' if shards > 1 else ''})")
+
+
+def _run_prepare_pairs(args: argparse.Namespace, options: dict) -> None:
+    from gptlab.data.pairs import prepare_pairs
+
+    meta, skipped = prepare_pairs(args.corpus, args.out, args.tokenizer, args.val_fraction, args.seed, options)
+    for line in skipped.lines():
+        print(line)
+    splits = meta["splits"]
+    print(f"pairs: train {splits['train']['pairs']:,}, val {splits['val']['pairs']:,} | vocabulary size: "
+          f"{meta['tokenizer']['vocab_size']:,} ({meta['tokenizer']['kind']} tokenizer)")
+    print(f"wrote {args.out}")
+
+
+def _add_couplets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("couplets", help="poem records -> JSONL couplets (first line -> second) for --pairs",
+                       description="Build the couplet task (對句) from poem records in chinese-poetry's shape "
+                       "({\"paragraphs\": [\"秦川雄帝宅，函谷壯皇居。\", ...]}): every couplet's first line becomes a "
+                       "source and its second line the target, written as JSONL {\"source\", \"target\"}.")
+    p.add_argument("poems", nargs="+", metavar="POEMS", help="tang-poems, or .jsonl/.json[.gz] files or directories")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.set_defaults(func=_run_couplets)
+
+
+def _run_couplets(args: argparse.Namespace) -> None:
+    from gptlab.data.couplets import write_couplets
+
+    result = write_couplets(args.poems, args.out)
+    for line in result.skipped.lines():
+        print(line)
+    print(f"wrote {args.out}: {result.pairs:,} couplets from {result.poems:,} poems")
 
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +150,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps. "
                        "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
                        "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
-                       "optimizer=muon schedule=wsd (README: Commands, train).")
+                       "optimizer=muon schedule=wsd (README: Commands, train). arch=encdec trains the "
+                       "encoder–decoder on a dataset of pairs (`prepare --pairs`; README: Encoder–decoder).")
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
@@ -151,6 +190,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                        "samples are generated together in one batch.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline; \\n is a newline)")
+    p.add_argument("--source", metavar="TEXT", help="encoder–decoder runs (arch=encdec): the source to write a "
+                   "target for (the encoder reads it once; the decoder samples with a KV cache)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (argmax)")
     p.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0: all)")
@@ -176,6 +217,13 @@ def _run_sample(args: argparse.Namespace) -> None:
 
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
                             [s.replace("\\n", "\n") for s in args.stop], args.seed)
+    if args.source is not None:
+        from gptlab.inference.seq2seq import print_translations
+
+        if args.show_probs or args.json:
+            raise GptlabError("--show-probs and --json go with --prompt, not --source")
+        return print_translations(args.run, args.source.replace("\\n", "\n"), params, args.num_samples, args.device,
+                                  not args.no_cache)
     print_samples(args.run, args.prompt.replace("\\n", "\n"), params, args.num_samples, args.device,
                   args.show_probs, args.json, not args.no_cache)
 
@@ -371,63 +419,7 @@ def _run_bench(args: argparse.Namespace) -> None:
         print(line)
 
 
-def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from gptlab.scaling.experiment import add_arguments
-
-    p = sub.add_parser("sweep", help="measure the scaling law: a model family at FLOP budgets, fit, held-out check",
-                       description="Train a family of model sizes at fixed training-FLOP budgets, fit "
-                       "L(N, D) = E + A/N^alpha + B/D^beta to the val losses, report the compute-optimal size per "
-                       "budget, then predict a held-out run and train it to check (benchmarks/scaling_law.py).")
-    add_arguments(p)
-    p.set_defaults(func=_run_sweep)
-
-
-def _run_sweep(args: argparse.Namespace) -> None:
-    from gptlab.scaling.experiment import run_sweep
-
-    run_sweep(args)
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a run as a Hugging Face transformers checkpoint",
-                       description="Export a run's current checkpoint as a directory that transformers' "
-                       "AutoModelForCausalLM and AutoTokenizer load offline: config.json, model.safetensors, "
-                       "generation_config.json, tokenizer.json, tokenizer_config.json and a README.md model "
-                       "card. The classic model becomes GPT-2; RoPE/RMSNorm models become Llama (Qwen3 with "
-                       "qk_norm=true); a combination none of them expresses is refused with the reason.")
-    p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--format", default="hf", choices=("hf",), help="hf: Hugging Face transformers (default)")
-    p.add_argument("--out", required=True, help="directory to write (must not exist yet)")
-    p.set_defaults(func=_run_export)
-
-
-def _run_export(args: argparse.Namespace) -> None:
-    from gptlab.interop.export import export_run
-
-    print(f"wrote {export_run(args.run, args.out, args.format)}")
-
-
-def _add_import(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="make a run of a local transformers checkpoint (GPT-2, Llama, Qwen3)",
-                       description="Import a local transformers checkpoint directory (config.json, "
-                       "model.safetensors, tokenizer.json) as a gptlab run that sample, eval, serve and "
-                       "export take. With --data DATASET (prepared with `gptlab prepare CORPUS --tokenizer "
-                       "DIR`), `gptlab train --resume RUN` continues pretraining it.")
-    p.add_argument("checkpoint", metavar="DIR", help="transformers checkpoint directory")
-    p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--data", help="prepared dataset to continue pretraining on (optional)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="train settings for continued pretraining, right after DIR (lr=1e-4 max_steps=200 ...)")
-    p.set_defaults(func=_run_import)
-
-
-def _run_import(args: argparse.Namespace) -> None:
-    from gptlab.interop.import_hf import import_checkpoint
-
-    print(f"wrote {import_checkpoint(args.checkpoint, args.out, args.data, args.overrides)}")
-
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_tokenize, _add_train, _add_sample, _add_info,
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_couplets, _add_tokenize, _add_train, _add_sample, _add_info,
                                                                _add_eval, _add_trace, _add_serve, _add_plot, _add_report,
                                                                _add_bench, _add_sweep, _add_export, _add_import]
 

@@ -15,6 +15,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from gptlab.errors import GptlabError
 
 
+# gpt: decoder-only; encdec: an encoder over a source and a decoder with cross-attention to it.
+Arch = Literal["gpt", "encdec"]
 Position = Literal["learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "gelu_tanh", "relu2", "swiglu"]
@@ -31,8 +33,10 @@ class ModelConfig:
     """Shape of the decoder-only Transformer, and which variant of each layer it uses.
 
     Every default reproduces the 2019 GPT-2 model; the switches choose the modern variants.
+    arch=encdec builds the encoder–decoder Transformer instead, n_layer blocks in each of its halves.
     """
 
+    arch: Arch = "gpt"
     vocab_size: int = 0  # 0: taken from the dataset's tokenizer at train time
     block_size: int = 128  # context length T
     n_layer: int = 4

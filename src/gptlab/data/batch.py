@@ -2,7 +2,8 @@
 
 inputs are B windows of T token ids and targets the same windows shifted by one (each position
 predicts the next token). loss_mask, where given, says which targets count: fine-tuning counts
-only the answer's tokens, never the prompt's.
+only the answer's tokens, never the prompt's. An encoder–decoder's batch also carries the source
+ids it reads (right-padded) and source_mask, True on the source's real tokens.
 """
 
 from __future__ import annotations
@@ -16,21 +17,30 @@ from gptlab.model.loss import IGNORE
 
 @dataclass
 class Batch:
-    """Inputs (B, T), targets (B, T) and an optional boolean loss mask (B, T)."""
+    """Inputs (B, T), targets (B, T), an optional boolean loss mask (B, T), and for an encoder–decoder
+    the source (B, S) with its mask (B, S)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     loss_mask: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+    source_mask: torch.Tensor | None = None
+
+    def _map(self, fn) -> "Batch":
+        return Batch(*(None if t is None else fn(t) for t in (self.inputs, self.targets, self.loss_mask,
+                                                               self.source, self.source_mask)))
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         """The same batch on a device (non_blocking: the copy may overlap queued device work)."""
-        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(move(self.inputs), move(self.targets), move(self.loss_mask))
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
         """The same batch in page-locked host memory (fast, asynchronous copies to a GPU)."""
-        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return Batch(pin(self.inputs), pin(self.targets), pin(self.loss_mask))
+        return self._map(lambda t: t.pin_memory())
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """What the model reads besides inputs and targets: an encoder–decoder's source and its mask."""
+        return {} if self.source is None else {"source": self.source, "source_mask": self.source_mask}
 
     def loss_targets(self) -> torch.Tensor:
         """Targets with the masked-out positions set to IGNORE, as the loss takes them."""

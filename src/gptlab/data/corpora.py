@@ -215,22 +215,43 @@ def _iter_file(path: Path, report: SkipReport, text_field: str) -> Iterator[tupl
                 return
         report.skip("empty text file")
         return
-    if suffix == ".jsonl":
-        records: Iterator[Any] = _jsonl_records(path)
-    else:
-        # A .json file is one JSON value: it is parsed whole (use .jsonl for large corpora).
-        with _open_binary(path) as fh:
-            raw = fh.read()
-        try:
-            data = json.loads(raw.decode("utf-8-sig"))
-        except UnicodeDecodeError as exc:
-            raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise GptlabError(f"{path} is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise GptlabError(f"{path} is JSON nested too deeply to read (records must be shallow objects)") from None
-        records = iter(data if isinstance(data, list) else [data])
-    yield from _record_docs(records, str(path), report, text_field)
+    yield from _record_docs(_file_records(path), str(path), report, text_field)
+
+
+def _file_records(path: Path) -> Iterator[Any]:
+    """The JSON records of a .jsonl (line by line) or .json file (one value, a list of records or one)."""
+    if _inner_suffix(path) == ".jsonl":
+        yield from _jsonl_records(path)
+        return
+    # A .json file is one JSON value: it is parsed whole (use .jsonl for large corpora).
+    with _open_binary(path) as fh:
+        raw = fh.read()
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise GptlabError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise GptlabError(f"{path} is JSON nested too deeply to read (records must be shallow objects)") from None
+    yield from (data if isinstance(data, list) else [data])
+
+
+def iter_records(specs: list[str], report: SkipReport) -> Iterator[Any]:
+    """Every JSON record of the record files (.jsonl, .json, .gz of these; directories of them; the
+    built-in tang-poems) the specs name, in order; other files are counted as skipped."""
+    for spec in specs:
+        path = builtin_dir(spec) if spec in BUILTIN else Path(spec).expanduser()
+        if not path.exists():
+            raise GptlabError(f"not found: '{spec}' is neither a path nor a built-in corpus ({', '.join(BUILTIN)})")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if _inner_suffix(file) in RECORD_SUFFIXES:
+                yield from _file_records(file)
+            elif not path.is_dir():
+                raise GptlabError(f"{file} is not a record file (use .jsonl, .json, or .gz of these)")
+            elif not file.name.startswith("."):
+                report.skip("file that is not .jsonl or .json[.gz]")
 
 
 def _record_docs(records: Iterator[Any], name: str, report: SkipReport, text_field: str

@@ -35,6 +35,11 @@ class Dataset:
             raise GptlabError(f"{meta_path} is corrupt: {exc}") from None
         self.tokenizer: Tokenizer = load_tokenizer(self.path / "tokenizer.json")
 
+    @property
+    def kind(self) -> str:
+        """"text" (token streams) or "pairs" (source -> target, data/pairs.py)."""
+        return self.meta.get("kind", "text")
+
     def replaced(self) -> bool:
         """Whether the directory no longer holds the dataset read at construction (another prepare
         wrote it since: meta.json, and with it the dataset id, changed or is gone)."""
@@ -46,6 +51,9 @@ class Dataset:
 
     def shards(self, split: str) -> list[np.ndarray]:
         """Memory-mapped token arrays of a split (never loaded whole)."""
+        if self.kind != "text":
+            raise GptlabError(f"{self.path} is a dataset of {self.kind}, not of text; this command needs one "
+                              "prepared from text")
         if split not in self.splits:
             raise GptlabError(f"dataset {self.path} has no split '{split}' (has: {', '.join(self.splits)})")
         arrays = []
@@ -91,3 +99,16 @@ class BatchLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved state_dict()."""
         self.rng.bit_generator.state = state
+
+
+def batch_loader(dataset: Dataset, split: str, batch_size: int, block_size: int, seed: int, arch: str = "gpt"):
+    """The loader a dataset and architecture train with: windows of text (BatchLoader), or pairs with
+    the loss on the target (data/pair_loader.py), which an encoder–decoder needs."""
+    if dataset.kind == "pairs":
+        from gptlab.data.pair_loader import PairLoader
+
+        return PairLoader(dataset, split, batch_size, block_size, seed, arch)
+    if arch == "encdec":
+        raise GptlabError(f"arch=encdec trains on source -> target pairs, and {dataset.path} is a text dataset; "
+                          "prepare one with `gptlab prepare FILE.jsonl --pairs`")
+    return BatchLoader(dataset, split, batch_size, block_size, seed)

@@ -126,8 +126,15 @@ def evaluate_run(run: str, data: str | None = None, split: str = "val", batch_si
     if not Path(data).is_dir():
         raise GptlabError(f"dataset not found: {data} (pass --data DIR)")
     dataset = Dataset(data)
+    if dataset.kind != "pairs" and loaded.config.model.arch == "encdec":
+        raise GptlabError(f"{run} is an encoder–decoder run: it is evaluated on a dataset of pairs, and {data} "
+                          "is a text dataset")
     if dataset.tokenizer.to_dict() != loaded.tokenizer.to_dict():
         raise GptlabError(f"{data} was prepared with another tokenizer than {run} was trained with")
     if batch_size < 0:
         raise GptlabError(f"batch_size={batch_size} must be >= 1 (or 0: automatic)")
+    if dataset.kind == "pairs":
+        from gptlab.inference.evaluate_pairs import evaluate_pairs
+
+        return evaluate_pairs(loaded.model, dataset, split, batch_size)
     return evaluate(loaded.model, dataset, split, batch_size, show_progress)

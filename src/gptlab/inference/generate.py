@@ -54,6 +54,8 @@ def print_samples(run: str, prompt: str, params: SamplingParams, num_samples: in
     if as_json and not show_probs:
         raise GptlabError("--json goes with --show-probs K (it prints one object per step)")
     loaded = load_run(run, pick_device(device))
+    if loaded.config.model.arch == "encdec":
+        raise GptlabError(f"{run} is an encoder–decoder run (arch=encdec): give it a source with --source TEXT")
     ids = prompt_ids(loaded.tokenizer, prompt)  # refuses unknown characters before printing anything
     steps = generate_steps(loaded.model, loaded.tokenizer, [ids] * num_samples, params, use_cache,
                            with_probs=show_probs > 0)

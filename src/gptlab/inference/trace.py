@@ -94,6 +94,9 @@ def trace_prompt(run: str, prompt: str, position: int | None = None, k: int = 10
     if not prompt:
         raise GptlabError("the prompt is empty: give at least one character with --prompt")
     loaded = load_run(run, pick_device(device))
+    if loaded.config.model.arch != "gpt":
+        raise GptlabError(f"{run} is an encoder–decoder run (arch={loaded.config.model.arch}); gptlab trace follows "
+                          "a decoder-only GPT's prediction (the page shows this run's cross-attention)")
     ids = loaded.tokenizer.encode(prompt)
     block = loaded.config.model.block_size
     if len(ids) > block:

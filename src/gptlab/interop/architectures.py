@@ -32,6 +32,8 @@ def _refuse(why: str) -> GptlabError:
 def hf_architecture(cfg: ModelConfig) -> str:
     """'gpt2', 'llama' or 'qwen3': the transformers model type that computes what cfg computes,
     or one clear error naming the field that rules each out."""
+    if cfg.arch != "gpt":
+        raise _refuse(f"arch={cfg.arch!r} (GPT-2, Llama and Qwen3 are decoder-only)")
     if cfg.logit_softcap:
         raise _refuse(f"logit_softcap={cfg.logit_softcap} (GPT-2, Llama and Qwen3 do not cap logits)")
     if cfg.position == "learned":

@@ -9,10 +9,13 @@ from gptlab.config import ModelConfig
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> nn.Module:
-    """The one way to make a model from its config (on device; "meta" builds shapes without memory)."""
+    """The one way to make a model from its config (on device; "meta" builds shapes without memory):
+    the decoder-only GPT, or the encoder–decoder for arch=encdec."""
+    from gptlab.model.encdec import EncoderDecoder
     from gptlab.model.gpt import GPT
 
+    kind = EncoderDecoder if cfg.arch == "encdec" else GPT
     if device is None:
-        return GPT(cfg)
+        return kind(cfg)
     with torch.device(device):
-        return GPT(cfg)
+        return kind(cfg)

@@ -52,8 +52,11 @@ class ParamCount:
 def _place(name: str) -> str:
     if name.startswith("blocks."):
         return "blocks"
+    if name.startswith(("encoder.", "decoder.")):  # arch=encdec: each half's blocks
+        return name.split(".")[0] + " blocks"
     return {"wte.weight": "token embedding", "wpe.weight": "position embedding",
-            "lm_head.weight": "output head"}.get(name, "final norm")
+            "wpe_source.weight": "position embedding", "ln_encoder.weight": "final norm",
+            "ln_encoder.bias": "final norm", "lm_head.weight": "output head"}.get(name, "final norm")
 
 
 def count_params(cfg: ModelConfig) -> ParamCount:
@@ -148,8 +151,9 @@ def _saved_activation_bytes(cfg: ModelConfig, T: int, dtype: torch.dtype | None)
         return t
 
     x = torch.zeros(1, T, dtype=torch.long, device="meta")
+    source = {"source": x} if cfg.arch == "encdec" else {}  # an encoder-decoder reads a source as long
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits, _ = model(x, x)
+        logits, _ = model(x, x, **source)
     logits_bytes = logits.numel() * 4  # the loss works in float32
     return sum(seen.values()) + 2 * logits_bytes
 
@@ -197,8 +201,9 @@ def describe(cfg: ModelConfig) -> list[str]:
     variant = (f"position={cfg.position}, norm={cfg.norm}, qk_norm={str(cfg.qk_norm).lower()}, mlp={cfg.mlp}, "
                f"head={'tied' if cfg.tie_embeddings else 'untied'}"
                + (f", logit_softcap={cfg.logit_softcap:g}" if cfg.logit_softcap else ""))
+    shape = "encoder–decoder, {0} + {0} layers".format(cfg.n_layer) if cfg.arch == "encdec" else f"{cfg.n_layer} layers"
     lines = [
-        f"model: {cfg.n_layer} layers, {cfg.n_head} heads, n_embd={cfg.n_embd}, block_size={cfg.block_size}, "
+        f"model: {shape}, {cfg.n_head} heads, n_embd={cfg.n_embd}, block_size={cfg.block_size}, "
         f"vocab_size={cfg.vocab_size}",
         f"  {variant}",
         f"parameters: {p.total:,} ({human(p.total)})",

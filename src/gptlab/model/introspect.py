@@ -34,3 +34,29 @@ def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
         for hook in hooks:
             hook.remove()
     return torch.stack(maps).cpu()
+
+
+@torch.no_grad()
+def encdec_attention_maps(model: torch.nn.Module, source: list[int], target: list[int]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """An encoder–decoder's decoder attention for one source and target (the decoder's input ids):
+    self-attention (n_layer, n_head, T, T), causal, and cross-attention (n_layer, n_head, T, S), row t
+    holding how much target position t attends to each source position (each row sums to 1)."""
+    maps: dict[str, list[torch.Tensor]] = {"self": [], "cross": []}
+
+    def capture(kind: str):
+        def hook(module, args, kwargs, _output):
+            rope = args[1] if len(args) > 1 else kwargs.get("rope")
+            maps[kind].append(module.weights(args[0], rope, memory=kwargs.get("memory"), mask=kwargs.get("mask"))[0])
+        return hook
+
+    hooks = [b.attn.register_forward_hook(capture("self"), with_kwargs=True) for b in model.decoder]
+    hooks += [b.cross.register_forward_hook(capture("cross"), with_kwargs=True) for b in model.decoder]
+    try:
+        device = next(model.parameters()).device
+        as_ids = lambda ids: torch.tensor([ids], dtype=torch.long, device=device)  # noqa: E731
+        model(as_ids(target), source=as_ids(source))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack(maps["self"]).cpu(), torch.stack(maps["cross"]).cpu()

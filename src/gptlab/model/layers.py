@@ -2,7 +2,8 @@
 
     norm:      LayerNorm (GPT-2) | RMSNorm (scale only, no mean subtraction)
     position:  learned absolute embedding (in gpt.py) | rotary (RoPE): q and k rotated by position
-    attention: causal multi-head self-attention, optional QK-norm, computing its own weights on request
+    attention: multi-head self-attention (causal, or bidirectional for an encoder) or cross-attention
+               (keys and values from another sequence); optional QK-norm; its own weights on request
     mlp:       GELU 4x (exact or tanh form) | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
 
 Each module also hands its intermediates to a recorder while model/record.py's recording() is on
@@ -80,34 +81,57 @@ class AttentionCache(Protocol):
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where position t only sees positions <= t."""
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention: causal (position t sees positions <= t) or, with
+    causal=False, bidirectional over the whole sequence (an encoder reading its source). Cross-attention
+    (cross=True): queries from x, keys and values from another sequence, the encoder's output."""
 
     record: Record = None
 
-    def __init__(self, cfg: ModelConfig, layer: int = 0):
+    def __init__(self, cfg: ModelConfig, layer: int = 0, causal: bool = True, cross: bool = False):
         super().__init__()
         self.layer = layer  # its index into a KV cache
+        self.causal, self.cross = causal and not cross, cross
         self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
         self.head_dim = cfg.n_embd // cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
-        # q, k and v are three matrices side by side: an optimizer that treats matrices whole (Muon)
-        # takes them apart.
-        self.split_matrices = {"qkv.weight": 3}
+        if cross:
+            # Queries and keys/values read different sequences, so they are separate matmuls.
+            self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
+            self.split_matrices = {"kv.weight": 2}
+        else:
+            self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+            # q, k and v are three matrices side by side: an optimizer that treats matrices whole (Muon)
+            # takes them apart.
+            self.split_matrices = {"qkv.weight": 3}
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, record: Record = None
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        # (B, T, C) -> (B, n_head, T, head_dim): each head attends in its own subspace.
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention's keys and values (B, H, S, D) of an encoder output (B, S, C): computed
+        once per source, however many target tokens then attend to them."""
+        k, v = (self._heads(t) for t in self.kv(memory).split(self.n_embd, dim=2))
+        return (self.k_norm(k) if self.k_norm is not None else k), v
+
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+             memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, record: Record = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, C = x.shape
+        if self.cross:
+            q = self._heads(self.q(x))
+            k, v = memory if isinstance(memory, tuple) else self.keys_values(memory)
+            # No rotation: a target position and a source position are not on one axis.
+            return (self.q_norm(q) if self.q_norm is not None else q), k, v
         qkv = self.qkv(x)
         if record is not None:
             record("qkv", qkv, "T 3C", "[T×C] · W_qkv [C×3C]" + _bias(self.qkv))
-        q, k, v = qkv.split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim): each head attends in its own subspace.
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (self._heads(t) for t in qkv.split(self.n_embd, dim=2))
         if record is not None:
             for name, t in (("q", q), ("k", k), ("v", v)):
                 record(name, t, "H T D", f"{name} third of qkv [T×C], split into H heads of D channels")
@@ -124,12 +148,18 @@ class CausalSelfAttention(nn.Module):
                 record("k_rope", k, "H T D", "each channel pair of k rotated by its angle at t (RoPE)", "Rotary")
         return q, k, v
 
-    def _weights(self, q: torch.Tensor, k: torch.Tensor, record: Record = None) -> torch.Tensor:
-        """Softmax of the scaled q·k with the future masked: the weights the fused kernel applies."""
-        T = q.size(-2)
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, record: Record = None,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax of the scaled q·k with the future (causal) and mask's False keys masked: the weights
+        the fused kernel applies."""
+        T, S = q.size(-2), k.size(-2)
         scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
-        future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)
-        masked = scores.masked_fill(future, float("-inf"))
+        masked = scores
+        if self.causal:
+            future = torch.triu(torch.ones(T, S, dtype=torch.bool, device=q.device), diagonal=1)
+            masked = masked.masked_fill(future, float("-inf"))
+        if mask is not None:
+            masked = masked.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(masked, dim=-1)
         if record is not None:
             record("scores", scores, "H T T", "q [H×T×D] · kᵀ [H×D×T] / √D")
@@ -138,17 +168,22 @@ class CausalSelfAttention(nn.Module):
         return weights
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: AttentionCache | None = None) -> torch.Tensor:
+                cache: AttentionCache | None = None,
+                memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). memory: cross-attention's source (B, S, C), or its keys_values();
+        mask: which keys each query may see (True: may), broadcast to (B, H, T, keys), e.g. a source's
+        padding; a causal layer masks the future itself."""
         B, T, C = x.shape
         record = self.record
-        q, k, v = self._qkv(x, rope, record)
-        if record is not None and cache is None:
+        q, k, v = self._qkv(x, rope, memory, record)
+        if record is not None and cache is None and not self.cross:
             # The weights the kernel below applies, from the same q and k; it never materialises them.
             self._weights(q, k, record)
         dropout_p = self.dropout if self.training else 0.0
-        if cache is None:
+        if cache is None or self.cross:
             # Fused kernel (flash attention where available); is_causal masks the future.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal, dropout_p=dropout_p)
         elif hasattr(cache, "attend"):
             # A cache that attends row by row itself (serve/'s batch of rows of different lengths,
             # each computed exactly as it would be alone).
@@ -168,11 +203,18 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(out)
 
     @torch.no_grad()
-    def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """The attention weights (B, n_head, T, T) this layer applies to input x: softmax of the scaled
-        q·k with the future masked, computed from the same q and k as forward (QK-norm, RoPE and all)."""
-        q, k, _ = self._qkv(x, rope)
-        return self._weights(q, k)
+    def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights (B, n_head, T, keys) this layer applies to input x: softmax of the
+        scaled q·k with the future (causal) and mask's False keys masked, computed from the same q and
+        k as forward (QK-norm, RoPE and all)."""
+        q, k, _ = self._qkv(x, rope, memory)
+        return self._weights(q, k, mask=mask)
+
+
+# The GPT's attention, under the name its callers know.
+CausalSelfAttention = Attention
 
 
 def swiglu_hidden(n_embd: int) -> int:
@@ -233,28 +275,41 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: attention then MLP, each added to the residual stream."""
+    """Pre-norm Transformer block: attention then MLP, each added to the residual stream. An encoder's
+    block attends both ways (causal=False); a decoder's (cross=True) adds cross-attention to the
+    encoder's output between its self-attention and its MLP."""
 
     record: Record = None
 
-    def __init__(self, cfg: ModelConfig, layer: int = 0):
+    def __init__(self, cfg: ModelConfig, layer: int = 0, causal: bool = True, cross: bool = False):
         super().__init__()
         self.ln_1 = make_norm(cfg)
-        self.attn = CausalSelfAttention(cfg, layer)
+        self.attn = Attention(cfg, layer, causal=causal)
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
+        self.ln_cross = make_norm(cfg) if cross else None
+        self.cross = Attention(cfg, layer, cross=True) if cross else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: AttentionCache | None = None) -> torch.Tensor:
+                cache: AttentionCache | None = None, mask: torch.Tensor | None = None,
+                memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         record = self.record
         if record is None:
-            x = x + self.attn(self.ln_1(x), rope, cache)
+            x = x + self.attn(self.ln_1(x), rope, cache, mask=mask)
+            if self.cross is not None:
+                x = x + self.cross(self.ln_cross(x), memory=memory, mask=memory_mask)
             return x + self.mlp(self.ln_2(x))
         # The same sums, each part handed to the recorder on the way.
         h = self.ln_1(x)
         record_norm(record, "ln_1", self.ln_1, x, h)
-        x = x + self.attn(h, rope, cache)
+        x = x + self.attn(h, rope, cache, mask=mask)
         record("resid_attn", x, "T C", "x + attention: the residual stream after attention")
+        if self.cross is not None:
+            h = self.ln_cross(x)
+            record_norm(record, "ln_cross", self.ln_cross, x, h)
+            x = x + self.cross(h, memory=memory, mask=memory_mask)
+            record("resid_cross", x, "T C", "x + cross-attention to the encoder's output")
         h = self.ln_2(x)
         record_norm(record, "ln_2", self.ln_2, x, h)
         x = x + self.mlp(h)

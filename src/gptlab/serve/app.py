@@ -32,6 +32,7 @@ from gptlab.errors import GptlabError
 from gptlab.runs import load_run
 from gptlab.serve.completions import router as completions_router
 from gptlab.serve.errors import install_error_handlers
+from gptlab.serve.encdec_api import router as encdec_router
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
@@ -86,6 +87,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
     return app
 
 
+    app.include_router(encdec_router)  # an encoder–decoder run's attention view
 def _is_loopback(host: str) -> bool:
     """Whether host is reachable from this machine only."""
     try:

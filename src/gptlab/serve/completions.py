@@ -64,6 +64,9 @@ def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], in
         raise APIError(404, f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
                        "model", code="model_not_found")
     run: LoadedRun = app.state.run
+    if run.config.model.arch != "gpt":  # completions continue a prompt: a decoder-only model's job
+        raise APIError(400, f"this run is an encoder–decoder (arch={run.config.model.arch}); completions need a "
+                       "decoder-only GPT run (use `gptlab sample RUN --source TEXT`)")
     block_size = run.config.model.block_size
     encoded = []
     for i, prompt in enumerate(req.prompts()):

@@ -66,6 +66,9 @@ def _service(request: Request) -> ModelService:
 
 def _encode(run: LoadedRun, text: str) -> list[int]:
     """Prompt ids, or a 400 with the tokenizer's reason (unknown characters, empty prompt)."""
+    if run.config.model.arch != "gpt":
+        raise HTTPException(400, "this run is an encoder–decoder: the page shows its source -> target attention "
+                            "(/api/encdec/attention) instead of continuing a prompt")
     if not text:
         raise HTTPException(400, "the prompt is empty: type at least one character")
     limit = MAX_CHARS_PER_POSITION * run.config.model.block_size
@@ -125,7 +128,7 @@ def info(request: Request) -> dict[str, Any]:
     m = run.config.model
     return {"run": run.path.resolve().name, "step": run.step, "tokenizer": run.tokenizer.kind,
             "vocab_size": m.vocab_size, "block_size": m.block_size, "n_layer": m.n_layer,
-            "n_head": m.n_head, "n_embd": m.n_embd}
+            "n_head": m.n_head, "n_embd": m.n_embd, "arch": m.arch}
 
 
 @router.post("/api/next", responses=PAGE_ERROR_RESPONSES)

@@ -53,6 +53,9 @@ def setup_bench(preset: str, device: str = "auto", compile: str = "auto",
                 overrides: list[str] | None = None) -> BenchSetup:
     """Build a preset's model and optimizer on a device, as the trainer would."""
     cfg = build_config(preset, None, list(overrides or []) + [f"device={device}", f"compile={compile}"])
+    if cfg.model.arch != "gpt":  # random windows have no source to read
+        raise GptlabError(f"bench train times decoder-only models; arch={cfg.model.arch} is measured by "
+                          "benchmarks/encdec_couplets.py")
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = CHAR_VOCAB
     dev = pick_device(cfg.train.device)

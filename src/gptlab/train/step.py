@@ -67,7 +67,7 @@ class StepRunner:
             batch = next_batch().to(self.device, non_blocking=True)
             with self._sync_gradients(micro == self.grad_accum - 1):
                 with autocast(self.device):
-                    _, loss = self.wrapped(batch.inputs, batch.loss_targets())
+                    _, loss = self.wrapped(batch.inputs, batch.loss_targets(), **batch.model_inputs())
                 scaled = loss / self.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach()

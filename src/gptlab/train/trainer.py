@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from gptlab.config import RunConfig
-from gptlab.data.loader import BatchLoader, Dataset
+from gptlab.data.loader import Dataset, batch_loader
 from gptlab.data.units import bits_per
 from gptlab.device import autocast, configure_backends, precision_for
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
+from gptlab.inference.pair_sample import pair_sample
 from gptlab.locks import LOCK_FILE, lock_dataset_for_reading, lock_run
 from gptlab.model.accounting import describe, flops_per_token
 from gptlab.model import build_model
@@ -100,8 +101,8 @@ def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, devi
         if not dataset.splits.get(split, {}).get("tokens"):
             continue
         # A fresh loader with a fixed seed: the same windows every evaluation, comparable over time.
-        loader = BatchLoader(dataset, split, cfg.train.eval_batch_size or cfg.train.batch_size, cfg.model.block_size,
-                             seed=cfg.train.seed + 1)
+        loader = batch_loader(dataset, split, cfg.train.eval_batch_size or cfg.train.batch_size, cfg.model.block_size,
+                              seed=cfg.train.seed + 1, arch=cfg.model.arch)
         total, batch = 0.0, None
         for i in range(-(-n // world) * world):
             if i < n:
@@ -110,7 +111,7 @@ def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, devi
                 continue
             on_device = batch.to(device)
             with autocast(device):
-                _, loss = model(on_device.inputs, on_device.loss_targets())
+                _, loss = model(on_device.inputs, on_device.loss_targets(), **on_device.model_inputs())
             if i < n:
                 total += loss.item()
         out[split] = all_sum([total], ranks, device)[0] / n
@@ -203,7 +204,7 @@ class _Training:
         if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size) and not resume:
             self.say(f"note: vocab_size set to the tokenizer's {self.tokenizer.vocab_size} (was {cfg.model.vocab_size})")
         cfg.model.vocab_size = self.tokenizer.vocab_size
-        if tcfg.sample_tokens:
+        if tcfg.sample_tokens and self.dataset.kind == "text":  # pairs sample a held-out source instead
             self.tokenizer.encode(tcfg.sample_prompt)  # refuse an unencodable prompt before any work
         configure_backends(device)
 
@@ -212,10 +213,11 @@ class _Training:
         weights_step = load_weights_for_resume(run, self.model) if resume else 0
         self.runner = make_runner(self.model, tcfg, ranks, device)
         self.loader = PrefetchingLoader(
-            BatchLoader(self.dataset, "train", tcfg.batch_size, cfg.model.block_size, seed=tcfg.seed),
+            batch_loader(self.dataset, "train", tcfg.batch_size, cfg.model.block_size, seed=tcfg.seed,
+                         arch=cfg.model.arch),
             ranks.rank, ranks.world_size, pin_memory=device.type == "cuda")
         if self.dataset.splits["val"]["tokens"]:  # a val split, where there is one, must fit a window too
-            BatchLoader(self.dataset, "val", tcfg.batch_size, cfg.model.block_size, seed=0)
+            batch_loader(self.dataset, "val", tcfg.batch_size, cfg.model.block_size, seed=0, arch=cfg.model.arch)
 
         if resume:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
@@ -285,13 +287,17 @@ class _Training:
         self.say(text)
         if tcfg.sample_tokens:
             # Every rank samples the same text: under FSDP each forward pass needs all of them.
-            sample = "".join(complete(self.model, self.tokenizer, tcfg.sample_prompt, tcfg.sample_tokens,
-                                      tcfg.sample_temperature, tcfg.sample_top_k, seed=tcfg.seed + step))
+            if self.dataset.kind == "pairs":
+                prompt, sample = pair_sample(self.model, self.dataset, tcfg, step)
+            else:
+                prompt = tcfg.sample_prompt
+                sample = "".join(complete(self.model, self.tokenizer, prompt, tcfg.sample_tokens,
+                                          tcfg.sample_temperature, tcfg.sample_top_k, seed=tcfg.seed + step))
             self.model.train()
-            self.say(f"--- sample at step {step} ---\n{tcfg.sample_prompt}{sample}\n---")
+            self.say(f"--- sample at step {step} ---\n{prompt}{sample}\n---")
             if self.main:
                 with open(self.run / "samples.txt", "a", encoding="utf-8") as f:
-                    f.write(f"=== step {step} ===\n{tcfg.sample_prompt}{sample}\n\n")
+                    f.write(f"=== step {step} ===\n{prompt}{sample}\n\n")
         if self.main:
             self.metrics.write(record)
         return losses

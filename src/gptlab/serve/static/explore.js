@@ -283,6 +283,7 @@ async function start() {
     return showError(error);
   }
   const i = state.info;
+  if (i.arch === "encdec") return;  // encdec.js shows this run's source -> target view instead
   $("info").textContent = `run ${i.run} · step ${i.step.toLocaleString()} · ${i.n_layer} layers, ${i.n_head} heads, ` +
     `${i.n_embd} dims, context ${i.block_size}, ${i.vocab_size} tokens (${i.tokenizer})`;
   fillSelect($("layer"), i.n_layer);

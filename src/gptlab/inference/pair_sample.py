@@ -1,0 +1,37 @@
+"""Writing a pair's target with either architecture, and the sample a training run on pairs shows
+at each evaluation: the target its model writes for a held-out source (the first validation pair's,
+the first training pair's where there is no val split)."""
+
+from __future__ import annotations
+
+import torch
+
+from gptlab.config import TrainConfig
+from gptlab.data.loader import Dataset
+from gptlab.data.pairs import read_pairs, separator_id
+from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.tokenizers import Tokenizer
+
+
+def write_target(model: torch.nn.Module, tokenizer: Tokenizer, source_ids: list[int], params: SamplingParams) -> str:
+    """The target a model writes for source ids: an encoder–decoder reads the source and writes until
+    its end token; a decoder-only GPT continues "source [sep]" until the next separator."""
+    sep = separator_id(tokenizer)
+    if model.config.arch == "encdec":
+        from gptlab.inference.seq2seq import generate_targets
+
+        return tokenizer.decode(generate_targets(model, sep, source_ids, params)[0])
+    written = []
+    for steps in generate_steps(model, None, [list(source_ids) + [sep]], params):
+        if steps[0].token == sep:  # the target's end
+            break
+        written.append(steps[0].token)
+    return tokenizer.decode(written)
+
+
+def pair_sample(model: torch.nn.Module, dataset: Dataset, tcfg: TrainConfig, step: int) -> tuple[str, str]:
+    """(what the model read, what it wrote): "SOURCE -> " and the target it writes for it."""
+    split = "val" if dataset.splits.get("val", {}).get("pairs") else "train"
+    source_ids = [int(i) for i in read_pairs(dataset.path, dataset.meta, split).pair(0)[0]]
+    params = SamplingParams(tcfg.sample_tokens, tcfg.sample_temperature, tcfg.sample_top_k, seed=tcfg.seed + step)
+    return f"{dataset.tokenizer.decode(source_ids)} -> ", write_target(model, dataset.tokenizer, source_ids, params)

@@ -1,0 +1,154 @@
+"""The encoder–decoder Transformer of "Attention is all you need", built from the GPT's layers.
+
+    source ids (B,S) -> token embedding (+ source positions) -> n_layer x Block(causal=False)
+                     -> encoder norm -> memory (B,S,C)
+    target ids (B,T) -> token embedding (+ target positions)
+                     -> n_layer x Block(cross=True)[ x + self-attn(causal), x + cross-attn(memory), x + mlp ]
+                     -> final norm -> unembedding (tied to the one token embedding) -> logits (B,T,V)
+
+Source and target share the tokenizer, so one token embedding serves both (and the tied head).
+A source is right-padded to its batch's longest; source_mask (B,S) says which positions are real,
+and neither the encoder nor cross-attention attends to the rest. The decoder sees the source only
+through cross-attention. Inference encodes the source once, computes each layer's cross-attention
+keys and values once, and decodes with a KV cache on the decoder's self-attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gptlab.config import ModelConfig
+from gptlab.model.gpt import GPT, ModelCache, Role
+from gptlab.model.layers import Attention, Block, Rotary, make_norm
+from gptlab.model.loss import lm_loss
+
+# Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
+CrossKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class EncoderDecoder(nn.Module):
+    """Encoder over a source sequence, decoder over the target with cross-attention to it."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set before building the model")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        learned = cfg.position == "learned"
+        # Each half has its own learned positions: source position 3 and target position 3 mean different things.
+        self.wpe_source = nn.Embedding(cfg.block_size, cfg.n_embd) if learned else None
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if learned else None
+        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base) if cfg.position == "rope" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(Block(cfg, i, causal=False) for i in range(cfg.n_layer))
+        self.ln_encoder = make_norm(cfg)
+        self.decoder = nn.ModuleList(Block(cfg, i, cross=True) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.apply(GPT._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                if cfg.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    # GPT-2's scaling by the residual branches that add up: 2 per encoder block, 3 per decoder block.
+                    branches = 2 if name.startswith("encoder.") else 3
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(branches * cfg.n_layer))
+        if cfg.zero_init and not cfg.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
+
+    # The decoder's cache keys hold their positions' embeddings: it cannot slide past block_size.
+    cache_can_slide = False
+
+    def parameter_roles(self) -> dict[str, tuple[Role, int]]:
+        """Each parameter's role and how many matrices lie stacked in it, as GPT.parameter_roles."""
+        splits = {f"{prefix}.{name}" if prefix else name: n
+                  for prefix, module in self.named_modules()
+                  for name, n in getattr(module, "split_matrices", {}).items()}
+        embeddings = {f"{prefix}.weight" for prefix, m in self.named_modules() if isinstance(m, nn.Embedding)}
+        roles: dict[str, tuple[Role, int]] = {}
+        for name, p in self.named_parameters():
+            if name in embeddings:
+                roles[name] = ("embedding", 1)
+            elif name == "lm_head.weight":
+                roles[name] = ("head", 1)
+            elif p.dim() >= 2:
+                roles[name] = ("matrix", splits.get(name, 1))
+            else:
+                roles[name] = ("vector", 1)
+        return roles
+
+    def attention_layers(self) -> list[Attention]:
+        """Every attention module: the encoder's, then each decoder block's self- and cross-attention."""
+        return [b.attn for b in self.encoder] + [a for b in self.decoder for a in (b.attn, b.cross)]
+
+    def decoder_self_attention(self) -> list[Attention]:
+        """The decoder's self-attention modules, the ones a KV cache serves, first layer first."""
+        return [b.attn for b in self.decoder]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, unembedding and soft-cap, as the GPT's."""
+        return GPT.head(self, x)
+
+    def _embed(self, idx: torch.Tensor, positions: torch.Tensor, table: nn.Embedding | None
+               ) -> tuple[torch.Tensor, tuple | None]:
+        x = self.wte(idx)
+        if table is not None:
+            x = x + table(positions)
+        return self.drop(x), (self.rotary(positions) if self.rotary is not None else None)
+
+    def _check_length(self, n: int, what: str) -> None:
+        if n > self.config.block_size:
+            raise ValueError(f"{what} of length {n} exceeds block_size={self.config.block_size}")
+
+    def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's output (B, S, C) for source ids (B, S); source_mask (B, S) True on real tokens."""
+        self._check_length(source.size(1), "source")
+        x, rope = self._embed(source, torch.arange(source.size(1), device=source.device), self.wpe_source)
+        mask = _key_mask(source_mask)
+        for block in self.encoder:
+            x = block(x, rope, mask=mask)
+        return self.ln_encoder(x)
+
+    def cross_keys_values(self, memory: torch.Tensor) -> CrossKV:
+        """Every decoder layer's cross-attention keys and values of one encoder output."""
+        return [block.cross.keys_values(memory) for block in self.decoder]
+
+    def decode(self, idx: torch.Tensor, memory: torch.Tensor | CrossKV, source_mask: torch.Tensor | None = None,
+               cache: ModelCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V) of the target ids idx (B, T) attending to memory: the encoder's output, or
+        its cross_keys_values(). With a cache, idx continues the targets stored in it and only the last
+        position's logits come back, (B, 1, V)."""
+        T = idx.size(1)
+        if cache is not None:
+            positions = cache.positions(T)
+        else:
+            self._check_length(T, "target")
+            positions = torch.arange(T, device=idx.device)
+        x, rope = self._embed(idx, positions, self.wpe)
+        mask = _key_mask(source_mask)
+        for i, block in enumerate(self.decoder):
+            layer_memory = memory[i] if isinstance(memory, list) else memory
+            x = block(x, rope, cache, memory=layer_memory, memory_mask=mask)
+        if cache is not None:
+            cache.advance(torch.full((idx.size(0),), T, dtype=torch.long, device=idx.device))
+            x = x[:, -1:]
+        return self.head(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, source: torch.Tensor,
+                source_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) of the decoder inputs idx given source (B, S); with targets, also the mean
+        cross-entropy over the targets that are not model.loss.IGNORE."""
+        logits = self.decode(idx, self.encode(source, source_mask), source_mask)
+        return logits, (lm_loss(logits, targets) if targets is not None else None)
+
+
+def _key_mask(source_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, S) real-token flags -> (B, 1, 1, S), the attention mask every query and head shares."""
+    return None if source_mask is None else source_mask.bool()[:, None, None, :]
