@@ -419,6 +419,62 @@ def _run_bench(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from gptlab.scaling.experiment import add_arguments
+
+    p = sub.add_parser("sweep", help="measure the scaling law: a model family at FLOP budgets, fit, held-out check",
+                       description="Train a family of model sizes at fixed training-FLOP budgets, fit "
+                       "L(N, D) = E + A/N^alpha + B/D^beta to the val losses, report the compute-optimal size per "
+                       "budget, then predict a held-out run and train it to check (benchmarks/scaling_law.py).")
+    add_arguments(p)
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    from gptlab.scaling.experiment import run_sweep
+
+    run_sweep(args)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers checkpoint",
+                       description="Export a run's current checkpoint as a directory that transformers' "
+                       "AutoModelForCausalLM and AutoTokenizer load offline: config.json, model.safetensors, "
+                       "generation_config.json, tokenizer.json, tokenizer_config.json and a README.md model "
+                       "card. The classic model becomes GPT-2; RoPE/RMSNorm models become Llama (Qwen3 with "
+                       "qk_norm=true); a combination none of them expresses is refused with the reason.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--format", default="hf", choices=("hf",), help="hf: Hugging Face transformers (default)")
+    p.add_argument("--out", required=True, help="directory to write (must not exist yet)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from gptlab.interop.export import export_run
+
+    print(f"wrote {export_run(args.run, args.out, args.format)}")
+
+
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="make a run of a local transformers checkpoint (GPT-2, Llama, Qwen3)",
+                       description="Import a local transformers checkpoint directory (config.json, "
+                       "model.safetensors, tokenizer.json) as a gptlab run that sample, eval, serve and "
+                       "export take. With --data DATASET (prepared with `gptlab prepare CORPUS --tokenizer "
+                       "DIR`), `gptlab train --resume RUN` continues pretraining it.")
+    p.add_argument("checkpoint", metavar="DIR", help="transformers checkpoint directory")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--data", help="prepared dataset to continue pretraining on (optional)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="train settings for continued pretraining, right after DIR (lr=1e-4 max_steps=200 ...)")
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> None:
+    from gptlab.interop.import_hf import import_checkpoint
+
+    print(f"wrote {import_checkpoint(args.checkpoint, args.out, args.data, args.overrides)}")
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_couplets, _add_tokenize, _add_train, _add_sample, _add_info,
                                                                _add_eval, _add_trace, _add_serve, _add_plot, _add_report,
                                                                _add_bench, _add_sweep, _add_export, _add_import]
