@@ -22,7 +22,7 @@ from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.gpt import GPT, ModelCache, Role
-from gptlab.model.layers import Attention, Block, Rotary, make_norm
+from gptlab.model.layers import Attention, Block, Record, Rotary, make_norm
 from gptlab.model.loss import lm_loss
 
 # Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
@@ -31,6 +31,10 @@ CrossKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 class EncoderDecoder(nn.Module):
     """Encoder over a source sequence, decoder over the target with cross-attention to it."""
+
+    # GPT.head, shared below, hands its stages to a recorder when one is set; nothing records an
+    # encoder–decoder (gptlab trace follows a GPT), so it stays None.
+    record: Record = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

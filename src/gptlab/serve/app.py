@@ -84,10 +84,10 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
     app.include_router(explore_router)  # the page at / and its JSON under /api/
     app.include_router(trace_router)  # the page's step-through view: /api/trace
     app.include_router(tokenizer_router)  # /tokenizer_info, /tokenize, /detokenize (lm-evaluation-harness)
+    app.include_router(encdec_router)  # an encoder–decoder run's attention view
     return app
 
 
-    app.include_router(encdec_router)  # an encoder–decoder run's attention view
 def _is_loopback(host: str) -> bool:
     """Whether host is reachable from this machine only."""
     try:
