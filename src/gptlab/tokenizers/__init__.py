@@ -17,9 +17,11 @@ from gptlab.tokenizers.base import Tokenizer, load_tokenizer
 from gptlab.tokenizers.bpe import BPETokenizer
 from gptlab.tokenizers.char import CharTokenizer
 from gptlab.tokenizers.pretrained import ENCODINGS, PretrainedTokenizer
+from gptlab.tokenizers.special import WithSpecialTokens
 
 # kind name (tokenizer.json's "kind") -> class; a class builds itself with .train(texts) or .from_dict(data).
-KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": PretrainedTokenizer}
+KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": PretrainedTokenizer,
+                                  "special": WithSpecialTokens}
 TRAINED = ("char", "bpe")
 TOKENIZER_FILE = "tokenizer.json"
 
