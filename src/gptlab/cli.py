@@ -390,10 +390,31 @@ def _run_posttrain(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="talk with a fine-tuned run in the terminal",
+                       description="An interactive conversation with a run that has a chat template (from "
+                       "`gptlab finetune` or `gptlab align`): answers stream, the history is kept within the "
+                       "context window (oldest turns dropped first); Ctrl-D or Ctrl-C leaves.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=0, help="most tokens per answer (default: the context size)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--system", default="", help="a system message that opens the conversation")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> None:
+    from gptlab.posttrain.terminal import chat
+
+    chat(args.run, args.device, args.temperature, args.top_p, args.max_tokens, args.seed, args.system)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_tokenize, _add_train, _add_sample, _add_info,
                                                                _add_eval, _add_serve, _add_plot, _add_report,
                                                                _add_bench, _add_poem_data, _add_finetune,
-                                                               _add_align]
+                                                               _add_align, _add_chat]
 
 
 def build_parser() -> argparse.ArgumentParser:

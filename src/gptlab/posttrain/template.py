@@ -94,3 +94,15 @@ class ChatTemplate:
         if role is not None:
             messages.append(Message(role, self.tokenizer.decode(body)))
         return messages
+
+    def prompt_within(self, messages: list[Message], budget: int) -> tuple[list[int], int]:
+        """The generation prompt of the latest turns that fit in budget tokens: the oldest turns
+        after a leading system message are dropped first. Returns the ids and how many messages were
+        dropped; refuses when even the last message alone does not fit."""
+        system = messages[:1] if messages and messages[0].role == "system" else []
+        rest = messages[len(system):]
+        for start in range(len(rest)):
+            ids = self.prompt(system + rest[start:])
+            if len(ids) <= budget:
+                return ids, start
+        raise GptlabError(f"the last message does not fit in the model's context ({budget} tokens)")

@@ -35,6 +35,7 @@ from gptlab.inference.engine import SamplingParams, Step, generate_steps
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun, load_run
+from gptlab.serve.chat import router as chat_router
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
                                  parse_request)
@@ -75,6 +76,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
         return JSONResponse(await run_in_threadpool(job.whole))
 
     app.include_router(explore_router)  # the page at / and its JSON under /api/
+    app.include_router(chat_router)  # POST /v1/chat/completions (serve/chat.py)
     return app
 
 
