@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import signal
@@ -130,38 +131,33 @@ def test_bad_post_training_input_is_one_clear_line(runs, sft, tmp_path, capsys):
     assert not (tmp_path / "z").exists() and not (tmp_path / "w").exists()
 
 
-def test_chat_in_the_terminal_streams_and_leaves_on_end_of_input(sft, runs):
-    talk = subprocess.run([sys.executable, "-m", "gptlab", "chat", str(sft[0]), "--max-tokens", "5", "--seed", "1"],
-                          input="帝京\n\n秦川\n", capture_output=True, text=True, timeout=120, env=cli_env())
+def test_chat_in_the_terminal_streams_and_leaves_on_end_of_input(sft, runs, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("帝京\n\n秦川\n"))  # two questions, a blank line, then Ctrl-D
+    talk = cli_in_process(capsys, "chat", sft[0], "--max-tokens", "5", "--seed", "1", "--device", "cpu")
     assert talk.returncode == 0, talk.stderr
-    assert talk.stdout.count("model> ") == 2 and "Traceback" not in talk.stderr
-    base = subprocess.run([sys.executable, "-m", "gptlab", "chat", str(runs / "base")], input="", capture_output=True,
-                          text=True, timeout=120, env=cli_env())
-    assert_clean_error(base, "no chat template")
+    assert talk.stdout.count("model> ") == 2 and talk.stderr == ""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert_clean_error(cli_in_process(capsys, "chat", runs / "base", "--device", "cpu"), "no chat template")
 
 
 @pytest.fixture(scope="module")
-def servers(sft, runs, tmp_path_factory):
-    """`gptlab serve` on the fine-tuned run and on the base run; yields their base URLs."""
-    procs, urls = [], []
+def server(sft, tmp_path_factory):
+    """`gptlab serve` on the fine-tuned run, in its own process; yields its base URL."""
+    logs = tmp_path_factory.mktemp("chat-server")
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(sft[0]), "--port", "0"],
+                                stdout=out, stderr=err, env=cli_env() | {"OMP_NUM_THREADS": "1"})
     try:
-        for run in (sft[0], runs / "base"):
-            logs = tmp_path_factory.mktemp("chat-server")
-            with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-                procs.append(subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0"],
-                                              stdout=out, stderr=err, env=cli_env() | {"OMP_NUM_THREADS": "1"}))
-            urls.append(_wait_until_serving(procs[-1], logs))
-        yield urls
+        yield _wait_until_serving(proc, logs)
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=20)
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
-def test_openai_client_chats_with_a_fine_tuned_run(servers, sft):
+def test_openai_client_chats_with_a_fine_tuned_run(server, sft):
     import openai
 
-    client = openai.OpenAI(base_url=servers[0] + "/v1", api_key="none")
+    client = openai.OpenAI(base_url=server + "/v1", api_key="none")
     messages = [{"role": "system", "content": "詩"}, {"role": "user", "content": "帝京"}]
     whole = client.chat.completions.create(model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9,
                                            top_p=0.95, n=2, seed=3, stop=["。"])
@@ -171,7 +167,7 @@ def test_openai_client_chats_with_a_fine_tuned_run(servers, sft):
     again = client.chat.completions.create(model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9,
                                            top_p=0.95, n=2, seed=3, stop=["。"])
     assert [c.message.content for c in again.choices] == [c.message.content for c in whole.choices]  # seeded
-    streamed = client.chat.completions.create(messages=messages, max_tokens=8, temperature=0.9, top_p=0.95, seed=3,
+    streamed = client.chat.completions.create(model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9, top_p=0.95, seed=3,
                                               stop=["。"], stream=True)
     pieces, finish = [], None
     for chunk in streamed:
@@ -180,12 +176,19 @@ def test_openai_client_chats_with_a_fine_tuned_run(servers, sft):
     assert "".join(pieces) == whole.choices[0].message.content and finish == whole.choices[0].finish_reason
 
 
-def test_a_base_run_answers_400_saying_it_has_no_chat_template(servers):
+def test_a_base_run_answers_400_saying_it_has_no_chat_template(server, runs):
     import openai
+    from fastapi.testclient import TestClient
 
-    client = openai.OpenAI(base_url=servers[1] + "/v1", api_key="none")
+    from gptlab.serve.app import create_app
+
+    # The base run's app in this process (the openai client over Starlette's test transport).
+    base = openai.OpenAI(base_url="http://testserver/v1", api_key="none",
+                         http_client=TestClient(create_app(runs / "base", "cpu")))
     with pytest.raises(openai.BadRequestError, match="no chat template"):
-        client.chat.completions.create(model="base", messages=[{"role": "user", "content": "帝京"}])
-    chat = openai.OpenAI(base_url=servers[0] + "/v1", api_key="none")
+        base.chat.completions.create(model="base", messages=[{"role": "user", "content": "帝京"}])
+    chat = openai.OpenAI(base_url=server + "/v1", api_key="none")
     with pytest.raises(openai.BadRequestError, match="messages"):
         chat.chat.completions.create(model="sft", messages=[])
+    with pytest.raises(openai.BadRequestError, match="unknown field"):
+        chat.chat.completions.create(model="sft", messages=[{"role": "user", "content": "x"}], logit_bias={"1": 1})

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gptlab.errors import GptlabError
+
 VOCAB_ROWS = ("wte.weight", "lm_head.weight")  # the matrices with one row per token id
 
 
@@ -23,4 +25,7 @@ def load_grown(source: nn.Module, target: nn.Module) -> None:
         if need.shape[0] > have.shape[0]:
             mean = have.mean(dim=0, keepdim=True)
             state[name] = torch.cat([have, mean.expand(need.shape[0] - have.shape[0], -1)])
-    target.load_state_dict(state)
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as exc:
+        raise GptlabError(f"the base run's weights do not fit this model: {str(exc).splitlines()[-1].strip()}") from None

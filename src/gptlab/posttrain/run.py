@@ -4,9 +4,10 @@ one. The base run is only read."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
-from gptlab.config import PosttrainConfig, RunConfig, TrainConfig, apply_overrides
+from gptlab.config import ModelConfig, PosttrainConfig, RunConfig, TrainConfig, apply_overrides
 from gptlab.errors import GptlabError
 from gptlab.posttrain.session import SESSIONS
 from gptlab.runs import read_config
@@ -34,10 +35,10 @@ def start_config(stage: str, base: str | Path, data: str | Path, overrides: list
     cfg.train = TrainConfig(device=base_cfg.train.device, seed=base_cfg.train.seed)
     apply_overrides(cfg, STAGE_DEFAULTS[stage])
     cfg.posttrain = PosttrainConfig(stage=stage, base=str(Path(base).resolve()), data=str(data_path.resolve()))
+    shape = {f.name for f in fields(ModelConfig)} - {"dropout"}
     for item in overrides:
-        key = item.partition("=")[0].strip().lstrip("-")
-        if key.startswith("model.") and key != "model.dropout" or key in ("stage", "base", "posttrain.stage",
-                                                                          "posttrain.base"):
+        key = item.partition("=")[0].strip().lstrip("-").replace("-", "_")
+        if key.removeprefix("model.") in shape or key.removeprefix("posttrain.") in ("stage", "base"):
             raise GptlabError(f"'{key}' cannot be set here: the model is the base run's (only dropout may "
                               "change) and --from names the base")
     apply_overrides(cfg, overrides)
