@@ -26,6 +26,10 @@ examples:
   gptlab tokenize --tokenizer cl100k_base "How are you?"
   gptlab bench train --preset cpu-small
   torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
+  gptlab poem-data ../shared/data/tang_poems.jsonl --instructions sft.jsonl --preferences pairs.jsonl
+  gptlab finetune --from runs/demo-zh --data sft.jsonl --out runs/zh-sft
+  gptlab align --from runs/zh-sft --data pairs.jsonl --out runs/zh-dpo beta=0.1
+  gptlab chat runs/zh-dpo
 """
 
 
