@@ -170,8 +170,9 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
     try:
         kind = session or _Training
         cfg = _resolve_config(cfg, run, resume, max_steps, kind.command)
-        if writer and kind.reads_prepared_dataset:
-            held.append(lock_dataset_for_reading(cfg.data))
+        if writer:
+            if kind.reads_prepared_dataset:
+                held.append(lock_dataset_for_reading(cfg.data))
             remove_stale_temporaries(run)
         ranks, device = distributed.setup(cfg.train.device)
         try:
