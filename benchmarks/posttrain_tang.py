@@ -51,10 +51,14 @@ POEMS = ROOT.parent / "shared" / "data" / "tang_poems.jsonl"
 
 
 def split_titles(poems: list[Poem], n: int, seed: int) -> tuple[list[Poem], list[str]]:
-    """Training poems and n held-out titles (no training poem has one of them)."""
+    """Training poems and the held-out titles: n drawn (no training poem has one of them), of which
+    those whose characters all occur in the training poems are asked for (a char model trained on
+    them can read those prompts)."""
     titles = sorted({p.title for p in poems})
     held = set(random.Random(seed).sample(titles, n))
-    return [p for p in poems if p.title not in held], sorted(held)
+    training = [p for p in poems if p.title not in held]
+    seen = set(DEFAULT_TEMPLATE).union(*(set(p.title + p.author + p.text) for p in training))
+    return training, sorted(t for t in held if set(t) <= seen)
 
 
 def pretrain(poems: list[Poem], work: Path, steps: int) -> Path:
@@ -114,6 +118,8 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=1200)
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--dpo-steps", type=int, default=150)
+    parser.add_argument("--sft-batch", type=int, default=32, help="records per fine-tuning step")
+    parser.add_argument("--dpo-batch", type=int, default=16, help="pairs per alignment step")
     parser.add_argument("--sft-lr", type=float, default=1e-3)
     parser.add_argument("--dpo-lr", type=float, default=3e-4)
     parser.add_argument("--beta", type=float, default=0.1)
@@ -135,7 +141,8 @@ def main() -> None:
     poems = [p for p in read_poems([str(POEMS)], report) if len(p.text) <= args.max_chars]
     training, titles = split_titles(poems, args.prompts, args.seed)
     corpus_five = 100 * sum(verse_form(p.text) == "five" for p in training) / len(training)
-    print(f"{len(poems):,} poems of at most {args.max_chars} characters; {len(titles)} titles held out; "
+    print(f"{len(poems):,} poems of at most {args.max_chars} characters; {args.prompts} titles held out, {len(titles)} "
+          "of them in the training poems' characters; "
           f"five-character share of the training poems {corpus_five:.1f}%", flush=True)
 
     print("=== 1. base model", flush=True)
@@ -146,11 +153,11 @@ def main() -> None:
     common = ["sample_prompts=1", "checkpoint_interval=100000", "device=cpu", f"seed={args.seed}"]
     print("=== 2. instruction fine-tuning (gptlab finetune)", flush=True)
     posttrain("sft", str(base), str(sft_data), str(work / "sft"), None,
-              common + [f"lr={args.sft_lr}", f"min_lr={args.sft_lr / 10}", "batch_size=32",
+              common + [f"lr={args.sft_lr}", f"min_lr={args.sft_lr / 10}", f"batch_size={args.sft_batch}",
                         f"eval_interval={max(args.sft_steps // 4, 1)}"], args.sft_steps)
     print("=== 3. preference alignment (gptlab align, DPO)", flush=True)
     posttrain("dpo", str(work / "sft"), str(pairs), str(work / "dpo"), None,
-              common + [f"lr={args.dpo_lr}", f"min_lr={args.dpo_lr / 10}", "batch_size=16", f"beta={args.beta}",
+              common + [f"lr={args.dpo_lr}", f"min_lr={args.dpo_lr / 10}", f"batch_size={args.dpo_batch}", f"beta={args.beta}",
                         f"eval_interval={max(args.dpo_steps // 4, 1)}"], args.dpo_steps)
 
     print(f"=== 4. {len(titles)} poems on held-out titles from each model (seed {args.seed}, "
@@ -178,8 +185,8 @@ def main() -> None:
         "five_char_pct_after_dpo": results["dpo"]["five_char_pct"],
         "dpo_heldout_preference_accuracy_pct": round(100 * last_eval["preference_accuracy"], 1),
         "dpo_heldout_reward_margin": round(last_eval["reward_margin"], 3),
-        "prompts": len(titles), "pretrain_steps": 0 if args.run else args.pretrain_steps,
-        "sft_steps": args.sft_steps, "dpo_steps": args.dpo_steps,
+        "prompts": len(titles), "base_steps": load_run(base).step, "sft_steps": args.sft_steps,
+        "sft_batch": args.sft_batch, "dpo_steps": args.dpo_steps, "dpo_batch": args.dpo_batch,
         "seconds": round(time.time() - t0, 1),
         "load_avg_before": round(load_before[0], 2), "load_avg_after": round(load_after[0], 2),
         "torch": torch.__version__, "cores": os.cpu_count(),
