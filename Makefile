@@ -15,7 +15,7 @@ DEMO_ZH_RUN ?= runs/demo-zh
 DEMO_ZH_PRESET ?= cpu-modern
 DEMO_ZH_PROMPT ?= 春夜喜雨
 
-.PHONY: demo demo-zh npm test install dev browser clean
+.PHONY: demo demo-zh npm test install dev browser clean poem-data finetune-zh align-zh chat-zh
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,29 @@ npm:
 		as_root=; if [ "$$(id -u)" -ne 0 ]; then as_root=sudo; fi; \
 		$$as_root apt-get update -qq && \
 		$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+
+# After pretraining (README "After pretraining"): poem records -> instruction and preference JSONL,
+# then the Chinese demo run fine-tuned (title -> poem) and aligned with DPO (five-character poems).
+# Run `make demo-zh` first; POEMS may be any file of {title, author, paragraphs} records.
+POEMS ?= ../shared/data/tang_poems.jsonl
+POST_DATA ?= data/posttrain
+SFT_RUN ?= runs/demo-zh-sft
+DPO_RUN ?= runs/demo-zh-dpo
+
+poem-data: install
+	mkdir -p $(POST_DATA)
+	$(BIN)/gptlab poem-data $(POEMS) --instructions $(POST_DATA)/tang-sft.jsonl --preferences $(POST_DATA)/tang-pairs.jsonl
+
+finetune-zh: poem-data
+	rm -rf $(SFT_RUN)
+	$(BIN)/gptlab finetune --from $(DEMO_ZH_RUN) --data $(POST_DATA)/tang-sft.jsonl --out $(SFT_RUN)
+
+align-zh: poem-data
+	rm -rf $(DPO_RUN)
+	$(BIN)/gptlab align --from $(SFT_RUN) --data $(POST_DATA)/tang-pairs.jsonl --out $(DPO_RUN)
+
+chat-zh: install
+	$(BIN)/gptlab chat $(DPO_RUN)
 
 test: dev browser
 	$(BIN)/python -m pytest -q

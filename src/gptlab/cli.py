@@ -31,6 +31,10 @@ examples:
   gptlab couplets tang-poems --out data/couplets.jsonl && gptlab prepare data/couplets.jsonl --pairs --out data/couplets
   gptlab train --data data/couplets --out runs/couplets arch=encdec && gptlab sample runs/couplets --source 秦川雄帝宅
   torchrun --standalone --nproc_per_node=8 -m gptlab train --data DIR --out RUN --preset gpt2-small
+  gptlab poem-data ../shared/data/tang_poems.jsonl --instructions sft.jsonl --preferences pairs.jsonl
+  gptlab finetune --from runs/demo-zh --data sft.jsonl --out runs/zh-sft
+  gptlab align --from runs/zh-sft --data pairs.jsonl --out runs/zh-dpo beta=0.1
+  gptlab chat runs/zh-dpo
 """
 
 
@@ -317,6 +321,89 @@ def _run_serve(args: argparse.Namespace) -> None:
           int(args.max_body_mb * 2**20))
 
 
+def _add_poem_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("poem-data", help="poem records -> instruction and preference JSONL for finetune/align",
+                       description="Turn poem records ({title, author, paragraphs}: the Tang poems, or your own "
+                       ".json/.jsonl) into instruction records {prompt, response} (prompt: the template with the "
+                       "title) and preference records {prompt, chosen, rejected} (chosen: a five-character poem, "
+                       "rejected: a poem of another form).")
+    p.add_argument("poems", nargs="+", metavar="POEMS", help=".jsonl or .json files of poem records")
+    p.add_argument("--instructions", metavar="FILE", help="instruction JSONL to write")
+    p.add_argument("--preferences", metavar="FILE", help="preference JSONL to write")
+    p.add_argument("--template", default="請用以下題目寫一首詩：{title}",
+                   help="the prompt; {title} and {author} are filled in (default: 請用以下題目寫一首詩：{title})")
+    p.add_argument("--seed", type=int, default=1337, help="seed for pairing rejected poems")
+    p.set_defaults(func=_run_poem_data)
+
+
+def _run_poem_data(args: argparse.Namespace) -> None:
+    from gptlab.posttrain.poems import convert
+
+    written, report = convert(args.poems, args.instructions, args.preferences, args.template, args.seed)
+    for line in report.lines():
+        print(line)
+    for path, n in written.items():
+        print(f"wrote {path} ({n:,} records)")
+
+
+def _add_posttrain(sub: argparse._SubParsersAction, name: str, help_: str, description: str) -> None:
+    p = sub.add_parser(name, help=help_, description=description)
+    p.add_argument("--from", dest="base", metavar="RUN", help="the run to start from (read, never written)")
+    p.add_argument("--data", metavar="FILE", help="JSONL records to train on")
+    p.add_argument("--out", metavar="RUN2", help="run directory to write")
+    p.add_argument("--resume", metavar="RUN2", help="continue RUN2 from its last checkpoint")
+    p.add_argument("--max-steps", type=int, help="number of optimizer steps")
+    p.add_argument("--epochs", type=float, help="passes over the training records (sets the steps)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="training and posttrain field overrides (lr=1e-4 batch_size=8 held_out=64 beta=0.1 ...)")
+    p.set_defaults(func=_run_posttrain, stage="sft" if name == "finetune" else "dpo")
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    _add_posttrain(sub, "finetune", "instruction fine-tuning of a run: learn to answer and to stop",
+                   "Fine-tune a run on instruction JSONL ({prompt, response} or {messages: [{role, content}]}): "
+                   "the chat template's tokens are added after the vocabulary, the loss counts only the "
+                   "answer's tokens, held-out records give the eval loss and sample answers. Its own "
+                   "schedule (lr 3e-4 cosine, 300 steps, batch 16 unless overridden); checkpoints, "
+                   "--resume, torchrun DDP, metrics and report as for train.")
+
+
+def _add_align(sub: argparse._SubParsersAction) -> None:
+    _add_posttrain(sub, "align", "preference alignment of a run with DPO",
+                   "Align a run with DPO on preference JSONL ({prompt, chosen, rejected}) against a frozen "
+                   "copy of the starting run (beta=0.1 unless overridden); logs the held-out pairs' reward "
+                   "margin and preference accuracy. Defaults: lr 5e-5 cosine, 200 steps, 8 pairs per batch.")
+
+
+def _run_posttrain(args: argparse.Namespace) -> int:
+    from gptlab.posttrain.run import posttrain
+
+    overrides = list(args.overrides) + ([f"epochs={args.epochs}"] if args.epochs is not None else [])
+    result = posttrain(args.stage, args.base, args.data, args.out, args.resume, overrides, args.max_steps)
+    return 130 if result.interrupted else 0
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="talk with a fine-tuned run in the terminal",
+                       description="An interactive conversation with a run that has a chat template (from "
+                       "`gptlab finetune` or `gptlab align`): answers stream, the history is kept within the "
+                       "context window (oldest turns dropped first); Ctrl-D or Ctrl-C leaves.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=0, help="most tokens per answer (default: the context size)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--system", default="", help="a system message that opens the conversation")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> None:
+    from gptlab.posttrain.terminal import chat
+
+    chat(args.run, args.device, args.temperature, args.top_p, args.max_tokens, args.seed, args.system)
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, FLOPs and training memory of a preset, without training",
                        description="Print a model's parameters (by place and by role), FLOPs per token and the "
@@ -478,6 +565,10 @@ def _run_import(args: argparse.Namespace) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_couplets, _add_tokenize, _add_train, _add_sample, _add_info,
                                                                _add_eval, _add_trace, _add_serve, _add_plot, _add_report,
                                                                _add_bench, _add_sweep, _add_export, _add_import]
+
+
+# After pretraining (README "After pretraining"): data, fine-tuning, alignment, chat.
+COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_chat]
 
 
 def build_parser() -> argparse.ArgumentParser:

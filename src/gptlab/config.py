@@ -140,19 +140,47 @@ class TrainConfig:
             _bad("seed", self.seed, "must be in [0, 2**32)")
 
 
+Stage = Literal["", "sft", "dpo"]
+
+
+@dataclass
+class PosttrainConfig:
+    """After pretraining: instruction fine-tuning (sft) or preference alignment (dpo); empty for a
+    pretraining run."""
+
+    stage: Stage = ""  # "": pretraining; sft: `gptlab finetune`; dpo: `gptlab align`
+    base: str = ""  # the run it starts from (read, never written)
+    data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo)
+    epochs: float = 0.0  # > 0: max_steps is this many passes over the training records
+    held_out: int = 64  # records kept out of training for evaluation (at most a tenth of them)
+    sample_prompts: int = 2  # held-out prompts answered at each evaluation
+    beta: float = 0.1  # dpo: how strongly the policy is held to the reference (larger: closer)
+
+    def validate(self) -> None:
+        """Refuse values that cannot post-train, naming the field."""
+        _check_types(self)
+        for name in ("epochs", "held_out", "sample_prompts"):
+            if getattr(self, name) < 0:
+                _bad(name, getattr(self, name), "must be >= 0")
+        if self.beta <= 0:
+            _bad("beta", self.beta, "must be > 0")
+
+
 @dataclass
 class RunConfig:
     """Everything a training run needs, saved as RUN/config.json."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    posttrain: PosttrainConfig = field(default_factory=PosttrainConfig)
     preset: str = ""
     data: str = ""  # the prepared dataset directory the run trains on
 
     def validate(self) -> None:
-        """Validate both sections."""
+        """Validate every section."""
         self.model.validate()
         self.train.validate()
+        self.posttrain.validate()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -162,7 +190,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         """Inverse of to_dict; unknown keys are refused."""
         cfg = cls(preset=str(data.get("preset", "")), data=str(data.get("data", "")))
-        for section in ("model", "train"):
+        for section in SECTIONS:
             for key, value in (data.get(section) or {}).items():
                 _set_field(getattr(cfg, section), key, value, where=section)
         return cfg
@@ -257,7 +285,7 @@ def _set_field(section: Any, key: str, value: Any, where: str) -> None:
     setattr(section, key, _coerce(key, types[key], value))
 
 
-SECTIONS = ("model", "train")
+SECTIONS = ("model", "train", "posttrain")
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any] | list[str]) -> None:
@@ -301,10 +329,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise GptlabError(f"config file {p} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"model", "train", "preset"}
+    unknown = set(data) - {*SECTIONS, "preset"}
     if unknown:
         raise GptlabError(f"config file {p}: unknown section(s) {', '.join(sorted(unknown))}"
-                          " (known: preset, model, train)")
+                          f" (known: preset, {', '.join(SECTIONS)})")
     return data
 
 

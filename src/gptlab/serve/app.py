@@ -33,6 +33,7 @@ from gptlab.runs import load_run
 from gptlab.serve.completions import router as completions_router
 from gptlab.serve.errors import install_error_handlers
 from gptlab.serve.encdec_api import router as encdec_router
+from gptlab.serve.chat import router as chat_router
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
@@ -85,6 +86,7 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
     app.include_router(trace_router)  # the page's step-through view: /api/trace
     app.include_router(tokenizer_router)  # /tokenizer_info, /tokenize, /detokenize (lm-evaluation-harness)
     app.include_router(encdec_router)  # an encoder–decoder run's attention view
+    app.include_router(chat_router)  # POST /v1/chat/completions (serve/chat.py)
     return app
 
 

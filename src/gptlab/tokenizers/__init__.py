@@ -18,11 +18,13 @@ from gptlab.tokenizers.bpe import BPETokenizer
 from gptlab.tokenizers.char import CharTokenizer
 from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
 from gptlab.tokenizers.pretrained import ENCODINGS, PretrainedTokenizer
+from gptlab.tokenizers.special import WithSpecialTokens
 
 # kind name (tokenizer.json's "kind") -> class; a class builds itself with .train(texts) or .from_dict(data).
-# huggingface: an imported checkpoint's tokenizer.json, kept as it is (gptlab import).
+# huggingface: an imported checkpoint's tokenizer.json, kept as it is (gptlab import); special: any of
+# these with chat tokens added after its vocabulary (gptlab finetune).
 KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": PretrainedTokenizer,
-                                     "huggingface": HuggingFaceTokenizer}
+                                     "huggingface": HuggingFaceTokenizer, "special": WithSpecialTokens}
 TRAINED = ("char", "bpe")
 TOKENIZER_FILE = "tokenizer.json"
 

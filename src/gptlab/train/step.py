@@ -33,6 +33,15 @@ def compile_by_default(setting: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and COMPILE_ON_CPU)
 
 
+# What a micro-step minimises: the model as the forward pass calls it, a batch -> a scalar loss.
+Objective = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def language_model_objective(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The next-token loss over the batch's counted targets (pretraining, fine-tuning)."""
+    return model(batch.inputs, batch.loss_targets(), **batch.model_inputs())[1]
+
+
 class StepRunner:
     """Runs optimizer steps on a (possibly compiled, DDP-wrapped or FSDP-sharded) model.
 
@@ -42,8 +51,9 @@ class StepRunner:
     """
 
     def __init__(self, raw: nn.Module, wrapped: nn.Module, optimizer: RoleOptimizer,
-                 device: torch.device, grad_accum: int, grad_clip: float):
+                 device: torch.device, grad_accum: int, grad_clip: float, objective: Objective | None = None):
         self.raw, self.wrapped, self.optimizer = raw, wrapped, optimizer
+        self.objective = objective or language_model_objective
         self.device, self.grad_accum, self.grad_clip = device, grad_accum, grad_clip
         # float16 needs loss scaling so small gradients do not underflow; other precisions do not.
         self.scaler = torch.amp.GradScaler(device.type) if precision_for(device).grad_scaler else None
@@ -67,7 +77,7 @@ class StepRunner:
             batch = next_batch().to(self.device, non_blocking=True)
             with self._sync_gradients(micro == self.grad_accum - 1):
                 with autocast(self.device):
-                    _, loss = self.wrapped(batch.inputs, batch.loss_targets(), **batch.model_inputs())
+                    loss = self.objective(self.wrapped, batch)
                 scaled = loss / self.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach()
@@ -87,8 +97,10 @@ class StepRunner:
         return loss_sum / self.grad_accum
 
 
-def make_runner(raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.device) -> StepRunner:
-    """Distribute (DDP or FSDP), maybe compile, and build the optimizer around a model on device.
+def make_runner(raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.device,
+                objective: Objective | None = None) -> StepRunner:
+    """Distribute (DDP or FSDP), maybe compile, and build the optimizer around a model on device
+    (objective: what each micro-step minimises; the language-model loss unless given).
 
     FSDP shards the model in place before compiling; DDP wraps the compiled model, so its
     gradient hooks stay outside the compiled graph and no_sync keeps its plain meaning.
@@ -98,4 +110,4 @@ def make_runner(raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.d
     base = torch.compile(raw) if compile_by_default(tcfg.compile, device) else raw
     wrapped = base if tcfg.fsdp else wrap(base, ranks, device, fsdp=False)
     optimizer = build_optimizer(raw, tcfg, device, fused=fused_adamw(device))
-    return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip)
+    return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip, objective)

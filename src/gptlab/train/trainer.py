@@ -49,7 +49,7 @@ from gptlab.train.trackers import make_tracker
 from gptlab.train.optim import lr_at
 from gptlab.train.perf import device_peak, mfu
 from gptlab.train.prefetch import PrefetchingLoader
-from gptlab.train.step import compile_by_default, make_runner
+from gptlab.train.step import Objective, compile_by_default, make_runner
 
 
 
@@ -119,7 +119,8 @@ def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, devi
     return out
 
 
-def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: int | None) -> RunConfig:
+def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: int | None,
+                    command: str = "train") -> RunConfig:
     """The config to train with: cfg for a new run, the run's own when resuming; refuse bad targets."""
     if resume:
         if not has_checkpoint(run):
@@ -135,7 +136,7 @@ def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: i
         return cfg
     assert cfg is not None
     if has_checkpoint(run):
-        raise GptlabError(f"{run} already holds a run; resume it with `gptlab train --resume {run}` "
+        raise GptlabError(f"{run} already holds a run; resume it with `gptlab {command} --resume {run}` "
                           "or choose another --out")
     if run.exists() and not run.is_dir():
         raise GptlabError(f"--out {run} exists and is not a directory")
@@ -158,25 +159,28 @@ def _keep_global_batch(cfg: RunConfig, run: Path, ranks: Ranks) -> None:
 
 
 def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
-          max_steps: int | None = None) -> TrainResult:
+          max_steps: int | None = None, session: type["_Training"] | None = None) -> TrainResult:
     """Train a model into run_dir (a new run from cfg, or resume the run already there).
 
     The writer (rank 0) holds the run directory exclusively and the dataset shared (locks.py) for
-    the whole session, and first clears what a killed writer left half-written."""
+    the whole session, and first clears what a killed writer left half-written. session: the kind
+    of training (pretraining by default; posttrain/session.py for fine-tuning and alignment)."""
     run = Path(run_dir)
     writer = int(os.environ.get("RANK", "0")) == 0  # before setup: only rank 0 writes the run
     created = not run.exists()
     held = [lock_run(run, create=not resume)] if writer else []
     try:
-        cfg = _resolve_config(cfg, run, resume, max_steps)
+        kind = session or _Training
+        cfg = _resolve_config(cfg, run, resume, max_steps, kind.command)
         if writer:
-            held.append(lock_dataset_for_reading(cfg.data))
+            if kind.reads_prepared_dataset:
+                held.append(lock_dataset_for_reading(cfg.data))
             remove_stale_temporaries(run)
         ranks, device = distributed.setup(cfg.train.device)
         try:
             if resume:
                 _keep_global_batch(cfg, run, ranks)
-            return _Training(cfg, run, resume, ranks, device).loop()
+            return kind(cfg, run, resume, ranks, device).loop()
         finally:
             distributed.shutdown()
     except BaseException:
@@ -195,29 +199,15 @@ class _Training:
         self.cfg, self.run, self.resume, self.ranks, self.device = cfg, run, resume, ranks, device
         tcfg = self.tcfg = cfg.train
         self.main = ranks.is_main
-        self.dataset = Dataset(cfg.data)
-        self.tokenizer = self.dataset.tokenizer
-        if resume and load_tokenizer(run / TOKENIZER).to_dict() != self.tokenizer.to_dict():
-            # Same vocabulary size, different ids: the weights would silently learn a new mapping.
-            raise GptlabError(f"the dataset {cfg.data} was prepared with another tokenizer than the run {run} "
-                              "was trained with; resume on the dataset the run started with")
-        if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size) and not resume:
-            self.say(f"note: vocab_size set to the tokenizer's {self.tokenizer.vocab_size} (was {cfg.model.vocab_size})")
-        cfg.model.vocab_size = self.tokenizer.vocab_size
-        if tcfg.sample_tokens and self.dataset.kind == "text":  # pairs sample a held-out source instead
-            self.tokenizer.encode(tcfg.sample_prompt)  # refuse an unencodable prompt before any work
+        self.load_data()
         configure_backends(device)
 
         torch.manual_seed(tcfg.seed)
         self.model = build_model(cfg.model).to(device)
-        weights_step = load_weights_for_resume(run, self.model) if resume else 0
-        self.runner = make_runner(self.model, tcfg, ranks, device)
-        self.loader = PrefetchingLoader(
-            batch_loader(self.dataset, "train", tcfg.batch_size, cfg.model.block_size, seed=tcfg.seed,
-                         arch=cfg.model.arch),
-            ranks.rank, ranks.world_size, pin_memory=device.type == "cuda")
-        if self.dataset.splits["val"]["tokens"]:  # a val split, where there is one, must fit a window too
-            batch_loader(self.dataset, "val", tcfg.batch_size, cfg.model.block_size, seed=0, arch=cfg.model.arch)
+        weights_step = load_weights_for_resume(run, self.model) if resume else self.start_weights()
+        self.runner = make_runner(self.model, tcfg, ranks, device, self.objective())
+        self.loader = PrefetchingLoader(self.train_loader(), ranks.rank, ranks.world_size,
+                                        pin_memory=device.type == "cuda")
 
         if resume:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
@@ -239,7 +229,7 @@ class _Training:
             atomic_write_json(run / CONFIG, cfg.to_dict())
             if not resume:
                 self.tokenizer.save(run / TOKENIZER)
-            atomic_write_json(run / "data_meta.json", self.dataset.meta)
+            self.write_data_description()
         self.tokens_per_step = tcfg.batch_size * tcfg.grad_accum * ranks.world_size * cfg.model.block_size
         self.flops_per_token = flops_per_token(cfg.model)["train"]
         self.peak = device_peak(device) if self.main else None
@@ -247,6 +237,45 @@ class _Training:
         self.metrics = MetricsLog(run / "metrics.jsonl", resume_step=self.state.step if resume else None,
                                   tracker=make_tracker(tcfg.logger, run, cfg.to_dict())) if self.main else None
         self.progress = Progress(self.state.step, tcfg.max_steps, tcfg.log_interval) if self.main else None
+
+    # --- what pretraining does; post-training sessions (posttrain/session.py) override these ---
+
+    command = "train"  # the command that resumes this kind of run
+    reads_prepared_dataset = True  # held shared (locks.py) while training
+
+    def load_data(self) -> None:
+        """Open the prepared dataset and take its tokenizer (and vocab_size) for the model."""
+        cfg, run = self.cfg, self.run
+        self.dataset = Dataset(cfg.data)
+        self.tokenizer = self.dataset.tokenizer
+        if self.resume and load_tokenizer(run / TOKENIZER).to_dict() != self.tokenizer.to_dict():
+            # Same vocabulary size, different ids: the weights would silently learn a new mapping.
+            raise GptlabError(f"the dataset {cfg.data} was prepared with another tokenizer than the run {run} "
+                              "was trained with; resume on the dataset the run started with")
+        if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size) and not self.resume:
+            self.say(f"note: vocab_size set to the tokenizer's {self.tokenizer.vocab_size} (was {cfg.model.vocab_size})")
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        if self.tcfg.sample_tokens and self.dataset.kind == "text":  # pairs sample a held-out source instead
+            self.tokenizer.encode(self.tcfg.sample_prompt)  # refuse an unencodable prompt before any work
+        if self.dataset.splits["val"]["tokens"]:  # a val split, where there is one, must fit a window too
+            batch_loader(self.dataset, "val", self.tcfg.batch_size, cfg.model.block_size, seed=0, arch=cfg.model.arch)
+
+    def start_weights(self) -> int:
+        """Weights of a new run: pretraining keeps the fresh initialisation. Returns their step."""
+        return 0
+
+    def objective(self) -> Objective | None:
+        """What each micro-step minimises (None: the language-model loss)."""
+        return None
+
+    def train_loader(self) -> Any:
+        """The loader of training batches (state_dict/load_state_dict for an exact resume)."""
+        return batch_loader(self.dataset, "train", self.tcfg.batch_size, self.cfg.model.block_size, seed=self.tcfg.seed,
+                            arch=self.cfg.model.arch)
+
+    def write_data_description(self) -> None:
+        """Record in the run what data it trained on (rank 0)."""
+        atomic_write_json(self.run / "data_meta.json", self.dataset.meta)
 
     def say(self, text: str) -> None:
         """Print on rank 0 only (through the progress bar once there is one)."""
@@ -388,7 +417,8 @@ class _Training:
                 self.progress.close()
                 self.metrics.close()
         if interrupted:
-            self.say(f"interrupted: checkpoint saved at step {state.step}; continue with `gptlab train --resume {self.run}`")
+            self.say(f"interrupted: checkpoint saved at step {state.step}; continue with "
+                     f"`gptlab {self.command} --resume {self.run}`")
         else:
             self.say(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {weights_path(self.run)}")
         return TrainResult(state.step, interrupted, last_eval)

@@ -1,0 +1,1 @@
+"""After pretraining: chat template, instruction and preference data, fine-tuning and DPO."""

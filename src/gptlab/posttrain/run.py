@@ -1,0 +1,68 @@
+"""`gptlab finetune` and `gptlab align`: a new run that starts from a base run's weights, with
+its own training settings (a learning-rate schedule for a short post-training), or the resume of
+one. The base run is only read."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from gptlab.config import ModelConfig, PosttrainConfig, RunConfig, TrainConfig, apply_overrides
+from gptlab.errors import GptlabError
+from gptlab.posttrain.session import SESSIONS
+from gptlab.runs import read_config
+from gptlab.train.trainer import TrainResult, train
+
+# Post-training is short and starts from a model that already knows the language: a small peak
+# learning rate, a short warm-up, a cosine decay, no weight decay, frequent evaluation with samples.
+_COMMON = {"warmup_steps": 10, "weight_decay": 0.0, "eval_interval": 50, "checkpoint_interval": 100,
+           "log_interval": 10, "sample_tokens": 64, "sample_temperature": 0.8}
+STAGE_DEFAULTS = {
+    "sft": {**_COMMON, "batch_size": 16, "max_steps": 300, "lr": 3e-4, "min_lr": 3e-5},
+    "dpo": {**_COMMON, "batch_size": 8, "max_steps": 200, "lr": 5e-5, "min_lr": 5e-6},
+}
+
+
+def start_config(stage: str, base: str | Path, data: str | Path, overrides: list[str]) -> RunConfig:
+    """The config of a new post-training run: the base run's model, this stage's training defaults,
+    then the user's key=value overrides (training and posttrain fields; the model's shape is the
+    base's, only dropout may change)."""
+    base_cfg = read_config(base)
+    data_path = Path(data).expanduser()
+    if not data_path.is_file():
+        raise GptlabError(f"data file not found: {data}")
+    cfg = RunConfig(model=base_cfg.model, preset=base_cfg.preset, data=base_cfg.data)
+    cfg.train = TrainConfig(device=base_cfg.train.device, seed=base_cfg.train.seed)
+    apply_overrides(cfg, STAGE_DEFAULTS[stage])
+    cfg.posttrain = PosttrainConfig(stage=stage, base=str(Path(base).resolve()), data=str(data_path.resolve()))
+    shape = {f.name for f in fields(ModelConfig)} - {"dropout"}
+    for item in overrides:
+        key = item.partition("=")[0].strip().lstrip("-").replace("-", "_")
+        if key.removeprefix("model.") in shape or key.removeprefix("posttrain.") in ("stage", "base"):
+            raise GptlabError(f"'{key}' cannot be set here: the model is the base run's (only dropout may "
+                              "change) and --from names the base")
+    apply_overrides(cfg, overrides)
+    cfg.validate()
+    return cfg
+
+
+def posttrain(stage: str, base: str | None, data: str | None, out: str | None, resume: str | None,
+              overrides: list[str], max_steps: int | None = None) -> TrainResult:
+    """Start (base, data, out) or resume (resume) a fine-tuning (sft) or alignment (dpo) run."""
+    command = SESSIONS[stage].command
+    if resume:
+        if base or data or out or overrides:
+            raise GptlabError(f"--resume RUN takes no --from/--data/--out/overrides (the run keeps its own); "
+                              "only --max-steps may extend it")
+        stage_of_run = read_config(resume).posttrain.stage
+        if stage_of_run != stage:
+            what = "a pretraining run (resume it with `gptlab train --resume`)" if not stage_of_run else \
+                f"a `gptlab {SESSIONS[stage_of_run].command}` run"
+            raise GptlabError(f"{resume} is {what}, not a `gptlab {command}` run")
+        return train(None, resume, resume=True, max_steps=max_steps, session=SESSIONS[stage])
+    if not (base and data and out):
+        raise GptlabError(f"{command} needs --from RUN --data FILE --out RUN2 (or --resume RUN2)")
+    if Path(out).resolve() == Path(base).resolve():
+        raise GptlabError(f"--out {out} is the base run: {command} never writes into the run it starts from")
+    cfg = start_config(stage, base, data, overrides + ([f"max_steps={max_steps}"] if max_steps is not None else []))
+    return train(cfg, out, session=SESSIONS[stage])
