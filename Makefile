@@ -77,8 +77,8 @@ npm:
 
 # After pretraining (README "After pretraining"): poem records -> instruction and preference JSONL,
 # then the Chinese demo run fine-tuned (title -> poem) and aligned with DPO (five-character poems).
-# Run `make demo-zh` first; POEMS may be any file of {title, author, paragraphs} records.
-POEMS ?= ../shared/data/tang_poems.jsonl
+# Run `make demo-zh` first; POEMS is the built-in tang-poems, or any file of {title, author, paragraphs} records.
+POEMS ?= tang-poems
 POST_DATA ?= data/posttrain
 SFT_RUN ?= runs/demo-zh-sft
 DPO_RUN ?= runs/demo-zh-dpo

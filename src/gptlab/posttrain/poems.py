@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from gptlab.data.corpora import SkipReport
+from gptlab.data.corpora import SkipReport, iter_records
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
-from gptlab.posttrain.records import json_lines
 
 DEFAULT_TEMPLATE = "請用以下題目寫一首詩：{title}"
 # Chinese (full-width) and ASCII punctuation that ends a line of verse.
@@ -47,36 +44,22 @@ def verse_form(text: str) -> str:
     return {frozenset({5}): "five", frozenset({7}): "seven"}.get(frozenset(lengths), "other")
 
 
-def _records(path: Path, report: SkipReport) -> Iterator[Any]:
-    """A .jsonl file's records, or a .json file's (one record or a list of them)."""
-    if path.suffix == ".jsonl":
-        yield from json_lines(path, report)
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise GptlabError(f"poem file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GptlabError(f"{path} is not valid JSON: {exc}") from None
-    yield from data if isinstance(data, list) else [data]
-
-
 def read_poems(paths: list[str], report: SkipReport) -> list[Poem]:
     """Every usable poem of the files (the others counted in report, with why)."""
     poems = []
-    for name in paths:
-        for record in _records(Path(name).expanduser(), report):
-            if not isinstance(record, dict):
-                report.skip("record that is not a JSON object")
-            elif not (isinstance(record.get("title"), str) and record["title"].strip()):
-                report.skip("poem without a 'title' string")
-            elif not (isinstance(record.get("paragraphs"), list) and record["paragraphs"]
-                      and all(isinstance(p, str) for p in record["paragraphs"])
-                      and any(p.strip() for p in record["paragraphs"])):
-                report.skip("poem without 'paragraphs' (a non-empty list of strings)")
-            else:
-                author = record.get("author") if isinstance(record.get("author"), str) else ""
-                poems.append(Poem(record["title"].strip(), author, [p for p in record["paragraphs"] if p.strip()]))
+    # The same record reader as prepare and couplets: files, directories, .gz, the built-in tang-poems.
+    for record in iter_records(paths, report):
+        if not isinstance(record, dict):
+            report.skip("record that is not a JSON object")
+        elif not (isinstance(record.get("title"), str) and record["title"].strip()):
+            report.skip("poem without a 'title' string")
+        elif not (isinstance(record.get("paragraphs"), list) and record["paragraphs"]
+                  and all(isinstance(p, str) for p in record["paragraphs"])
+                  and any(p.strip() for p in record["paragraphs"])):
+            report.skip("poem without 'paragraphs' (a non-empty list of strings)")
+        else:
+            author = record.get("author") if isinstance(record.get("author"), str) else ""
+            poems.append(Poem(record["title"].strip(), author, [p for p in record["paragraphs"] if p.strip()]))
     if not poems:
         raise GptlabError(f"no usable poem records in {', '.join(paths)} ({'; '.join(report.lines()) or 'empty'})")
     return poems
