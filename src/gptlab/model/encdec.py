@@ -15,13 +15,12 @@ keys and values once, and decodes with a KV cache on the decoder's self-attentio
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.gpt import GPT, ModelCache, Role
+from gptlab.model.gpt import GPT, ModelCache, Role, init_weights
 from gptlab.model.layers import Attention, Block, Record, Rotary, make_norm
 from gptlab.model.loss import lm_loss
 
@@ -55,17 +54,8 @@ class EncoderDecoder(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.apply(GPT._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                if cfg.zero_init:
-                    nn.init.zeros_(p)
-                else:
-                    # GPT-2's scaling by the residual branches that add up: 2 per encoder block, 3 per decoder block.
-                    branches = 2 if name.startswith("encoder.") else 3
-                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(branches * cfg.n_layer))
-        if cfg.zero_init and not cfg.tie_embeddings:
-            nn.init.zeros_(self.lm_head.weight)
+        # GPT-2's scaling by the residual branches that add up: 2 per encoder block, 3 per decoder block.
+        init_weights(self, lambda name: 2 if name.startswith("encoder.") else 3)
 
     # The decoder's cache keys hold their positions' embeddings: it cannot slide past block_size.
     cache_can_slide = False

@@ -13,6 +13,7 @@ token only computes its own and attends to the stored ones.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import torch
@@ -33,6 +34,25 @@ class ModelCache(AttentionCache, Protocol):
     def positions(self, T: int) -> torch.Tensor: ...
 
     def advance(self, lengths: torch.Tensor) -> None: ...
+
+
+def init_weights(model: nn.Module, residual_branches: Callable[[str], int]) -> None:
+    """GPT-2's initialisation of a model made of these layers (GPT and encoder–decoder alike): normal
+    weights (std 0.02), zero biases, and the residual projections scaled down by the number of branches
+    that add into the residual stream (residual_branches(name) per block x n_layer), or zero."""
+    cfg = model.config
+    model.apply(GPT._init_weights)
+    for name, p in model.named_parameters():
+        if name.endswith("proj.weight"):
+            if cfg.zero_init:
+                # Each block starts as the identity on the residual stream; it grows in as it learns.
+                nn.init.zeros_(p)
+            else:
+                # Scaled down so the residual stream's variance does not grow with depth (GPT-2's
+                # 1/sqrt(2 * n_layer) for its two branches per block).
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(residual_branches(name) * cfg.n_layer))
+    if cfg.zero_init and not cfg.tie_embeddings:
+        nn.init.zeros_(model.lm_head.weight)  # every token equally likely at the start: loss ln(V)
 
 
 class GPT(nn.Module):
@@ -57,18 +77,7 @@ class GPT(nn.Module):
             # Tied unembedding: the same matrix maps ids to vectors and vectors to logits (fewer
             # parameters, and it trains the rows of rare tokens through both uses).
             self.lm_head.weight = self.wte.weight
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                if cfg.zero_init:
-                    # Each block starts as the identity on the residual stream; it grows in as it learns.
-                    nn.init.zeros_(p)
-                else:
-                    # Residual projections are scaled down so the residual stream's variance does
-                    # not grow with depth (GPT-2's 1/sqrt(2 * n_layer)).
-                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        if cfg.zero_init and not cfg.tie_embeddings:
-            nn.init.zeros_(self.lm_head.weight)  # every token equally likely at the start: loss ln(V)
+        init_weights(self, lambda name: 2)  # a GPT block adds two branches: attention and MLP
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

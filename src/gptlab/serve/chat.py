@@ -8,7 +8,6 @@ cancels its sequences. A base run (no chat template) answers 400 saying so.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -17,14 +16,14 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import SamplingParams
 from gptlab.posttrain.template import END, ChatTemplate, Message, has_chat_tokens
 from gptlab.runs import LoadedRun
-from gptlab.serve.completions import _disconnected
+from gptlab.serve.completions import whole_unless_gone
 from gptlab.serve.errors import ERROR_RESPONSES, read_json
 from gptlab.serve.openai import MAX_SEED, MAX_SEQUENCES, MAX_STOP, APIError, sampling_params
 from gptlab.serve.service import Generation, Overloaded
@@ -165,13 +164,4 @@ async def chat_completions(request: Request) -> Any:
     job = _Chat(app, req, ids, params)
     if req.stream:
         return StreamingResponse(job.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    collect = asyncio.ensure_future(job.whole())
-    gone = asyncio.ensure_future(_disconnected(request))
-    await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
-    gone.cancel()
-    if not collect.done():  # the client left: stop generating for it
-        job.gen.cancel()
-        collect.cancel()
-        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-    return JSONResponse(collect.result())
-
+    return await whole_unless_gone(request, job.whole(), job.gen)

@@ -9,7 +9,7 @@ import math
 import time
 import uuid
 from dataclasses import replace
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -40,14 +40,20 @@ async def completions(request: Request) -> Any:
     request.state.tokens = job.counts
     if req.stream:
         return StreamingResponse(job.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    collect = asyncio.ensure_future(job.whole())
+    return await whole_unless_gone(request, job.whole(), job.gen)
+
+
+async def whole_unless_gone(request: Request, whole: Awaitable[dict[str, Any]], gen: Generation) -> Response:
+    """The whole (non-streamed) response, unless the client leaves first: then its sequences are
+    cancelled at the next scheduler step, and nobody reads the 499 (nginx's "client closed request")."""
+    collect = asyncio.ensure_future(whole)
     gone = asyncio.ensure_future(_disconnected(request))
     await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
     gone.cancel()
     if not collect.done():  # the client left: stop generating for it
-        job.gen.cancel()
+        gen.cancel()
         collect.cancel()
-        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        return Response(status_code=499)
     return JSONResponse(collect.result())
 
 
