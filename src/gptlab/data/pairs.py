@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gptlab.data.corpora import SkipReport, iter_records
-from gptlab.data.prepare import SPLITS, token_dtype
+from gptlab.data.prepare import SPLITS, check_dataset_options, token_dtype
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.locks import LOCK_FILE, lock_dataset_for_writing
@@ -88,15 +88,7 @@ def prepare_pairs(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "
     """Build a pairs dataset directory from record files of {"source": str, "target": str}; returns
     its meta and what was skipped."""
     check_kind(tokenizer_kind)
-    if not 0 <= val_fraction < 1:
-        raise GptlabError(f"val_fraction={val_fraction} must be in [0, 1)")
-    if tokenizer_options and tokenizer_kind != "bpe":
-        raise GptlabError(f"{', '.join(tokenizer_options)} applies to the bpe tokenizer, not {tokenizer_kind}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GptlabError(f"--out {out} exists and is not a directory")
-    if any((out / name).exists() for name in ("config.json", "model.safetensors", "checkpoints")):
-        raise GptlabError(f"--out {out} is a training run, not a dataset directory; choose another --out")
+    out = check_dataset_options(out_dir, val_fraction, tokenizer_kind, tokenizer_options)
     report = SkipReport()
     pairs = []
     for record in iter_records(specs, report):

@@ -73,19 +73,11 @@ def split_documents(lengths: Any, val_fraction: float, seed: int) -> np.ndarray:
     return np.sort(order[:min(max(count, 1), len(lengths) - 1)])
 
 
-def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
-            val_fraction: float = 0.1, seed: int = 1337, text_field: str = "text",
-            tokenizer_options: dict[str, Any] | None = None, workers: int = 1,
-            shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True) -> PrepareResult:
-    """Build a dataset directory from corpus specs with the tokenizer spec `tokenizer_kind`
-    (char, bpe, gpt2, cl100k_base[:PATH], ...); see the module docstring."""
-    check_kind(tokenizer_kind)
+def check_dataset_options(out_dir: str | Path, val_fraction: float, tokenizer_kind: str,
+                          tokenizer_options: dict[str, Any] | None) -> Path:
+    """The checks every dataset build makes before any work (text or pairs); returns the out directory."""
     if not 0 <= val_fraction < 1:
         raise GptlabError(f"val_fraction={val_fraction} must be in [0, 1)")
-    if workers < 1 or shard_tokens < 1:
-        raise GptlabError(f"workers={workers} and shard_tokens={shard_tokens} must be at least 1")
-    if tokenizer_options and not needs_training(tokenizer_kind):
-        raise GptlabError(f"{', '.join(tokenizer_options)} cannot be set for the pretrained {tokenizer_kind}")
     if tokenizer_options and tokenizer_kind != "bpe":
         raise GptlabError(f"{', '.join(tokenizer_options)} applies to the bpe tokenizer, not {tokenizer_kind}")
     out = Path(out_dir)
@@ -94,6 +86,21 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
     if any((out / name).exists() for name in ("config.json", "model.safetensors", "checkpoints")):
         # Its tokenizer.json belongs to the trained weights: replacing it would break the run.
         raise GptlabError(f"--out {out} is a training run, not a dataset directory; choose another --out")
+    return out
+
+
+def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
+            val_fraction: float = 0.1, seed: int = 1337, text_field: str = "text",
+            tokenizer_options: dict[str, Any] | None = None, workers: int = 1,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True) -> PrepareResult:
+    """Build a dataset directory from corpus specs with the tokenizer spec `tokenizer_kind`
+    (char, bpe, gpt2, cl100k_base[:PATH], ...); see the module docstring."""
+    check_kind(tokenizer_kind)
+    if workers < 1 or shard_tokens < 1:
+        raise GptlabError(f"workers={workers} and shard_tokens={shard_tokens} must be at least 1")
+    if tokenizer_options and not needs_training(tokenizer_kind):
+        raise GptlabError(f"{', '.join(tokenizer_options)} cannot be set for the pretrained {tokenizer_kind}")
+    out = check_dataset_options(out_dir, val_fraction, tokenizer_kind, tokenizer_options)
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

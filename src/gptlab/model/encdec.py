@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.gpt import GPT, ModelCache, Role, init_weights
+from gptlab.model.gpt import GPT, ModelCache, Role, init_weights, roles_by_name
 from gptlab.model.layers import Attention, Block, Record, Rotary, make_norm
 from gptlab.model.loss import lm_loss
 
@@ -62,21 +62,8 @@ class EncoderDecoder(nn.Module):
 
     def parameter_roles(self) -> dict[str, tuple[Role, int]]:
         """Each parameter's role and how many matrices lie stacked in it, as GPT.parameter_roles."""
-        splits = {f"{prefix}.{name}" if prefix else name: n
-                  for prefix, module in self.named_modules()
-                  for name, n in getattr(module, "split_matrices", {}).items()}
         embeddings = {f"{prefix}.weight" for prefix, m in self.named_modules() if isinstance(m, nn.Embedding)}
-        roles: dict[str, tuple[Role, int]] = {}
-        for name, p in self.named_parameters():
-            if name in embeddings:
-                roles[name] = ("embedding", 1)
-            elif name == "lm_head.weight":
-                roles[name] = ("head", 1)
-            elif p.dim() >= 2:
-                roles[name] = ("matrix", splits.get(name, 1))
-            else:
-                roles[name] = ("vector", 1)
-        return roles
+        return roles_by_name(self, embeddings)
 
     def attention_layers(self) -> list[Attention]:
         """Every attention module: the encoder's, then each decoder block's self- and cross-attention."""

@@ -55,6 +55,25 @@ def init_weights(model: nn.Module, residual_branches: Callable[[str], int]) -> N
         nn.init.zeros_(model.lm_head.weight)  # every token equally likely at the start: loss ln(V)
 
 
+def roles_by_name(model: nn.Module, embeddings: set[str]) -> dict[str, tuple[Role, int]]:
+    """Each parameter's role (the optimizer's grouping) and how many matrices lie stacked in it (a
+    module's split_matrices, e.g. q, k and v), by name; embeddings names the embedding tables."""
+    splits = {f"{prefix}.{name}" if prefix else name: n
+              for prefix, module in model.named_modules()
+              for name, n in getattr(module, "split_matrices", {}).items()}
+    roles: dict[str, tuple[Role, int]] = {}
+    for name, p in model.named_parameters():  # a tied head is the token embedding, listed once
+        if name in embeddings:
+            roles[name] = ("embedding", 1)
+        elif name == "lm_head.weight":
+            roles[name] = ("head", 1)
+        elif p.dim() >= 2:
+            roles[name] = ("matrix", splits.get(name, 1))
+        else:
+            roles[name] = ("vector", 1)
+    return roles
+
+
 class GPT(nn.Module):
     """Decoder-only Transformer language model."""
 
@@ -98,20 +117,7 @@ class GPT(nn.Module):
     def parameter_roles(self) -> dict[str, tuple[Role, int]]:
         """Each parameter's role and, for matrices, how many matrices lie stacked in it (its rows
         split into that many equal blocks, e.g. q, k and v), by parameter name."""
-        splits = {f"{prefix}.{name}" if prefix else name: n
-                  for prefix, module in self.named_modules()
-                  for name, n in getattr(module, "split_matrices", {}).items()}
-        roles: dict[str, tuple[Role, int]] = {}
-        for name, p in self.named_parameters():  # a tied head is the token embedding, listed once
-            if name in ("wte.weight", "wpe.weight"):
-                roles[name] = ("embedding", 1)
-            elif name == "lm_head.weight":
-                roles[name] = ("head", 1)
-            elif p.dim() >= 2:
-                roles[name] = ("matrix", splits.get(name, 1))
-            else:
-                roles[name] = ("vector", 1)
-        return roles
+        return roles_by_name(self, {"wte.weight", "wpe.weight"})
 
     def attention_layers(self) -> list[CausalSelfAttention]:
         """Every attention module, first layer first."""
