@@ -1,6 +1,6 @@
 """lm-evaluation-harness, the harness the field evaluates with, against gptlab: `lm_eval --model
-local-completions` on a live `gptlab serve` (the server's own tokenizer through /tokenize), and
-`--model hf` on the export of the same run, both on a tiny local task built from the repo's text.
+local-completions` on a live `gptlab serve` (the server's own tokenizer through /tokenize, and the
+export's tokenizer.json on the harness's side), and `--model hf` on the export of the same run, both on a tiny local task built from the repo's text.
 Their loglikelihoods must be the ones gptlab's model gives through its own training loss."""
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def samples(out: Path, task: str) -> list[dict]:
 def test_lm_eval_scores_the_server_and_the_export_as_gptlab_does(harness_setup):
     run, export, tasks, docs, root = harness_setup
     env = cli_env() | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
     logs = root / "server-logs"
     logs.mkdir()
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
@@ -95,19 +98,26 @@ def test_lm_eval_scores_the_server_and_the_export_as_gptlab_does(harness_setup):
              "--log_samples"], capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "remote tokenizer" in proc.stderr.lower()  # it took the server's /tokenize, not a guess
+        # The other way to split context from continuation: the exported tokenizer.json, on the
+        # harness's side (tokenizer_backend=huggingface), against the same server.
+        hf_tok = lm_eval.simple_evaluate(
+            model="local-completions", tasks=["gptlab_ll"], task_manager=TaskManager(include_path=str(tasks)),
+            model_args=f"model={run.name},base_url={base}/v1/completions,max_length=33,tokenized_requests=True,"
+                       f"tokenizer_backend=huggingface,tokenizer={export}", log_samples=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    import lm_eval
-    from lm_eval.tasks import TaskManager
 
     hf = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={export},dtype=float32,device=cpu",
                                  tasks=["gptlab_ll"], task_manager=TaskManager(include_path=str(tasks)),
                                  log_samples=True)
     hf_ll = [float(s["resps"][0][0][0]) for s in sorted(hf["samples"]["gptlab_ll"], key=lambda s: s["doc_id"])]
     api_ll = [float(s["resps"][0][0][0]) for s in samples(root / "api", "gptlab_ll")]
+    hf_tok_ll = [float(s["resps"][0][0][0])
+                 for s in sorted(hf_tok["samples"]["gptlab_ll"], key=lambda s: s["doc_id"])]
     ours = [gptlab_loglikelihood(run, d["context"], d["continuation"]) for d in docs]
     assert api_ll == pytest.approx(ours, abs=1e-3) and hf_ll == pytest.approx(ours, abs=1e-3)
+    assert hf_tok_ll == pytest.approx(ours, abs=1e-3)
     loaded = load_run(run)
     for doc, sample in zip(docs, samples(root / "api", "gptlab_gen")):
         steps = generate_steps(loaded.model, loaded.tokenizer, [loaded.tokenizer.encode(doc["context"])],
