@@ -221,7 +221,8 @@ def test_full_queue_is_503_with_retry_after_and_ctrl_c_is_quick(run_dir, tmp_pat
 
 @pytest.mark.parametrize("flag, value, message", [("--max-batch", 0, "max_batch=0 must be >= 1"),
                                                   ("--max-waiting", -1, "max_waiting=-1 must be >= 0"),
-                                                  ("--max-body-mb", 0, "max_body_bytes=0 must be >= 1")])
+                                                  ("--max-body-mb", 0, "--max-body-mb 0.0 must be a positive"),
+                                                  ("--max-body-mb", "nan", "--max-body-mb nan must be a positive")])
 def test_bad_serve_options_are_one_clear_line(capsys, run_dir, flag, value, message):
     from gptlab.cli import main
 

@@ -179,6 +179,7 @@ def test_cli_json_and_table(capsys, tiny_run, loaded):
     (["--prompt", ""], "prompt is empty"),
     (["--prompt", "ROMEO:", "--position", "6"], "out of range"),
     (["--prompt", "ROMEO:", "--position", "-1"], "out of range"),
+    (["--prompt", "ROMEO:", "--top", "-1"], "--top -1 must be 0 or more"),
     (["--prompt", "a" * 33], "block_size=32"),
     (["--prompt", "caf\u00e9"], "not in this char tokenizer's vocabulary"),
 ])

@@ -317,6 +317,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> None:
     from gptlab.serve.app import serve
 
+    if not 0 < args.max_body_mb < 2**20:  # also refuses nan
+        raise GptlabError(f"--max-body-mb {args.max_body_mb} must be a positive number of megabytes")
     serve(args.run, args.host, args.port, args.device, args.max_tokens_limit, args.max_batch, args.max_waiting,
           int(args.max_body_mb * 2**20))
 

@@ -30,6 +30,8 @@ def pair_rows(source: np.ndarray, target: np.ndarray, sep: int, block_size: int,
     if arch == "encdec":
         seq = [sep] + target + [sep]
         return source[:block_size], seq[:-1][:block_size], seq[1:][:block_size], 0
+    # A source that fills the window would leave no target to learn from: keep room for one.
+    source = source[:block_size - 1]
     seq = (source + [sep] + target + [sep])[:block_size + 1]
     return [], seq[:-1], seq[1:], len(source)
 

@@ -42,5 +42,7 @@ def evaluate_pairs(model: torch.nn.Module, dataset: Dataset, split: str, batch_s
                 logits, _ = model(batch.inputs, **batch.model_inputs())
             nats += lm_loss(logits, batch.loss_targets(), reduction="sum").item()
             count += int(batch.loss_mask.sum())
+    if not count:
+        raise GptlabError(f"the {split} split of {dataset.path} has no target token to score")
     loss = nats / count
     return EvalResult(split, count, loss, math.exp(loss), bits_per(loss, dataset.splits[split], "bytes"))

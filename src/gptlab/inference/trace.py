@@ -93,6 +93,8 @@ def trace_prompt(run: str, prompt: str, position: int | None = None, k: int = 10
     """`gptlab trace`: the trace of a prompt through a run's model, or a clear error for bad input."""
     if not prompt:
         raise GptlabError("the prompt is empty: give at least one character with --prompt")
+    if k < 0:
+        raise GptlabError(f"--top {k} must be 0 or more")
     loaded = load_run(run, pick_device(device))
     if loaded.config.model.arch != "gpt":
         raise GptlabError(f"{run} is an encoder–decoder run (arch={loaded.config.model.arch}); gptlab trace follows "

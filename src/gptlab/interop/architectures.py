@@ -96,9 +96,10 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     arch = hf.get("model_type")
     if arch not in CLASSES:
         raise GptlabError(f"cannot import model_type={arch!r} (supported: {', '.join(CLASSES)})")
-    if arch == "gpt2":
-        return _gpt2_config(hf)
-    return _rope_config(hf, arch)
+    try:
+        return _gpt2_config(hf) if arch == "gpt2" else _rope_config(hf, arch)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a field missing or of the wrong kind
+        raise GptlabError(f"cannot import {arch}: config.json has no usable {exc}") from None
 
 
 def _need(hf: dict[str, Any], key: str, wanted: Any, default: Any, why: str) -> None:

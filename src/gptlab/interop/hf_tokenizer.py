@@ -29,13 +29,17 @@ def to_hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
         return _char(tokenizer)
     if isinstance(tokenizer, TiktokenBacked):
         return _byte_level(tokenizer)
-    raise TypeError(f"no Hugging Face form for tokenizer kind {tokenizer.kind!r}")
+    raise GptlabError(f"cannot export a tokenizer of kind {tokenizer.kind!r} (a run with chat tokens, from "
+                      "`gptlab finetune` or `align`, is not exportable yet): export its base run")
 
 
 def eos_token(tokenizer: Tokenizer) -> str | None:
     """The end-of-text token's text, where the tokenizer has one."""
     eot = tokenizer.eot_id
-    return None if eot is None else next(s for s, i in tokenizer.special_tokens.items() if i == eot)
+    if eot is None:
+        return None
+    # An imported tokenizer may end text with an ordinary token (not in special_tokens): its own text.
+    return next((s for s, i in tokenizer.special_tokens.items() if i == eot), None) or tokenizer.decode([eot])
 
 
 def _char(tokenizer: CharTokenizer) -> HFTokenizer:
@@ -72,7 +76,8 @@ def _byte_level(tokenizer: TiktokenBacked) -> HFTokenizer:
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s, _ in specials])
     for s, i in specials:
-        assert hf.token_to_id(s) == i, f"special token {s} got id {hf.token_to_id(s)}, not {i}"
+        if hf.token_to_id(s) != i:
+            raise GptlabError(f"special token {s} got id {hf.token_to_id(s)} in the tokenizers library, not {i}")
     return hf
 
 

@@ -56,6 +56,8 @@ def import_checkpoint(src: str | Path, out: str | Path, data: str | Path | None 
         hf = json.loads((src / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise GptlabError(f"{src / 'config.json'} is not valid JSON: {exc}") from None
+    if not isinstance(hf, dict):
+        raise GptlabError(f"{src / 'config.json'} is not a JSON object")
     cfg = RunConfig(model=model_config_from_hf(hf), preset="imported")
     apply_overrides(cfg, [o if o.startswith("train.") else f"train.{o}" for o in overrides or []])
     cfg.validate()
@@ -72,7 +74,7 @@ def import_checkpoint(src: str | Path, out: str | Path, data: str | Path | None 
     try:
         model.load_state_dict(ours, strict=True)
     except RuntimeError as exc:
-        raise GptlabError(f"the weights in {src} do not fit its config.json: {str(exc).splitlines()[1:2]}") from None
+        raise GptlabError(f"the weights in {src} do not fit its config.json: {' '.join(str(exc).splitlines()[1:2])}") from None
     state = None
     if data is not None:
         cfg.data = str(Path(data).resolve())
