@@ -65,7 +65,7 @@ def generate_targets(model: torch.nn.Module, sep: int, source_ids: list[int], pa
             done |= token == sep
             seen[torch.arange(num_samples, device=device), token] = True
             ids = torch.cat([ids, token[:, None]], dim=1)
-            if bool(done.all()) or ids.size(1) > model.config.block_size:
+            if bool(done.all()):
                 break
     out = []
     for row in ids[:, 1:].tolist():

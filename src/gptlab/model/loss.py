@@ -16,7 +16,8 @@ IGNORE = -1
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of logits (..., V) against target ids (...), in float32, over targets != IGNORE.
 
-    reduction "mean" (per counted target) or "sum" (nats in all, for averaging over many batches).
+    reduction "mean" (per counted target), "sum" (nats in all, for averaging over many batches) or
+    "none" (each target's nats, 0 where IGNORE).
     """
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                            ignore_index=IGNORE, reduction=reduction)

@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.data.batch import Batch
+from gptlab.model.loss import lm_loss
 
 
 def answer_logps(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Sum over each row's counted targets of log p(target): (rows,) in float32."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
-    return (picked * batch.loss_mask.float()).sum(-1)
+    """Sum over each row's counted targets of log p(target): (rows,) in float32 (the one language-model
+    loss, per target: uncounted targets are IGNORE and add nothing)."""
+    targets = batch.loss_targets()
+    return -lm_loss(logits, targets, reduction="none").view(targets.shape).sum(-1)
 
 
 @dataclass

@@ -8,6 +8,7 @@ dpo: DPO (posttrain/dpo.py) against a frozen copy of the starting point.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -97,15 +98,23 @@ class PosttrainSession(_Training):
 
     def start_weights(self) -> int:
         """The base run's weights, its vocabulary grown by the chat tokens (posttrain/grow.py)."""
-        load_grown(load_run(self.cfg.posttrain.base, self.device).model, self.model)
+        load_grown(self._base_model, self.model)
         return 0
 
+    @functools.cached_property
+    def _base_model(self) -> torch.nn.Module:
+        """The base run's model, read once: the start of the weights and, for DPO, the reference."""
+        return load_run(self.cfg.posttrain.base, self.device).model
+
     def objective(self) -> DPOObjective | None:
-        if not self.dpo:
+        # Called after start_weights (or a resume): the base model read once serves both, then goes.
+        base = self._base_model if self.dpo else None
+        self.__dict__.pop("_base_model", None)
+        if base is None:
             return None
         # The reference is the starting point, frozen: the base run's weights (grown), even on resume.
         reference = build_model(self.cfg.model).to(self.device)
-        load_grown(load_run(self.cfg.posttrain.base, self.device).model, reference)
+        load_grown(base, reference)
         self.dpo_objective = DPOObjective(reference, self.cfg.posttrain.beta)
         return self.dpo_objective
 

@@ -117,6 +117,7 @@ class _Chat:
         self.app, self.req, self.ids, self.params = app, req, ids, params
         self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), app.state.model_id
         self.gen = submit(app, [ids] * req.n, params)
+        self.counts = {"in": len(ids) * req.n, "out": 0}  # read by the request log
 
     def _object(self, kind: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
@@ -127,6 +128,7 @@ class _Chat:
         texts, finish, generated = [""] * self.req.n, ["length"] * self.req.n, 0
         async for i, event in self.gen:
             generated += event.token is not None
+            self.counts["out"] = generated
             texts[i] += event.text
             finish[i] = event.finish or finish[i]
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
@@ -147,6 +149,7 @@ class _Chat:
             for i in range(self.req.n):
                 yield chunk(i, {"role": "assistant", "content": ""})
             async for i, event in self.gen:
+                self.counts["out"] += event.token is not None
                 if event.text:
                     yield chunk(i, {"content": event.text})
                 if event.finish:
@@ -162,6 +165,7 @@ async def chat_completions(request: Request) -> Any:
     app = request.app
     req, ids, params = _parse(app, await request.body())
     job = _Chat(app, req, ids, params)
+    request.state.tokens = job.counts
     if req.stream:
         return StreamingResponse(job.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return await whole_unless_gone(request, job.whole(), job.gen)

@@ -128,22 +128,24 @@ class Scheduler:
 
     def _prefill_chunk(self, seq: Sequence) -> None:
         chunk, seq.pending = seq.pending[:self.prefill_chunk], seq.pending[self.prefill_chunk:]
-        logits = self._forward([seq.slot], [chunk])
+        logits = self._forward([seq.slot], [chunk], 1)
         if not seq.pending:  # the whole prompt is in: its last logits choose the first token
             self._sampled(seq, logits[0])
 
     def _decode(self, seqs: list[Sequence]) -> None:
         pads = max(0, MIN_DECODE_ROWS - len(seqs))
-        logits = self._forward([s.slot for s in seqs] + [None] * pads, [s.pending for s in seqs] + [[0]] * pads)
+        logits = self._forward([s.slot for s in seqs] + [None] * pads, [s.pending for s in seqs] + [[0]] * pads,
+                               len(seqs))
         for i, seq in enumerate(seqs):
             self._sampled(seq, logits[i])
 
-    def _forward(self, slots: list[int | None], rows: list[list[int]]) -> torch.Tensor:
-        """Logits (B, V) on the CPU for the token after each row's tokens (rows of equal length)."""
+    def _forward(self, slots: list[int | None], rows: list[list[int]], real: int) -> torch.Tensor:
+        """Logits (real, V) on the CPU for the token after each of the first `real` rows' tokens (rows of
+        equal length; the rest are padding, whose logits nobody reads)."""
         self.cache.select(slots)
         x = torch.tensor(rows, dtype=torch.long, device=self.device)
         logits, _ = self.model(x, cache=self.cache)
-        return logits[:, -1].float().cpu()
+        return logits[:real, -1].float().cpu()
 
     def _sampled(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Choose seq's next token from its logits (V,), send it out, and set up the next feed."""

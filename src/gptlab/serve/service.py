@@ -87,7 +87,6 @@ class ModelService:
         self._incoming: deque[Sequence] = deque()
         self._calls: deque[tuple[Callable[[Any], Any], concurrent.futures.Future]] = deque()
         self._stopping = False
-        self._waiting = 0  # sequences queued but not yet running, as last seen
         self._pca: tuple[torch.Tensor, list[float]] | None = None
         # Events of the current step per Generation, handed to the event loops once per step: one
         # wake-up of a loop per step, not one per token.
@@ -151,7 +150,8 @@ class ModelService:
     @property
     def waiting(self) -> int:
         """Sequences queued for a free row."""
-        return self._waiting + len(self._incoming)
+        # Read from the routes' threads while the model thread runs: len() of a deque is atomic.
+        return len(self.scheduler.waiting) + len(self._incoming)
 
     def wake(self) -> None:
         """Have the model thread look at its queues now (a cancellation, a new request)."""
@@ -206,7 +206,6 @@ class ModelService:
                 for seq in list(self.scheduler.running):
                     self.scheduler.finish(seq, "error")
             self._flush()
-            self._waiting = len(self.scheduler.waiting)
             self.metrics.running.set(len(self.scheduler.running))
             self.metrics.waiting.set(self.waiting)
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting) + list(self._incoming):

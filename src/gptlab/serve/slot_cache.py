@@ -32,10 +32,6 @@ class SlotCache:
         self.v: torch.Tensor | None = None
         self._rows: list[int | None] = []
 
-    def bytes(self, itemsize: int = 4) -> int:
-        """Memory the keys and values take once allocated."""
-        return 2 * self.n_layer * self.slots * self.n_head * self.capacity * self.head_dim * itemsize
-
     def reset(self, slot: int) -> None:
         """Forget a slot's tokens (a new sequence takes it, or its window is recomputed)."""
         self.seen[slot] = 0

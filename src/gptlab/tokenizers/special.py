@@ -48,11 +48,6 @@ class WithSpecialTokens(Tokenizer):
         return self._first + len(self.added)
 
     @property
-    def base_vocab_size(self) -> int:
-        """Ids below this are the base tokenizer's."""
-        return self._first
-
-    @property
     def special_tokens(self) -> dict[str, int]:
         return {**self.base.special_tokens, **self._ids}
 

@@ -14,8 +14,6 @@ from typing import Any, Protocol
 
 from gptlab.errors import GptlabError
 
-EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # logger -> the pip extra that installs it
-
 
 class Tracker(Protocol):
     """Receives each metrics record as the JSONL file does."""
