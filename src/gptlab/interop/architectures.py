@@ -15,7 +15,7 @@ from typing import Any
 
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
-from gptlab.model.layers import swiglu_hidden
+from gptlab.model.layers import mlp_hidden
 
 LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, which gptlab uses (GPT-2's layer_norm_epsilon too)
 RMSNORM_EPS = 1e-6  # gptlab's RMSNorm (layers.make_norm and QK-norm)
@@ -55,11 +55,6 @@ def hf_architecture(cfg: ModelConfig) -> str:
             raise _refuse("qk_norm=true with bias=true (Qwen3's MLP has no biases)")
         return "qwen3"
     return "llama"
-
-
-def mlp_hidden(cfg: ModelConfig) -> int:
-    """The MLP's hidden width (read from the layer's rule, not restated)."""
-    return swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
 
 
 def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[str, Any]:

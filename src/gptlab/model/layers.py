@@ -223,6 +223,11 @@ def swiglu_hidden(n_embd: int) -> int:
     return -(-8 * n_embd // 3 // 8) * 8
 
 
+def mlp_hidden(cfg: ModelConfig) -> int:
+    """The MLP's hidden width: 4x the embedding, or SwiGLU's narrower width for as many weights."""
+    return swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward network: widen, a non-linearity, project back."""
 
@@ -231,7 +236,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.kind = cfg.mlp
-        hidden = swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+        hidden = mlp_hidden(cfg)
         # SwiGLU's gate and value come from one matmul (twice as wide), split in forward.
         self.fc = nn.Linear(cfg.n_embd, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
         self.split_matrices = {"fc.weight": 2} if cfg.mlp == "swiglu" else {}
