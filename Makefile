@@ -15,7 +15,7 @@ DEMO_ZH_RUN ?= runs/demo-zh
 DEMO_ZH_PRESET ?= cpu-modern
 DEMO_ZH_PROMPT ?= 春夜喜雨
 
-.PHONY: demo demo-zh npm test install dev browser clean poem-data finetune-zh align-zh chat-zh
+.PHONY: demo demo-zh npm test lint install dev browser clean poem-data finetune-zh align-zh chat-zh
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -98,7 +98,12 @@ align-zh: poem-data
 chat-zh: install
 	$(BIN)/gptlab chat $(DPO_RUN)
 
-test: dev browser
+# Static checks (rules in pyproject.toml): lint and formatting, before any test runs.
+lint: dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: dev browser lint
 	$(BIN)/python -m pytest -q
 
 clean:

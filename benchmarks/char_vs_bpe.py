@@ -47,8 +47,10 @@ def run(data: Path, out: Path, steps: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         train(cfg, out)
     records = read_metrics(out / "metrics.jsonl")
-    return {"final": next(r for r in reversed(records) if "val_loss" in r),
-            "elapsed_s": max(r["elapsed_s"] for r in records)}
+    return {
+        "final": next(r for r in reversed(records) if "val_loss" in r),
+        "elapsed_s": max(r["elapsed_s"] for r in records),
+    }
 
 
 def main() -> None:
@@ -67,19 +69,30 @@ def main() -> None:
             calibration = run(data, work / f"calibrate-{kind}", CALIBRATION_STEPS)
             seconds_per_step = calibration["elapsed_s"] / CALIBRATION_STEPS
             steps = max(CALIBRATION_STEPS, int(args.seconds / seconds_per_step))
-            print(f"{kind}: vocabulary {dataset.tokenizer.vocab_size:,}, {seconds_per_step * 1000:.0f} ms/step, "
-                  f"training {steps} steps (~{args.seconds:.0f} s)...", flush=True)
+            print(
+                f"{kind}: vocabulary {dataset.tokenizer.vocab_size:,}, {seconds_per_step * 1000:.0f} ms/step, "
+                f"training {steps} steps (~{args.seconds:.0f} s)...",
+                flush=True,
+            )
             result = run(data, work / f"run-{kind}", steps)
             val_loss = result["final"]["val_loss"]
             val = dataset.splits["val"]
             bytes_per_token = val["bytes"] / val["tokens"]
             bpb = bits_per(val_loss, val, "bytes")
-            figures[kind] = {"vocab_size": dataset.tokenizer.vocab_size, "steps": steps,
-                             "train_s": round(result["elapsed_s"], 1), "val_loss_nats_per_token": round(val_loss, 4),
-                             "val_bytes_per_token": round(bytes_per_token, 3), "val_bits_per_byte": round(bpb, 4),
-                             "val_text_bytes": dataset.splits["val"]["bytes"]}
-            print(f"  {kind}: val loss {val_loss:.3f} nats/token, {bytes_per_token:.2f} bytes/token "
-                  f"-> {bpb:.3f} bits per byte after {result['elapsed_s']:.0f} s", flush=True)
+            figures[kind] = {
+                "vocab_size": dataset.tokenizer.vocab_size,
+                "steps": steps,
+                "train_s": round(result["elapsed_s"], 1),
+                "val_loss_nats_per_token": round(val_loss, 4),
+                "val_bytes_per_token": round(bytes_per_token, 3),
+                "val_bits_per_byte": round(bpb, 4),
+                "val_text_bytes": dataset.splits["val"]["bytes"],
+            }
+            print(
+                f"  {kind}: val loss {val_loss:.3f} nats/token, {bytes_per_token:.2f} bytes/token "
+                f"-> {bpb:.3f} bits per byte after {result['elapsed_s']:.0f} s",
+                flush=True,
+            )
     ratio = figures["bpe"]["val_bits_per_byte"] / figures["char"]["val_bits_per_byte"]
     print(f"bpe / char bits per byte: {ratio:.3f} (below 1: bpe predicts the text better in the same time)")
     print(json.dumps({"seconds_each": args.seconds, **figures, "bpe_over_char_bpb": round(ratio, 4)}))

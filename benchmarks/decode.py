@@ -44,8 +44,9 @@ SHAPES = {"tutorial": ("tutorial", 65), "gpt2-small": ("gpt2-small", 50257)}  # 
 def decode(model: GPT, prompt: list[int], use_cache: bool) -> tuple[list[int], float]:
     """Greedy tokens and seconds taken."""
     start = time.perf_counter()
-    tokens = [steps[0].token for steps in generate_steps(model, None, [prompt], SamplingParams(NEW_TOKENS, 0.0),
-                                                          use_cache)]
+    tokens = [
+        steps[0].token for steps in generate_steps(model, None, [prompt], SamplingParams(NEW_TOKENS, 0.0), use_cache)
+    ]
     return tokens, time.perf_counter() - start
 
 
@@ -61,9 +62,15 @@ def to_hf(model: GPT):
 def hf_decode(hf, prompt: list[int]) -> tuple[list[int], float]:
     start = time.perf_counter()
     with torch.no_grad():
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                          do_sample=False, use_cache=True, pad_token_id=0)
-    return out[0, len(prompt):].tolist(), time.perf_counter() - start
+        out = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist(), time.perf_counter() - start
 
 
 def main() -> None:
@@ -74,14 +81,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    results: dict = {"new_tokens": NEW_TOKENS, "batch": 1, "threads": torch.get_num_threads(), "rounds": args.rounds,
-                     "torch": torch.__version__, "python": platform.python_version()}
+    results: dict = {
+        "new_tokens": NEW_TOKENS,
+        "batch": 1,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     for name, (preset, vocab) in SHAPES.items():
         cfg = build_config(preset, None, [f"vocab_size={vocab}", "dropout=0.0"]).model
         model = build_model(cfg).eval()
         prompt = [1]
-        print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, block_size {cfg.block_size}",
-              flush=True)
+        print(
+            f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, block_size {cfg.block_size}",
+            flush=True,
+        )
         hf = to_hf(model)
         if hf is not None:
             with torch.no_grad():
@@ -100,18 +115,30 @@ def main() -> None:
                 line += f" | hf {NEW_TOKENS / t:8.1f} tokens/s"
             print(line, flush=True)
         full, t_full = decode(model, prompt, False)
-        print(f"  recompute: {NEW_TOKENS / t_full:8.1f} tokens/s; best cache {NEW_TOKENS / t_cache:.1f} tokens/s "
-              f"is {t_full / t_cache:.1f}x faster", flush=True)
-        row = {"params": sum(p.numel() for p in model.parameters()), "cache_tok_s": round(NEW_TOKENS / t_cache, 1),
-               "recompute_tok_s": round(NEW_TOKENS / t_full, 1), "speedup": round(t_full / t_cache, 2),
-               "same_tokens": cached == full}
+        print(
+            f"  recompute: {NEW_TOKENS / t_full:8.1f} tokens/s; best cache {NEW_TOKENS / t_cache:.1f} tokens/s "
+            f"is {t_full / t_cache:.1f}x faster",
+            flush=True,
+        )
+        row = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "cache_tok_s": round(NEW_TOKENS / t_cache, 1),
+            "recompute_tok_s": round(NEW_TOKENS / t_full, 1),
+            "speedup": round(t_full / t_cache, 2),
+            "same_tokens": cached == full,
+        }
         if hf is not None:
             import transformers
 
-            print(f"  hf best {NEW_TOKENS / t_hf:.1f} tokens/s: gptlab's cache is {t_hf / t_cache:.2f}x its speed",
-                  flush=True)
-            row |= {"hf_tok_s": round(NEW_TOKENS / t_hf, 1), "gptlab_vs_hf": round(t_hf / t_cache, 2),
-                    "hf_same_tokens": theirs == cached}
+            print(
+                f"  hf best {NEW_TOKENS / t_hf:.1f} tokens/s: gptlab's cache is {t_hf / t_cache:.2f}x its speed",
+                flush=True,
+            )
+            row |= {
+                "hf_tok_s": round(NEW_TOKENS / t_hf, 1),
+                "gptlab_vs_hf": round(t_hf / t_cache, 2),
+                "hf_same_tokens": theirs == cached,
+            }
             results["transformers"] = transformers.__version__
         results[name] = row
     print(json.dumps(results))

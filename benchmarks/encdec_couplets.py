@@ -52,8 +52,7 @@ from gptlab.train.step import make_runner  # noqa: E402
 POEMS = ROOT.parent / "shared" / "data" / "tang_poems.jsonl"
 SHAPE = ["n_embd=96", "n_head=4", "block_size=32", "dropout=0.0"]
 ARCHS = {"encdec": ["arch=encdec", "n_layer=3"], "gpt": ["arch=gpt", "n_layer=7"]}
-TRAIN = ["batch_size=32", "lr=3e-3", "min_lr=3e-4", "warmup_steps=50", "weight_decay=0.1", "device=cpu",
-         "compile=off"]
+TRAIN = ["batch_size=32", "lr=3e-3", "min_lr=3e-4", "warmup_steps=50", "weight_decay=0.1", "device=cpu", "compile=off"]
 SAMPLES = 6
 
 
@@ -85,8 +84,14 @@ class Contender:
         torch.manual_seed(self.cfg.train.seed)
         self.model = build_model(self.cfg.model)
         self.runner = make_runner(self.model, self.cfg.train, Ranks(), torch.device("cpu"))
-        self.loader = batch_loader(dataset, "train", self.cfg.train.batch_size, self.cfg.model.block_size,
-                                   seed=self.cfg.train.seed, arch=self.cfg.model.arch)
+        self.loader = batch_loader(
+            dataset,
+            "train",
+            self.cfg.train.batch_size,
+            self.cfg.model.block_size,
+            seed=self.cfg.train.seed,
+            arch=self.cfg.model.arch,
+        )
         self.params = count_params(self.cfg.model).total
         self.steps, self.seconds, self.loss = 0, 0.0, float("nan")
 
@@ -115,8 +120,11 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=15.0, help="seconds per turn (default 15)")
     args = parser.parse_args()
     load_before = load()
-    print(f"load average before: {load_before} ({os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)", flush=True)
+    print(
+        f"load average before: {load_before} ({os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = write_couplets([str(POEMS)], Path(tmp) / "couplets.jsonl")
@@ -124,8 +132,11 @@ def main() -> None:
         prepare_pairs([str(Path(tmp) / "couplets.jsonl")], Path(tmp) / "data", "char", val_fraction=0.02)
         dataset = Dataset(Path(tmp) / "data")
         splits = dataset.splits
-        print(f"pairs dataset: train {splits['train']['pairs']:,}, held out {splits['val']['pairs']:,}, "
-              f"{dataset.tokenizer.vocab_size:,} characters ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"pairs dataset: train {splits['train']['pairs']:,}, held out {splits['val']['pairs']:,}, "
+            f"{dataset.tokenizer.vocab_size:,} characters ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
         models = [Contender(name, dataset, dataset.tokenizer.vocab_size) for name in ARCHS]
         for m in models:
             print(f"{m.name}: {m.params:,} parameters", flush=True)
@@ -133,8 +144,12 @@ def main() -> None:
             for m in models:
                 if m.seconds < args.budget:
                     m.train_for(args.slice, args.budget)
-            print("  " + " | ".join(f"{m.name} {m.seconds:5.0f} s, step {m.steps:5d}, loss {m.loss:.3f}"
-                                    for m in models) + f" | load {load()}", flush=True)
+            print(
+                "  "
+                + " | ".join(f"{m.name} {m.seconds:5.0f} s, step {m.steps:5d}, loss {m.loss:.3f}" for m in models)
+                + f" | load {load()}",
+                flush=True,
+            )
         load_after = load()
 
         figures = {}
@@ -142,13 +157,17 @@ def main() -> None:
             evaluated = evaluate_pairs(m.model, dataset, "val")
             bpc = bits_per(evaluated.loss, splits["val"], "chars")
             figures[m.name] = {"loss": evaluated.loss, "bpc": bpc}
-            print(f"{m.name}: held-out target loss {evaluated.loss:.4f} nats/token = {bpc:.4f} bits/char "
-                  f"({evaluated.tokens:,} target tokens, {m.steps:,} steps, "
-                  f"{m.steps * m.cfg.train.batch_size:,} couplets seen)", flush=True)
+            print(
+                f"{m.name}: held-out target loss {evaluated.loss:.4f} nats/token = {bpc:.4f} bits/char "
+                f"({evaluated.tokens:,} target tokens, {m.steps:,} steps, "
+                f"{m.steps * m.cfg.train.batch_size:,} couplets seen)",
+                flush=True,
+            )
 
         unigram = unigram_bpc(dataset)
-        print(f"reference: character frequencies alone give {unigram:.4f} bits/char on the held-out targets",
-              flush=True)
+        print(
+            f"reference: character frequencies alone give {unigram:.4f} bits/char on the held-out targets", flush=True
+        )
         pairs, tok = read_pairs(dataset.path, dataset.meta, "val"), dataset.tokenizer
         greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
         print("held-out couplets, greedy (source | truth | encdec | gpt):", flush=True)
@@ -161,15 +180,27 @@ def main() -> None:
             print(f"  {row['source']} | {row['truth']} | {row['encdec']} | {row['gpt']}", flush=True)
     print(f"load average after: {load_after}", flush=True)
     encdec, gpt = models
-    print(json.dumps({
-        "encdec_target_bpc": round(figures["encdec"]["bpc"], 4), "gpt_target_bpc": round(figures["gpt"]["bpc"], 4),
-        "bpc_ratio_encdec_to_gpt": round(figures["encdec"]["bpc"] / figures["gpt"]["bpc"], 4),
-        "unigram_target_bpc": round(unigram, 4),
-        "encdec_params": encdec.params, "gpt_params": gpt.params,
-        "train_seconds_each": args.budget, "slice_seconds": args.slice,
-        "encdec_steps": encdec.steps, "gpt_steps": gpt.steps,
-        "held_out_couplets": splits["val"]["pairs"], "load_before": load_before, "load_after": load_after,
-        "samples": samples}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "encdec_target_bpc": round(figures["encdec"]["bpc"], 4),
+                "gpt_target_bpc": round(figures["gpt"]["bpc"], 4),
+                "bpc_ratio_encdec_to_gpt": round(figures["encdec"]["bpc"] / figures["gpt"]["bpc"], 4),
+                "unigram_target_bpc": round(unigram, 4),
+                "encdec_params": encdec.params,
+                "gpt_params": gpt.params,
+                "train_seconds_each": args.budget,
+                "slice_seconds": args.slice,
+                "encdec_steps": encdec.steps,
+                "gpt_steps": gpt.steps,
+                "held_out_couplets": splits["val"]["pairs"],
+                "load_before": load_before,
+                "load_after": load_after,
+                "samples": samples,
+            },
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -80,11 +80,20 @@ def import_error(arch: str, tok: BPETokenizer, root: Path, ids: torch.Tensor) ->
     import transformers as tf
 
     v = tok.vocab_size
-    common = dict(vocab_size=v, hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=4, max_position_embeddings=128)
-    config = {"gpt2": lambda: tf.GPT2Config(vocab_size=v, n_positions=128, n_embd=128, n_layer=4, n_head=4),
-              "llama": lambda: tf.LlamaConfig(**common),
-              "qwen3": lambda: tf.Qwen3Config(**common, head_dim=32)}[arch]()
+    common = dict(
+        vocab_size=v,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+    )
+    config = {
+        "gpt2": lambda: tf.GPT2Config(vocab_size=v, n_positions=128, n_embd=128, n_layer=4, n_head=4),
+        "llama": lambda: tf.LlamaConfig(**common),
+        "qwen3": lambda: tf.Qwen3Config(**common, head_dim=32),
+    }[arch]()
     hf = randomized(tf.AutoModelForCausalLM.from_config(config), std=0.1)
     src = root / f"{arch}-hf"
     hf.save_pretrained(src)
@@ -105,14 +114,22 @@ def gptlab_decode(model, batch: int, new_tokens: int) -> float:
 def hf_decode(hf, batch: int, new_tokens: int) -> float:
     start = time.perf_counter()
     with torch.no_grad():
-        hf.generate(torch.ones(batch, 1, dtype=torch.long), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                    do_sample=False, use_cache=True, pad_token_id=0)
+        hf.generate(
+            torch.ones(batch, 1, dtype=torch.long),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+        )
     return time.perf_counter() - start
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Export/import max |Δlogit| per architecture; decode speed "
-                                     "gptlab vs transformers on the same weights.")
+    parser = argparse.ArgumentParser(
+        description="Export/import max |Δlogit| per architecture; decode speed "
+        "gptlab vs transformers on the same weights."
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating timings to take the best of")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per timing (default 128)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
@@ -122,9 +139,13 @@ def main() -> None:
     import transformers
 
     torch.manual_seed(0)
-    results: dict = {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version(), "threads": torch.get_num_threads(),
-                     "load_before": round(os.getloadavg()[0], 2)}
+    results: dict = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "load_before": round(os.getloadavg()[0], 2),
+    }
     tok = BPETokenizer.train([SHAKESPEARE.read_text(encoding="utf-8")[:300_000]], vocab_size=512)
     ids = torch.randint(0, tok.vocab_size, (4, 128), generator=torch.Generator().manual_seed(0))
     results["max_abs_dlogit"] = {}
@@ -137,8 +158,11 @@ def main() -> None:
     cfg = build_config("gpt2-small", None, ["dropout=0.0"]).model
     model = build_model(cfg).eval()
     hf = transformers_model(model)
-    print(f"decode: gpt2-small shape, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{args.new_tokens} new tokens, best of {args.rounds} alternating rounds", flush=True)
+    print(
+        f"decode: gpt2-small shape, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{args.new_tokens} new tokens, best of {args.rounds} alternating rounds",
+        flush=True,
+    )
     results["decode"] = {"new_tokens": args.new_tokens, "rounds": args.rounds}
     for batch in (1, 8):
         gptlab_decode(model, batch, 8), hf_decode(hf, batch, 8)  # warm-up: allocations, kernel choices
@@ -146,11 +170,16 @@ def main() -> None:
         for r in range(args.rounds):
             best["gptlab"] = min(best["gptlab"], t_g := gptlab_decode(model, batch, args.new_tokens))
             best["hf"] = min(best["hf"], t_h := hf_decode(hf, batch, args.new_tokens))
-            print(f"  batch {batch} round {r + 1}: gptlab {batch * args.new_tokens / t_g:7.1f} tokens/s | "
-                  f"transformers {batch * args.new_tokens / t_h:7.1f} tokens/s", flush=True)
-        row = {"gptlab_tok_s": round(batch * args.new_tokens / best["gptlab"], 1),
-               "hf_tok_s": round(batch * args.new_tokens / best["hf"], 1),
-               "gptlab_vs_hf": round(best["hf"] / best["gptlab"], 3)}
+            print(
+                f"  batch {batch} round {r + 1}: gptlab {batch * args.new_tokens / t_g:7.1f} tokens/s | "
+                f"transformers {batch * args.new_tokens / t_h:7.1f} tokens/s",
+                flush=True,
+            )
+        row = {
+            "gptlab_tok_s": round(batch * args.new_tokens / best["gptlab"], 1),
+            "hf_tok_s": round(batch * args.new_tokens / best["hf"], 1),
+            "gptlab_vs_hf": round(best["hf"] / best["gptlab"], 3),
+        }
         print(f"  batch {batch}: gptlab is {row['gptlab_vs_hf']:.2f}x transformers' speed", flush=True)
         results["decode"][f"batch{batch}"] = row
     results["load_after"] = round(os.getloadavg()[0], 2)

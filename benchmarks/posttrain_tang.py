@@ -3,9 +3,11 @@ title -> poem instructions (`gptlab finetune`), and that one aligned with DPO to
 five-character poems (`gptlab align`), asked for poems on held-out titles with the same prompts
 and seeds.
 
-1. Poems whose text is at most --max-chars characters (so a prompt and its poem fit T=128); --prompts titles are held out (every poem
+1. Poems whose text is at most --max-chars characters (so a prompt and its poem fit T=128); --prompts titles are held
+   out (every poem
    with one of those titles is left out of pretraining, fine-tuning and alignment).
-2. Pretrain a small char model on the other poems (the cpu-modern recipe, --pretrain-steps) (or take --run, a base run of your own).
+2. Pretrain a small char model on the other poems (the cpu-modern recipe, --pretrain-steps)
+   (or take --run, a base run of your own).
 3. `gptlab poem-data` records -> finetune -> align, each with its own schedule.
 4. Each model writes one poem per held-out title: "請用以下題目寫一首詩：{title}", temperature
    --temperature, seed s + i, at most --max-new-tokens tokens. The base model gets the same text
@@ -40,8 +42,16 @@ from gptlab.config import build_config  # noqa: E402
 from gptlab.data.corpora import SkipReport  # noqa: E402
 from gptlab.data.prepare import CHAR_SEPARATOR, prepare  # noqa: E402
 from gptlab.inference.engine import SamplingParams, generate_steps  # noqa: E402
-from gptlab.posttrain.poems import (DEFAULT_TEMPLATE, Poem, instruction_prompt, instruction_records,  # noqa: E402
-                                    preference_records, read_poems, verse_form, write_jsonl)
+from gptlab.posttrain.poems import (
+    DEFAULT_TEMPLATE,
+    Poem,
+    instruction_prompt,
+    instruction_records,  # noqa: E402
+    preference_records,
+    read_poems,
+    verse_form,
+    write_jsonl,
+)
 from gptlab.posttrain.run import posttrain  # noqa: E402
 from gptlab.posttrain.template import END, ChatTemplate, Message, has_chat_tokens  # noqa: E402
 from gptlab.runs import load_run  # noqa: E402
@@ -70,8 +80,18 @@ def pretrain(poems: list[Poem], work: Path, steps: int) -> Path:
     data = work / "data-char"
     prepare([str(corpus), str(work / "template.txt")], data, "char", workers=1, progress=False)
     # The demo's recipe (cpu-modern: 4 layers, d=128, T=128, RoPE, Muon, WSD), sized to the budget.
-    cfg = build_config("cpu-modern", None, [f"max_steps={steps}", "eval_interval=400", "checkpoint_interval=100000",
-                                            "sample_tokens=0", "log_interval=100", "device=cpu"])
+    cfg = build_config(
+        "cpu-modern",
+        None,
+        [
+            f"max_steps={steps}",
+            "eval_interval=400",
+            "checkpoint_interval=100000",
+            "sample_tokens=0",
+            "log_interval=100",
+            "device=cpu",
+        ],
+    )
     cfg.data = str(data)
     train(cfg, work / "base")
     return work / "base"
@@ -96,16 +116,19 @@ def write_poems(run: Path, titles: list[str], seed: int, temperature: float, max
                 finish[s.seq] = "stop"
             texts[s.seq] += s.text
             finish[s.seq] = s.finish if s.finish == "stop" else finish[s.seq]
-    return [{"title": t, "text": x, "ended": f == "stop", "form": verse_form(x)}
-            for t, x, f in zip(titles, texts, finish)]
+    return [
+        {"title": t, "text": x, "ended": f == "stop", "form": verse_form(x)} for t, x, f in zip(titles, texts, finish)
+    ]
 
 
 def shares(outputs: list[dict]) -> dict[str, float]:
     """Percentages: ended by themselves, regulated verse, five-character."""
     n = len(outputs)
-    return {"ends_pct": 100 * sum(o["ended"] for o in outputs) / n,
-            "regular_pct": 100 * sum(o["form"] != "other" for o in outputs) / n,
-            "five_char_pct": 100 * sum(o["form"] == "five" for o in outputs) / n}
+    return {
+        "ends_pct": 100 * sum(o["ended"] for o in outputs) / n,
+        "regular_pct": 100 * sum(o["form"] != "other" for o in outputs) / n,
+        "five_char_pct": 100 * sum(o["form"] == "five" for o in outputs) / n,
+    }
 
 
 def main() -> None:
@@ -134,16 +157,22 @@ def main() -> None:
     t0 = time.time()
     work = Path(args.out or tempfile.mkdtemp(prefix="posttrain_tang-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"posttrain_tang: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, load average {load_before[0]:.2f}; working in {work}", flush=True)
+    print(
+        f"posttrain_tang: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, load average {load_before[0]:.2f}; working in {work}",
+        flush=True,
+    )
 
     report = SkipReport()
     poems = [p for p in read_poems([str(POEMS)], report) if len(p.text) <= args.max_chars]
     training, titles = split_titles(poems, args.prompts, args.seed)
     corpus_five = 100 * sum(verse_form(p.text) == "five" for p in training) / len(training)
-    print(f"{len(poems):,} poems of at most {args.max_chars} characters; {args.prompts} titles held out, {len(titles)} "
-          "of them in the training poems' characters; "
-          f"five-character share of the training poems {corpus_five:.1f}%", flush=True)
+    print(
+        f"{len(poems):,} poems of at most {args.max_chars} characters; {args.prompts} titles held out, {len(titles)} "
+        "of them in the training poems' characters; "
+        f"five-character share of the training poems {corpus_five:.1f}%",
+        flush=True,
+    )
 
     print("=== 1. base model", flush=True)
     base = Path(args.run) if args.run else pretrain(training, work, args.pretrain_steps)
@@ -152,44 +181,84 @@ def main() -> None:
     write_jsonl(pairs, preference_records(training, seed=args.seed))
     common = ["sample_prompts=1", "checkpoint_interval=100000", "device=cpu", f"seed={args.seed}"]
     print("=== 2. instruction fine-tuning (gptlab finetune)", flush=True)
-    posttrain("sft", str(base), str(sft_data), str(work / "sft"), None,
-              common + [f"lr={args.sft_lr}", f"min_lr={args.sft_lr / 10}", f"batch_size={args.sft_batch}",
-                        f"eval_interval={max(args.sft_steps // 4, 1)}"], args.sft_steps)
+    posttrain(
+        "sft",
+        str(base),
+        str(sft_data),
+        str(work / "sft"),
+        None,
+        common
+        + [
+            f"lr={args.sft_lr}",
+            f"min_lr={args.sft_lr / 10}",
+            f"batch_size={args.sft_batch}",
+            f"eval_interval={max(args.sft_steps // 4, 1)}",
+        ],
+        args.sft_steps,
+    )
     print("=== 3. preference alignment (gptlab align, DPO)", flush=True)
-    posttrain("dpo", str(work / "sft"), str(pairs), str(work / "dpo"), None,
-              common + [f"lr={args.dpo_lr}", f"min_lr={args.dpo_lr / 10}", f"batch_size={args.dpo_batch}", f"beta={args.beta}",
-                        f"eval_interval={max(args.dpo_steps // 4, 1)}"], args.dpo_steps)
+    posttrain(
+        "dpo",
+        str(work / "sft"),
+        str(pairs),
+        str(work / "dpo"),
+        None,
+        common
+        + [
+            f"lr={args.dpo_lr}",
+            f"min_lr={args.dpo_lr / 10}",
+            f"batch_size={args.dpo_batch}",
+            f"beta={args.beta}",
+            f"eval_interval={max(args.dpo_steps // 4, 1)}",
+        ],
+        args.dpo_steps,
+    )
 
-    print(f"=== 4. {len(titles)} poems on held-out titles from each model (seed {args.seed}, "
-          f"temperature {args.temperature}, at most {args.max_new_tokens} tokens)", flush=True)
+    print(
+        f"=== 4. {len(titles)} poems on held-out titles from each model (seed {args.seed}, "
+        f"temperature {args.temperature}, at most {args.max_new_tokens} tokens)",
+        flush=True,
+    )
     results = {}
     for name, run in (("base", base), ("sft", work / "sft"), ("dpo", work / "dpo")):
         outputs = write_poems(run, titles, args.seed, args.temperature, args.max_new_tokens)
         results[name] = shares(outputs)
-        (work / f"poems_{name}.jsonl").write_text("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs),
-                                                   encoding="utf-8")
+        (work / f"poems_{name}.jsonl").write_text(
+            "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs), encoding="utf-8"
+        )
         r = results[name]
-        print(f"{name:>4}: ends by itself {r['ends_pct']:.0f}%, regulated verse {r['regular_pct']:.0f}%, "
-              f"five-character {r['five_char_pct']:.0f}%   e.g. {outputs[0]['title']}: "
-              f"{outputs[0]['text'][:60]!r}", flush=True)
+        print(
+            f"{name:>4}: ends by itself {r['ends_pct']:.0f}%, regulated verse {r['regular_pct']:.0f}%, "
+            f"five-character {r['five_char_pct']:.0f}%   e.g. {outputs[0]['title']}: "
+            f"{outputs[0]['text'][:60]!r}",
+            flush=True,
+        )
     dpo_metrics = [json.loads(line) for line in (work / "dpo" / "metrics.jsonl").read_text().splitlines()]
     last_eval = [m for m in dpo_metrics if "preference_accuracy" in m][-1]
     load_after = os.getloadavg()
     figures = {
-        "base_ends_pct": results["base"]["ends_pct"], "sft_ends_pct": results["sft"]["ends_pct"],
+        "base_ends_pct": results["base"]["ends_pct"],
+        "sft_ends_pct": results["sft"]["ends_pct"],
         "dpo_ends_pct": results["dpo"]["ends_pct"],
-        "base_regular_pct": results["base"]["regular_pct"], "sft_regular_pct": results["sft"]["regular_pct"],
+        "base_regular_pct": results["base"]["regular_pct"],
+        "sft_regular_pct": results["sft"]["regular_pct"],
         "dpo_regular_pct": results["dpo"]["regular_pct"],
         "corpus_five_char_pct": round(corpus_five, 1),
         "five_char_pct_before_dpo": results["sft"]["five_char_pct"],
         "five_char_pct_after_dpo": results["dpo"]["five_char_pct"],
         "dpo_heldout_preference_accuracy_pct": round(100 * last_eval["preference_accuracy"], 1),
         "dpo_heldout_reward_margin": round(last_eval["reward_margin"], 3),
-        "prompts": len(titles), "base_steps": load_run(base).step, "sft_steps": args.sft_steps,
-        "sft_batch": args.sft_batch, "dpo_steps": args.dpo_steps, "dpo_batch": args.dpo_batch,
+        "prompts": len(titles),
+        "base_steps": load_run(base).step,
+        "sft_steps": args.sft_steps,
+        "sft_batch": args.sft_batch,
+        "dpo_steps": args.dpo_steps,
+        "dpo_batch": args.dpo_batch,
         "seconds": round(time.time() - t0, 1),
-        "load_avg_before": round(load_before[0], 2), "load_avg_after": round(load_after[0], 2),
-        "torch": torch.__version__, "cores": os.cpu_count(),
+        "load_avg_before": round(load_before[0], 2),
+        "load_avg_after": round(load_after[0], 2),
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
     }
     print(json.dumps(figures))
 

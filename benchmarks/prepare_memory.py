@@ -112,20 +112,46 @@ def main() -> None:
     try:
         print(f"training a bpe tokenizer (vocab {args.vocab_size}) on the shared texts...", flush=True)
         poems = work / "poems.jsonl"
-        poems.write_text("".join((SHARED / "tang_poems.jsonl").open(encoding="utf-8").readlines()[:2000]),
-                         encoding="utf-8")
-        subprocess.run([*gptlab, "prepare", str(SHARED / "tinyshakespeare.txt"), str(poems),
-                        "--tokenizer", "bpe", "--vocab-size", str(args.vocab_size), "--out", str(work / "tok")],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        poems.write_text(
+            "".join((SHARED / "tang_poems.jsonl").open(encoding="utf-8").readlines()[:2000]), encoding="utf-8"
+        )
+        subprocess.run(
+            [
+                *gptlab,
+                "prepare",
+                str(SHARED / "tinyshakespeare.txt"),
+                str(poems),
+                "--tokenizer",
+                "bpe",
+                "--vocab-size",
+                str(args.vocab_size),
+                "--out",
+                str(work / "tok"),
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         corpus = work / "corpus"
         corpus.mkdir()
         print(f"generating a {args.gb:.1f} GB corpus in {corpus} ...", flush=True)
         t0 = time.perf_counter()
         nbytes, documents = generate(corpus, int(args.gb * 1e9))
-        print(f"generated {nbytes / 1e9:.2f} GB, {documents:,} documents in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"generated {nbytes / 1e9:.2f} GB, {documents:,} documents in {time.perf_counter() - t0:.0f} s", flush=True
+        )
         workers = os.cpu_count() or 1
-        cmd = [*gptlab, "prepare", str(corpus), "--tokenizer", str(work / "tok" / "tokenizer.json"),
-               "--out", str(work / "data"), "--workers", str(workers)]
+        cmd = [
+            *gptlab,
+            "prepare",
+            str(corpus),
+            "--tokenizer",
+            str(work / "tok" / "tokenizer.json"),
+            "--out",
+            str(work / "data"),
+            "--workers",
+            str(workers),
+        ]
         print("running: " + " ".join(cmd[2:]), flush=True)
         code, seconds, peak = run_measured(cmd, env)
         if code != 0:
@@ -145,9 +171,11 @@ def main() -> None:
             "peak_rss_mb": round(peak / 2**20, 1),
             "under_1gb": peak < 2**30,
         }
-        print(f"prepare of {figures['corpus_gb']} GB: {seconds:.0f} s ({figures['seconds_per_gb']} s per GB, "
-              f"{figures['mb_per_s']} MB/s), peak memory {figures['peak_rss_mb']} MB "
-              f"({'under' if figures['under_1gb'] else 'OVER'} 1 GB), {tokens:,} tokens in {shards} shards")
+        print(
+            f"prepare of {figures['corpus_gb']} GB: {seconds:.0f} s ({figures['seconds_per_gb']} s per GB, "
+            f"{figures['mb_per_s']} MB/s), peak memory {figures['peak_rss_mb']} MB "
+            f"({'under' if figures['under_1gb'] else 'OVER'} 1 GB), {tokens:,} tokens in {shards} shards"
+        )
         print(json.dumps(figures))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -59,8 +59,10 @@ def run(name: str, preset: str, overrides: list[str], data: Path, root: Path) ->
     records = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_loss" in r]
     last = evals[-1]
-    print(f"=== {name}: {last['step']} steps, {last['elapsed_s']:.1f} s of training, val loss {last['val_loss']:.4f}",
-          flush=True)
+    print(
+        f"=== {name}: {last['step']} steps, {last['elapsed_s']:.1f} s of training, val loss {last['val_loss']:.4f}",
+        flush=True,
+    )
     return evals
 
 
@@ -76,8 +78,9 @@ def val_at(evals: list[dict], seconds: float) -> float:
 
 def step_seconds(preset: str, overrides: list[str], data: Path, root: Path, name: str) -> float:
     """Seconds per training step of a config, from a short run (its first steps excluded: warm-up)."""
-    evals = run(name, preset, overrides + ["max_steps=60", "eval_interval=30", "eval_batches=1", "warmup_steps=0"],
-                data, root)
+    evals = run(
+        name, preset, overrides + ["max_steps=60", "eval_interval=30", "eval_batches=1", "warmup_steps=0"], data, root
+    )
     return (evals[-1]["elapsed_s"] - evals[1]["elapsed_s"]) / 30
 
 
@@ -92,8 +95,10 @@ def main() -> None:
     classic_steps, tang_budgets = (100, (10.0, 20.0)) if args.quick else (2000, (120.0, 900.0))
     sprint = 30 if args.quick else args.sprint_steps
     load_before = os.getloadavg()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"load average {load_before[0]:.2f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"load average {load_before[0]:.2f}"
+    )
     started = time.perf_counter()
     # The same evaluation for every Shakespeare run: the same fixed windows (B=12, T=64).
     evaluation = [f"eval_batches={args.eval_batches}", "eval_batch_size=12"]
@@ -103,20 +108,36 @@ def main() -> None:
         shakespeare = root / "shakespeare"
         prepare([str(SHARED / "tinyshakespeare.txt")], shakespeare, "char", val_fraction=0.1, progress=False)
 
-        classic = run("classic", "cpu-small", CLASSIC_SHAPE + [f"max_steps={classic_steps}", "eval_interval=100",
-                                                               *evaluation], shakespeare, root)
+        classic = run(
+            "classic",
+            "cpu-small",
+            CLASSIC_SHAPE + [f"max_steps={classic_steps}", "eval_interval=100", *evaluation],
+            shakespeare,
+            root,
+        )
         classic_s = classic[-1]["elapsed_s"]
         modern_shape = CLASSIC_SHAPE + modern_overrides()
-        sprints = [run(f"modern-sprint-seed{seed}", "cpu-small",
-                       modern_shape + [f"max_steps={sprint}", f"eval_interval={max(1, sprint // 12)}", f"seed={seed}",
-                                       *evaluation], shakespeare, root)
-                   for seed in range(1, args.seeds + 1)]
+        sprints = [
+            run(
+                f"modern-sprint-seed{seed}",
+                "cpu-small",
+                modern_shape
+                + [f"max_steps={sprint}", f"eval_interval={max(1, sprint // 12)}", f"seed={seed}", *evaluation],
+                shakespeare,
+                root,
+            )
+            for seed in range(1, args.seeds + 1)
+        ]
         per_step = step_seconds("cpu-small", modern_shape, shakespeare, root, "modern-step-time")
         full_steps = max(sprint, int(classic_s / per_step))
         print(f"modern step {per_step * 1000:.1f} ms: {full_steps} steps fill the classic's {classic_s:.1f} s")
-        full = run("modern-full", "cpu-small", modern_shape + [f"max_steps={full_steps}",
-                                                               f"eval_interval={max(1, full_steps // 20)}",
-                                                               *evaluation], shakespeare, root)
+        full = run(
+            "modern-full",
+            "cpu-small",
+            modern_shape + [f"max_steps={full_steps}", f"eval_interval={max(1, full_steps // 20)}", *evaluation],
+            shakespeare,
+            root,
+        )
 
         tang = root / "tang"
         prepare([str(SHARED / "tang_poems.jsonl")], tang, "char", progress=False)
@@ -126,11 +147,18 @@ def main() -> None:
         for budget in tang_budgets:
             # A margin: steps run a little slower inside a long run than in the short timing run.
             steps = max(20, int(0.93 * budget / tang_step))
-            tang_runs[budget] = run(f"tang-{budget:.0f}s", "cpu-small",
-                                    tang_shape + [f"max_steps={steps}", f"eval_interval={max(1, steps // 10)}",
-                                                  f"eval_batches={args.eval_batches}"], tang, root)
-        params = {"classic": count_params(build_config("cpu-small", None, CLASSIC_SHAPE + ["vocab_size=65"]).model).total,
-                  "modern": count_params(build_config("cpu-small", None, modern_shape + ["vocab_size=65"]).model).total}
+            tang_runs[budget] = run(
+                f"tang-{budget:.0f}s",
+                "cpu-small",
+                tang_shape
+                + [f"max_steps={steps}", f"eval_interval={max(1, steps // 10)}", f"eval_batches={args.eval_batches}"],
+                tang,
+                root,
+            )
+        params = {
+            "classic": count_params(build_config("cpu-small", None, CLASSIC_SHAPE + ["vocab_size=65"]).model).total,
+            "modern": count_params(build_config("cpu-small", None, modern_shape + ["vocab_size=65"]).model).total,
+        }
 
     classic_to = seconds_to(classic, TARGET)
     sprint_to = [seconds_to(s, TARGET) for s in sprints]
@@ -163,9 +191,11 @@ def main() -> None:
         "torch": torch.__version__,
     }
     plot(classic, sprints[0], full, tang_runs, args.out / "recipe_race.png")
-    print(f"val loss {TARGET}: classic {figures['classic_s_to_target']} s, modern {figures['modern_s_to_target']} s; "
-          f"modern after {classic_s:.0f} s: {figures['modern_val_at_classic_s']}; Tang bits/char after "
-          f"{tang_budgets[0]:.0f} s {figures['tang_bpc_120s']}, after {tang_budgets[1]:.0f} s {figures['tang_bpc_900s']}")
+    print(
+        f"val loss {TARGET}: classic {figures['classic_s_to_target']} s, modern {figures['modern_s_to_target']} s; "
+        f"modern after {classic_s:.0f} s: {figures['modern_val_at_classic_s']}; Tang bits/char after "
+        f"{tang_budgets[0]:.0f} s {figures['tang_bpc_120s']}, after {tang_budgets[1]:.0f} s {figures['tang_bpc_900s']}"
+    )
     print(json.dumps(figures))
 
 
@@ -183,8 +213,12 @@ def plot(classic: list[dict], sprint: list[dict], full: list[dict], tang: dict[f
     left.set(title="tinyshakespeare (char)", xlabel="training seconds", ylabel="val loss (nats/char)", ylim=(1.3, 3.0))
     left.legend()
     for budget, evals in tang.items():
-        right.plot([e["elapsed_s"] for e in evals], [e["val_bpc"] for e in evals], marker=".",
-                   label=f"modern, {budget:.0f} s budget")
+        right.plot(
+            [e["elapsed_s"] for e in evals],
+            [e["val_bpc"] for e in evals],
+            marker=".",
+            label=f"modern, {budget:.0f} s budget",
+        )
     right.set(title="Tang poems (char)", xlabel="training seconds", ylabel="val bits per character")
     right.legend()
     fig.tight_layout()

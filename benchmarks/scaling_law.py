@@ -34,8 +34,11 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def main() -> None:
-    parser = _OneLineParser(description=__doc__.split("\n\n")[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = _OneLineParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     add_arguments(parser)
     args = parser.parse_args()
     try:

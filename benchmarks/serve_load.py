@@ -5,7 +5,8 @@ Two run directories with random weights (serving speed does not depend on what w
 gpt2-small-shaped model (12x12x768, block 1024, 50,257-entry vocabulary: the tinyshakespeare
 characters padded with CJK ideographs, since GPT-2's BPE files cannot be fetched offline). For
 each model and each server, 1, 4, 16 and 64 concurrent clients send streamed completion requests
-one after another (both servers with one torch thread; SERVE_LOAD_THREADS=N to change); measured: requests/s, tokens/s, p50/p95 time to first token and total latency,
+one after another (both servers with one torch thread; SERVE_LOAD_THREADS=N to change);
+measured: requests/s, tokens/s, p50/p95 time to first token and total latency,
 errors, and the server's peak resident memory. The last line is a JSON object with the figures.
 
     python benchmarks/serve_load.py
@@ -68,10 +69,12 @@ def make_run(path: Path, name: str) -> None:
 
 def start_server(run: Path, logs: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
     out = open(logs / "stdout", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0",
-                             "--max-batch", str(max_batch)],
-                            stdout=out, stderr=open(logs / "stderr", "w"),
-                            env=os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": THREADS})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0", "--max-batch", str(max_batch)],
+        stdout=out,
+        stderr=open(logs / "stderr", "w"),
+        env=os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": THREADS},
+    )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         found = re.search(r"http://127\.0\.0\.1:(\d+)", (logs / "stdout").read_text())
@@ -98,8 +101,13 @@ def client(base: str, index: int, requests: int, max_tokens: int) -> list[tuple[
     results = []
     with httpx.Client(base_url=base, timeout=600) as http:
         for j in range(requests):
-            body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "seed": index * 100 + j,
-                    "stream": True}
+            body = {
+                "prompt": PROMPT,
+                "max_tokens": max_tokens,
+                "temperature": 0.8,
+                "seed": index * 100 + j,
+                "stream": True,
+            }
             start, first, tokens = time.perf_counter(), None, 0
             try:
                 with http.stream("POST", "/v1/completions", json=body) as r:
@@ -126,19 +134,34 @@ def load(base: str, clients: int, requests: int, max_tokens: int) -> dict:
     ok = [r for r in results if r is not None]
 
     def pct(values: list[float], q: int) -> float:
-        return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3) if len(values) > 1 \
+        return (
+            round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
+            if len(values) > 1
             else round(values[0], 3)
+        )
 
     ttft, total = [r[0] for r in ok], [r[1] for r in ok]
-    return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
-            "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r[2] for r in ok) / wall, 1),
-            "ttft_p50_s": pct(ttft, 50), "ttft_p95_s": pct(ttft, 95),
-            "latency_p50_s": pct(total, 50), "latency_p95_s": pct(total, 95), "wall_s": round(wall, 1)}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "requests_per_s": round(len(ok) / wall, 2),
+        "tokens_per_s": round(sum(r[2] for r in ok) / wall, 1),
+        "ttft_p50_s": pct(ttft, 50),
+        "ttft_p95_s": pct(ttft, 95),
+        "latency_p50_s": pct(total, 50),
+        "latency_p95_s": pct(total, 95),
+        "wall_s": round(wall, 1),
+    }
 
 
 def main() -> None:
-    figures: dict = {"load_before": os.getloadavg()[0], "torch": torch.__version__, "cpus": os.cpu_count(),
-                     "threads": int(THREADS)}
+    figures: dict = {
+        "load_before": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "threads": int(THREADS),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name, (_, max_tokens, requests, max_batch) in MODELS.items():
             run = Path(tmp) / name
@@ -146,8 +169,7 @@ def main() -> None:
             for mode, batch in (("batched", max_batch), ("turn_taking", 1)):
                 logs = Path(tmp) / f"{name}-{mode}"
                 logs.mkdir()
-                print(f"{name}: gptlab serve --max-batch {batch} ({mode}), {max_tokens} tokens per request",
-                      flush=True)
+                print(f"{name}: gptlab serve --max-batch {batch} ({mode}), {max_tokens} tokens per request", flush=True)
                 proc, base = start_server(run, logs, batch)
                 try:
                     client(base, 999, 1, max_tokens)  # warm-up
@@ -155,10 +177,13 @@ def main() -> None:
                     for clients in CLIENTS:
                         row = load(base, clients, requests, max_tokens)
                         row["peak_rss_mb"] = peak_rss_mb(proc.pid)
-                        print(f"  {clients:3d} clients: {row['requests_per_s']} req/s, {row['tokens_per_s']} tok/s, "
-                              f"TTFT p50/p95 {row['ttft_p50_s']}/{row['ttft_p95_s']} s, latency p50/p95 "
-                              f"{row['latency_p50_s']}/{row['latency_p95_s']} s, {row['errors']} errors, "
-                              f"peak RSS {row['peak_rss_mb']} MB", flush=True)
+                        print(
+                            f"  {clients:3d} clients: {row['requests_per_s']} req/s, {row['tokens_per_s']} tok/s, "
+                            f"TTFT p50/p95 {row['ttft_p50_s']}/{row['ttft_p95_s']} s, latency p50/p95 "
+                            f"{row['latency_p50_s']}/{row['latency_p95_s']} s, {row['errors']} errors, "
+                            f"peak RSS {row['peak_rss_mb']} MB",
+                            flush=True,
+                        )
                         rows.append(row)
                     figures[f"{name}_{mode}"] = rows
                 finally:
@@ -168,9 +193,12 @@ def main() -> None:
                 b = next(r for r in figures[f"{name}_batched"] if r["clients"] == clients)
                 t = next(r for r in figures[f"{name}_turn_taking"] if r["clients"] == clients)
                 figures[f"{name}_tokens_per_s_ratio_at_{clients}"] = round(b["tokens_per_s"] / t["tokens_per_s"], 2)
-            print(f"{name}: batched / turn-taking tokens/s at 16 clients: "
-                  f"{figures[f'{name}_tokens_per_s_ratio_at_16']}x; at 1 client: "
-                  f"{figures[f'{name}_tokens_per_s_ratio_at_1']}x", flush=True)
+            print(
+                f"{name}: batched / turn-taking tokens/s at 16 clients: "
+                f"{figures[f'{name}_tokens_per_s_ratio_at_16']}x; at 1 client: "
+                f"{figures[f'{name}_tokens_per_s_ratio_at_1']}x",
+                flush=True,
+            )
     figures["load_after"] = os.getloadavg()[0]
     print(json.dumps(figures))
 

@@ -46,9 +46,19 @@ def main() -> None:
         data = Path(tmp) / "data"
         print(f"preparing {DATA} (char tokenizer, 90/10 split)...")
         prepare([str(DATA)], data, "char", val_fraction=0.1)
-        cfg = build_config("cpu-small", None, [
-            f"max_steps={args.steps}", "eval_interval=100000", "eval_batches=200", "log_interval=100",
-            "checkpoint_interval=100000", "sample_prompt=ROMEO:", "sample_tokens=200"])
+        cfg = build_config(
+            "cpu-small",
+            None,
+            [
+                f"max_steps={args.steps}",
+                "eval_interval=100000",
+                "eval_batches=200",
+                "log_interval=100",
+                "checkpoint_interval=100000",
+                "sample_prompt=ROMEO:",
+                "sample_tokens=200",
+            ],
+        )
         cfg.data = str(data)
         print(f"training {args.steps} steps: T=64, B=12, 4 layers, 4 heads, d=128...")
         t0 = time.perf_counter()
@@ -71,9 +81,11 @@ def main() -> None:
         "steps": args.steps,
         "torch": torch.__version__,
     }
-    print(f"final val loss {figures['val_loss']} (target <= 1.90), wall {figures['wall_s']} s, "
-          f"{figures['tokens_per_sec']:,} tokens/s, model {figures['model_gflops']} GFLOP/s = "
-          f"{figures['matmul_ratio']:.2f} x measured matmul")
+    print(
+        f"final val loss {figures['val_loss']} (target <= 1.90), wall {figures['wall_s']} s, "
+        f"{figures['tokens_per_sec']:,} tokens/s, model {figures['model_gflops']} GFLOP/s = "
+        f"{figures['matmul_ratio']:.2f} x measured matmul"
+    )
     print(json.dumps(figures))
 
 

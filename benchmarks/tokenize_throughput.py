@@ -44,7 +44,7 @@ def documents(name: str) -> list[str]:
 def encode_mb_per_s(tokenizer: Tokenizer, text: str, workers: int) -> float:
     """MB/s of UTF-8 text through prepare's encoder (workers processes; 1: in this process)."""
     repeats = max(1, int(ENCODE_MB * 1e6 / len(text.encode("utf-8"))))
-    batches = [[(text[i:i + BATCH_CHARS], False)] for i in range(0, len(text), BATCH_CHARS)] * repeats
+    batches = [[(text[i : i + BATCH_CHARS], False)] for i in range(0, len(text), BATCH_CHARS)] * repeats
     encoder = OrderedEncoder(tokenizer, [], np.dtype(np.uint16), workers)
     try:
         for _ in encoder.submit("train", batches[0]):  # start the workers before the clock
@@ -76,12 +76,14 @@ def main() -> None:
         start = time.perf_counter()
         bpe = BPETokenizer.train(iter(docs), vocab_size=sizes[-1])
         train_s = time.perf_counter() - start
-        print(f"  bpe training, vocabulary {bpe.vocab_size:,}: {train_s:.1f} s "
-              f"({nbytes / 1e6 / train_s:.2f} MB/s)", flush=True)
+        print(
+            f"  bpe training, vocabulary {bpe.vocab_size:,}: {train_s:.1f} s ({nbytes / 1e6 / train_s:.2f} MB/s)",
+            flush=True,
+        )
         char = CharTokenizer.train([text])
         per_token = {"char": round(nbytes / len(char.encode(text)), 3)}
         for size in sizes:
-            smaller = BPETokenizer(bpe.pieces[:size - 1])
+            smaller = BPETokenizer(bpe.pieces[: size - 1])
             per_token[f"bpe_{size}"] = round(nbytes / len(smaller.encode_array(text)), 3)
         print("  bytes per token: " + ", ".join(f"{k} {v}" for k, v in per_token.items()), flush=True)
         speed = {}
@@ -89,10 +91,17 @@ def main() -> None:
             for workers in sorted({1, cores}):
                 mbs = encode_mb_per_s(tok, text, workers)
                 speed[f"{kind}_{workers}proc_mb_s"] = round(mbs, 2)
-                print(f"  encode {kind} (vocabulary {tok.vocab_size:,}), {workers} process(es): {mbs:.2f} MB/s",
-                      flush=True)
-        figures[name] = {"bytes": nbytes, "bpe_train_s": round(train_s, 1), "bpe_train_vocab": bpe.vocab_size,
-                         "bytes_per_token": per_token, **speed}
+                print(
+                    f"  encode {kind} (vocabulary {tok.vocab_size:,}), {workers} process(es): {mbs:.2f} MB/s",
+                    flush=True,
+                )
+        figures[name] = {
+            "bytes": nbytes,
+            "bpe_train_s": round(train_s, 1),
+            "bpe_train_vocab": bpe.vocab_size,
+            "bytes_per_token": per_token,
+            **speed,
+        }
     print(json.dumps({"cores": cores, **figures}))
 
 

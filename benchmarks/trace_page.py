@@ -50,8 +50,11 @@ def main() -> None:
     tokenizer = BPETokenizer.train([text], vocab_size=50257)
     ids = tokenizer.encode(text)[: args.tokens]
     cfg = build_config("gpt2-small", None, [f"vocab_size={tokenizer.vocab_size}", "dropout=0.0"])
-    print(f"gpt2-small shape, vocabulary {tokenizer.vocab_size}, prompt of {len(ids)} tokens; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"gpt2-small shape, vocabulary {tokenizer.vocab_size}, prompt of {len(ids)} tokens; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
 
@@ -64,21 +67,33 @@ def main() -> None:
     figures = {}
     for name in ("blocks.5.attn.qkv", "blocks.5.attn.weights", "blocks.5.mlp.fc", "probs"):
         index = names.index(name)
-        t, view = _best(lambda: trace_view(model, tokenizer, ids, stage=index), args.repeat)
+        t, view = _best(lambda index=index: trace_view(model, tokenizer, ids, stage=index), args.repeat)
         size = len(json.dumps(view))
         figures[name] = {"seconds": round(t, 3), "bytes": size}
         print(f"/api/trace stage {name}: {t:.3f} s, {size:,} bytes", flush=True)
 
     whole = trace_ids(model, tokenizer, ids)
     whole_bytes = sum(s.value.numel() for s in whole.stages) * 8  # ~8 JSON characters per rounded number
-    print(f"every stage's tensor whole: {len(whole.stages)} stages, {whole_bytes / 1e6:,.0f} MB of JSON at least",
-          flush=True)
+    print(
+        f"every stage's tensor whole: {len(whole.stages)} stages, {whole_bytes / 1e6:,.0f} MB of JSON at least",
+        flush=True,
+    )
     worst = max(f["seconds"] for f in figures.values())
-    print(json.dumps({"tokens": len(ids), "vocab_size": tokenizer.vocab_size, "stages": len(names),
-                      "next_seconds": round(t_next, 3), "trace_stage_seconds_max": worst,
-                      "trace_over_next": round(worst / t_next, 2),
-                      "trace_stage_bytes_max": max(f["bytes"] for f in figures.values()),
-                      "whole_trace_bytes_min": whole_bytes, "per_stage": figures}))
+    print(
+        json.dumps(
+            {
+                "tokens": len(ids),
+                "vocab_size": tokenizer.vocab_size,
+                "stages": len(names),
+                "next_seconds": round(t_next, 3),
+                "trace_stage_seconds_max": worst,
+                "trace_over_next": round(worst / t_next, 2),
+                "trace_stage_bytes_max": max(f["bytes"] for f in figures.values()),
+                "whole_trace_bytes_min": whole_bytes,
+                "per_stage": figures,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

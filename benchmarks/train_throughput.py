@@ -59,8 +59,11 @@ def paired(preset: str, compile_: str, steps: int, warmup: int) -> dict:
     t0 = time.perf_counter()
     for _ in range(warmup):
         bench.step()
-    print(f"  warm-up ({warmup} steps{', compilation included' if bench.compiled else ''}): "
-          f"{time.perf_counter() - t0:.1f}s", flush=True)
+    print(
+        f"  warm-up ({warmup} steps{', compilation included' if bench.compiled else ''}): "
+        f"{time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     rates, fractions, mlp_fractions, peaks = [], [], [], []
     for i in range(steps):
         t = time.perf_counter()
@@ -72,11 +75,18 @@ def paired(preset: str, compile_: str, steps: int, warmup: int) -> dict:
         peaks.append(peak)
         fractions.append(rate * fpt / peak)
         mlp_fractions.append(mlp / peak)
-        print(f"  step {i + 1}/{steps}: {rate:,.0f} tok/s, {rate * fpt / 1e9:.2f} GFLOP/s, "
-              f"peak {peak / 1e9:.1f} GFLOP/s -> {fractions[-1]:.2f}", flush=True)
-    return {"tokens_per_sec": round(median(rates), 1), "fraction_of_peak": round(median(fractions), 3),
-            "peak_gflops": round(median(peaks) / 1e9, 1), "mlp_matmul_fraction_of_peak": round(median(mlp_fractions), 3),
-            "warmup_s": round(time.perf_counter() - t0, 1)}
+        print(
+            f"  step {i + 1}/{steps}: {rate:,.0f} tok/s, {rate * fpt / 1e9:.2f} GFLOP/s, "
+            f"peak {peak / 1e9:.1f} GFLOP/s -> {fractions[-1]:.2f}",
+            flush=True,
+        )
+    return {
+        "tokens_per_sec": round(median(rates), 1),
+        "fraction_of_peak": round(median(fractions), 3),
+        "peak_gflops": round(median(peaks) / 1e9, 1),
+        "mlp_matmul_fraction_of_peak": round(median(mlp_fractions), 3),
+        "warmup_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main() -> None:
@@ -91,12 +101,18 @@ def main() -> None:
         for compile_ in ("off", "on"):
             print(f"--- {preset}, compile {compile_} ---", flush=True)
             entry[f"compile_{compile_}"] = paired(preset, compile_, args.steps, args.warmup)
-        entry["compile_speedup"] = round(entry["compile_on"]["tokens_per_sec"] / entry["compile_off"]["tokens_per_sec"], 3)
+        entry["compile_speedup"] = round(
+            entry["compile_on"]["tokens_per_sec"] / entry["compile_off"]["tokens_per_sec"], 3
+        )
         figures["configs"][preset] = entry
-        print(f"{preset}: compile off {entry['compile_off']['tokens_per_sec']:,.0f} tok/s "
-              f"({entry['compile_off']['fraction_of_peak']:.2f} of peak), on {entry['compile_on']['tokens_per_sec']:,.0f} "
-              f"tok/s ({entry['compile_on']['fraction_of_peak']:.2f}); MLP-shaped matmul reaches "
-              f"{entry['compile_off']['mlp_matmul_fraction_of_peak']:.2f} of peak", flush=True)
+        print(
+            f"{preset}: compile off {entry['compile_off']['tokens_per_sec']:,.0f} tok/s "
+            f"({entry['compile_off']['fraction_of_peak']:.2f} of peak), "
+            f"on {entry['compile_on']['tokens_per_sec']:,.0f} "
+            f"tok/s ({entry['compile_on']['fraction_of_peak']:.2f}); MLP-shaped matmul reaches "
+            f"{entry['compile_off']['mlp_matmul_fraction_of_peak']:.2f} of peak",
+            flush=True,
+        )
     print(json.dumps(figures))
 
 

@@ -55,14 +55,26 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m gptlab ARGS...` as a user would, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "gptlab", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=cli_env(), cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "gptlab", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=cwd,
+    )
 
 
 def popen_cli(*args: str, **kwargs) -> subprocess.Popen:
     """Start `python -m gptlab ARGS...` in the background."""
-    return subprocess.Popen([sys.executable, "-m", "gptlab", *map(str, args)], env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptlab", *map(str, args)],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def cli_in_process(capsys: pytest.CaptureFixture, *args: object) -> subprocess.CompletedProcess:
@@ -92,10 +104,26 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, char_dataset: Path) -> Pa
     from gptlab.config import build_config
     from gptlab.train.trainer import train
 
-    cfg = build_config("cpu-tiny", None, ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32",
-                                          "batch_size=8", "eval_batches=2", "max_steps=30", "eval_interval=10",
-                                          "checkpoint_interval=15", "log_interval=2", "sample_tokens=30",
-                                          "lr=1e-2", "warmup_steps=5", "device=cpu"])
+    cfg = build_config(
+        "cpu-tiny",
+        None,
+        [
+            "n_layer=2",
+            "n_head=2",
+            "n_embd=32",
+            "block_size=32",
+            "batch_size=8",
+            "eval_batches=2",
+            "max_steps=30",
+            "eval_interval=10",
+            "checkpoint_interval=15",
+            "log_interval=2",
+            "sample_tokens=30",
+            "lr=1e-2",
+            "warmup_steps=5",
+            "device=cpu",
+        ],
+    )
     cfg.data = str(char_dataset)
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(cfg, run)

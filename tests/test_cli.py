@@ -10,8 +10,17 @@ from conftest import assert_clean_error, popen_cli, run_cli
 from gptlab.runs import weights_path
 
 # A small but real model: trains a few hundred steps in seconds on 2 cores.
-SMALL = ["n_layer=2", "n_head=2", "n_embd=48", "block_size=32", "batch_size=16", "eval_batches=4",
-         "log_interval=1", "sample_tokens=40", "warmup_steps=10"]
+SMALL = [
+    "n_layer=2",
+    "n_head=2",
+    "n_embd=48",
+    "block_size=32",
+    "batch_size=16",
+    "eval_batches=4",
+    "log_interval=1",
+    "sample_tokens=40",
+    "warmup_steps=10",
+]
 
 
 def metrics(run):
@@ -23,8 +32,20 @@ def test_end_to_end_lowers_val_loss_and_samples(tmp_path, shakespeare_txt):
     prep = run_cli("prepare", shakespeare_txt, "--tokenizer", "char", "--out", data)
     assert prep.returncode == 0, prep.stderr
     assert "characters: 1,115,394" in prep.stdout and "vocabulary size: 65" in prep.stdout
-    train = run_cli("train", "--data", data, "--out", run, "--preset", "cpu-small", "--max-steps", "300",
-                    "eval_interval=150", "lr=3e-3", *SMALL)
+    train = run_cli(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--preset",
+        "cpu-small",
+        "--max-steps",
+        "300",
+        "eval_interval=150",
+        "lr=3e-3",
+        *SMALL,
+    )
     assert train.returncode == 0, train.stderr
     assert "parameters:" in train.stdout and "token embedding:" in train.stdout and "blocks:" in train.stdout
     evals = [m for m in metrics(run) if "val_loss" in m]
@@ -45,15 +66,28 @@ def test_end_to_end_lowers_val_loss_and_samples(tmp_path, shakespeare_txt):
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("ROMEO:") and len(sample.stdout) == len("ROMEO:") + 80 + 1
     assert sample.stdout == again.stdout != other.stdout
-    greedy = [run_cli("sample", run, "--prompt", "KING", "--temperature", "0", "--max-new-tokens", "50",
-                      "--num-samples", "2").stdout]
+    greedy = [
+        run_cli(
+            "sample", run, "--prompt", "KING", "--temperature", "0", "--max-new-tokens", "50", "--num-samples", "2"
+        ).stdout
+    ]
     chunks = greedy[0].split("--- sample 2/2 ---\n")
     assert chunks[0].split("\n", 1)[1] == chunks[1]  # greedy ignores the seed: both samples equal
 
 
 def test_sigint_then_resume_matches_uninterrupted(tmp_path, char_dataset):
-    common = ["--data", char_dataset, "--preset", "cpu-small", "--max-steps", "500", *SMALL,
-              "dropout=0.1", "eval_interval=100", "checkpoint_interval=1000"]
+    common = [
+        "--data",
+        char_dataset,
+        "--preset",
+        "cpu-small",
+        "--max-steps",
+        "500",
+        *SMALL,
+        "dropout=0.1",
+        "eval_interval=100",
+        "checkpoint_interval=1000",
+    ]
     whole = run_cli("train", "--out", tmp_path / "whole", *common)
     assert whole.returncode == 0, whole.stderr
 
@@ -80,8 +114,9 @@ def test_sigint_then_resume_matches_uninterrupted(tmp_path, char_dataset):
         for key in ("train_loss", "val_loss", "lr"):
             if key in m:
                 assert got[step][key] == pytest.approx(m[key], rel=1e-5, abs=1e-6), (step, key)
-    assert (run / "samples.txt").read_text().split("=== step 500 ===")[1] == \
-        (tmp_path / "whole" / "samples.txt").read_text().split("=== step 500 ===")[1]
+    assert (run / "samples.txt").read_text().split("=== step 500 ===")[1] == (
+        tmp_path / "whole" / "samples.txt"
+    ).read_text().split("=== step 500 ===")[1]
 
 
 def test_training_into_an_existing_run_is_refused_and_keeps_it(tmp_path, char_dataset):
@@ -101,20 +136,25 @@ def bad_inputs(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["prepare", "{tmp}/nope.txt", "--out", "{tmp}/d"], ["corpus not found", "nope.txt"]),
-    (["prepare", "{tmp}/empty.txt", "--out", "{tmp}/d"], ["has no text"]),
-    (["prepare", "{tmp}/binary.txt", "--out", "{tmp}/d"], ["not UTF-8"]),
-    (["prepare", "{tmp}/empty.txt", "--tokenizer", "wordpiece", "--out", "{tmp}/d"], ["unknown tokenizer"]),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "--preset", "gpt5"], ["unknown preset 'gpt5'"]),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "n_embd=100", "n_head=3"],
-     ["n_embd=100 is not divisible by n_head=3"]),
-    (["train", "--data", "{tmp}", "--out", "{tmp}/r"], ["not a prepared dataset"]),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "sample_prompt=ROMEO ✓"], ["'✓'"]),
-    (["sample", "{tmp}", "--prompt", "hi"], ["is not a gptlab run"]),
-    (["train", "--resume", "{tmp}"], ["not a resumable gptlab run"]),
-    (["info", "--preset", "huge"], ["unknown preset"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["prepare", "{tmp}/nope.txt", "--out", "{tmp}/d"], ["corpus not found", "nope.txt"]),
+        (["prepare", "{tmp}/empty.txt", "--out", "{tmp}/d"], ["has no text"]),
+        (["prepare", "{tmp}/binary.txt", "--out", "{tmp}/d"], ["not UTF-8"]),
+        (["prepare", "{tmp}/empty.txt", "--tokenizer", "wordpiece", "--out", "{tmp}/d"], ["unknown tokenizer"]),
+        (["train", "--data", "{data}", "--out", "{tmp}/r", "--preset", "gpt5"], ["unknown preset 'gpt5'"]),
+        (
+            ["train", "--data", "{data}", "--out", "{tmp}/r", "n_embd=100", "n_head=3"],
+            ["n_embd=100 is not divisible by n_head=3"],
+        ),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r"], ["not a prepared dataset"]),
+        (["train", "--data", "{data}", "--out", "{tmp}/r", "sample_prompt=ROMEO ✓"], ["'✓'"]),
+        (["sample", "{tmp}", "--prompt", "hi"], ["is not a gptlab run"]),
+        (["train", "--resume", "{tmp}"], ["not a resumable gptlab run"]),
+        (["info", "--preset", "huge"], ["unknown preset"]),
+    ],
+)
 def test_bad_input_is_one_clear_line(bad_inputs, char_dataset, args, needles):
     args = [a.format(tmp=bad_inputs, data=char_dataset) for a in args]
     assert_clean_error(run_cli(*args), *needles)

@@ -18,15 +18,18 @@ def test_round_trip_through_dict():
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("override, needle", [
-    (["n_embd=100", "n_head=3"], "n_embd=100 is not divisible by n_head=3"),
-    (["lr=-1"], "lr="),
-    (["n_layer=abc"], "n_layer='abc' is not a valid int"),
-    (["optimizer=adam"], "optimizer"),
-    (["bogus=1"], "unknown config field 'bogus'"),
-    (["dropout=1.5"], "dropout"),
-    (["noequals"], "key=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (["n_embd=100", "n_head=3"], "n_embd=100 is not divisible by n_head=3"),
+        (["lr=-1"], "lr="),
+        (["n_layer=abc"], "n_layer='abc' is not a valid int"),
+        (["optimizer=adam"], "optimizer"),
+        (["bogus=1"], "unknown config field 'bogus'"),
+        (["dropout=1.5"], "dropout"),
+        (["noequals"], "key=value"),
+    ],
+)
 def test_invalid_values_name_the_field(override, needle):
     with pytest.raises(GptlabError, match=None) as err:
         build_config("cpu-tiny", None, override)
@@ -69,8 +72,12 @@ def test_choices_come_from_the_type_and_are_listed():
         build_config("cpu-tiny", None, ["mlp=swish"])
     assert "mlp='swish' must be one of: gelu, gelu_tanh, relu2, swiglu" in str(err.value)
     cfg = build_config("cpu-tiny", None, ["position=rope", "norm=rmsnorm", "schedule=wsd", "optimizer=muon"])
-    assert (cfg.model.position, cfg.model.norm, cfg.train.schedule, cfg.train.optimizer) == \
-        ("rope", "rmsnorm", "wsd", "muon")
+    assert (cfg.model.position, cfg.model.norm, cfg.train.schedule, cfg.train.optimizer) == (
+        "rope",
+        "rmsnorm",
+        "wsd",
+        "muon",
+    )
 
 
 def test_a_value_set_in_code_is_type_checked_at_validation():

@@ -11,16 +11,43 @@ import torch
 from conftest import assert_clean_error, cli_env, run_cli
 
 # Tiny and dropout-free, so one process and two ranks must agree to float rounding.
-TINY = ["--preset", "cpu-small", "n_layer=2", "n_head=2", "n_embd=32", "block_size=16", "batch_size=4",
-        "eval_batches=3", "log_interval=1", "sample_tokens=10", "warmup_steps=2", "eval_interval=2",
-        "checkpoint_interval=4", "dropout=0", "device=cpu"]
+TINY = [
+    "--preset",
+    "cpu-small",
+    "n_layer=2",
+    "n_head=2",
+    "n_embd=32",
+    "block_size=16",
+    "batch_size=4",
+    "eval_batches=3",
+    "log_interval=1",
+    "sample_tokens=10",
+    "warmup_steps=2",
+    "eval_interval=2",
+    "checkpoint_interval=4",
+    "dropout=0",
+    "device=cpu",
+]
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     """`torchrun --standalone` (a free port, so parallel runs do not collide) of `-m gptlab ARGS`."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={nproc}", "-m", "gptlab", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, env=cli_env())
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "gptlab",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
 
 
 def records(run, key="train_loss"):
@@ -54,7 +81,9 @@ def test_two_ranks_equal_one_process_with_double_accumulation(runs):
     assert_same_losses(root / "one", root / "two", steps=[1, 2, 3, 4])
     assert "global batch 8 = B=4 x accum 1 x 2 process(es)" in two.stdout
     from safetensors.torch import load_file
+
     from gptlab.runs import weights_path
+
     w1, w2 = load_file(weights_path(root / "one")), load_file(weights_path(root / "two"))
     assert w1.keys() == w2.keys()
     for name in w1:
@@ -74,6 +103,7 @@ def test_only_rank_zero_prints_and_writes(runs):
 def test_two_rank_checkpoint_resumes_on_one_rank(runs):
     root, _ = runs
     import shutil
+
     for name in ("one", "two"):
         shutil.copytree(root / name, root / f"{name}-resumed")
     one = run_cli("train", "--resume", root / "one-resumed", "--max-steps", "8")
@@ -90,6 +120,7 @@ def test_fsdp_matches_and_its_checkpoint_samples_on_one_device(runs, char_datase
     assert "FSDP" in fsdp.stdout
     assert_same_losses(root / "one", root / "fsdp", steps=[1, 2, 3, 4])
     from gptlab.runs import load_run
+
     full, ref = load_run(root / "fsdp").model, load_run(root / "one").model  # saved whole, loads on one device
     for (name, p), (_, q) in zip(full.named_parameters(), ref.named_parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
@@ -101,7 +132,9 @@ def test_muon_under_ddp_matches_one_process(tmp_path, char_dataset):
     """The modern recipe (Muon for matrices, AdamW for the rest) under DDP: gradients averaged before
     each rank orthogonalises, so two ranks take one process's steps."""
     modern = ["--preset", "cpu-modern", *TINY[2:], "grad_accum=1"]
-    one = run_cli("train", "--data", char_dataset, "--out", tmp_path / "one", "--max-steps", "4", *modern, "grad_accum=2")
+    one = run_cli(
+        "train", "--data", char_dataset, "--out", tmp_path / "one", "--max-steps", "4", *modern, "grad_accum=2"
+    )
     assert one.returncode == 0, one.stderr
     two = torchrun("train", "--data", char_dataset, "--out", tmp_path / "two", "--max-steps", "4", *modern)
     assert two.returncode == 0, two.stderr
@@ -109,17 +142,22 @@ def test_muon_under_ddp_matches_one_process(tmp_path, char_dataset):
     assert_same_losses(tmp_path / "one", tmp_path / "two", steps=[1, 2, 3, 4])
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "--max-steps", "2", "fsdp=true"], ["fsdp=true", "torchrun"]),
-    (["bench", "train", "--preset", "gpt5"], ["unknown preset 'gpt5'"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--data", "{data}", "--out", "{tmp}/r", "--max-steps", "2", "fsdp=true"], ["fsdp=true", "torchrun"]),
+        (["bench", "train", "--preset", "gpt5"], ["unknown preset 'gpt5'"]),
+    ],
+)
 def test_bad_scale_input_is_one_clear_line(tmp_path, char_dataset, args, needles):
     proc = run_cli(*[a.format(tmp=tmp_path, data=char_dataset) for a in args])
     assert_clean_error(proc, *needles)
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("overrides, needle", [(["device=tpu"], "device='tpu'"), (["compile=maybe"], "compile='maybe'")])
+@pytest.mark.parametrize(
+    "overrides, needle", [(["device=tpu"], "device='tpu'"), (["compile=maybe"], "compile='maybe'")]
+)
 def test_bad_device_or_compile_setting_is_refused(overrides, needle):
     from gptlab.config import build_config
     from gptlab.errors import GptlabError

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, cli_in_process
-from test_page_browser import _free_port, browser  # noqa: F401 (the headless chromium fixture)
 from gptlab.config import ModelConfig, build_config
 from gptlab.data.couplets import write_couplets
 from gptlab.data.loader import Dataset
@@ -22,6 +21,7 @@ from gptlab.inference.seq2seq import generate_targets
 from gptlab.model import build_model
 from gptlab.model.accounting import count_params
 from gptlab.model.loss import IGNORE
+from test_page_browser import _free_port, browser  # noqa: F401 (the headless chromium fixture)
 
 TINY = dict(arch="encdec", vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -48,10 +48,27 @@ def encdec_run(tmp_path_factory: pytest.TempPathFactory, couplets: Path) -> Path
 
 
 def _cfg(data: Path, steps: int):
-    cfg = build_config("cpu-tiny", None, ["arch=encdec", "n_layer=1", "n_head=2", "n_embd=32", "block_size=16",
-                                          "batch_size=8", "eval_batches=2", f"max_steps={steps}", "eval_interval=4",
-                                          "checkpoint_interval=4", "log_interval=2", "sample_tokens=8",
-                                          "warmup_steps=2", "dropout=0.1", "device=cpu"])
+    cfg = build_config(
+        "cpu-tiny",
+        None,
+        [
+            "arch=encdec",
+            "n_layer=1",
+            "n_head=2",
+            "n_embd=32",
+            "block_size=16",
+            "batch_size=8",
+            "eval_batches=2",
+            f"max_steps={steps}",
+            "eval_interval=4",
+            "checkpoint_interval=4",
+            "log_interval=2",
+            "sample_tokens=8",
+            "warmup_steps=2",
+            "dropout=0.1",
+            "device=cpu",
+        ],
+    )
     cfg.data = str(data)
     return cfg
 
@@ -63,7 +80,9 @@ def _model(**extra) -> torch.nn.Module:
 
 def test_couplet_converter_reads_real_poems_in_jsonl_and_json(tmp_path, tang_jsonl):
     records = [json.loads(line) for line in tang_jsonl.read_text(encoding="utf-8").splitlines()[:50]]
-    (tmp_path / "poems.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
+    (tmp_path / "poems.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8"
+    )
     (tmp_path / "poems.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     result = write_couplets([str(tmp_path / "poems.jsonl")], tmp_path / "a.jsonl")
     write_couplets([str(tmp_path / "poems.json")], tmp_path / "b.jsonl")
@@ -119,10 +138,10 @@ def test_pair_batches_count_only_target_tokens_and_its_end(couplets, arch):
         assert counted == target + [sep]
         if arch == "encdec":
             assert batch.source[b][batch.source_mask[b]].tolist() == source
-            assert batch.inputs[b, :len(target) + 1].tolist() == [sep] + target
+            assert batch.inputs[b, : len(target) + 1].tolist() == [sep] + target
         else:
             assert batch.source is None
-            assert batch.inputs[b, :len(source) + 1].tolist() == source + [sep]
+            assert batch.inputs[b, : len(source) + 1].tolist() == source + [sep]
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (1.0, 5, 0.9)])
@@ -163,8 +182,15 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, coup
     assert train(_cfg(couplets, 8), run).interrupted
     monkeypatch.setattr(MetricsLog, "write", write)
     train(None, run, resume=True)
-    losses = lambda r: {(x["step"], k): x[k] for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())  # noqa: E731
-                        for k in ("train_loss", "val_loss") if k in x}
+
+    def losses(r):
+        return {
+            (x["step"], k): x[k]
+            for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
+            for k in ("train_loss", "val_loss")
+            if k in x
+        }
+
     straight, resumed = losses(encdec_run), losses(run)
     assert resumed == straight and ("train_loss", 8) in {(k, s) for s, k in resumed}
     a, b = load_file(weights_path(run)), load_file(weights_path(encdec_run))
@@ -172,29 +198,38 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, coup
 
 
 def test_sample_eval_and_report_of_an_encdec_run(capsys, encdec_run):
-    out = cli_in_process(capsys, "sample", encdec_run, "--source", "秦川雄帝宅", "--temperature", "0",
-                         "--num-samples", "2")
+    out = cli_in_process(
+        capsys, "sample", encdec_run, "--source", "秦川雄帝宅", "--temperature", "0", "--num-samples", "2"
+    )
     assert out.returncode == 0 and out.stdout.count("秦川雄帝宅 -> ") == 2
     out = cli_in_process(capsys, "eval", encdec_run, "--json")
     result = json.loads(out.stdout)
-    assert result["tokens"] == Dataset(Path(json.loads((encdec_run / "config.json").read_text())["data"])
-                                       ).splits["val"]["tokens"]
+    assert (
+        result["tokens"]
+        == Dataset(Path(json.loads((encdec_run / "config.json").read_text())["data"])).splits["val"]["tokens"]
+    )
     assert cli_in_process(capsys, "report", encdec_run).returncode == 0
 
 
 def test_bad_inputs_give_one_line_errors(capsys, tmp_path, encdec_run, tiny_run, char_dataset):
     assert_clean_error(cli_in_process(capsys, "sample", tiny_run, "--source", "ROMEO"), "--source", "encdec")
     assert_clean_error(cli_in_process(capsys, "sample", encdec_run, "--prompt", "x"), "--source")
-    assert_clean_error(cli_in_process(capsys, "train", "--data", char_dataset, "--out", tmp_path / "r",
-                                      "arch=encdec"), "--pairs")
+    assert_clean_error(
+        cli_in_process(capsys, "train", "--data", char_dataset, "--out", tmp_path / "r", "arch=encdec"), "--pairs"
+    )
     assert not (tmp_path / "r").exists()
-    assert_clean_error(cli_in_process(capsys, "train", "--data", char_dataset, "--out", tmp_path / "r",
-                                      "arch=t5"), "arch")
+    assert_clean_error(
+        cli_in_process(capsys, "train", "--data", char_dataset, "--out", tmp_path / "r", "arch=t5"), "arch"
+    )
     (tmp_path / "text.jsonl").write_text('{"text": "no pairs here"}\n', encoding="utf-8")
-    assert_clean_error(cli_in_process(capsys, "prepare", tmp_path / "text.jsonl", "--pairs", "--out",
-                                      tmp_path / "d"), "source", "target")
-    assert_clean_error(cli_in_process(capsys, "couplets", tmp_path / "text.jsonl", "--out", tmp_path / "c.jsonl"),
-                       "no couplets")
+    assert_clean_error(
+        cli_in_process(capsys, "prepare", tmp_path / "text.jsonl", "--pairs", "--out", tmp_path / "d"),
+        "source",
+        "target",
+    )
+    assert_clean_error(
+        cli_in_process(capsys, "couplets", tmp_path / "text.jsonl", "--out", tmp_path / "c.jsonl"), "no couplets"
+    )
     assert not (tmp_path / "c.jsonl").exists()
     assert_clean_error(cli_in_process(capsys, "sample", encdec_run, "--source", "ROMEO"), "vocabulary")
     assert_clean_error(cli_in_process(capsys, "eval", encdec_run, "--data", char_dataset), "pairs")
@@ -271,7 +306,8 @@ def test_a_gpt_trains_on_the_same_pairs_and_is_measured_on_the_same_targets(tmp_
     cfg.model.n_layer, cfg.model.block_size = 2, 32  # room for "source<sep>target<sep>" of the longest couplet
     train(cfg, tmp_path / "gpt")
     first_source = Dataset(couplets).tokenizer.decode(
-        int(i) for i in read_pairs(couplets, Dataset(couplets).meta, "val").pair(0)[0])
+        int(i) for i in read_pairs(couplets, Dataset(couplets).meta, "val").pair(0)[0]
+    )
     assert f"{first_source} -> " in (tmp_path / "gpt" / "samples.txt").read_text(encoding="utf-8")
     result = json.loads(cli_in_process(capsys, "eval", tmp_path / "gpt", "--json").stdout)
     assert result["tokens"] == Dataset(couplets).splits["val"]["tokens"]  # every target and its end, as encdec

@@ -141,7 +141,7 @@ def test_generation_ends_at_a_stop_string(model):
     _, texts, _ = run(model, [[1, 2]], SamplingParams(30, temperature=0), tokenizer=tok)
     stop = texts[0][5:7]
     _, cut, finish = run(model, [[1, 2]], SamplingParams(30, temperature=0, stop=[stop]), tokenizer=tok)
-    assert cut[0] == texts[0][:texts[0].index(stop)] and finish == ["stop"]
+    assert cut[0] == texts[0][: texts[0].index(stop)] and finish == ["stop"]
 
 
 def test_show_probs_first_step_is_the_shared_distribution(model):
@@ -149,11 +149,17 @@ def test_show_probs_first_step_is_the_shared_distribution(model):
     assert torch.equal(steps[0].probs, next_token_probs(model, [4, 2], temperature=0.7))
 
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("max_new_tokens", -1, "max_new_tokens=-1"), ("temperature", -0.5, "temperature"),
-    ("top_k", -2, "top_k"), ("top_p", 0.0, "top_p"), ("repetition_penalty", 0.0, "repetition_penalty"),
-    ("stop", [""], "stop strings"),
-])
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("max_new_tokens", -1, "max_new_tokens=-1"),
+        ("temperature", -0.5, "temperature"),
+        ("top_k", -2, "top_k"),
+        ("top_p", 0.0, "top_p"),
+        ("repetition_penalty", 0.0, "repetition_penalty"),
+        ("stop", [""], "stop strings"),
+    ],
+)
 def test_bad_sampling_settings_are_refused(field, value, needle):
     with pytest.raises(GptlabError, match=needle):
         SamplingParams(**{field: value}).validate()

@@ -51,8 +51,12 @@ def test_step_greedy_sample_and_chosen_token(client, run):
     assert chosen["text"] == PROMPT + run.tokenizer.id_to_piece(7)
 
     hot = next_token_probs(run.model, ids, 1.5)
-    draws = [client.post("/api/step", json={"text": PROMPT, "mode": "sample", "temperature": 1.5, "seed": s})
-             .json()["token"]["id"] for s in range(6)]
+    draws = [
+        client.post("/api/step", json={"text": PROMPT, "mode": "sample", "temperature": 1.5, "seed": s}).json()[
+            "token"
+        ]["id"]
+        for s in range(6)
+    ]
     assert draws == [int(torch.multinomial(hot, 1, generator=torch.Generator().manual_seed(s))) for s in range(6)]
 
 
@@ -76,15 +80,18 @@ def test_embeddings_and_neighbours(client, run):
     assert [n["id"] for n in near["neighbours"]] == [i for i, _ in nearest_neighbours(run.model.wte.weight, 3, 4)]
 
 
-@pytest.mark.parametrize("path, body, status, message", [
-    ("/api/next", {"text": "caf\u00e9"}, 400, "not in this char tokenizer's vocabulary"),
-    ("/api/next", {"text": ""}, 400, "prompt is empty"),
-    ("/api/next", {"text": "a" * 100_000}, 400, "at most 3,200 are accepted"),  # tiny run: context 32
-    ("/api/next", {"text": "a", "k": 0}, 422, "greater than or equal to 1"),
-    ("/api/step", {"text": "a", "mode": "token"}, 400, "needs a token_id"),
-    ("/api/step", {"text": "a", "mode": "flip"}, 422, "greedy"),
-    ("/api/attention", {"text": "a", "layer": 9}, 400, "layer must be <"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/api/next", {"text": "caf\u00e9"}, 400, "not in this char tokenizer's vocabulary"),
+        ("/api/next", {"text": ""}, 400, "prompt is empty"),
+        ("/api/next", {"text": "a" * 100_000}, 400, "at most 3,200 are accepted"),  # tiny run: context 32
+        ("/api/next", {"text": "a", "k": 0}, 422, "greater than or equal to 1"),
+        ("/api/step", {"text": "a", "mode": "token"}, 400, "needs a token_id"),
+        ("/api/step", {"text": "a", "mode": "flip"}, 422, "greedy"),
+        ("/api/attention", {"text": "a", "layer": 9}, 400, "layer must be <"),
+    ],
+)
 def test_bad_requests_say_why(client, path, body, status, message):
     response = client.post(path, json=body)
     assert response.status_code == status
@@ -112,8 +119,24 @@ def test_serve_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
 def test_next_matches_what_sample_show_probs_prints(client, capsys, tiny_run):
     # The page's bar chart and `gptlab sample --show-probs` describe the same first choice.
     page = client.post("/api/next", json={"text": PROMPT, "k": 5, "temperature": 1.0}).json()["candidates"]
-    proc = cli_in_process(capsys, "sample", tiny_run, "--prompt", PROMPT, "--max-new-tokens", "1",
-                          "--temperature", "1.0", "--show-probs", "5", "--json", "--seed", "0", "--device", "cpu")
+    proc = cli_in_process(
+        capsys,
+        "sample",
+        tiny_run,
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "1",
+        "--temperature",
+        "1.0",
+        "--show-probs",
+        "5",
+        "--json",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     first = json.loads(proc.stdout.splitlines()[0])
     assert first["step"] == 1

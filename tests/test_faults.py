@@ -13,8 +13,19 @@ import gptlab.runs as runs
 from conftest import assert_clean_error, cli_in_process
 from gptlab.runs import current_checkpoint, weights_path
 
-SMALL = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "batch_size=4", "eval_batches=1",
-         "sample_tokens=0", "eval_interval=100", "log_interval=1", "device=cpu", "warmup_steps=0"]
+SMALL = [
+    "n_layer=1",
+    "n_head=2",
+    "n_embd=16",
+    "block_size=16",
+    "batch_size=4",
+    "eval_batches=1",
+    "sample_tokens=0",
+    "eval_interval=100",
+    "log_interval=1",
+    "device=cpu",
+    "warmup_steps=0",
+]
 
 
 class Killed(BaseException):
@@ -62,10 +73,13 @@ def test_a_kill_during_a_checkpoint_leaves_the_previous_one_resumable(run4, caps
             if calls["n"] == 2:  # weights on disk, optimizer state not yet
                 raise Killed()
             real(path)
+
         monkeypatch.setattr(runs, "_fsync", crash)
     else:
+
         def crash(*args):
             raise Killed()
+
         monkeypatch.setattr(runs, "atomic_write", crash)  # the set is renamed into place, latest.json not moved
     with pytest.raises(Killed):
         resume(capsys, run4, 6)
@@ -82,8 +96,7 @@ def test_resume_falls_back_to_the_newest_intact_set(run4, capsys):
     data = bytearray(newest.read_bytes())
     data[-10] ^= 0xFF  # a flipped bit inside a tensor: safetensors alone would accept it
     newest.write_bytes(bytes(data))
-    assert_clean_error(cli_in_process(capsys, "sample", run4, "--max-new-tokens", "2"), "checksum",
-                       "model.safetensors")
+    assert_clean_error(cli_in_process(capsys, "sample", run4, "--max-new-tokens", "2"), "checksum", "model.safetensors")
     assert current_checkpoint(run4, verify=True).name == "step-0000002"
     done = resume(capsys, run4, 5)
     assert done.returncode == 0, done.stderr
@@ -136,6 +149,7 @@ def test_nan_weights_after_a_finite_loss_are_caught_before_saving(tmp_path, char
                 next(self.raw.parameters()).fill_(float("nan"))  # the loss returned is still finite
         poisoned.calls += 1
         return loss
+
     poisoned.calls = 0
     monkeypatch.setattr(StepRunner, "step", poisoned)
     run = tmp_path / "run"
@@ -191,14 +205,17 @@ def test_prepare_over_a_dataset_in_use_is_refused(tmp_path, char_dataset, shakes
     shutil.copytree(char_dataset, data)
     before = (data / "meta.json").read_bytes()
     with lock_dataset_for_reading(data):  # what a training run reading it holds
-        assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data, "--val-fraction", "0.2"),
-                           "in use by another gptlab process")
+        assert_clean_error(
+            cli_in_process(capsys, "prepare", shakespeare_txt, "--out", data, "--val-fraction", "0.2"),
+            "in use by another gptlab process",
+        )
     assert (data / "meta.json").read_bytes() == before
     assert not list(data.glob(".prepare-*"))
 
 
-def test_a_dataset_replaced_during_training_stops_it_with_one_line(tmp_path, char_dataset, shakespeare_txt,
-                                                                  capsys, monkeypatch):
+def test_a_dataset_replaced_during_training_stops_it_with_one_line(
+    tmp_path, char_dataset, shakespeare_txt, capsys, monkeypatch
+):
     import gptlab.train.trainer as trainer
     from gptlab.data.prepare import prepare
 
@@ -215,18 +232,23 @@ def test_a_dataset_replaced_during_training_stops_it_with_one_line(tmp_path, cha
                 if path.is_file() and path.name != ".gptlab.lock":
                     shutil.copy(path, data / path.name)
         return real(*args, **kwargs)
+
     monkeypatch.setattr(trainer, "estimate_loss", replace_then_estimate)
     run = tmp_path / "run"
     done = train(capsys, data, run, 8, "eval_interval=4", "checkpoint_interval=2")
     assert_clean_error(done, "was replaced", "stopped at step 4", "last checkpoint: step 2")
-    assert [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            if "val_loss" in m] == [0]  # no loss measured on the new data was recorded
+    assert [
+        m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in m
+    ] == [0]  # no loss measured on the new data was recorded
     assert step_of(run) == 2
 
 
 def test_stale_temporaries_are_removed_by_resume_and_prepare(run4, tmp_path, char_dataset, shakespeare_txt, capsys):
-    junk = [run4 / ".model.safetensors.x1.tmp", run4 / ".loss.png.x2.tmp",
-            run4 / "checkpoints" / ".staging-step-0000006-99999" / "model.safetensors"]
+    junk = [
+        run4 / ".model.safetensors.x1.tmp",
+        run4 / ".loss.png.x2.tmp",
+        run4 / "checkpoints" / ".staging-step-0000006-99999" / "model.safetensors",
+    ]
     for path in junk:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
@@ -251,17 +273,20 @@ def nested_json(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "seed=-1"], ["seed=-1"]),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", f"seed={2**70}"], ["seed=", "2**32"]),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", f"block_size={10**12}"], ["block_size="]),
-    (["sample", "{run}", "--seed", str(2**64)], ["seed="]),
-    (["sample", "{run}", "--temperature", "1e-40"], ["temperature="]),
-    (["sample", "{run}", "--repetition-penalty", "1e-300"], ["repetition_penalty="]),
-    (["sample", "{run}", "--num-samples", str(10**12)], ["num_samples="]),
-    (["prepare", "{tmp}/nested.json", "--out", "{tmp}/d"], ["nested too deeply"]),
-    (["train", "--resume", "{run}", "--max-steps", "3"], ["below the step", "(4)"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--data", "{data}", "--out", "{tmp}/r", "seed=-1"], ["seed=-1"]),
+        (["train", "--data", "{data}", "--out", "{tmp}/r", f"seed={2**70}"], ["seed=", "2**32"]),
+        (["train", "--data", "{data}", "--out", "{tmp}/r", f"block_size={10**12}"], ["block_size="]),
+        (["sample", "{run}", "--seed", str(2**64)], ["seed="]),
+        (["sample", "{run}", "--temperature", "1e-40"], ["temperature="]),
+        (["sample", "{run}", "--repetition-penalty", "1e-300"], ["repetition_penalty="]),
+        (["sample", "{run}", "--num-samples", str(10**12)], ["num_samples="]),
+        (["prepare", "{tmp}/nested.json", "--out", "{tmp}/d"], ["nested too deeply"]),
+        (["train", "--resume", "{run}", "--max-steps", "3"], ["below the step", "(4)"]),
+    ],
+)
 def test_bad_values_are_one_line(run4, char_dataset, nested_json, tmp_path, capsys, args, needles):
     config_before = (run4 / "config.json").read_bytes()
     args = [a.format(tmp=tmp_path, data=char_dataset, run=run4) for a in args]
@@ -286,8 +311,9 @@ def test_damaged_run_files_are_one_line_naming_the_file(run4, capsys):
     # The damaged newest set is skipped for the intact older one (keep_checkpoints=2 in run4).
     assert current_checkpoint(run4, verify=True).name == "step-0000002"
     shutil.rmtree(run4 / "checkpoints" / "step-0000002")
-    assert_clean_error(cli_in_process(capsys, "train", "--resume", run4, "--max-steps", "6"),
-                       "corrupt checkpoint", "train_state.json")
+    assert_clean_error(
+        cli_in_process(capsys, "train", "--resume", run4, "--max-steps", "6"), "corrupt checkpoint", "train_state.json"
+    )
 
 
 @pytest.fixture

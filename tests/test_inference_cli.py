@@ -17,8 +17,17 @@ from gptlab.inference.probs import next_token_probs
 from gptlab.runs import load_run
 from gptlab.train.trainer import train
 
-TINY = ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8", "eval_batches=1",
-        "sample_tokens=0", "warmup_steps=2", "lr=3e-3"]
+TINY = [
+    "n_layer=2",
+    "n_head=2",
+    "n_embd=32",
+    "block_size=32",
+    "batch_size=8",
+    "eval_batches=1",
+    "sample_tokens=0",
+    "warmup_steps=2",
+    "lr=3e-3",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -82,15 +91,27 @@ def test_seeded_samples_batch_reproducibly(capsys, run_dir):
 def test_stop_string_ends_the_sample(capsys, run_dir):
     plain = cli(capsys, "sample", run_dir, "--prompt", "A", "--temperature", "0", "--max-new-tokens", "40").stdout
     stop = plain[3:5]
-    cut = cli(capsys, "sample", run_dir, "--prompt", "A", "--temperature", "0", "--max-new-tokens", "40",
-                  "--stop", stop).stdout
-    assert cut == plain[:plain.index(stop)] + "\n"
+    cut = cli(
+        capsys, "sample", run_dir, "--prompt", "A", "--temperature", "0", "--max-new-tokens", "40", "--stop", stop
+    ).stdout
+    assert cut == plain[: plain.index(stop)] + "\n"
 
 
 def test_show_probs_json_matches_the_shared_distribution(run_dir):
     # The real command, in its own process.
-    proc = run_cli("sample", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0",
-                   "--show-probs", "4", "--json")
+    proc = run_cli(
+        "sample",
+        run_dir,
+        "--prompt",
+        "ROMEO:",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--show-probs",
+        "4",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     steps, final = lines[:-1], lines[-1]
@@ -133,7 +154,7 @@ def test_eval_covers_the_whole_split(capsys, run_dir, small_data):
     nats = 0.0
     with torch.no_grad():
         for start in range(0, len(ids) - 1, 32):
-            x, y = torch.from_numpy(ids[start:start + 33][:-1]), torch.from_numpy(ids[start + 1:start + 33])
+            x, y = torch.from_numpy(ids[start : start + 33][:-1]), torch.from_numpy(ids[start + 1 : start + 33])
             logits, _ = model(x[None])
             nats += F.cross_entropy(logits[0], y, reduction="sum").item()
     assert result["loss"] == pytest.approx(nats / (len(ids) - 1), rel=1e-5)
@@ -151,13 +172,16 @@ def test_eval_refuses_a_dataset_with_another_tokenizer(capsys, tmp_path, run_dir
     assert_clean_error(cli(capsys, "eval", run_dir, "--data", tmp_path / "d"), "another tokenizer")
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["eval", "{run}", "--split", "test"], ["no split 'test'"]),
-    (["eval", "{tmp}"], ["not a gptlab run"]),
-    (["sample", "{run}", "--top-p", "0"], ["top_p"]),
-    (["sample", "{run}", "--repetition-penalty", "-1"], ["repetition_penalty"]),
-    (["sample", "{run}", "--json"], ["--show-probs"]),
-    (["sample", "{run}", "--stop", ""], ["stop strings"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["eval", "{run}", "--split", "test"], ["no split 'test'"]),
+        (["eval", "{tmp}"], ["not a gptlab run"]),
+        (["sample", "{run}", "--top-p", "0"], ["top_p"]),
+        (["sample", "{run}", "--repetition-penalty", "-1"], ["repetition_penalty"]),
+        (["sample", "{run}", "--json"], ["--show-probs"]),
+        (["sample", "{run}", "--stop", ""], ["stop strings"]),
+    ],
+)
 def test_bad_inference_input_is_one_clear_line(capsys, tmp_path, run_dir, args, needles):
     assert_clean_error(cli(capsys, *[a.format(run=run_dir, tmp=tmp_path) for a in args]), *needles)

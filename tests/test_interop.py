@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_in_process
+from transformers import AutoModelForCausalLM, AutoTokenizer  # a dev dependency: the other side of the map
 
+from conftest import cli_in_process
 from gptlab.config import ModelConfig, build_config
 from gptlab.errors import GptlabError
 from gptlab.interop.export import export_run
@@ -22,16 +23,16 @@ from gptlab.model import build_model
 from gptlab.runs import CONFIG, TOKENIZER, WEIGHTS, load_run, publish_checkpoint, write_weights
 from gptlab.tokenizers import BPETokenizer, CharTokenizer
 
-from transformers import AutoModelForCausalLM, AutoTokenizer  # a dev dependency: the other side of the map
-
 ENGLISH = "ROMEO:\nBut, soft! what light through yonder window breaks?  It's 42."
 CHINESE = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"
 SHAPE = ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32"]
 VARIANTS = {  # name: (overrides, the transformers class that must express it)
     "classic": ([], "GPT2LMHeadModel"),
     "gelu-tanh-untied": (["mlp=gelu_tanh", "tie_embeddings=false"], "GPT2LMHeadModel"),
-    "rope-swiglu-untied": (["position=rope", "rope_base=500", "norm=rmsnorm", "mlp=swiglu", "bias=false", "tie_embeddings=false"],
-                           "LlamaForCausalLM"),
+    "rope-swiglu-untied": (
+        ["position=rope", "rope_base=500", "norm=rmsnorm", "mlp=swiglu", "bias=false", "tie_embeddings=false"],
+        "LlamaForCausalLM",
+    ),
     "rope-relu2-bias": (["position=rope", "norm=rmsnorm", "mlp=relu2", "bias=true"], "LlamaForCausalLM"),
     "cpu-modern": (["preset=cpu-modern"], "Qwen3ForCausalLM"),
 }
@@ -44,13 +45,27 @@ def test_classic_weights_map_to_gpt2_names_with_conv1d_transposes():
     assert torch.equal(theirs["transformer.h.1.attn.c_attn.weight"], ours["blocks.1.attn.qkv.weight"].t())
     assert torch.equal(theirs["transformer.h.0.ln_2.bias"], ours["blocks.0.ln_2.bias"])
     with pytest.raises(GptlabError, match="not GPT-2 shaped"):
-        to_gpt2_state_dict(build_model(ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16,
-                                                   position="rope", norm="rmsnorm", mlp="swiglu")))
+        to_gpt2_state_dict(
+            build_model(
+                ModelConfig(
+                    vocab_size=11,
+                    block_size=8,
+                    n_layer=1,
+                    n_head=2,
+                    n_embd=16,
+                    position="rope",
+                    norm="rmsnorm",
+                    mlp="swiglu",
+                )
+            )
+        )
 
 
 @pytest.fixture(scope="session")
 def bpe(shakespeare_txt: Path, tang_jsonl: Path) -> BPETokenizer:
-    poems = "\n".join(json.loads(line)["paragraphs"][0] for line in tang_jsonl.read_text(encoding="utf-8").splitlines()[:400])
+    poems = "\n".join(
+        json.loads(line)["paragraphs"][0] for line in tang_jsonl.read_text(encoding="utf-8").splitlines()[:400]
+    )
     return BPETokenizer.train([shakespeare_txt.read_text(encoding="utf-8")[:200_000], poems], vocab_size=500)
 
 
@@ -123,8 +138,14 @@ def test_export_of_a_trained_run_through_the_cli(tiny_run, tmp_path, capsys):
     out = tmp_path / "exported"
     proc = cli_in_process(capsys, "export", tiny_run, "--format", "hf", "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "generation_config.json",
-                                               "tokenizer.json", "tokenizer_config.json", "README.md"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    }
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "val loss at step 30" in card and "tinyshakespeare" in card
     loaded = load_run(tiny_run)
@@ -134,11 +155,14 @@ def test_export_of_a_trained_run_through_the_cli(tiny_run, tmp_path, capsys):
     assert AutoTokenizer.from_pretrained(out, local_files_only=True)(text).input_ids == loaded.tokenizer.encode(text)
 
 
-@pytest.mark.parametrize("overrides, why", [
-    (["logit_softcap=15"], "logit_softcap=15.0"),
-    (["position=rope", "norm=rmsnorm", "mlp=gelu"], "mlp='gelu' with rope"),
-    (["position=rope", "norm=layernorm", "mlp=swiglu"], "norm='layernorm' with rope"),
-])
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (["logit_softcap=15"], "logit_softcap=15.0"),
+        (["position=rope", "norm=rmsnorm", "mlp=gelu"], "mlp='gelu' with rope"),
+        (["position=rope", "norm=layernorm", "mlp=swiglu"], "norm='layernorm' with rope"),
+    ],
+)
 def test_export_refuses_what_no_architecture_expresses(overrides, why, bpe, tmp_path, capsys):
     run, _ = make_run(tmp_path / "run", overrides, bpe)
     proc = cli_in_process(capsys, "export", run, "--out", tmp_path / "hf")
@@ -163,12 +187,31 @@ def hf_checkpoint(kind: str, bpe, where: Path) -> tuple[Path, torch.nn.Module]:
     if kind == "gpt2":  # transformers' defaults: GPT-2's tanh GELU written out (gelu_new), tied head
         model = GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=32, n_embd=32, n_layer=2, n_head=2))
     elif kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=88, num_hidden_layers=2,
-                                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=v,
+                hidden_size=32,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                max_position_embeddings=32,
+            )
+        )
     else:
-        model = Qwen3ForCausalLM(Qwen3Config(vocab_size=v, hidden_size=32, intermediate_size=88, num_hidden_layers=2,
-                                             num_attention_heads=2, num_key_value_heads=2, head_dim=16,
-                                             max_position_embeddings=32, tie_word_embeddings=True))
+        model = Qwen3ForCausalLM(
+            Qwen3Config(
+                vocab_size=v,
+                hidden_size=32,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                head_dim=16,
+                max_position_embeddings=32,
+                tie_word_embeddings=True,
+            )
+        )
     randomize(model)
     model.eval().save_pretrained(where)
     to_hf_tokenizer(bpe).save(str(where / "tokenizer.json"))
@@ -189,8 +232,9 @@ def test_import_then_export_keeps_the_logits(kind, bpe, tmp_path, capsys):
     assert pickle.loads(pickle.dumps(run.tokenizer)).encode(text) == run.tokenizer.encode(text) == bpe.encode(text)
     # gelu_new (GPT-2's hand-written tanh GELU) and torch's tanh GELU agree to rounding.
     assert max_diff(theirs, run.model, batch(bpe)) < 1e-4
-    again = AutoModelForCausalLM.from_pretrained(export_run(tmp_path / "run", tmp_path / "back"),
-                                                 local_files_only=True).eval()
+    again = AutoModelForCausalLM.from_pretrained(
+        export_run(tmp_path / "run", tmp_path / "back"), local_files_only=True
+    ).eval()
     assert type(again) is type(theirs)
     assert max_diff(again, run.model, batch(bpe)) < 1e-4
 
@@ -204,8 +248,22 @@ def test_imported_checkpoint_samples_evaluates_and_continues_pretraining(bpe, tm
     data = tmp_path / "data"
     prepare([str(corpus)], data, str(src), workers=1, progress=False)  # the checkpoint's own tokenizer
     run = tmp_path / "run"
-    proc = cli_in_process(capsys, "import", src, "batch_size=2", "max_steps=3", "eval_interval=3", "eval_batches=1",
-                          "sample_tokens=4", "warmup_steps=0", "device=cpu", "--out", run, "--data", data)
+    proc = cli_in_process(
+        capsys,
+        "import",
+        src,
+        "batch_size=2",
+        "max_steps=3",
+        "eval_interval=3",
+        "eval_batches=1",
+        "sample_tokens=4",
+        "warmup_steps=0",
+        "device=cpu",
+        "--out",
+        run,
+        "--data",
+        data,
+    )
     assert proc.returncode == 0, proc.stderr
     before = load_run(run).model.state_dict()["blocks.0.attn.qkv.weight"].clone()
     proc = cli_in_process(capsys, "sample", run, "--prompt", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0")

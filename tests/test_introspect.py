@@ -32,7 +32,7 @@ def test_attention_maps_are_the_weights_the_model_uses():
             for head in range(H):  # explicit loops: row t normalises over positions 0..t only
                 for t in range(T):
                     scores = torch.stack([q[0, head, t] @ k[0, head, s] for s in range(t + 1)]) / math.sqrt(C // H)
-                    weights[head, t, :t + 1] = torch.softmax(scores, dim=0)
+                    weights[head, t, : t + 1] = torch.softmax(scores, dim=0)
             assert torch.allclose(maps[layer], weights, atol=1e-5)
             # These weights, applied to v, give exactly what the block's attention outputs.
             y = (weights.unsqueeze(0) @ v).transpose(1, 2).reshape(1, T, C)

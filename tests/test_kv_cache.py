@@ -14,8 +14,16 @@ BLOCK = 8
 
 def model_of(position: str):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=23, block_size=BLOCK, n_layer=2, n_head=2, n_embd=16, position=position,
-                      norm="rmsnorm" if position == "rope" else "layernorm", qk_norm=position == "rope")
+    cfg = ModelConfig(
+        vocab_size=23,
+        block_size=BLOCK,
+        n_layer=2,
+        n_head=2,
+        n_embd=16,
+        position=position,
+        norm="rmsnorm" if position == "rope" else "layernorm",
+        qk_norm=position == "rope",
+    )
     return build_model(cfg).eval()
 
 

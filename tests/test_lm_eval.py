@@ -1,6 +1,7 @@
 """lm-evaluation-harness, the harness the field evaluates with, against gptlab: `lm_eval --model
 local-completions` on a live `gptlab serve` (the server's own tokenizer through /tokenize, and the
-export's tokenizer.json on the harness's side), and `--model hf` on the export of the same run, both on a tiny local task built from the repo's text.
+export's tokenizer.json on the harness's side), and `--model hf` on the export of the same run,
+both on a tiny local task built from the repo's text.
 Their loglikelihoods must be the ones gptlab's model gives through its own training loss."""
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_env
-from test_interop import make_run
-from test_serve import _wait_until_serving
 
+from conftest import cli_env
 from gptlab.inference.engine import SamplingParams, generate_steps
 from gptlab.interop.export import export_run
 from gptlab.model.loss import IGNORE
 from gptlab.runs import load_run
 from gptlab.tokenizers import BPETokenizer
+from test_interop import make_run
+from test_serve import _wait_until_serving
 
 TASK = """task: {name}
 dataset_path: json
@@ -54,8 +55,9 @@ def harness_setup(tmp_path_factory, shakespeare_txt):
     tasks = root / "tasks"
     tasks.mkdir()
     (tasks / "ll.yaml").write_text(TASK.format(name="gptlab_ll", docs=root / "docs.jsonl", kind="loglikelihood"))
-    (tasks / "gen.yaml").write_text(TASK.format(name="gptlab_gen", docs=root / "docs.jsonl", kind="generate_until")
-                                    + GENERATE)
+    (tasks / "gen.yaml").write_text(
+        TASK.format(name="gptlab_gen", docs=root / "docs.jsonl", kind="generate_until") + GENERATE
+    )
     return run, export_run(run, root / "export"), tasks, docs, root
 
 
@@ -64,7 +66,7 @@ def gptlab_loglikelihood(run: Path, context: str, continuation: str) -> float:
     as the harness splits them: the whole text encoded, the context's own token count cut off."""
     loaded = load_run(run)
     spaces = len(context) - len(context.rstrip())  # the harness moves a context's trailing spaces over
-    context, continuation = context[:len(context) - spaces], context[len(context) - spaces:] + continuation
+    context, continuation = context[: len(context) - spaces], context[len(context) - spaces :] + continuation
     ids, n_ctx = loaded.tokenizer.encode(context + continuation), len(loaded.tokenizer.encode(context))
     cont = ids[n_ctx:]
     targets = [IGNORE] * (n_ctx - 1) + cont + [IGNORE]
@@ -87,39 +89,68 @@ def test_lm_eval_scores_the_server_and_the_export_as_gptlab_does(harness_setup):
     logs = root / "server-logs"
     logs.mkdir()
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        server = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0"],
-                                  stdout=out, stderr=err, env=env)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0"], stdout=out, stderr=err, env=env
+        )
     try:
         base = _wait_until_serving(server, logs)
         proc = subprocess.run(
-            [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
-             f"model={run.name},base_url={base}/v1/completions,max_length=33,tokenized_requests=True",
-             "--tasks", "gptlab_ll,gptlab_gen", "--include_path", str(tasks), "--output_path", str(root / "api"),
-             "--log_samples"], capture_output=True, text=True, timeout=300, env=env)
+            [
+                sys.executable,
+                "-m",
+                "lm_eval",
+                "--model",
+                "local-completions",
+                "--model_args",
+                f"model={run.name},base_url={base}/v1/completions,max_length=33,tokenized_requests=True",
+                "--tasks",
+                "gptlab_ll,gptlab_gen",
+                "--include_path",
+                str(tasks),
+                "--output_path",
+                str(root / "api"),
+                "--log_samples",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "remote tokenizer" in proc.stderr.lower()  # it took the server's /tokenize, not a guess
         # The other way to split context from continuation: the exported tokenizer.json, on the
         # harness's side (tokenizer_backend=huggingface), against the same server.
         hf_tok = lm_eval.simple_evaluate(
-            model="local-completions", tasks=["gptlab_ll"], task_manager=TaskManager(include_path=str(tasks)),
+            model="local-completions",
+            tasks=["gptlab_ll"],
+            task_manager=TaskManager(include_path=str(tasks)),
             model_args=f"model={run.name},base_url={base}/v1/completions,max_length=33,tokenized_requests=True,"
-                       f"tokenizer_backend=huggingface,tokenizer={export}", log_samples=True)
+            f"tokenizer_backend=huggingface,tokenizer={export}",
+            log_samples=True,
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
 
-    hf = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={export},dtype=float32,device=cpu",
-                                 tasks=["gptlab_ll"], task_manager=TaskManager(include_path=str(tasks)),
-                                 log_samples=True)
+    hf = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={export},dtype=float32,device=cpu",
+        tasks=["gptlab_ll"],
+        task_manager=TaskManager(include_path=str(tasks)),
+        log_samples=True,
+    )
     hf_ll = [float(s["resps"][0][0][0]) for s in sorted(hf["samples"]["gptlab_ll"], key=lambda s: s["doc_id"])]
     api_ll = [float(s["resps"][0][0][0]) for s in samples(root / "api", "gptlab_ll")]
-    hf_tok_ll = [float(s["resps"][0][0][0])
-                 for s in sorted(hf_tok["samples"]["gptlab_ll"], key=lambda s: s["doc_id"])]
+    hf_tok_ll = [float(s["resps"][0][0][0]) for s in sorted(hf_tok["samples"]["gptlab_ll"], key=lambda s: s["doc_id"])]
     ours = [gptlab_loglikelihood(run, d["context"], d["continuation"]) for d in docs]
     assert api_ll == pytest.approx(ours, abs=1e-3) and hf_ll == pytest.approx(ours, abs=1e-3)
     assert hf_tok_ll == pytest.approx(ours, abs=1e-3)
     loaded = load_run(run)
     for doc, sample in zip(docs, samples(root / "api", "gptlab_gen")):
-        steps = generate_steps(loaded.model, loaded.tokenizer, [loaded.tokenizer.encode(doc["context"])],
-                               SamplingParams(6, temperature=0, stop=["\n"]))
+        steps = generate_steps(
+            loaded.model,
+            loaded.tokenizer,
+            [loaded.tokenizer.encode(doc["context"])],
+            SamplingParams(6, temperature=0, stop=["\n"]),
+        )
         assert sample["resps"][0][0] == "".join(s[0].text for s in steps)  # the engine's greedy text

@@ -18,8 +18,9 @@ def test_windows_are_consecutive_and_targets_shifted(char_dataset):
     for row_x, row_y in zip(x.numpy(), y.numpy()):
         # The window really is a slice of the token file.
         starts = np.flatnonzero(data[:-16] == row_x[0])
-        assert any(np.array_equal(data[s:s + 16], row_x) and np.array_equal(data[s + 1:s + 17], row_y)
-                   for s in starts)
+        assert any(
+            np.array_equal(data[s : s + 16], row_x) and np.array_equal(data[s + 1 : s + 17], row_y) for s in starts
+        )
 
 
 def test_state_dict_continues_the_same_sequence(char_dataset):

@@ -36,8 +36,9 @@ print(peak - before, memory_estimate(cfg).total)
 def test_estimate_is_within_40_percent_of_the_measured_peak(preset):
     # Activations dominate here (B x T large against the weights), so the traced part is what is checked.
     shape = ["vocab_size=65", "n_embd=256", "block_size=256", "batch_size=24"]
-    proc = subprocess.run([sys.executable, "-c", MEASURE, preset, *shape], capture_output=True, text=True,
-                          env=cli_env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, preset, *shape], capture_output=True, text=True, env=cli_env(), timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     measured, estimate = map(int, proc.stdout.split())
     assert measured > 200 * 2**20  # the step really allocated what it is compared with
@@ -58,8 +59,9 @@ def test_largest_batch_fits_and_one_more_does_not():
     assert memory_estimate(cfg, "fp32").activations_per_sample > m.activations_per_sample
 
 
-@pytest.mark.parametrize("text, expected", [("24GB", 24 * 10**9), ("80GiB", 80 * 2**30), ("512MB", 512 * 10**6),
-                                            ("1.5e9", 1_500_000_000)])
+@pytest.mark.parametrize(
+    "text, expected", [("24GB", 24 * 10**9), ("80GiB", 80 * 2**30), ("512MB", 512 * 10**6), ("1.5e9", 1_500_000_000)]
+)
 def test_memory_sizes_parse(text, expected):
     from gptlab.model.accounting import parse_bytes
 

@@ -29,12 +29,12 @@ def test_causal_mask_hides_the_future():
     x = torch.randint(0, 65, (2, 32))
     t = 12
     changed = x.clone()
-    changed[:, t + 1:] = torch.randint(0, 65, (2, 32 - t - 1))
+    changed[:, t + 1 :] = torch.randint(0, 65, (2, 32 - t - 1))
     with torch.no_grad():
         a, _ = model(x)
         b, _ = model(changed)
-    assert torch.equal(a[:, :t + 1], b[:, :t + 1])
-    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])  # the change is visible afterwards
+    assert torch.equal(a[:, : t + 1], b[:, : t + 1])
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # the change is visible afterwards
 
 
 def test_overfits_one_batch():
@@ -56,8 +56,14 @@ def test_unembedding_is_tied_to_token_embedding():
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
 
 
-@pytest.mark.parametrize("cfg", [small(), small(bias=False, n_layer=3, n_embd=96, n_head=6),
-                                 ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        small(),
+        small(bias=False, n_layer=3, n_embd=96, n_head=6),
+        ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+    ],
+)
 def test_param_count_matches_the_built_model(cfg):
     model = GPT(cfg)
     built = sum(p.numel() for p in model.parameters())  # tied weight counted once

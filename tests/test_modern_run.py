@@ -18,9 +18,24 @@ def modern_run(tmp_path_factory, char_dataset):
     from gptlab.config import build_config
     from gptlab.train.trainer import train
 
-    cfg = build_config("cpu-modern", None, ["n_layer=2", "n_head=2", "n_embd=32", "block_size=16", "batch_size=8",
-                                            "eval_batches=2", "max_steps=40", "eval_interval=20", "log_interval=5",
-                                            "sample_tokens=20", "device=cpu", "mlp=swiglu"])
+    cfg = build_config(
+        "cpu-modern",
+        None,
+        [
+            "n_layer=2",
+            "n_head=2",
+            "n_embd=32",
+            "block_size=16",
+            "batch_size=8",
+            "eval_batches=2",
+            "max_steps=40",
+            "eval_interval=20",
+            "log_interval=5",
+            "sample_tokens=20",
+            "device=cpu",
+            "mlp=swiglu",
+        ],
+    )
     cfg.data = str(char_dataset)
     run = tmp_path_factory.mktemp("modern") / "run"
     train(cfg, run)

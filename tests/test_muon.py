@@ -68,8 +68,7 @@ def test_split_orthogonalises_each_block_like_separate_params():
     inits, grads = _problem([(3 * d, d)], steps=2, seed=2)
     hyper = dict(lr=0.05, momentum=0.9, weight_decay=0.1)
     fused = _run(lambda ps: Muon([{"params": ps, "split": 3}], **hyper), inits, grads)[0]
-    blocks = _run(lambda ps: Muon(ps, **hyper), list(inits[0].chunk(3)),
-                  [list(g[0].chunk(3)) for g in grads])
+    blocks = _run(lambda ps: Muon(ps, **hyper), list(inits[0].chunk(3)), [list(g[0].chunk(3)) for g in grads])
     torch.testing.assert_close(fused, torch.cat(blocks), rtol=1e-5, atol=1e-6)
     # One step from rest with no decay: each block's update is orthogonal on its own.
     p = inits[0].clone().requires_grad_(True)
@@ -126,8 +125,10 @@ def test_state_dict_round_trip():
 
 def test_make_muon_picks_by_device():
     def groups():
-        return [{"params": [torch.zeros(6, 4, requires_grad=True)], "split": 3},
-                {"params": [torch.zeros(4, 4, requires_grad=True)]}]
+        return [
+            {"params": [torch.zeros(6, 4, requires_grad=True)], "split": 3},
+            {"params": [torch.zeros(4, 4, requires_grad=True)]},
+        ]
 
     cpu = make_muon(groups(), torch.device("cpu"), lr=0.02, momentum=0.9)
     assert type(cpu) is Muon and all(g["ns_dtype"] == "float32" for g in cpu.param_groups)

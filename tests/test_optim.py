@@ -15,8 +15,20 @@ CPU = torch.device("cpu")
 
 
 def modern_model():
-    return build_model(ModelConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16, position="rope",
-                                   norm="rmsnorm", mlp="swiglu", tie_embeddings=False, bias=False))
+    return build_model(
+        ModelConfig(
+            vocab_size=20,
+            block_size=8,
+            n_layer=2,
+            n_head=2,
+            n_embd=16,
+            position="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            tie_embeddings=False,
+            bias=False,
+        )
+    )
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest_each_role_at_its_rate():
@@ -54,8 +66,10 @@ def test_role_optimizer_state_round_trips():
     state = opt.state_dict()
     again = build_optimizer(model, TrainConfig(optimizer="muon"), CPU)
     again.load_state_dict(state)
-    assert torch.equal(again.optimizers[0].state[model.blocks[0].attn.qkv.weight]["momentum_buffer"],
-                       opt.optimizers[0].state[model.blocks[0].attn.qkv.weight]["momentum_buffer"])
+    assert torch.equal(
+        again.optimizers[0].state[model.blocks[0].attn.qkv.weight]["momentum_buffer"],
+        opt.optimizers[0].state[model.blocks[0].attn.qkv.weight]["momentum_buffer"],
+    )
     with pytest.raises(ValueError, match="this run builds 1"):
         build_optimizer(model, TrainConfig(), CPU).load_state_dict(state)
 
@@ -76,9 +90,20 @@ def test_cosine_schedule_is_unchanged():
     assert lr_at(110, cfg) == pytest.approx(0.1)
 
 
-MODERN_TINY = ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8", "eval_batches=2",
-               "max_steps=10", "eval_interval=5", "checkpoint_interval=100", "log_interval=1", "sample_tokens=8",
-               "device=cpu"]
+MODERN_TINY = [
+    "n_layer=2",
+    "n_head=2",
+    "n_embd=32",
+    "block_size=32",
+    "batch_size=8",
+    "eval_batches=2",
+    "max_steps=10",
+    "eval_interval=5",
+    "checkpoint_interval=100",
+    "log_interval=1",
+    "sample_tokens=8",
+    "device=cpu",
+]
 
 
 def losses(run, key="train_loss"):
@@ -111,6 +136,7 @@ def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(char
     assert sorted(resumed) == list(range(1, 11))
     for step in range(1, 11):
         assert resumed[step] == pytest.approx(straight[step], abs=1e-6), step
-    assert losses(tmp_path / "resumed", "val_loss")[10] == pytest.approx(losses(tmp_path / "straight", "val_loss")[10],
-                                                                         abs=1e-6)
+    assert losses(tmp_path / "resumed", "val_loss")[10] == pytest.approx(
+        losses(tmp_path / "straight", "val_loss")[10], abs=1e-6
+    )
     assert straight[10] < straight[1] - 0.5  # and it learns

@@ -56,9 +56,18 @@ def server(tiny_run: Path):
 def browser(tmp_path_factory: pytest.TempPathFactory):
     """One headless chromium for the module, with a fresh profile and nothing that calls home."""
     options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1200,1100", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1100",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
@@ -74,8 +83,12 @@ def _settled(driver) -> bool:
 
 def _bars(driver) -> list[tuple[int, float]]:
     """(id, probability) of each bar, read in one go (a redraw cannot interleave)."""
-    return [(int(i), float(p)) for i, p in driver.execute_script(
-        "return Array.from(document.querySelectorAll('#bars .bar'), b => [b.dataset.id, b.dataset.prob])")]
+    return [
+        (int(i), float(p))
+        for i, p in driver.execute_script(
+            "return Array.from(document.querySelectorAll('#bars .bar'), b => [b.dataset.id, b.dataset.prob])"
+        )
+    ]
 
 
 def _set(driver, element_id: str, value: str) -> None:
@@ -115,8 +128,9 @@ def _explore(server, browser, tiny_run):
     assert [i for i, _ in bars] == [c.id for c in expected]
     assert probs == pytest.approx([c.prob for c in expected], abs=1e-6)
     chips = browser.find_elements(By.CSS_SELECTOR, "#tokens .tok")
-    assert [c.find_element(By.TAG_NAME, "small").text for c in chips] == \
-        [str(i) for i in loaded.tokenizer.encode(PROMPT)]
+    assert [c.find_element(By.TAG_NAME, "small").text for c in chips] == [
+        str(i) for i in loaded.tokenizer.encode(PROMPT)
+    ]
     browser.save_screenshot(str(ARTIFACTS / "page-next-token.png"))
 
     # Step once greedily: the text grows by the most likely token.
@@ -143,9 +157,11 @@ def _explore(server, browser, tiny_run):
     assert len(Select(browser.find_element(By.ID, "head")).options) == loaded.config.model.n_head
     cell, margin = int(canvas.get_attribute("data-cell")), int(canvas.get_attribute("data-margin"))
     assert int(canvas.get_attribute("width")) == margin + T * cell
-    pixel = "const [r, c] = arguments; const m = +arguments[2], s = +arguments[3];" \
-            "return Array.from(document.getElementById('attn').getContext('2d')" \
-            ".getImageData(m + c * s + s / 2, m + r * s + s / 2, 1, 1).data);"
+    pixel = (
+        "const [r, c] = arguments; const m = +arguments[2], s = +arguments[3];"
+        "return Array.from(document.getElementById('attn').getContext('2d')"
+        ".getImageData(m + c * s + s / 2, m + r * s + s / 2, 1, 1).data);"
+    )
     assert browser.execute_script(pixel, 0, T - 1, margin, cell)[:3] == [255, 255, 255]  # future: empty
     assert browser.execute_script(pixel, 0, 0, margin, cell)[:3] != [255, 255, 255]  # the first token sees itself
     browser.save_screenshot(str(ARTIFACTS / "page-attention.png"))

@@ -24,8 +24,13 @@ from gptlab.posttrain.template import CHAT_TOKENS, ChatTemplate, Message, add_ch
 from gptlab.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 
 TEXT = "秦川雄帝宅，函谷壯皇居。\nHello, world!"
-CONVERSATION = [Message("system", "be brief"), Message("user", "請寫詩"), Message("assistant", "秦川雄帝宅，"),
-                Message("user", "Hello"), Message("assistant", "world!")]
+CONVERSATION = [
+    Message("system", "be brief"),
+    Message("user", "請寫詩"),
+    Message("assistant", "秦川雄帝宅，"),
+    Message("user", "Hello"),
+    Message("assistant", "world!"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +113,22 @@ def test_masked_prompt_tokens_contribute_no_gradient(char):
     # And so the prompt's tokens can be anything: the loss does not move.
     scrambled = batch.targets.masked_fill(~batch.loss_mask, 0)
     assert lm_loss(logits, scrambled.masked_fill(~batch.loss_mask, -1)).item() == pytest.approx(
-        lm_loss(logits, batch.loss_targets()).item())
+        lm_loss(logits, batch.loss_targets()).item()
+    )
 
 
 def test_dpo_loss_is_ln2_when_policy_is_the_reference(char):
     template = ChatTemplate(add_chat_tokens(char))
     report = SkipReport()
-    pairs = [encode_pair(template, PreferencePair("請寫詩", "秦川雄帝宅，", "Hello"), 64, report),
-             encode_pair(template, PreferencePair("Hello", "world!", "函谷壯皇居。"), 64, report)]
+    pairs = [
+        encode_pair(template, PreferencePair("請寫詩", "秦川雄帝宅，", "Hello"), 64, report),
+        encode_pair(template, PreferencePair("Hello", "world!", "函谷壯皇居。"), 64, report),
+    ]
     batch = pair_batch(pairs)
     torch.manual_seed(0)
-    policy = build_model(ModelConfig(vocab_size=template.tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16,
-                                     block_size=64))
+    policy = build_model(
+        ModelConfig(vocab_size=template.tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=64)
+    )
     reference = build_model(policy.config)
     reference.load_state_dict(policy.state_dict())
     measured = DPOObjective(reference, beta=0.1).measure(policy, batch)
@@ -132,8 +141,10 @@ def test_dpo_loss_is_ln2_when_policy_is_the_reference(char):
 
 def test_loader_resumes_the_same_order(char):
     template = ChatTemplate(add_chat_tokens(char))
-    items = [encode_example(template, [Message("user", c), Message("assistant", c * (i % 3 + 1))], 64, SkipReport())
-             for i, c in enumerate("秦川雄帝宅函谷壯皇居")]
+    items = [
+        encode_example(template, [Message("user", c), Message("assistant", c * (i % 3 + 1))], 64, SkipReport())
+        for i, c in enumerate("秦川雄帝宅函谷壯皇居")
+    ]
     a = RecordLoader(items, 3, seed=7)
     for _ in range(4):  # crosses an epoch boundary (10 records, 3 per batch)
         a.next_batch()
@@ -146,13 +157,21 @@ def test_loader_resumes_the_same_order(char):
 
 def test_bad_records_are_counted_with_their_reason(tmp_path):
     path = tmp_path / "data.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"prompt": "a", "response": "b"}),
-        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
-        json.dumps({"prompt": "a"}),
-        json.dumps({"messages": [{"role": "robot", "content": "x"}]}),
-        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
-        "not json", "[1, 2]", ""]), encoding="utf-8")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "a", "response": "b"}),
+                json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+                json.dumps({"prompt": "a"}),
+                json.dumps({"messages": [{"role": "robot", "content": "x"}]}),
+                json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
+                "not json",
+                "[1, 2]",
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
     report = SkipReport()
     conversations = read_instructions(path, report)
     assert [[m.role for m in c] for c in conversations] == [["user", "assistant"]] * 2
@@ -173,12 +192,24 @@ def test_poem_data_cli(capsys, tmp_path, tang_jsonl):
         lines = [next(f) for _ in range(200)]
     poems.write_text("".join(lines) + '{"title": "", "paragraphs": ["x"]}\n', encoding="utf-8")
     sft, pairs = tmp_path / "sft.jsonl", tmp_path / "pairs.jsonl"
-    done = cli_in_process(capsys, "poem-data", poems, "--instructions", sft, "--preferences", pairs,
-                          "--template", "題：{title}（{author}）")
+    done = cli_in_process(
+        capsys,
+        "poem-data",
+        poems,
+        "--instructions",
+        sft,
+        "--preferences",
+        pairs,
+        "--template",
+        "題：{title}（{author}）",
+    )
     assert done.returncode == 0 and "skipped 1: poem without a 'title' string" in done.stdout
     first = json.loads(sft.read_text(encoding="utf-8").splitlines()[0])
     record = json.loads(lines[0])
-    assert first == {"prompt": f"題：{record['title']}（{record['author']}）", "response": "\n".join(record["paragraphs"])}
+    assert first == {
+        "prompt": f"題：{record['title']}（{record['author']}）",
+        "response": "\n".join(record["paragraphs"]),
+    }
     for line in pairs.read_text(encoding="utf-8").splitlines():
         pair = json.loads(line)
         assert verse_form(pair["chosen"]) == "five" and verse_form(pair["rejected"]) == "seven"

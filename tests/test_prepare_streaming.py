@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gptlab.data import corpora
-from gptlab.data.loader import BatchLoader, Dataset
 from gptlab.data import prepare as prepare_module
+from gptlab.data.loader import BatchLoader, Dataset
 from gptlab.data.prepare import prepare
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import load_tokenizer
@@ -15,8 +15,9 @@ from gptlab.tokenizers import load_tokenizer
 def all_ids(data_dir, split):
     """A split's ids, its shards concatenated in meta.json's order."""
     meta = json.loads((data_dir / "meta.json").read_text())
-    return np.concatenate([np.fromfile(data_dir / name, dtype=meta["dtype"])
-                           for name in meta["splits"][split]["files"]])
+    return np.concatenate(
+        [np.fromfile(data_dir / name, dtype=meta["dtype"]) for name in meta["splits"][split]["files"]]
+    )
 
 
 def dir_bytes(data_dir):
@@ -52,8 +53,7 @@ def test_sharded_equals_single_shard_and_workers_change_nothing(tmp_path, shakes
     single = tmp_path / "single"
     prepare(specs, single, "bpe", tokenizer_options={"vocab_size": 400}, progress=False)
     sharded = tmp_path / "sharded"
-    prepare(specs, sharded, "bpe", tokenizer_options={"vocab_size": 400}, shard_tokens=5_000, workers=2,
-            progress=False)
+    prepare(specs, sharded, "bpe", tokenizer_options={"vocab_size": 400}, shard_tokens=5_000, workers=2, progress=False)
     meta = json.loads((sharded / "meta.json").read_text())
     assert len(meta["splits"]["train"]["files"]) > 5
     assert meta["splits"]["train"]["files"][0] == "train-00000.bin"
@@ -102,7 +102,7 @@ def test_crlf_bom_and_multibyte_characters_across_blocks(tmp_path, monkeypatch):
 def test_undecodable_bytes_are_reported_with_their_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(corpora, "READ_BYTES", 10)
     (tmp_path / "good.txt").write_text("fine text\n")
-    (tmp_path / "bad.txt").write_bytes("é" .encode() * 20 + b"\xff tail")
+    (tmp_path / "bad.txt").write_bytes("é".encode() * 20 + b"\xff tail")
     with pytest.raises(GptlabError, match=r"bad.txt is not UTF-8 text \(undecodable byte at offset 40\)"):
         prepare([str(tmp_path)], tmp_path / "out", progress=False)
     (tmp_path / "bad.txt").unlink()
@@ -185,8 +185,11 @@ def test_cli_prepare_bpe_reports_progress_and_refuses_bad_flags(tmp_path, poems)
     assert "vocabulary size: 300 (bpe tokenizer, uint16 ids" in proc.stdout
     # Not a terminal: the progress bar becomes log lines with bytes, tokens and throughput.
     assert "encoding:" in proc.stderr and "tokens (" in proc.stderr and "MB/s" in proc.stderr
-    assert_clean_error(run_cli("prepare", poems, "--tokenizer", "bpe", "--vocab-size", "100", "--out", out),
-                       "too small")
-    assert_clean_error(run_cli("prepare", poems, "--tokenizer", "o200k_base", "--vocab-size", "1000", "--out", out),
-                       "vocab_size cannot be set")
+    assert_clean_error(
+        run_cli("prepare", poems, "--tokenizer", "bpe", "--vocab-size", "100", "--out", out), "too small"
+    )
+    assert_clean_error(
+        run_cli("prepare", poems, "--tokenizer", "o200k_base", "--vocab-size", "1000", "--out", out),
+        "vocab_size cannot be set",
+    )
     assert json.loads((out / "meta.json").read_text())["tokenizer"]["vocab_size"] == 300  # still there

@@ -11,6 +11,7 @@ from gptlab.cli import build_parser
 
 def _subcommands() -> dict[str, set[str]]:
     """The CLI's subcommands, each with its own subcommands (`bench` -> {`train`})."""
+
     def choices(parser) -> dict:
         for action in parser._actions:  # argparse keeps subparsers only here
             if isinstance(action, argparse._SubParsersAction):

@@ -112,6 +112,7 @@ def test_history_final_losses_in_nats_and_bits_per_byte(tiny_run, tmp_path):
 
 
 def test_samples_of_a_resumed_run_keep_one_block_per_step(tmp_path):
-    (tmp_path / "samples.txt").write_text("=== step 0 ===\nab\n\n=== step 5 ===\nold\n\n"
-                                          "=== step 5 ===\nnew\nline\n\n=== step 10 ===\nc\n\n")
+    (tmp_path / "samples.txt").write_text(
+        "=== step 0 ===\nab\n\n=== step 5 ===\nold\n\n=== step 5 ===\nnew\nline\n\n=== step 10 ===\nc\n\n"
+    )
     assert read_samples(tmp_path) == [(0, "ab"), (5, "new\nline"), (10, "c")]

@@ -10,8 +10,16 @@ from conftest import assert_clean_error, cli_in_process
 from gptlab.fileio import atomic_write_group
 from gptlab.runs import weights_path
 
-SMALL = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "batch_size=4", "eval_batches=2",
-         "sample_tokens=8", "device=cpu"]
+SMALL = [
+    "n_layer=1",
+    "n_head=2",
+    "n_embd=16",
+    "block_size=16",
+    "batch_size=4",
+    "eval_batches=2",
+    "sample_tokens=8",
+    "device=cpu",
+]
 
 
 @pytest.fixture
@@ -60,8 +68,7 @@ def test_resume_refuses_a_dataset_with_another_tokenizer(run_copy, tmp_path, cap
 
 def test_corrupt_optimizer_state_is_one_line(run_copy, capsys):
     (weights_path(run_copy).parent / "train_state.pt").write_bytes(b"\x80\x04garbage")
-    assert_clean_error(cli_in_process(capsys, "train", "--resume", run_copy, "--max-steps", "40"),
-                       "corrupt checkpoint")
+    assert_clean_error(cli_in_process(capsys, "train", "--resume", run_copy, "--max-steps", "40"), "corrupt checkpoint")
 
 
 def test_corrupt_tokenizer_file_is_one_line(run_copy, capsys):
@@ -86,5 +93,7 @@ def test_prepare_refuses_to_write_into_a_run(run_copy, shakespeare_txt, capsys):
 
 
 def test_vocab_size_with_the_char_tokenizer_is_one_line(shakespeare_txt, tmp_path, capsys):
-    assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", tmp_path / "d",
-                                      "--vocab-size", "500"), "applies to the bpe tokenizer")
+    assert_clean_error(
+        cli_in_process(capsys, "prepare", shakespeare_txt, "--out", tmp_path / "d", "--vocab-size", "500"),
+        "applies to the bpe tokenizer",
+    )

@@ -4,8 +4,8 @@ from gptlab.config import ModelConfig
 from gptlab.inference.engine import SamplingParams, generate_steps
 from gptlab.inference.generate import complete
 from gptlab.inference.sampling import filter_logits, sample_rows
-from gptlab.model.gpt import GPT
 from gptlab.inference.text import StreamDecoder
+from gptlab.model.gpt import GPT
 from gptlab.tokenizers import CharTokenizer
 
 

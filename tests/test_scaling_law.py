@@ -50,8 +50,9 @@ def test_fit_is_exact_on_noiseless_points():
 def test_compute_optimal_size_matches_the_closed_form():
     # With C = 6 N D: N_opt = (alpha A / (beta B))^(1/(alpha+beta)) * (C/6)^(beta/(alpha+beta)).
     c = 1e13
-    expected = (TRUE.alpha * TRUE.A / (TRUE.beta * TRUE.B)) ** (1 / (TRUE.alpha + TRUE.beta)) \
-        * (c / 6) ** TRUE.optimal_size_exponent
+    expected = (TRUE.alpha * TRUE.A / (TRUE.beta * TRUE.B)) ** (1 / (TRUE.alpha + TRUE.beta)) * (
+        c / 6
+    ) ** TRUE.optimal_size_exponent
     n_opt, loss = compute_optimal(TRUE, c, lambda n: 6 * n, (1e2, 1e9))
     assert n_opt == pytest.approx(expected, rel=0.01)
     assert loss == pytest.approx(TRUE.loss(expected, c / (6 * expected)), rel=1e-4)
@@ -63,12 +64,27 @@ def test_fit_refuses_too_few_points():
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling_law.py"), *args], capture_output=True,
-                          text=True, timeout=300, env=cli_env())
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scaling_law.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
 
 
-TINY = ["--sizes", "1x8,1x16", "--budgets", "1e8,2e8,4e8", "--block-size", "16", "--batch-size", "4",
-        "--eval-batches", "2"]
+TINY = [
+    "--sizes",
+    "1x8,1x16",
+    "--budgets",
+    "1e8,2e8,4e8",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-batches",
+    "2",
+]
 REQUIRED = ("alpha", "beta", "predicted_val_loss", "measured_val_loss", "prediction_error_pct")
 
 
@@ -83,8 +99,9 @@ def test_sweep_writes_every_point_the_plot_and_the_figures(tiny_sweep):
     assert done.returncode == 0, done.stderr[-2000:]
     points = [json.loads(line) for line in (out / "scaling_law.jsonl").read_text().splitlines()]
     assert [p["role"] for p in points] == ["fit"] * 6 + ["holdout"]
-    assert {(p["size"], p["budget_flops"]) for p in points[:6]} == {(s, b) for s in ("1x8", "1x16")
-                                                                    for b in (1e8, 2e8, 4e8)}
+    assert {(p["size"], p["budget_flops"]) for p in points[:6]} == {
+        (s, b) for s in ("1x8", "1x16") for b in (1e8, 2e8, 4e8)
+    }
     for p in points:  # each run spent its budget (to the nearest step) and was scored on val data
         assert p["flops"] == p["tokens"] * p["train_flops_per_token"]
         assert abs(p["flops"] - p["budget_flops"]) <= p["train_flops_per_token"] * 4 * 16 / 2 + 1
@@ -98,7 +115,8 @@ def test_sweep_writes_every_point_the_plot_and_the_figures(tiny_sweep):
     assert all(math.isfinite(last[k]) for k in REQUIRED)
     assert last["measured_val_loss"] == pytest.approx(points[-1]["val_loss"], abs=1e-4)
     assert last["prediction_error_pct"] == pytest.approx(
-        100 * (last["predicted_val_loss"] - last["measured_val_loss"]) / last["measured_val_loss"], abs=0.05)
+        100 * (last["predicted_val_loss"] - last["measured_val_loss"]) / last["measured_val_loss"], abs=0.05
+    )
     assert json.loads((out / "scaling_law.json").read_text()) == last
     # Every point was printed as a JSON line too.
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"role"')]
@@ -111,8 +129,10 @@ def test_sweep_rerun_reuses_the_points_it_has(tiny_sweep, char_dataset: Path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "--- fit" not in again.stdout and "--- holdout" not in again.stdout
     assert len((out / "scaling_law.jsonl").read_text().splitlines()) == 7  # nothing appended twice
-    assert json.loads(again.stdout.strip().splitlines()[-1])["measured_val_loss"] == \
-        json.loads(first.stdout.strip().splitlines()[-1])["measured_val_loss"]
+    assert (
+        json.loads(again.stdout.strip().splitlines()[-1])["measured_val_loss"]
+        == json.loads(first.stdout.strip().splitlines()[-1])["measured_val_loss"]
+    )
 
 
 def _benchmark_main():
@@ -122,22 +142,25 @@ def _benchmark_main():
     return module.main
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--sizes", "2y64,4x128"], "is not LAYERSxWIDTH"),
-    (["--sizes", "2x64x3,4x128"], "divisible by the heads"),
-    (["--budgets", "1e12,-5"], "must be a positive number"),
-    (["--budgets", "lots"], "is not a number of FLOPs"),
-    (["--sizes", "2x64", "--budgets", "1e12,2e12"], "at least 2 distinct sizes"),
-    (["--holdout-budget", "1e12"], "would be one of the fitted points"),
-    (["--block-size", "0"], "--block-size must be at least 1"),
-    (["--threads", "-1"], "--threads must be at least 0"),
-    (["--set", "colour=blue"], "unknown config field 'colour'"),
-    (["--no-such-flag"], "unrecognized arguments"),
-])
-def test_bad_flags_give_one_error_line_and_a_nonzero_exit(args, message, char_dataset, tmp_path, capsys,
-                                                           monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["scaling_law.py", *args, "--corpus", str(char_dataset), "--out",
-                                      str(tmp_path / "out")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sizes", "2y64,4x128"], "is not LAYERSxWIDTH"),
+        (["--sizes", "2x64x3,4x128"], "divisible by the heads"),
+        (["--budgets", "1e12,-5"], "must be a positive number"),
+        (["--budgets", "lots"], "is not a number of FLOPs"),
+        (["--sizes", "2x64", "--budgets", "1e12,2e12"], "at least 2 distinct sizes"),
+        (["--holdout-budget", "1e12"], "would be one of the fitted points"),
+        (["--block-size", "0"], "--block-size must be at least 1"),
+        (["--threads", "-1"], "--threads must be at least 0"),
+        (["--set", "colour=blue"], "unknown config field 'colour'"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_give_one_error_line_and_a_nonzero_exit(args, message, char_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(
+        sys, "argv", ["scaling_law.py", *args, "--corpus", str(char_dataset), "--out", str(tmp_path / "out")]
+    )
     with pytest.raises(SystemExit) as stopped:
         _benchmark_main()()
     assert stopped.value.code not in (0, None)
@@ -151,5 +174,7 @@ def test_gptlab_sweep_command_refuses_a_bad_size_in_one_line(tmp_path):
 
     done = run_cli("sweep", "--sizes", "4x128x3,2x64", "--out", tmp_path / "out")
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == ["gptlab: error: size '4x128x3': layers, width and heads must be "
-                                                "positive and the width divisible by the heads (128 by 3)"]
+    assert done.stderr.strip().splitlines() == [
+        "gptlab: error: size '4x128x3': layers, width and heads must be "
+        "positive and the width divisible by the heads (128 by 3)"
+    ]

@@ -31,8 +31,9 @@ def tokenizer():
 
 def _model(tokenizer, **extra):
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tokenizer.vocab_size,
-                      dropout=0.0, **extra)
+    cfg = ModelConfig(
+        n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tokenizer.vocab_size, dropout=0.0, **extra
+    )
     return build_model(cfg).eval()
 
 
@@ -48,13 +49,18 @@ def _run(model, tokenizer, requests, max_batch=12, chunk=8, start_at=None):
     while not all(done):
         for i, (prompt, params) in enumerate(requests):
             if start_at[i] == step:
+
                 def sink(event, i=i):
                     if event.token is not None:
                         out[i].append(event.token)
                         probs[i].append(event.probs)
                     done[i] = done[i] or event.finish is not None
-                sched.add(Sequence(tokenizer.encode(prompt), params, tokenizer, tokenizer.vocab_size, BLOCK, sink,
-                                   with_probs=True))
+
+                sched.add(
+                    Sequence(
+                        tokenizer.encode(prompt), params, tokenizer, tokenizer.vocab_size, BLOCK, sink, with_probs=True
+                    )
+                )
         sched.step()
         step += 1
         assert step < 10_000
@@ -84,8 +90,10 @@ def test_tokens_are_the_same_alone_and_batched_with_others(tokenizer, variant):
     model = _model(tokenizer, **variant)
     # A prompt longer than a prefill chunk, a continuation past the block (the window slides or is
     # recomputed), sampling with every setting at once.
-    target = ("First Citizen: Before we", SamplingParams(40, temperature=0.9, top_k=20, top_p=0.95,
-                                                         repetition_penalty=1.2, seed=11))
+    target = (
+        "First Citizen: Before we",
+        SamplingParams(40, temperature=0.9, top_k=20, top_p=0.95, repetition_penalty=1.2, seed=11),
+    )
     alone = _run(model, tokenizer, [target])[0]
     assert len(alone[0]) == 40
     together = _run(model, tokenizer, [target] + OTHERS, start_at=[3, 0, 0, 1, 2, 5, 9, 20, 4])
@@ -109,8 +117,17 @@ def test_cancelled_sequences_leave_and_free_their_slot(tokenizer):
     model = _model(tokenizer)
     sched = Scheduler(model, 2, prefill_chunk=8)
     events = {0: [], 1: [], 2: []}
-    seqs = [Sequence(tokenizer.encode("First"), SamplingParams(1000, seed=i), tokenizer, tokenizer.vocab_size,
-                     BLOCK, events[i].append) for i in range(3)]
+    seqs = [
+        Sequence(
+            tokenizer.encode("First"),
+            SamplingParams(1000, seed=i),
+            tokenizer,
+            tokenizer.vocab_size,
+            BLOCK,
+            events[i].append,
+        )
+        for i in range(3)
+    ]
     for seq in seqs:
         sched.add(seq)
     for _ in range(5):

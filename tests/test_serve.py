@@ -33,8 +33,21 @@ def run_dir(tmp_path_factory, shakespeare_txt):
     root = tmp_path_factory.mktemp("serve")
     (root / "text.txt").write_text(shakespeare_txt.read_text(encoding="utf-8")[:20000], encoding="utf-8")
     prepare([str(root / "text.txt")], root / "data", "char")
-    cfg = build_config(None, None, ["max_steps=10", "n_layer=2", "n_head=2", "n_embd=32", f"block_size={BLOCK}",
-                                    "batch_size=8", "eval_batches=1", "sample_tokens=0", "warmup_steps=2"])
+    cfg = build_config(
+        None,
+        None,
+        [
+            "max_steps=10",
+            "n_layer=2",
+            "n_head=2",
+            "n_embd=32",
+            f"block_size={BLOCK}",
+            "batch_size=8",
+            "eval_batches=1",
+            "sample_tokens=0",
+            "warmup_steps=2",
+        ],
+    )
     cfg.data = str(root / "data")
     train(cfg, root / "tiny")
     return root / "tiny"
@@ -46,8 +59,9 @@ def server(run_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server-logs")
     env = cli_env() | {"OMP_NUM_THREADS": "1"}  # a tiny model; the test machine is shared
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run_dir), "--port", "0"],
-                                stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "serve", str(run_dir), "--port", "0"], stdout=out, stderr=err, env=env
+        )
     try:
         base = _wait_until_serving(proc, logs)
         yield base
@@ -85,7 +99,7 @@ def stream(base, body):
     """Texts and finish reasons per choice index from a streamed completion, and the raw events."""
     with httpx.stream("POST", base + "/v1/completions", json=body | {"stream": True}, timeout=TIMEOUT) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     texts, finish = {}, {}
     for event in events[:-1]:
@@ -108,8 +122,9 @@ def test_greedy_completion_is_the_engines(server, run_dir):
     assert r.status_code == 200, r.text
     body = r.json()
     loaded = load_run(run_dir)
-    steps = generate_steps(loaded.model, loaded.tokenizer, [loaded.tokenizer.encode("First")],
-                           SamplingParams(40, temperature=0))
+    steps = generate_steps(
+        loaded.model, loaded.tokenizer, [loaded.tokenizer.encode("First")], SamplingParams(40, temperature=0)
+    )
     expected = "".join(s[0].text for s in steps)
     assert body["object"] == "text_completion" and body["model"] == "tiny"
     assert [c["text"] for c in body["choices"]] == [expected]  # 5 + 40 tokens: past the 32-token block
@@ -139,7 +154,7 @@ def test_stop_strings(server):
     plain = post(server, {"prompt": "First", "max_tokens": 30, "temperature": 0}).json()["choices"][0]["text"]
     stop = plain[4:6]
     r = post(server, {"prompt": "First", "max_tokens": 30, "temperature": 0, "stop": [stop, "never"]}).json()
-    assert r["choices"][0]["text"] == plain[:plain.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
+    assert r["choices"][0]["text"] == plain[: plain.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
     texts, finish, _ = stream(server, {"prompt": "First", "max_tokens": 30, "temperature": 0, "stop": stop})
     assert texts[0] == r["choices"][0]["text"] and finish[0] == "stop"
 
@@ -169,25 +184,26 @@ def test_echo_scores_the_prompt_as_the_training_loss_does(server, run_dir):
     loaded = load_run(run_dir)
     ids = loaded.tokenizer.encode(prompt)
     assert choice["text"].startswith(prompt) and len(choice["text"]) == len(prompt) + 1
-    assert len(lp["token_logprobs"]) == len(ids) + 1 and lp["text_offset"][:len(ids)] == list(range(len(ids)))
+    assert len(lp["token_logprobs"]) == len(ids) + 1 and lp["text_offset"][: len(ids)] == list(range(len(ids)))
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None  # nothing predicts the first token
     # The sum of the prompt's logprobs is minus the model's own loss over those targets.
     targets = torch.tensor([ids[1:] + [IGNORE]])
     with torch.no_grad():
         _, loss = loaded.model(torch.tensor([ids]), targets)
-    assert sum(lp["token_logprobs"][1:len(ids)]) == pytest.approx(-loss.item() * (len(ids) - 1), abs=1e-3)
+    assert sum(lp["token_logprobs"][1 : len(ids)]) == pytest.approx(-loss.item() * (len(ids) - 1), abs=1e-3)
     for chosen, top in zip(lp["token_logprobs"][1:], lp["top_logprobs"][1:]):
         assert len(top) <= 2 and max(top.values()) >= chosen
     as_ids = post(server, {"prompt": [ids], "max_tokens": 0, "logprobs": 1, "echo": True}).json()["choices"][0]
-    assert as_ids["text"] == prompt and as_ids["logprobs"]["token_logprobs"] == lp["token_logprobs"][:len(ids)]
+    assert as_ids["text"] == prompt and as_ids["logprobs"]["token_logprobs"] == lp["token_logprobs"][: len(ids)]
 
 
 def test_tokenizer_routes(server, run_dir):
     tok = load_run(run_dir).tokenizer
     info = httpx.get(server + "/tokenizer_info", timeout=TIMEOUT).json()
     assert info["eos_token"] is None and info["model_max_length"] == BLOCK and info["vocab_size"] == tok.vocab_size
-    ids = httpx.post(server + "/tokenize", json={"prompt": "First, you", "add_special_tokens": False},
-                     timeout=TIMEOUT).json()["tokens"]
+    ids = httpx.post(
+        server + "/tokenize", json={"prompt": "First, you", "add_special_tokens": False}, timeout=TIMEOUT
+    ).json()["tokens"]
     assert ids == tok.encode("First, you")
     assert httpx.post(server + "/detokenize", json={"tokens": ids}, timeout=TIMEOUT).json() == {"prompt": "First, you"}
     bad = httpx.post(server + "/detokenize", json={"tokens": [tok.vocab_size]}, timeout=TIMEOUT)
@@ -196,31 +212,37 @@ def test_tokenizer_routes(server, run_dir):
     assert bad.status_code == 400 and "not in this char tokenizer" in bad.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("body, status, param", [
-    (b"{not json", 400, None),
-    (b"[1, 2]", 400, None),
-    ({"prompt": 5}, 400, "prompt"),
-    ({"prompt": []}, 400, "prompt"),
-    ({"prompt": "a", "max_tokens": -1}, 400, "max_tokens"),
-    ({"prompt": "a", "max_tokens": 10**9}, 400, "max_tokens"),
-    ({"prompt": "a", "max_tokens": "5"}, 400, "max_tokens"),
-    ({"prompt": "a", "max_tokens": True}, 400, "max_tokens"),
-    ({"prompt": "a", "temperature": "hot"}, 400, "temperature"),
-    ({"prompt": "a", "top_p": 0}, 400, "top_p"),
-    ({"prompt": "a", "n": 0}, 400, "n"),
-    ({"prompt": "a", "logprobs": 6}, 400, "logprobs"),
-    ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ({"prompt": "a" * (BLOCK + 1)}, 400, "prompt"),
-    ({"prompt": "a ✓"}, 400, "prompt"),
-    ({"prompt": "a", "max_token": 5}, 400, "max_token"),
-    ({"prompt": "a", "echo": True, "stream": True}, 400, "echo"),
-    ({"prompt": [0, 10**6]}, 400, "prompt"),
-    ({"prompt": list(range(BLOCK + 1))}, 400, "prompt"),
-    ({"prompt": "a", "model": "gpt-4"}, 404, "model"),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        ({"prompt": 5}, 400, "prompt"),
+        ({"prompt": []}, 400, "prompt"),
+        ({"prompt": "a", "max_tokens": -1}, 400, "max_tokens"),
+        ({"prompt": "a", "max_tokens": 10**9}, 400, "max_tokens"),
+        ({"prompt": "a", "max_tokens": "5"}, 400, "max_tokens"),
+        ({"prompt": "a", "max_tokens": True}, 400, "max_tokens"),
+        ({"prompt": "a", "temperature": "hot"}, 400, "temperature"),
+        ({"prompt": "a", "top_p": 0}, 400, "top_p"),
+        ({"prompt": "a", "n": 0}, 400, "n"),
+        ({"prompt": "a", "logprobs": 6}, 400, "logprobs"),
+        ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"prompt": "a" * (BLOCK + 1)}, 400, "prompt"),
+        ({"prompt": "a ✓"}, 400, "prompt"),
+        ({"prompt": "a", "max_token": 5}, 400, "max_token"),
+        ({"prompt": "a", "echo": True, "stream": True}, 400, "echo"),
+        ({"prompt": [0, 10**6]}, 400, "prompt"),
+        ({"prompt": list(range(BLOCK + 1))}, 400, "prompt"),
+        ({"prompt": "a", "model": "gpt-4"}, 404, "model"),
+    ],
+)
 def test_bad_requests_get_openai_errors_and_the_server_stays_up(server, body, status, param):
-    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+    kwargs = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
         else {"json": body}
+    )
     r = httpx.post(server + "/v1/completions", timeout=TIMEOUT, **kwargs)
     assert r.status_code == status, r.text
     error = r.json()["error"]
@@ -229,11 +251,13 @@ def test_bad_requests_get_openai_errors_and_the_server_stays_up(server, body, st
 
 
 def test_fifty_concurrent_clients_get_their_own_answers(server):
-    kinds = [{"prompt": "First", "max_tokens": 12, "seed": 1},
-             {"prompt": "All", "max_tokens": 12, "seed": 2, "n": 2},
-             {"prompt": "You", "max_tokens": 12, "temperature": 0},
-             {"prompt": ["We", "What"], "max_tokens": 12, "seed": 4, "top_p": 0.8},
-             {"prompt": "First", "max_tokens": 12, "seed": 5, "stream": True}]
+    kinds = [
+        {"prompt": "First", "max_tokens": 12, "seed": 1},
+        {"prompt": "All", "max_tokens": 12, "seed": 2, "n": 2},
+        {"prompt": "You", "max_tokens": 12, "temperature": 0},
+        {"prompt": ["We", "What"], "max_tokens": 12, "seed": 4, "top_p": 0.8},
+        {"prompt": "First", "max_tokens": 12, "seed": 5, "stream": True},
+    ]
 
     def ask(body):
         if body.get("stream"):

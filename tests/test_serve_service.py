@@ -31,8 +31,11 @@ def run_dir(tmp_path_factory, shakespeare_txt):
     """A run with random weights (serving does not care what was learnt), block of 32."""
     path = tmp_path_factory.mktemp("svc") / "tiny"
     tokenizer = CharTokenizer(shakespeare_txt.read_text(encoding="utf-8")[:20000])
-    cfg = build_config(None, None, ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "dropout=0.0",
-                                    f"vocab_size={tokenizer.vocab_size}"])
+    cfg = build_config(
+        None,
+        None,
+        ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "dropout=0.0", f"vocab_size={tokenizer.vocab_size}"],
+    )
     torch.manual_seed(0)
     path.mkdir()
     atomic_write_json(path / CONFIG, cfg.to_dict())
@@ -48,9 +51,23 @@ class Server:
         self.logs = logs
         env = cli_env() | {"OMP_NUM_THREADS": "1"}
         with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gptlab", "serve", str(run_dir), "--port", "0",
-                                          "--max-tokens-limit", "1000000", *map(str, args)],
-                                         stdout=out, stderr=err, env=env)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gptlab",
+                    "serve",
+                    str(run_dir),
+                    "--port",
+                    "0",
+                    "--max-tokens-limit",
+                    "1000000",
+                    *map(str, args),
+                ],
+                stdout=out,
+                stderr=err,
+                env=env,
+            )
         self.base = _wait_until_serving(self.proc, logs)
 
     def stop(self):
@@ -115,8 +132,7 @@ def test_cheap_routes_and_short_requests_do_not_wait_behind_long_ones(server):
     stop = threading.Event()
 
     def long_stream():
-        with httpx.stream("POST", server.base + "/v1/completions", json=LONG | {"stream": True},
-                          timeout=TIMEOUT) as r:
+        with httpx.stream("POST", server.base + "/v1/completions", json=LONG | {"stream": True}, timeout=TIMEOUT) as r:
             for _ in r.iter_lines():
                 if stop.is_set():
                     return
@@ -137,19 +153,22 @@ def test_cheap_routes_and_short_requests_do_not_wait_behind_long_ones(server):
     assert_generation_stopped(server.base)
 
 
-@pytest.mark.parametrize("path, body, param", [
-    ("/v1/completions", '{"prompt": "a", "temperature": 1e-40}', "temperature"),
-    ("/v1/completions", '{"prompt": "a", "temperature": 5e-324}', "temperature"),
-    ("/v1/completions", '{"prompt": "a", "temperature": 5e-324, "stream": true}', "temperature"),
-    ("/v1/completions", '{"prompt": "a", "repetition_penalty": 1e-300}', "repetition_penalty"),
-    ("/v1/completions", "[" * 1000 + "]" * 1000, None),
-    ("/api/next", '{"text": "a", "temperature": NaN}', None),
-    ("/api/next", '{"text": "a", "temperature": 1e-40}', None),
-    ("/api/step", '{"text": "a", "mode": "sample", "temperature": Infinity}', None),
-    ("/api/step", '{"text": "a", "mode": "sample", "seed": 18446744073709551616}', None),
-    ("/api/attention", '{"text": "a", "layer": NaN}', None),
-    ("/api/next", "[" * 1000 + "]" * 1000, None),
-])
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/completions", '{"prompt": "a", "temperature": 1e-40}', "temperature"),
+        ("/v1/completions", '{"prompt": "a", "temperature": 5e-324}', "temperature"),
+        ("/v1/completions", '{"prompt": "a", "temperature": 5e-324, "stream": true}', "temperature"),
+        ("/v1/completions", '{"prompt": "a", "repetition_penalty": 1e-300}', "repetition_penalty"),
+        ("/v1/completions", "[" * 1000 + "]" * 1000, None),
+        ("/api/next", '{"text": "a", "temperature": NaN}', None),
+        ("/api/next", '{"text": "a", "temperature": 1e-40}', None),
+        ("/api/step", '{"text": "a", "mode": "sample", "temperature": Infinity}', None),
+        ("/api/step", '{"text": "a", "mode": "sample", "seed": 18446744073709551616}', None),
+        ("/api/attention", '{"text": "a", "layer": NaN}', None),
+        ("/api/next", "[" * 1000 + "]" * 1000, None),
+    ],
+)
 def test_malformed_settings_are_400_not_500(server, path, body, param):
     r = httpx.post(server.base + path, content=body, headers={"content-type": "application/json"}, timeout=TIMEOUT)
     assert r.status_code == 400, r.text
@@ -161,13 +180,18 @@ def test_malformed_settings_are_400_not_500(server, path, body, param):
 
 def test_oversized_bodies_are_refused_unread(server):
     big = json.dumps({"prompt": "a" * 20_000})  # over the 0.01 MB this server takes
-    r = httpx.post(server.base + "/v1/completions", content=big, headers={"content-type": "application/json"},
-                   timeout=TIMEOUT)
+    r = httpx.post(
+        server.base + "/v1/completions", content=big, headers={"content-type": "application/json"}, timeout=TIMEOUT
+    )
     assert r.status_code == 413  # refused by its Content-Length, before a byte of it is read
     # Without a Content-Length (chunked), the body is counted as it arrives.
     for path in ("/v1/completions", "/api/next"):
-        r = httpx.post(server.base + path, content=iter([big.encode()[:8000], big.encode()[8000:]]),
-                       headers={"content-type": "application/json"}, timeout=TIMEOUT)
+        r = httpx.post(
+            server.base + path,
+            content=iter([big.encode()[:8000], big.encode()[8000:]]),
+            headers={"content-type": "application/json"},
+            timeout=TIMEOUT,
+        )
         assert r.status_code == 413
     assert r.json()["detail"].startswith("request body larger than the 10,485 bytes")
     assert httpx.get(server.base + "/health", timeout=TIMEOUT).status_code == 200
@@ -179,8 +203,11 @@ def test_metrics_and_the_request_log(server):
     httpx.post(server.base + "/v1/completions", json={"prompt": 5}, timeout=TIMEOUT)
     _, families = metrics(server.base)
     by_name = {f.name: f for f in families}
-    statuses = {(s.labels["route"], s.labels["status"]) for s in by_name["gptlab_requests"].samples
-                if s.name == "gptlab_requests_total" and s.value > 0}
+    statuses = {
+        (s.labels["route"], s.labels["status"])
+        for s in by_name["gptlab_requests"].samples
+        if s.name == "gptlab_requests_total" and s.value > 0
+    }
     assert {("/v1/completions", "200"), ("/v1/completions", "400")} <= statuses
     assert by_name["gptlab_time_to_first_token_seconds"].type == "histogram"
     counts = {s.name: s.value for f in families for s in f.samples if s.name.endswith("_count")}
@@ -219,10 +246,15 @@ def test_full_queue_is_503_with_retry_after_and_ctrl_c_is_quick(run_dir, tmp_pat
             s.stop()
 
 
-@pytest.mark.parametrize("flag, value, message", [("--max-batch", 0, "max_batch=0 must be >= 1"),
-                                                  ("--max-waiting", -1, "max_waiting=-1 must be >= 0"),
-                                                  ("--max-body-mb", 0, "--max-body-mb 0.0 must be a positive"),
-                                                  ("--max-body-mb", "nan", "--max-body-mb nan must be a positive")])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--max-batch", 0, "max_batch=0 must be >= 1"),
+        ("--max-waiting", -1, "max_waiting=-1 must be >= 0"),
+        ("--max-body-mb", 0, "--max-body-mb 0.0 must be a positive"),
+        ("--max-body-mb", "nan", "--max-body-mb nan must be a positive"),
+    ],
+)
 def test_bad_serve_options_are_one_clear_line(capsys, run_dir, flag, value, message):
     from gptlab.cli import main
 

@@ -23,8 +23,12 @@ from gptlab.data.corpora import SkipReport, iter_documents, sri_digest
 
 POEMS = {
     "package/dist/quantangshi/poet.tang.0.json": [
-        {"author": "杜甫", "paragraphs": ["好雨知時節，當春乃發生。", "隨風潛入夜，潤物細無聲。"],
-         "title": "春夜喜雨", "id": "aaaa-1"},
+        {
+            "author": "杜甫",
+            "paragraphs": ["好雨知時節，當春乃發生。", "隨風潛入夜，潤物細無聲。"],
+            "title": "春夜喜雨",
+            "id": "aaaa-1",
+        },
         {"author": "李白", "paragraphs": ["床前看月光，疑是地上霜。"], "title": "靜夜思", "id": "aaaa-2"},
     ],
     "package/dist/quantangshi/poet.tang.1000.json": [
@@ -60,11 +64,13 @@ def fake_npm(tmp_path, monkeypatch):
     bin_dir.mkdir()
     log = tmp_path / "npm-calls.log"
     npm = bin_dir / "npm"
-    npm.write_text(f"#!{sys.executable}\n"
-                   "import shutil, sys\n"
-                   f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-                   f"shutil.copy({str(tgz)!r}, 'chinese-poetry-2.0.1.tgz')\n"
-                   "print('chinese-poetry-2.0.1.tgz')\n")
+    npm.write_text(
+        f"#!{sys.executable}\n"
+        "import shutil, sys\n"
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        f"shutil.copy({str(tgz)!r}, 'chinese-poetry-2.0.1.tgz')\n"
+        "print('chinese-poetry-2.0.1.tgz')\n"
+    )
     npm.chmod(npm.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
     monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path / "cache"))
@@ -88,22 +94,26 @@ def test_fetch_caches_only_the_tang_poems_and_prepare_reuses_them(fake_npm, tmp_
     assert meta["sources"] == ["tang-poems"]
 
     # A second prepare, even into another directory and without npm on PATH, reads the cache.
-    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                                               if p != str(tmp_path / "bin")))
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != str(tmp_path / "bin"))
+    )
     again = cli_in_process(capsys, "prepare", "tang-poems", "--out", tmp_path / "data2", "--val-fraction", "0.3")
     assert again.returncode == 0, again.stderr
     assert len(_calls(fake_npm)) == 1
     assert "fetching" not in again.stderr
     for split in ("train", "val"):
-        assert np.array_equal(np.fromfile(data / f"{split}.bin", dtype=np.uint16),
-                              np.fromfile(tmp_path / "data2" / f"{split}.bin", dtype=np.uint16))
+        assert np.array_equal(
+            np.fromfile(data / f"{split}.bin", dtype=np.uint16),
+            np.fromfile(tmp_path / "data2" / f"{split}.bin", dtype=np.uint16),
+        )
 
 
 def test_each_record_becomes_one_document_of_its_poem_text_only(fake_npm):
     report = SkipReport()
     docs = [d.text for d in iter_documents(["tang-poems"], report)]
-    expected = [f"{r['title']}\n{r['author']}\n" + "\n".join(r["paragraphs"])
-                for name in sorted(POEMS) for r in POEMS[name]]
+    expected = [
+        f"{r['title']}\n{r['author']}\n" + "\n".join(r["paragraphs"]) for name in sorted(POEMS) for r in POEMS[name]
+    ]
     assert docs == expected
     assert report.total == 0
     joined = "".join(docs)
@@ -135,14 +145,15 @@ def test_an_unreachable_registry_is_one_line_with_npms_reason(tmp_path, capsys, 
     bin_dir.mkdir()
     npm = bin_dir / "npm"
     # What npm 11 prints when the registry cannot be reached (abridged).
-    npm.write_text("#!/bin/sh\ncat >&2 <<'EOF'\nnpm error code ECONNREFUSED\nnpm error syscall connect\n"
-                   "npm error FetchError: request to http://127.0.0.1:9/chinese-poetry failed, "
-                   "reason: connect ECONNREFUSED 127.0.0.1:9\nnpm error     at ClientRequest.<anonymous>\nEOF\n"
-                   "exit 1\n")
+    npm.write_text(
+        "#!/bin/sh\ncat >&2 <<'EOF'\nnpm error code ECONNREFUSED\nnpm error syscall connect\n"
+        "npm error FetchError: request to http://127.0.0.1:9/chinese-poetry failed, "
+        "reason: connect ECONNREFUSED 127.0.0.1:9\nnpm error     at ClientRequest.<anonymous>\nEOF\n"
+        "exit 1\n"
+    )
     npm.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
     monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path / "cache"))
     proc = cli_in_process(capsys, "prepare", "tang-poems", "--out", tmp_path / "data")
     proc.stderr = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("fetching"))
     assert_clean_error(proc, "reason: connect ECONNREFUSED", "registry reachable", "poet.tang.*.json")
-

@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_clean_error, cli_env, run_cli
 
+from conftest import assert_clean_error, cli_env, run_cli
 from gptlab.tokenizers import BPETokenizer, load_tokenizer
 
 
@@ -39,22 +39,31 @@ def test_terminal_output_is_readable_for_chinese_and_partial_bytes(tmp_path, tan
 
 
 def test_char_dataset_and_stdin(char_dataset):
-    proc = subprocess.run([sys.executable, "-m", "gptlab", "tokenize", str(char_dataset), "-", "--json"],
-                          input="To be", capture_output=True, text=True, env=cli_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptlab", "tokenize", str(char_dataset), "-", "--json"],
+        input="To be",
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert [p["piece"] for p in info["tokens"]] == list("To be") and info["chars_per_token"] == 1.0
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["tokenize", "{tmp}/nope", "hi"], ["run not found"]),
-    (["tokenize", "{tmp}", "hi"], ["holds no tokenizer.json"]),
-    (["tokenize", "--tokenizer", "bpe", "hi"], ["learned from a corpus", "gptlab prepare"]),
-    (["tokenize", "--tokenizer", "wordpiece", "hi"], ["unknown tokenizer"]),
-    (["tokenize", "hi"], ["takes --tokenizer SPEC TEXT or RUN TEXT"]),
-    (["tokenize", "--tokenizer", "gpt2", "{data}", "hi"], ["takes --tokenizer SPEC TEXT or RUN TEXT"]),
-    (["tokenize", "{data}", "Zebra ∑"], ["not in this char tokenizer's vocabulary"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["tokenize", "{tmp}/nope", "hi"], ["run not found"]),
+        (["tokenize", "{tmp}", "hi"], ["holds no tokenizer.json"]),
+        (["tokenize", "--tokenizer", "bpe", "hi"], ["learned from a corpus", "gptlab prepare"]),
+        (["tokenize", "--tokenizer", "wordpiece", "hi"], ["unknown tokenizer"]),
+        (["tokenize", "hi"], ["takes --tokenizer SPEC TEXT or RUN TEXT"]),
+        (["tokenize", "--tokenizer", "gpt2", "{data}", "hi"], ["takes --tokenizer SPEC TEXT or RUN TEXT"]),
+        (["tokenize", "{data}", "Zebra ∑"], ["not in this char tokenizer's vocabulary"]),
+    ],
+)
 def test_bad_inputs(args, needles, tmp_path, char_dataset):
     args = [a.format(tmp=tmp_path, data=char_dataset) for a in args]
     assert_clean_error(run_cli(*args, timeout=120), *needles)

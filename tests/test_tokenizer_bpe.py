@@ -64,7 +64,7 @@ def test_bpe_learns_words_and_round_trips_chinese(tang_jsonl):
 
 def test_same_corpus_and_settings_give_the_same_vocabulary(shakespeare_txt):
     text = shakespeare_txt.read_text(encoding="utf-8")[:300_000]
-    chunks = [text[i:i + 10_000] for i in range(0, len(text), 10_000)]
+    chunks = [text[i : i + 10_000] for i in range(0, len(text), 10_000)]
     a = BPETokenizer.train(iter(chunks), vocab_size=500)
     b = BPETokenizer.train(iter(chunks), vocab_size=500)
     assert a.to_dict() == b.to_dict()
@@ -76,8 +76,8 @@ def test_byte_notation_matches_the_tokenizers_library():
     mapping = byte_to_char()
     assert sorted(mapping.values()) == sorted(pre_tokenizers.ByteLevel.alphabet())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    for text in ["\n\t !~", "é¡¬®ÿ", "中文", "\U0001F600", "\x00\x7f"]:
-        (piece, _), = byte_level.pre_tokenize_str(text)
+    for text in ["\n\t !~", "é¡¬®ÿ", "中文", "\U0001f600", "\x00\x7f"]:
+        ((piece, _),) = byte_level.pre_tokenize_str(text)
         assert piece == "".join(mapping[b] for b in text.encode("utf-8"))
 
 

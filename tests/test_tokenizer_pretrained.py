@@ -5,8 +5,8 @@ import hashlib
 import os
 
 import pytest
-from conftest import assert_clean_error, cli_env
 
+from conftest import assert_clean_error, cli_env
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import pretrained
 from gptlab.tokenizers.pretrained import ENCODINGS, EncodingFile, PretrainedTokenizer, cached_path
@@ -54,8 +54,13 @@ def test_cli_tokenizes_with_cl100k_base_offline(tmp_path):
     import sys
 
     env = dict(cli_env(), TIKTOKEN_CACHE_DIR=str(tmp_path), GPTLAB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "gptlab", "tokenize", "--tokenizer", "cl100k_base", "--json", "How"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptlab", "tokenize", "--tokenizer", "cl100k_base", "--json", "How"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert [t["id"] for t in info["tokens"]] == [4438] and info["vocab_size"] == 100_277
@@ -125,7 +130,12 @@ def test_cli_offline_error_is_one_line(spec, tmp_path):
     import sys
 
     env = dict(cli_env(), TIKTOKEN_CACHE_DIR=str(tmp_path), GPTLAB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "gptlab", "tokenize", "--tokenizer", spec, "How"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptlab", "tokenize", "--tokenizer", spec, "How"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert_clean_error(proc, f"the {spec} encoding file", "TIKTOKEN_CACHE_DIR", f"--tokenizer {spec}:")
     assert os.listdir(tmp_path) == []

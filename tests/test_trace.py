@@ -127,13 +127,32 @@ def test_stages_are_the_variants_own_and_their_axes_their_shapes(model, loaded):
     assert ("logits_raw" in names) == bool(cfg.logit_softcap)
     # The data flows: embedding, then each block's norm, attention (q before its scores, scores before
     # the mask, the mask before the softmax), residual, norm, MLP, residual; then the head.
-    order = ["wte", "blocks.0.ln_1.in_", "blocks.0.attn.qkv", "blocks.0.attn.q", "blocks.0.attn.scores",
-             "blocks.0.attn.scores_masked", "blocks.0.attn.weights", "blocks.0.attn.weighted",
-             "blocks.0.attn.heads", "blocks.0.attn.proj", "blocks.0.resid_attn", "blocks.0.ln_2.in_",
-             "blocks.0.mlp.fc", f"blocks.0.mlp.{cfg.mlp}", "blocks.0.mlp.proj", "blocks.0.resid_mlp",
-             "blocks.1.ln_1.in_", "ln_f.in_", "logits", "probs"]
-    positions = [next(i for i, n in enumerate(names) if n == want or (want.endswith("_") and n.startswith(want)))
-                 for want in order]
+    order = [
+        "wte",
+        "blocks.0.ln_1.in_",
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.q",
+        "blocks.0.attn.scores",
+        "blocks.0.attn.scores_masked",
+        "blocks.0.attn.weights",
+        "blocks.0.attn.weighted",
+        "blocks.0.attn.heads",
+        "blocks.0.attn.proj",
+        "blocks.0.resid_attn",
+        "blocks.0.ln_2.in_",
+        "blocks.0.mlp.fc",
+        f"blocks.0.mlp.{cfg.mlp}",
+        "blocks.0.mlp.proj",
+        "blocks.0.resid_mlp",
+        "blocks.1.ln_1.in_",
+        "ln_f.in_",
+        "logits",
+        "probs",
+    ]
+    positions = [
+        next(i for i, n in enumerate(names) if n == want or (want.endswith("_") and n.startswith(want)))
+        for want in order
+    ]
     assert positions == sorted(positions)
     for stage in trace.stages:
         assert tuple(axis_size(a, trace.dims) for a in stage.axes.split()) == stage.shape, stage.name
@@ -153,8 +172,9 @@ def test_recording_off_leaves_the_output_bit_identical(model, loaded):
 
 def test_cli_json_and_table(capsys, tiny_run, loaded):
     ids = loaded.tokenizer.encode(PROMPT)
-    proc = cli_in_process(capsys, "trace", tiny_run, "--prompt", PROMPT.replace("\n", "\\n"), "--position", "3",
-                          "--json")
+    proc = cli_in_process(
+        capsys, "trace", tiny_run, "--prompt", PROMPT.replace("\n", "\\n"), "--position", "3", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert [t["id"] for t in out["tokens"]] == ids and out["position"] == 3
@@ -175,14 +195,17 @@ def test_cli_json_and_table(capsys, tiny_run, loaded):
     assert lines[-1].startswith("next token after position 5:")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--prompt", ""], "prompt is empty"),
-    (["--prompt", "ROMEO:", "--position", "6"], "out of range"),
-    (["--prompt", "ROMEO:", "--position", "-1"], "out of range"),
-    (["--prompt", "ROMEO:", "--top", "-1"], "--top -1 must be 0 or more"),
-    (["--prompt", "a" * 33], "block_size=32"),
-    (["--prompt", "caf\u00e9"], "not in this char tokenizer's vocabulary"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--prompt", ""], "prompt is empty"),
+        (["--prompt", "ROMEO:", "--position", "6"], "out of range"),
+        (["--prompt", "ROMEO:", "--position", "-1"], "out of range"),
+        (["--prompt", "ROMEO:", "--top", "-1"], "--top -1 must be 0 or more"),
+        (["--prompt", "a" * 33], "block_size=32"),
+        (["--prompt", "caf\u00e9"], "not in this char tokenizer's vocabulary"),
+    ],
+)
 def test_cli_bad_input(capsys, tiny_run, args, needle):
     assert_clean_error(cli_in_process(capsys, "trace", tiny_run, *args), needle)
 
@@ -225,8 +248,12 @@ def test_api_trace_agrees_with_api_next(client, loaded):
     assert first["architecture"]["module"] == "GPT"
     blocks = next(c for c in first["architecture"]["children"] if c["name"] == "blocks")
     assert [b["module"] for b in blocks["children"]] == ["Block"] * 2
-    assert [c["name"] for c in blocks["children"][0]["children"]] == \
-        ["blocks.0.ln_1", "blocks.0.attn", "blocks.0.ln_2", "blocks.0.mlp"]
+    assert [c["name"] for c in blocks["children"][0]["children"]] == [
+        "blocks.0.ln_1",
+        "blocks.0.attn",
+        "blocks.0.ln_2",
+        "blocks.0.mlp",
+    ]
     owners = {s["name"]: s["owner"] for s in stages}
     assert set(owners.values()) >= {"blocks.0.ln_1", "blocks.0.attn", "blocks.0.mlp", "wte", "ln_f", ""}
     assert owners["blocks.1.attn.qkv"] == "blocks.1.attn.qkv" and owners["blocks.1.attn.weights"] == "blocks.1.attn"

@@ -41,13 +41,14 @@ def _step_through(server, browser):
     wait.until(lambda d: _settled(d) and heat.get_attribute("data-stage") == "ids")
     # The architecture is the model's: two blocks, each with its norms, attention and MLP, every stage in it.
     assert len(browser.find_elements(By.CSS_SELECTOR, '#arch .arch-box[data-module^="blocks."]')) >= 2 * 4
-    assert [int(b.get_attribute("data-index")) for b in browser.find_elements(By.CSS_SELECTOR, "#arch .stage")] \
-        == list(range(len(stages)))  # drawn in the order the data flows
+    assert [int(b.get_attribute("data-index")) for b in browser.find_elements(By.CSS_SELECTOR, "#arch .stage")] == list(
+        range(len(stages))
+    )  # drawn in the order the data flows
     body = browser.find_element(By.TAG_NAME, "body")
     for index, name in enumerate(stages):
         if index:
             body.send_keys(Keys.ARROW_RIGHT)
-        wait.until(lambda d: _settled(d) and heat.get_attribute("data-index") == str(index))
+        wait.until(lambda d, index=index: _settled(d) and heat.get_attribute("data-index") == str(index))
         assert heat.get_attribute("data-stage") == name
         assert browser.find_element(By.CSS_SELECTOR, "#arch .stage.current").get_attribute("data-index") == str(index)
         assert "→ [" in browser.find_element(By.ID, "stage-op").text

@@ -16,9 +16,21 @@ from gptlab.train import trackers
 from gptlab.train.metrics import read_metrics
 from gptlab.train.trainer import train
 
-TINY = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "batch_size=4", "max_steps=4", "eval_interval=2",
-        "eval_batches=1", "log_interval=1", "sample_tokens=0", "warmup_steps=1", "device=cpu",
-        "checkpoint_interval=4"]
+TINY = [
+    "n_layer=1",
+    "n_head=2",
+    "n_embd=16",
+    "block_size=16",
+    "batch_size=4",
+    "max_steps=4",
+    "eval_interval=2",
+    "eval_batches=1",
+    "log_interval=1",
+    "sample_tokens=0",
+    "warmup_steps=1",
+    "device=cpu",
+    "checkpoint_interval=4",
+]
 
 
 def expected(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -60,11 +72,11 @@ def wandb_records(path: Path) -> list:
     data, pos, chunk, records = path.read_bytes(), 7, b"", []
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if left < 7 or (length == 0 and kind == 0):
             pos += left
             continue
-        chunk, pos = chunk + data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = chunk + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):
             records.append(wandb_internal_pb2.Record.FromString(chunk))
             chunk = b""

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from gptlab.config import ModelConfig
 from gptlab.data.loader import BatchLoader, Dataset
 from gptlab.device import pick_device, precision_for
 from gptlab.errors import GptlabError
 from gptlab.model.accounting import flops_per_token
-from gptlab.config import ModelConfig
 from gptlab.train.perf import gpu_datasheet_peak, mfu
 from gptlab.train.prefetch import PrefetchingLoader
 
@@ -49,9 +49,16 @@ def test_loader_errors_reach_the_training_thread(char_dataset):
     prefetching.close()
 
 
-@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
-                                        ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA A10G", 70e12),
-                                        ("Some Future GPU", None)])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA A100-SXM4-40GB", 312e12),
+        ("NVIDIA A10G", 70e12),
+        ("Some Future GPU", None),
+    ],
+)
 def test_datasheet_peaks_match_the_right_gpu(name, peak):
     assert gpu_datasheet_peak(name) == peak
 

@@ -16,8 +16,9 @@ from gptlab.model.loss import IGNORE, lm_loss
 
 GOLDEN = Path(__file__).parent / "golden" / "classic_trajectory.json"
 
-MODERN = dict(position="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, zero_init=True,
-              bias=False)
+MODERN = dict(
+    position="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, zero_init=True, bias=False
+)
 
 
 def cfg_of(**overrides) -> ModelConfig:
@@ -44,15 +45,36 @@ def test_defaults_reproduce_the_classic_trajectory(char_dataset, tmp_path):
 
     golden = json.loads(GOLDEN.read_text())
     for name, extra in {"adamw": [], "sgd": ["optimizer=sgd", "momentum=0.9", "lr=0.1", "min_lr=0.01"]}.items():
-        cfg = build_config("cpu-tiny", None, [
-            "n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8", "dropout=0.1", "eval_batches=2",
-            "max_steps=12", "eval_interval=6", "checkpoint_interval=12", "log_interval=1", "sample_tokens=0",
-            "lr=1e-2", "min_lr=1e-3", "warmup_steps=3", "device=cpu", "seed=7", *extra])
+        cfg = build_config(
+            "cpu-tiny",
+            None,
+            [
+                "n_layer=2",
+                "n_head=2",
+                "n_embd=32",
+                "block_size=32",
+                "batch_size=8",
+                "dropout=0.1",
+                "eval_batches=2",
+                "max_steps=12",
+                "eval_interval=6",
+                "checkpoint_interval=12",
+                "log_interval=1",
+                "sample_tokens=0",
+                "lr=1e-2",
+                "min_lr=1e-3",
+                "warmup_steps=3",
+                "device=cpu",
+                "seed=7",
+                *extra,
+            ],
+        )
         cfg.data = str(char_dataset)
         train(cfg, tmp_path / name)
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         assert [r["train_loss"] for r in records if "train_loss" in r] == pytest.approx(
-            golden[name]["train_loss"], abs=1e-5)
+            golden[name]["train_loss"], abs=1e-5
+        )
         assert [r["val_loss"] for r in records if "val_loss" in r] == pytest.approx(golden[name]["val_loss"], abs=1e-5)
         run = load_run(tmp_path / name)
         ids = run.tokenizer.encode("ROMEO:")

@@ -39,28 +39,40 @@ examples:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="raw text -> tokenizer + train/val token shards",
-                       description="Turn corpora (built-in names, paths, hf:DATASET[:CONFIG]) into a prepared "
-                       "dataset directory. Reads in chunks and encodes in worker processes, so corpora larger "
-                       "than memory work; the same inputs and settings give byte-identical files.")
-    p.add_argument("corpus", nargs="+", metavar="CORPUS_OR_PATH",
-                   help="built-in corpus (shakespeare, tang-poems), .txt/.md/.jsonl/.json[.gz] files or directories, or "
-                   "hf:DATASET[:CONFIG] (needs the datasets library)")
-    p.add_argument("--tokenizer", default="char", metavar="SPEC",
-                   help="char, bpe (trained on the corpus), or a pretrained tiktoken encoding: gpt2, cl100k_base, "
-                   "o200k_base, optionally NAME:PATH to its file when offline (default: char)")
+    p = sub.add_parser(
+        "prepare",
+        help="raw text -> tokenizer + train/val token shards",
+        description="Turn corpora (built-in names, paths, hf:DATASET[:CONFIG]) into a prepared "
+        "dataset directory. Reads in chunks and encodes in worker processes, so corpora larger "
+        "than memory work; the same inputs and settings give byte-identical files.",
+    )
+    p.add_argument(
+        "corpus",
+        nargs="+",
+        metavar="CORPUS_OR_PATH",
+        help="built-in corpus (shakespeare, tang-poems), .txt/.md/.jsonl/.json[.gz] files or directories, or "
+        "hf:DATASET[:CONFIG] (needs the datasets library)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="char",
+        metavar="SPEC",
+        help="char, bpe (trained on the corpus), or a pretrained tiktoken encoding: gpt2, cl100k_base, "
+        "o200k_base, optionally NAME:PATH to its file when offline (default: char)",
+    )
     p.add_argument("--vocab-size", type=int, help="bpe vocabulary size, end-of-text token included (default 2048)")
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of text for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=1337, help="seed for choosing validation documents")
     p.add_argument("--text-field", default="text", help="JSON record field holding the text (default: text)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="encoding processes (default: all cores)")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000,
-                   help="most token ids per shard file (default 100M)")
-    p.add_argument("--pairs", action="store_true",
-                   help="records are {\"source\": ..., \"target\": ...} pairs: write a dataset of pairs, which "
-                   "arch=encdec trains on (and a GPT, reading source then target; loss on the target only)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="most token ids per shard file (default 100M)")
+    p.add_argument(
+        "--pairs",
+        action="store_true",
+        help='records are {"source": ..., "target": ...} pairs: write a dataset of pairs, which '
+        "arch=encdec trains on (and a GPT, reading source then target; loss on the target only)",
+    )
     p.set_defaults(func=_run_prepare)
 
 
@@ -70,8 +82,17 @@ def _run_prepare(args: argparse.Namespace) -> None:
     options = {"vocab_size": args.vocab_size} if args.vocab_size is not None else {}
     if args.pairs:
         return _run_prepare_pairs(args, options)
-    result = prepare(args.corpus, args.out, args.tokenizer, args.val_fraction, args.seed, args.text_field,
-                     options, workers=args.workers, shard_tokens=args.shard_tokens)
+    result = prepare(
+        args.corpus,
+        args.out,
+        args.tokenizer,
+        args.val_fraction,
+        args.seed,
+        args.text_field,
+        options,
+        workers=args.workers,
+        shard_tokens=args.shard_tokens,
+    )
     for line in result.skipped.lines():
         print(line)
     splits, tok = result.meta["splits"], result.meta["tokenizer"]
@@ -79,10 +100,14 @@ def _run_prepare(args: argparse.Namespace) -> None:
     tokens = sum(s["tokens"] for s in splits.values())
     shards = sum(len(s["files"]) for s in splits.values())
     print(f"characters: {chars:,}")
-    print(f"tokens: {tokens:,} (train {splits['train']['tokens']:,}, val {splits['val']['tokens']:,}; "
-          f"documents train {splits['train']['documents']:,}, val {splits['val']['documents']:,})")
-    print(f"vocabulary size: {tok['vocab_size']:,} ({tok['kind']} tokenizer, {result.meta['dtype']} ids, "
-          f"{chars / max(tokens, 1):.2f} characters per token)")
+    print(
+        f"tokens: {tokens:,} (train {splits['train']['tokens']:,}, val {splits['val']['tokens']:,}; "
+        f"documents train {splits['train']['documents']:,}, val {splits['val']['documents']:,})"
+    )
+    print(
+        f"vocabulary size: {tok['vocab_size']:,} ({tok['kind']} tokenizer, {result.meta['dtype']} ids, "
+        f"{chars / max(tokens, 1):.2f} characters per token)"
+    )
     print(f"wrote {args.out} ({shards} token file{'s' if shards > 1 else ''})")
 
 
@@ -93,16 +118,21 @@ def _run_prepare_pairs(args: argparse.Namespace, options: dict) -> None:
     for line in skipped.lines():
         print(line)
     splits = meta["splits"]
-    print(f"pairs: train {splits['train']['pairs']:,}, val {splits['val']['pairs']:,} | vocabulary size: "
-          f"{meta['tokenizer']['vocab_size']:,} ({meta['tokenizer']['kind']} tokenizer)")
+    print(
+        f"pairs: train {splits['train']['pairs']:,}, val {splits['val']['pairs']:,} | vocabulary size: "
+        f"{meta['tokenizer']['vocab_size']:,} ({meta['tokenizer']['kind']} tokenizer)"
+    )
     print(f"wrote {args.out}")
 
 
 def _add_couplets(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("couplets", help="poem records -> JSONL couplets (first line -> second) for --pairs",
-                       description="Build the couplet task (對句) from poem records in chinese-poetry's shape "
-                       "({\"paragraphs\": [\"秦川雄帝宅，函谷壯皇居。\", ...]}): every couplet's first line becomes a "
-                       "source and its second line the target, written as JSONL {\"source\", \"target\"}.")
+    p = sub.add_parser(
+        "couplets",
+        help="poem records -> JSONL couplets (first line -> second) for --pairs",
+        description="Build the couplet task (對句) from poem records in chinese-poetry's shape "
+        '({"paragraphs": ["秦川雄帝宅，函谷壯皇居。", ...]}): every couplet\'s first line becomes a '
+        'source and its second line the target, written as JSONL {"source", "target"}.',
+    )
     p.add_argument("poems", nargs="+", metavar="POEMS", help="tang-poems, or .jsonl/.json[.gz] files or directories")
     p.add_argument("--out", required=True, help="JSONL file to write")
     p.set_defaults(func=_run_couplets)
@@ -118,12 +148,18 @@ def _run_couplets(args: argparse.Namespace) -> None:
 
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokenize", help="show the pieces and ids a tokenizer makes of a text",
-                       description="Show each piece of TEXT with its id, in order, the count, and characters "
-                       "and bytes per token. The tokenizer is a pretrained encoding (--tokenizer cl100k_base) "
-                       "or that of a run or prepared dataset directory (RUN).")
-    p.add_argument("--tokenizer", metavar="SPEC", help="gpt2, cl100k_base, o200k_base (NAME:PATH for a local "
-                   "encoding file), or a tokenizer.json path")
+    p = sub.add_parser(
+        "tokenize",
+        help="show the pieces and ids a tokenizer makes of a text",
+        description="Show each piece of TEXT with its id, in order, the count, and characters "
+        "and bytes per token. The tokenizer is a pretrained encoding (--tokenizer cl100k_base) "
+        "or that of a run or prepared dataset directory (RUN).",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="SPEC",
+        help="gpt2, cl100k_base, o200k_base (NAME:PATH for a local encoding file), or a tokenizer.json path",
+    )
     p.add_argument("run", nargs="?", metavar="RUN", help="run or dataset directory (instead of --tokenizer)")
     p.add_argument("text", metavar="TEXT", help="the text to tokenize; '-' reads it from stdin")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
@@ -147,15 +183,18 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on a prepared dataset",
-                       description="Train a GPT on a prepared dataset, or resume a run. Config comes from a "
-                       "preset, then --config FILE.toml, then key=value overrides (e.g. n_layer=6 lr=3e-4). "
-                       "Several GPUs or nodes: launch with `torchrun --nproc_per_node=N -m gptlab train ...` "
-                       "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps. "
-                       "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
-                       "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
-                       "optimizer=muon schedule=wsd (README: Commands, train). arch=encdec trains the "
-                       "encoder–decoder on a dataset of pairs (`prepare --pairs`; README: Encoder–decoder).")
+    p = sub.add_parser(
+        "train",
+        help="train a model on a prepared dataset",
+        description="Train a GPT on a prepared dataset, or resume a run. Config comes from a "
+        "preset, then --config FILE.toml, then key=value overrides (e.g. n_layer=6 lr=3e-4). "
+        "Several GPUs or nodes: launch with `torchrun --nproc_per_node=N -m gptlab train ...` "
+        "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps. "
+        "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
+        "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
+        "optimizer=muon schedule=wsd (README: Commands, train). arch=encdec trains the "
+        "encoder–decoder on a dataset of pairs (`prepare --pairs`; README: Encoder–decoder).",
+    )
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
@@ -174,8 +213,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.data or args.out or args.preset or args.config or args.overrides:
-            raise GptlabError("--resume RUN takes no --data/--out/--preset/--config/overrides "
-                              "(the run keeps its own); only --max-steps may extend it")
+            raise GptlabError(
+                "--resume RUN takes no --data/--out/--preset/--config/overrides "
+                "(the run keeps its own); only --max-steps may extend it"
+            )
         result = train(None, args.resume, resume=True, max_steps=args.max_steps)
     else:
         if not args.data or not args.out:
@@ -188,29 +229,49 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate text from a trained run",
-                       description="Continue a prompt with a trained run; text streams as it is generated. "
-                       "The prompt is prefilled once, then each token is decoded with a KV cache; several "
-                       "samples are generated together in one batch.")
+    p = sub.add_parser(
+        "sample",
+        help="generate text from a trained run",
+        description="Continue a prompt with a trained run; text streams as it is generated. "
+        "The prompt is prefilled once, then each token is decoded with a KV cache; several "
+        "samples are generated together in one batch.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline; \\n is a newline)")
-    p.add_argument("--source", metavar="TEXT", help="encoder–decoder runs (arch=encdec): the source to write a "
-                   "target for (the encoder reads it once; the decoder samples with a KV cache)")
+    p.add_argument(
+        "--source",
+        metavar="TEXT",
+        help="encoder–decoder runs (arch=encdec): the source to write a "
+        "target for (the encoder reads it once; the decoder samples with a KV cache)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (argmax)")
     p.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with probability >= P")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 makes tokens already in the context less likely (default 1: off)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end a sample before this text (repeatable)")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 makes tokens already in the context less likely (default 1: off)",
+    )
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="end a sample before this text (repeatable)"
+    )
     p.add_argument("--seed", type=int, default=None, help="same seed, same text (sample i uses seed + i)")
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--show-probs", type=int, default=0, metavar="K",
-                   help="after each token, print the top K candidates with their probabilities")
+    p.add_argument(
+        "--show-probs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after each token, print the top K candidates with their probabilities",
+    )
     p.add_argument("--json", action="store_true", help="with --show-probs: one JSON object per step")
-    p.add_argument("--no-cache", action="store_true",
-                   help="recompute the whole context every step (slow; same tokens as with the cache)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole context every step (slow; same tokens as with the cache)",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_sample)
 
@@ -219,23 +280,42 @@ def _run_sample(args: argparse.Namespace) -> None:
     from gptlab.inference.engine import SamplingParams
     from gptlab.inference.generate import print_samples
 
-    params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty,
-                            [s.replace("\\n", "\n") for s in args.stop], args.seed)
+    params = SamplingParams(
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.repetition_penalty,
+        [s.replace("\\n", "\n") for s in args.stop],
+        args.seed,
+    )
     if args.source is not None:
         from gptlab.inference.seq2seq import print_translations
 
         if args.show_probs or args.json:
             raise GptlabError("--show-probs and --json go with --prompt, not --source")
-        return print_translations(args.run, args.source.replace("\\n", "\n"), params, args.num_samples, args.device,
-                                  not args.no_cache)
-    print_samples(args.run, args.prompt.replace("\\n", "\n"), params, args.num_samples, args.device,
-                  args.show_probs, args.json, not args.no_cache)
+        return print_translations(
+            args.run, args.source.replace("\\n", "\n"), params, args.num_samples, args.device, not args.no_cache
+        )
+    print_samples(
+        args.run,
+        args.prompt.replace("\\n", "\n"),
+        params,
+        args.num_samples,
+        args.device,
+        args.show_probs,
+        args.json,
+        not args.no_cache,
+    )
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte over a whole dataset split",
-                       description="Evaluate a trained run on every token of a dataset split (by default the "
-                       "validation split of the dataset it trained on).")
+    p = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per byte over a whole dataset split",
+        description="Evaluate a trained run on every token of a dataset split (by default the "
+        "validation split of the dataset it trained on).",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data", help="prepared dataset directory (default: the run's own)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
@@ -255,25 +335,32 @@ def _run_eval(args: argparse.Namespace) -> None:
         print(json.dumps(result.to_dict()))
         return
     bpb = f"{result.bits_per_byte:.4f} bits/byte" if result.bits_per_byte is not None else "bits/byte unknown"
-    print(f"{result.split}: {result.tokens:,} tokens | loss {result.loss:.4f} nats/token | "
-          f"perplexity {result.perplexity:.3f} | {bpb}")
+    print(
+        f"{result.split}: {result.tokens:,} tokens | loss {result.loss:.4f} nats/token | "
+        f"perplexity {result.perplexity:.3f} | {bpb}"
+    )
 
 
 def _add_trace(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("trace", help="every intermediate of one forward pass, from token ids to probabilities",
-                       description="Run the model once on a prompt and show every stage the data flows "
-                       "through, as the model's own modules compute it: token ids, embeddings, and per "
-                       "block the norm, q, k, v per head, attention scores, mask, softmax weights, "
-                       "weighted values, projection, residual, MLP and its activation; then the final "
-                       "norm, logits and probabilities. One line per stage: name, module, shape, the "
-                       "values at one position, mean/std/min/max.")
+    p = sub.add_parser(
+        "trace",
+        help="every intermediate of one forward pass, from token ids to probabilities",
+        description="Run the model once on a prompt and show every stage the data flows "
+        "through, as the model's own modules compute it: token ids, embeddings, and per "
+        "block the norm, q, k, v per head, attention scores, mask, softmax weights, "
+        "weighted values, projection, residual, MLP and its activation; then the final "
+        "norm, logits and probabilities. One line per stage: name, module, shape, the "
+        "values at one position, mean/std/min/max.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--prompt", required=True, help="text to trace (\\n is a newline); at most block_size tokens")
-    p.add_argument("--position", type=int, help="position whose values and next-token candidates are shown "
-                   "(default: the last)")
+    p.add_argument(
+        "--position", type=int, help="position whose values and next-token candidates are shown (default: the last)"
+    )
     p.add_argument("--top", type=int, default=10, metavar="K", help="next-token candidates to list (default 10)")
-    p.add_argument("--json", action="store_true", help="print one JSON object: tokens, stages (values at the "
-                   "position), top")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object: tokens, stages (values at the position), top"
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_trace)
 
@@ -291,25 +378,41 @@ def _run_trace(args: argparse.Namespace) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a trained run over HTTP: completions API and explorer page",
-                       description="Serve a run: an interactive page at / (tokens, next-token probabilities, "
-                       "stepping, attention maps, embeddings) with its JSON under /api, and an "
-                       "OpenAI-compatible API: POST /v1/completions, GET /v1/models, GET /health. Binds "
-                       "127.0.0.1 unless told otherwise. Concurrent requests are batched: their decode steps run "
-                       "together as one forward pass (continuous batching), up to --max-batch sequences; "
-                       "GET /metrics has Prometheus metrics.")
+    p = sub.add_parser(
+        "serve",
+        help="serve a trained run over HTTP: completions API and explorer page",
+        description="Serve a run: an interactive page at / (tokens, next-token probabilities, "
+        "stepping, attention maps, embeddings) with its JSON under /api, and an "
+        "OpenAI-compatible API: POST /v1/completions, GET /v1/models, GET /health. Binds "
+        "127.0.0.1 unless told otherwise. Concurrent requests are batched: their decode steps run "
+        "together as one forward pass (continuous batching), up to --max-batch sequences; "
+        "GET /metrics has Prometheus metrics.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--max-tokens-limit", type=int, default=2048,
-                   help="largest max_tokens a request may ask for (default 2048)")
-    p.add_argument("--max-batch", type=int, default=16,
-                   help="sequences decoded together in one forward pass (default 16; 1: one sequence at a time, "
-                   "first come first served)")
-    p.add_argument("--max-waiting", type=int, default=256,
-                   help="sequences that may wait for a place in the batch; past it requests get 503 (default 256)")
-    p.add_argument("--max-body-mb", type=float, default=4.0,
-                   help="largest request body accepted, in MB; larger ones get 413 unread (default 4)")
+    p.add_argument(
+        "--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for (default 2048)"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="sequences decoded together in one forward pass (default 16; 1: one sequence at a time, "
+        "first come first served)",
+    )
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="sequences that may wait for a place in the batch; past it requests get 503 (default 256)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=4.0,
+        help="largest request body accepted, in MB; larger ones get 413 unread (default 4)",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_serve)
 
@@ -319,21 +422,35 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     if not 0 < args.max_body_mb < 2**20:  # also refuses nan
         raise GptlabError(f"--max-body-mb {args.max_body_mb} must be a positive number of megabytes")
-    serve(args.run, args.host, args.port, args.device, args.max_tokens_limit, args.max_batch, args.max_waiting,
-          int(args.max_body_mb * 2**20))
+    serve(
+        args.run,
+        args.host,
+        args.port,
+        args.device,
+        args.max_tokens_limit,
+        args.max_batch,
+        args.max_waiting,
+        int(args.max_body_mb * 2**20),
+    )
 
 
 def _add_poem_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("poem-data", help="poem records -> instruction and preference JSONL for finetune/align",
-                       description="Turn poem records ({title, author, paragraphs}: the Tang poems, or your own "
-                       ".json/.jsonl) into instruction records {prompt, response} (prompt: the template with the "
-                       "title) and preference records {prompt, chosen, rejected} (chosen: a five-character poem, "
-                       "rejected: a poem of another form).")
+    p = sub.add_parser(
+        "poem-data",
+        help="poem records -> instruction and preference JSONL for finetune/align",
+        description="Turn poem records ({title, author, paragraphs}: the Tang poems, or your own "
+        ".json/.jsonl) into instruction records {prompt, response} (prompt: the template with the "
+        "title) and preference records {prompt, chosen, rejected} (chosen: a five-character poem, "
+        "rejected: a poem of another form).",
+    )
     p.add_argument("poems", nargs="+", metavar="POEMS", help=".jsonl or .json files of poem records")
     p.add_argument("--instructions", metavar="FILE", help="instruction JSONL to write")
     p.add_argument("--preferences", metavar="FILE", help="preference JSONL to write")
-    p.add_argument("--template", default="請用以下題目寫一首詩：{title}",
-                   help="the prompt; {title} and {author} are filled in (default: 請用以下題目寫一首詩：{title})")
+    p.add_argument(
+        "--template",
+        default="請用以下題目寫一首詩：{title}",
+        help="the prompt; {title} and {author} are filled in (default: 請用以下題目寫一首詩：{title})",
+    )
     p.add_argument("--seed", type=int, default=1337, help="seed for pairing rejected poems")
     p.set_defaults(func=_run_poem_data)
 
@@ -356,25 +473,37 @@ def _add_posttrain(sub: argparse._SubParsersAction, name: str, help_: str, descr
     p.add_argument("--resume", metavar="RUN2", help="continue RUN2 from its last checkpoint")
     p.add_argument("--max-steps", type=int, help="number of optimizer steps")
     p.add_argument("--epochs", type=float, help="passes over the training records (sets the steps)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="training and posttrain field overrides (lr=1e-4 batch_size=8 held_out=64 beta=0.1 ...)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="training and posttrain field overrides (lr=1e-4 batch_size=8 held_out=64 beta=0.1 ...)",
+    )
     p.set_defaults(func=_run_posttrain, stage="sft" if name == "finetune" else "dpo")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    _add_posttrain(sub, "finetune", "instruction fine-tuning of a run: learn to answer and to stop",
-                   "Fine-tune a run on instruction JSONL ({prompt, response} or {messages: [{role, content}]}): "
-                   "the chat template's tokens are added after the vocabulary, the loss counts only the "
-                   "answer's tokens, held-out records give the eval loss and sample answers. Its own "
-                   "schedule (lr 3e-4 cosine, 300 steps, batch 16 unless overridden); checkpoints, "
-                   "--resume, torchrun DDP, metrics and report as for train.")
+    _add_posttrain(
+        sub,
+        "finetune",
+        "instruction fine-tuning of a run: learn to answer and to stop",
+        "Fine-tune a run on instruction JSONL ({prompt, response} or {messages: [{role, content}]}): "
+        "the chat template's tokens are added after the vocabulary, the loss counts only the "
+        "answer's tokens, held-out records give the eval loss and sample answers. Its own "
+        "schedule (lr 3e-4 cosine, 300 steps, batch 16 unless overridden); checkpoints, "
+        "--resume, torchrun DDP, metrics and report as for train.",
+    )
 
 
 def _add_align(sub: argparse._SubParsersAction) -> None:
-    _add_posttrain(sub, "align", "preference alignment of a run with DPO",
-                   "Align a run with DPO on preference JSONL ({prompt, chosen, rejected}) against a frozen "
-                   "copy of the starting run (beta=0.1 unless overridden); logs the held-out pairs' reward "
-                   "margin and preference accuracy. Defaults: lr 5e-5 cosine, 200 steps, 8 pairs per batch.")
+    _add_posttrain(
+        sub,
+        "align",
+        "preference alignment of a run with DPO",
+        "Align a run with DPO on preference JSONL ({prompt, chosen, rejected}) against a frozen "
+        "copy of the starting run (beta=0.1 unless overridden); logs the held-out pairs' reward "
+        "margin and preference accuracy. Defaults: lr 5e-5 cosine, 200 steps, 8 pairs per batch.",
+    )
 
 
 def _run_posttrain(args: argparse.Namespace) -> int:
@@ -386,10 +515,13 @@ def _run_posttrain(args: argparse.Namespace) -> int:
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chat", help="talk with a fine-tuned run in the terminal",
-                       description="An interactive conversation with a run that has a chat template (from "
-                       "`gptlab finetune` or `gptlab align`): answers stream, the history is kept within the "
-                       "context window (oldest turns dropped first); Ctrl-D or Ctrl-C leaves.")
+    p = sub.add_parser(
+        "chat",
+        help="talk with a fine-tuned run in the terminal",
+        description="An interactive conversation with a run that has a chat template (from "
+        "`gptlab finetune` or `gptlab align`): answers stream, the history is kept within the "
+        "context window (oldest turns dropped first); Ctrl-D or Ctrl-C leaves.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -407,17 +539,27 @@ def _run_chat(args: argparse.Namespace) -> None:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="parameters, FLOPs and training memory of a preset, without training",
-                       description="Print a model's parameters (by place and by role), FLOPs per token and the "
-                       "memory one training step needs (weights, gradients, optimizer state, activations at "
-                       "B x T), all read from the model built on the meta device (no memory used). With "
-                       "--memory, also the largest batch that fits.")
+    p = sub.add_parser(
+        "info",
+        help="parameters, FLOPs and training memory of a preset, without training",
+        description="Print a model's parameters (by place and by role), FLOPs per token and the "
+        "memory one training step needs (weights, gradients, optimizer state, activations at "
+        "B x T), all read from the model built on the meta device (no memory used). With "
+        "--memory, also the largest batch that fits.",
+    )
     p.add_argument("--preset", default="cpu-tiny")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (char presets have none of their own)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="precision of the activations (autocast; weights stay float32)")
-    p.add_argument("--memory", metavar="SIZE", help="device memory, e.g. 24GB or 80GiB: print the largest "
-                   "batch whose training step fits")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="precision of the activations (autocast; weights stay float32)",
+    )
+    p.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="device memory, e.g. 24GB or 80GiB: print the largest batch whose training step fits",
+    )
     p.add_argument("--list", action="store_true", help="list the presets")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
     p.set_defaults(func=_run_info)
@@ -432,8 +574,10 @@ def _run_info(args: argparse.Namespace) -> None:
         for name, values in PRESETS.items():
             m = values["model"]
             variant = " modern" if m.get("position") == "rope" else ""
-            print(f"{name:16s} n_layer={m['n_layer']} n_head={m['n_head']} "
-                  f"n_embd={m['n_embd']} block_size={m['block_size']}{variant}")
+            print(
+                f"{name:16s} n_layer={m['n_layer']} n_head={m['n_head']} "
+                f"n_embd={m['n_embd']} block_size={m['block_size']}{variant}"
+            )
         return
     try:
         memory = parse_bytes(args.memory) if args.memory else None
@@ -443,16 +587,21 @@ def _run_info(args: argparse.Namespace) -> None:
     cfg = build_config(args.preset, None, overrides)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = CHAR_VOCAB
-        print(f"note: this preset takes its vocabulary from the dataset; assuming {CHAR_VOCAB} (tinyshakespeare's "
-              "characters). Pass --vocab-size V to change it.")
+        print(
+            f"note: this preset takes its vocabulary from the dataset; assuming {CHAR_VOCAB} (tinyshakespeare's "
+            "characters). Pass --vocab-size V to change it."
+        )
     for line in describe(cfg.model) + describe_memory(cfg, args.precision, memory):
         print(line)
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="loss curves of one or more runs as an image",
-                       description="Plot train and val loss against steps and tokens seen, with the learning "
-                       "rate on a second axis. One run: RUN/loss.png. Several runs: overlaid into --out.")
+    p = sub.add_parser(
+        "plot",
+        help="loss curves of one or more runs as an image",
+        description="Plot train and val loss against steps and tokens seen, with the learning "
+        "rate on a second axis. One run: RUN/loss.png. Several runs: overlaid into --out.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", help="image to write (.png, .svg or .pdf; default RUN/loss.png for one run)")
     p.set_defaults(func=_run_plot)
@@ -465,10 +614,13 @@ def _run_plot(args: argparse.Namespace) -> None:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML page about a run",
-                       description="Write RUN/report.html: final losses (nats, bits per byte), throughput, "
-                       "MFU, loss curves, samples in training order, config, parameters, data summary. "
-                       "Images are inlined: the file opens anywhere, offline.")
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about a run",
+        description="Write RUN/report.html: final losses (nats, bits per byte), throughput, "
+        "MFU, loss curves, samples in training order, config, parameters, data summary. "
+        "Images are inlined: the file opens anywhere, offline.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.set_defaults(func=_run_report)
 
@@ -483,19 +635,29 @@ def _run_report(args: argparse.Namespace) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure training speed: tokens/s, step time, MFU, peak memory",
-                       description="Benchmarks. `bench train`: a short warm-up, then timed training steps of a "
-                       "preset on random tokens (no dataset needed).")
+    p = sub.add_parser(
+        "bench",
+        help="measure training speed: tokens/s, step time, MFU, peak memory",
+        description="Benchmarks. `bench train`: a short warm-up, then timed training steps of a "
+        "preset on random tokens (no dataset needed).",
+    )
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    t = what.add_parser("train", help="time training steps of a preset",
-                        description="Warm-up steps, then timed optimizer steps exactly as `gptlab train` runs them; "
-                        "prints tokens/s, step time, model FLOP/s, MFU and peak memory.")
+    t = what.add_parser(
+        "train",
+        help="time training steps of a preset",
+        description="Warm-up steps, then timed optimizer steps exactly as `gptlab train` runs them; "
+        "prints tokens/s, step time, model FLOP/s, MFU and peak memory.",
+    )
     t.add_argument("--preset", required=True, help="named model size (see `gptlab info --list`)")
     t.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     t.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    t.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile the model (auto: on for CUDA, off on CPU)")
+    t.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the model (auto: on for CUDA, off on CPU)",
+    )
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides (batch_size=4 ...)")
     t.set_defaults(func=_run_bench)
 
@@ -511,10 +673,13 @@ def _run_bench(args: argparse.Namespace) -> None:
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
     from gptlab.scaling.experiment import add_arguments
 
-    p = sub.add_parser("sweep", help="measure the scaling law: a model family at FLOP budgets, fit, held-out check",
-                       description="Train a family of model sizes at fixed training-FLOP budgets, fit "
-                       "L(N, D) = E + A/N^alpha + B/D^beta to the val losses, report the compute-optimal size per "
-                       "budget, then predict a held-out run and train it to check (benchmarks/scaling_law.py).")
+    p = sub.add_parser(
+        "sweep",
+        help="measure the scaling law: a model family at FLOP budgets, fit, held-out check",
+        description="Train a family of model sizes at fixed training-FLOP budgets, fit "
+        "L(N, D) = E + A/N^alpha + B/D^beta to the val losses, report the compute-optimal size per "
+        "budget, then predict a held-out run and train it to check (benchmarks/scaling_law.py).",
+    )
     add_arguments(p)
     p.set_defaults(func=_run_sweep)
 
@@ -526,12 +691,15 @@ def _run_sweep(args: argparse.Namespace) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a run as a Hugging Face transformers checkpoint",
-                       description="Export a run's current checkpoint as a directory that transformers' "
-                       "AutoModelForCausalLM and AutoTokenizer load offline: config.json, model.safetensors, "
-                       "generation_config.json, tokenizer.json, tokenizer_config.json and a README.md model "
-                       "card. The classic model becomes GPT-2; RoPE/RMSNorm models become Llama (Qwen3 with "
-                       "qk_norm=true); a combination none of them expresses is refused with the reason.")
+    p = sub.add_parser(
+        "export",
+        help="write a run as a Hugging Face transformers checkpoint",
+        description="Export a run's current checkpoint as a directory that transformers' "
+        "AutoModelForCausalLM and AutoTokenizer load offline: config.json, model.safetensors, "
+        "generation_config.json, tokenizer.json, tokenizer_config.json and a README.md model "
+        "card. The classic model becomes GPT-2; RoPE/RMSNorm models become Llama (Qwen3 with "
+        "qk_norm=true); a combination none of them expresses is refused with the reason.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--format", default="hf", choices=("hf",), help="hf: Hugging Face transformers (default)")
     p.add_argument("--out", required=True, help="directory to write (must not exist yet)")
@@ -545,16 +713,23 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="make a run of a local transformers checkpoint (GPT-2, Llama, Qwen3)",
-                       description="Import a local transformers checkpoint directory (config.json, "
-                       "model.safetensors, tokenizer.json) as a gptlab run that sample, eval, serve and "
-                       "export take. With --data DATASET (prepared with `gptlab prepare CORPUS --tokenizer "
-                       "DIR`), `gptlab train --resume RUN` continues pretraining it.")
+    p = sub.add_parser(
+        "import",
+        help="make a run of a local transformers checkpoint (GPT-2, Llama, Qwen3)",
+        description="Import a local transformers checkpoint directory (config.json, "
+        "model.safetensors, tokenizer.json) as a gptlab run that sample, eval, serve and "
+        "export take. With --data DATASET (prepared with `gptlab prepare CORPUS --tokenizer "
+        "DIR`), `gptlab train --resume RUN` continues pretraining it.",
+    )
     p.add_argument("checkpoint", metavar="DIR", help="transformers checkpoint directory")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--data", help="prepared dataset to continue pretraining on (optional)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="train settings for continued pretraining, right after DIR (lr=1e-4 max_steps=200 ...)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="train settings for continued pretraining, right after DIR (lr=1e-4 max_steps=200 ...)",
+    )
     p.set_defaults(func=_run_import)
 
 
@@ -564,9 +739,23 @@ def _run_import(args: argparse.Namespace) -> None:
     print(f"wrote {import_checkpoint(args.checkpoint, args.out, args.data, args.overrides)}")
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_couplets, _add_tokenize, _add_train, _add_sample, _add_info,
-                                                               _add_eval, _add_trace, _add_serve, _add_plot, _add_report,
-                                                               _add_bench, _add_sweep, _add_export, _add_import]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_prepare,
+    _add_couplets,
+    _add_tokenize,
+    _add_train,
+    _add_sample,
+    _add_info,
+    _add_eval,
+    _add_trace,
+    _add_serve,
+    _add_plot,
+    _add_report,
+    _add_bench,
+    _add_sweep,
+    _add_export,
+    _add_import,
+]
 
 
 # After pretraining (README "After pretraining"): data, fine-tuning, alignment, chat.
@@ -575,9 +764,12 @@ COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_chat]
 
 def build_parser() -> argparse.ArgumentParser:
     """The gptlab argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="gptlab", description="Pretrain GPT-style language models from raw "
-                                     "text, and put them to use.", epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="gptlab",
+        description="Pretrain GPT-style language models from raw text, and put them to use.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"gptlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:

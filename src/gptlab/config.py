@@ -14,7 +14,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from gptlab.errors import GptlabError
 
-
 # gpt: decoder-only; encdec: an encoder over a source and a decoder with cross-attention to it.
 Arch = Literal["gpt", "encdec"]
 Position = Literal["learned", "rope"]
@@ -48,7 +47,9 @@ class ModelConfig:
     rope_base: float = 10000.0  # RoPE: the wavelength base of the rotation frequencies
     norm: Norm = "layernorm"
     qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
-    mlp: Mlp = "gelu"  # gelu (exact) or gelu_tanh (GPT-2's tanh form): 4x wide; relu2 (ReLU squared): 4x wide; swiglu: ~8/3x wide, same parameters
+    # gelu (exact) or gelu_tanh (GPT-2's tanh form): 4x wide; relu2 (ReLU squared): 4x wide;
+    # swiglu: ~8/3x wide, same parameters
+    mlp: Mlp = "gelu"
     tie_embeddings: bool = True  # unembedding shares the token embedding's matrix
     zero_init: bool = False  # output projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off
@@ -112,8 +113,17 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse values that cannot train, naming the field."""
         _check_types(self)
-        _positive(self, "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
-                  "log_interval", "checkpoint_interval", "keep_checkpoints")
+        _positive(
+            self,
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_interval",
+            "eval_batches",
+            "log_interval",
+            "checkpoint_interval",
+            "keep_checkpoints",
+        )
         if self.lr <= 0:
             _bad("lr", self.lr, "must be > 0")
         if not 0 <= self.min_lr <= self.lr:
@@ -121,8 +131,15 @@ class TrainConfig:
         for name in ("warmup_steps", "sample_tokens", "sample_top_k", "eval_batch_size"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "must be >= 0")
-        for name in ("weight_decay", "grad_clip", "momentum", "sample_temperature", "embedding_lr", "head_lr",
-                     "vector_lr"):
+        for name in (
+            "weight_decay",
+            "grad_clip",
+            "momentum",
+            "sample_temperature",
+            "embedding_lr",
+            "head_lr",
+            "vector_lr",
+        ):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "must be >= 0")
         for name in ("beta1", "beta2", "muon_momentum"):
@@ -134,8 +151,12 @@ class TrainConfig:
             _bad("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
         if self.fsdp and self.optimizer == "muon":
             # Muon orthogonalises whole matrices; FSDP gives each rank a slice of every matrix.
-            _bad("optimizer", self.optimizer, "cannot run with fsdp=true (Muon needs whole matrices, "
-                 "FSDP shards them); use DDP (fsdp=false) or optimizer=adamw")
+            _bad(
+                "optimizer",
+                self.optimizer,
+                "cannot run with fsdp=true (Muon needs whole matrices, "
+                "FSDP shards them); use DDP (fsdp=false) or optimizer=adamw",
+            )
         if not 0 <= self.seed < 2**32:  # numpy and torch generators take it (plus rank and step offsets)
             _bad("seed", self.seed, "must be in [0, 2**32)")
 
@@ -187,7 +208,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Inverse of to_dict; unknown keys are refused."""
         cfg = cls(preset=str(data.get("preset", "")), data=str(data.get("data", "")))
         for section in SECTIONS:
@@ -305,8 +326,9 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any] | list[str]) -> No
             continue
         owners = [s for s in SECTIONS if name in names[s]]
         if len(owners) > 1:
-            raise GptlabError(f"config field '{name}' is in several sections; write "
-                              + " or ".join(f"{s}.{name}" for s in owners))
+            raise GptlabError(
+                f"config field '{name}' is in several sections; write " + " or ".join(f"{s}.{name}" for s in owners)
+            )
         if not owners:
             known = ", ".join(sorted(set().union(*names.values())))
             raise GptlabError(f"unknown config field '{name}' (known: {known})")
@@ -331,13 +353,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise GptlabError(f"config file {p} is not valid TOML: {exc}") from None
     unknown = set(data) - {*SECTIONS, "preset"}
     if unknown:
-        raise GptlabError(f"config file {p}: unknown section(s) {', '.join(sorted(unknown))}"
-                          f" (known: preset, {', '.join(SECTIONS)})")
+        raise GptlabError(
+            f"config file {p}: unknown section(s) {', '.join(sorted(unknown))} (known: preset, {', '.join(SECTIONS)})"
+        )
     return data
 
 
-def build_config(preset: str | None = None, toml_path: str | Path | None = None,
-                 overrides: list[str] | None = None) -> RunConfig:
+def build_config(
+    preset: str | None = None, toml_path: str | Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """Preset, then TOML file, then command-line overrides; validated."""
     from gptlab.model.presets import preset_overrides
 
@@ -353,4 +377,3 @@ def build_config(preset: str | None = None, toml_path: str | Path | None = None,
     apply_overrides(cfg, overrides or [])
     cfg.validate()
     return cfg
-

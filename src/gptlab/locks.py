@@ -32,7 +32,7 @@ class DirLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,19 +77,24 @@ def lock_run(run: str | Path, create: bool) -> DirLock:
             run.mkdir(parents=True)
         except OSError as exc:
             raise GptlabError(f"cannot create {run}: {exc.strerror or exc}") from None
-    return lock_dir(run, f"{run} is in use by another gptlab process (training it); "
-                         "wait for it to finish or choose another --out")
+    return lock_dir(
+        run, f"{run} is in use by another gptlab process (training it); wait for it to finish or choose another --out"
+    )
 
 
 def lock_dataset_for_reading(data: str | Path) -> DirLock:
     """The shared lock a trainer holds on its dataset, so prepare cannot replace it underneath."""
     if not Path(data).is_dir():
         return DirLock(None)
-    return lock_dir(data, f"the dataset {data} is being written by `gptlab prepare` right now; "
-                          "wait for it to finish", shared=True)
+    return lock_dir(
+        data, f"the dataset {data} is being written by `gptlab prepare` right now; wait for it to finish", shared=True
+    )
 
 
 def lock_dataset_for_writing(out: str | Path) -> DirLock:
     """The exclusive lock prepare holds on its output directory."""
-    return lock_dir(out, f"{out} is in use by another gptlab process (a training run reading it, or "
-                         "another prepare); wait for it to finish or choose another --out")
+    return lock_dir(
+        out,
+        f"{out} is in use by another gptlab process (a training run reading it, or "
+        "another prepare); wait for it to finish or choose another --out",
+    )

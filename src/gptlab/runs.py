@@ -94,8 +94,10 @@ def load_weights(model: GPT, path: str | Path) -> int:
     try:
         missing, unexpected = load_model(model, path, strict=False)
         if missing or unexpected:
-            raise GptlabError(f"{path} does not match the run's config "
-                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+            raise GptlabError(
+                f"{path} does not match the run's config "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+            )
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as f:
@@ -112,8 +114,10 @@ def load_run(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     tokenizer = load_tokenizer(path / TOKENIZER)
     if cfg.model.vocab_size and tokenizer.vocab_size != cfg.model.vocab_size:
         # Ids the model can emit that the tokenizer cannot decode (or the reverse).
-        raise GptlabError(f"{path / TOKENIZER} is corrupt: vocab_size {tokenizer.vocab_size} does not match "
-                          f"the model's vocab_size={cfg.model.vocab_size} in {CONFIG}")
+        raise GptlabError(
+            f"{path / TOKENIZER} is corrupt: vocab_size {tokenizer.vocab_size} does not match "
+            f"the model's vocab_size={cfg.model.vocab_size} in {CONFIG}"
+        )
     model = build_model(cfg.model)
     weights = weights_path(path)
     verify_files(weights.parent, [WEIGHTS])
@@ -208,8 +212,10 @@ def verify_files(directory: str | Path, names: list[str] | None = None) -> None:
             if not path.is_file():
                 raise GptlabError(f"corrupt checkpoint {directory}: {name} is missing")
             if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
-                raise GptlabError(f"corrupt checkpoint {directory}: {name} does not match its checksum "
-                                  f"in {MANIFEST} (damaged on disk?)")
+                raise GptlabError(
+                    f"corrupt checkpoint {directory}: {name} does not match its checksum "
+                    f"in {MANIFEST} (damaged on disk?)"
+                )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise GptlabError(f"corrupt checkpoint {directory}: {MANIFEST}: {exc}") from None
     if stats is not None:
@@ -243,8 +249,10 @@ def publish_checkpoint(run: str | Path, step: int, write: Callable[[Path], list[
         try:
             names = write(staging)
         except (OSError, RuntimeError, SafetensorError) as exc:  # torch and safetensors wrap the OS error
-            raise GptlabError(f"could not write checkpoint {name} in {run}: {_write_failure(exc, root)}; "
-                              "the previous checkpoint is kept") from None
+            raise GptlabError(
+                f"could not write checkpoint {name} in {run}: {_write_failure(exc, root)}; "
+                "the previous checkpoint is kept"
+            ) from None
         umask = os.umask(0)
         os.umask(umask)
         files = {}
@@ -264,8 +272,10 @@ def publish_checkpoint(run: str | Path, step: int, write: Callable[[Path], list[
         else:
             os.replace(staging, final)
         _fsync(root)
-        atomic_write(root / LATEST, lambda tmp: Path(tmp).write_text(
-            json.dumps({"checkpoint": name, "step": step}) + "\n", encoding="utf-8"))
+        atomic_write(
+            root / LATEST,
+            lambda tmp: Path(tmp).write_text(json.dumps({"checkpoint": name, "step": step}) + "\n", encoding="utf-8"),
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _prune(run, final, keep)

@@ -26,15 +26,19 @@ class Batch:
     source: torch.Tensor | None = None
     source_mask: torch.Tensor | None = None
 
-    def _map(self, fn) -> "Batch":
-        return Batch(*(None if t is None else fn(t) for t in (self.inputs, self.targets, self.loss_mask,
-                                                               self.source, self.source_mask)))
+    def _map(self, fn) -> Batch:
+        return Batch(
+            *(
+                None if t is None else fn(t)
+                for t in (self.inputs, self.targets, self.loss_mask, self.source, self.source_mask)
+            )
+        )
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         """The same batch on a device (non_blocking: the copy may overlap queued device work)."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """The same batch in page-locked host memory (fast, asynchronous copies to a GPU)."""
         return self._map(lambda t: t.pin_memory())
 

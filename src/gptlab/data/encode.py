@@ -53,9 +53,12 @@ class OrderedEncoder:
         if workers > 1:
             # spawn: a fresh interpreter per worker, never a fork of a process whose tokenizer
             # library may already run threads.
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker,
-                                            initargs=(tokenizer.to_dict(), separator, dtype.name))
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(tokenizer.to_dict(), separator, dtype.name),
+            )
 
     def submit(self, split: str, batch: Batch) -> Iterator[tuple[str, np.ndarray]]:
         """Queue one batch; yields the results that had to be finished to make room for it."""

@@ -37,7 +37,7 @@ class Dataset:
 
     @property
     def kind(self) -> str:
-        """"text" (token streams) or "pairs" (source -> target, data/pairs.py)."""
+        """ "text" (token streams) or "pairs" (source -> target, data/pairs.py)."""
         return self.meta.get("kind", "text")
 
     def replaced(self) -> bool:
@@ -52,8 +52,9 @@ class Dataset:
     def shards(self, split: str) -> list[np.ndarray]:
         """Memory-mapped token arrays of a split (never loaded whole)."""
         if self.kind != "text":
-            raise GptlabError(f"{self.path} is a dataset of {self.kind}, not of text; this command needs one "
-                              "prepared from text")
+            raise GptlabError(
+                f"{self.path} is a dataset of {self.kind}, not of text; this command needs one prepared from text"
+            )
         if split not in self.splits:
             raise GptlabError(f"dataset {self.path} has no split '{split}' (has: {', '.join(self.splits)})")
         arrays = []
@@ -66,7 +67,6 @@ class Dataset:
         return arrays
 
 
-
 class BatchLoader:
     """Random batches (inputs, targets) from one split; its state_dict resumes the same order."""
 
@@ -77,18 +77,23 @@ class BatchLoader:
         self.starts = np.array([max(0, len(s) - block_size) for s in self.shards], dtype=np.int64)
         if self.starts.sum() == 0:
             longest = max((len(s) for s in self.shards), default=0)
-            raise GptlabError(f"the {split} split of {dataset.path} has {longest} tokens, fewer than "
-                              f"block_size+1={block_size + 1}; use a smaller block_size or more text")
+            raise GptlabError(
+                f"the {split} split of {dataset.path} has {longest} tokens, fewer than "
+                f"block_size+1={block_size + 1}; use a smaller block_size or more text"
+            )
         self.weights = self.starts / self.starts.sum()
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def next_batch(self) -> Batch:
         """B windows as int64 tensors of shape (B, T): inputs and next-token targets."""
         B, T = self.batch_size, self.block_size
-        shard_ids = self.rng.choice(len(self.shards), size=B, p=self.weights) if len(self.shards) > 1 \
+        shard_ids = (
+            self.rng.choice(len(self.shards), size=B, p=self.weights)
+            if len(self.shards) > 1
             else np.zeros(B, dtype=np.int64)
+        )
         offsets = self.rng.integers(0, self.starts[shard_ids])
-        windows = np.stack([self.shards[s][o:o + T + 1] for s, o in zip(shard_ids, offsets)])
+        windows = np.stack([self.shards[s][o : o + T + 1] for s, o in zip(shard_ids, offsets)])
         data = torch.from_numpy(windows.astype(np.int64))
         return Batch(data[:, :-1], data[:, 1:])
 
@@ -109,6 +114,8 @@ def batch_loader(dataset: Dataset, split: str, batch_size: int, block_size: int,
 
         return PairLoader(dataset, split, batch_size, block_size, seed, arch)
     if arch == "encdec":
-        raise GptlabError(f"arch=encdec trains on source -> target pairs, and {dataset.path} is a text dataset; "
-                          "prepare one with `gptlab prepare FILE.jsonl --pairs`")
+        raise GptlabError(
+            f"arch=encdec trains on source -> target pairs, and {dataset.path} is a text dataset; "
+            "prepare one with `gptlab prepare FILE.jsonl --pairs`"
+        )
     return BatchLoader(dataset, split, batch_size, block_size, seed)

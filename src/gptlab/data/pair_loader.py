@@ -22,8 +22,9 @@ from gptlab.data.pairs import read_pairs
 from gptlab.errors import GptlabError
 
 
-def pair_rows(source: np.ndarray, target: np.ndarray, sep: int, block_size: int, arch: str
-              ) -> tuple[list[int], list[int], list[int], int]:
+def pair_rows(
+    source: np.ndarray, target: np.ndarray, sep: int, block_size: int, arch: str
+) -> tuple[list[int], list[int], list[int], int]:
     """(source ids, decoder inputs, next-token targets, index of the first target that counts)
     of one pair for arch; the source list is empty for gpt."""
     source, target = [int(i) for i in source], [int(i) for i in target]
@@ -31,8 +32,8 @@ def pair_rows(source: np.ndarray, target: np.ndarray, sep: int, block_size: int,
         seq = [sep] + target + [sep]
         return source[:block_size], seq[:-1][:block_size], seq[1:][:block_size], 0
     # A source that fills the window would leave no target to learn from: keep room for one.
-    source = source[:block_size - 1]
-    seq = (source + [sep] + target + [sep])[:block_size + 1]
+    source = source[: block_size - 1]
+    seq = (source + [sep] + target + [sep])[: block_size + 1]
     return [], seq[:-1], seq[1:], len(source)
 
 
@@ -42,8 +43,8 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.bool)
     for b, row in enumerate(rows):
-        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[b, :len(row)] = True
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[b, : len(row)] = True
     return ids, mask
 
 

@@ -83,8 +83,14 @@ def read_pairs(path: Path, meta: dict[str, Any], split: str) -> Pairs:
     return Pairs(arrays["source"], arrays["target"], arrays["index"].reshape(-1, 2))
 
 
-def prepare_pairs(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char", val_fraction: float = 0.1,
-                  seed: int = 1337, tokenizer_options: dict[str, Any] | None = None) -> tuple[dict[str, Any], SkipReport]:
+def prepare_pairs(
+    specs: list[str],
+    out_dir: str | Path,
+    tokenizer_kind: str = "char",
+    val_fraction: float = 0.1,
+    seed: int = 1337,
+    tokenizer_options: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], SkipReport]:
     """Build a pairs dataset directory from record files of {"source": str, "target": str}; returns
     its meta and what was skipped."""
     check_kind(tokenizer_kind)
@@ -104,8 +110,11 @@ def prepare_pairs(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "
         raise GptlabError(f"{' '.join(specs)} holds no source/target pairs ({detail})")
 
     texts = [t for pair in pairs for t in pair] + ["\n"]  # a char vocabulary must hold the separator
-    tokenizer = build_tokenizer(tokenizer_kind, iter(texts), **(tokenizer_options or {})) \
-        if needs_training(tokenizer_kind) else build_tokenizer(tokenizer_kind)
+    tokenizer = (
+        build_tokenizer(tokenizer_kind, iter(texts), **(tokenizer_options or {}))
+        if needs_training(tokenizer_kind)
+        else build_tokenizer(tokenizer_kind)
+    )
     sep = separator_id(tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     order = np.random.Generator(np.random.PCG64(seed)).permutation(len(pairs))
@@ -118,15 +127,26 @@ def prepare_pairs(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "
     try:
         staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
         try:
-            stats = {split: _write_split(staging, split, [pairs[i] for i in chosen[split]], tokenizer, dtype)
-                     for split in SPLITS}
+            stats = {
+                split: _write_split(staging, split, [pairs[i] for i in chosen[split]], tokenizer, dtype)
+                for split in SPLITS
+            }
             tokenizer.save(staging / "tokenizer.json")
             digest = hashlib.sha256((staging / "tokenizer.json").read_bytes())
             digest.update(json.dumps({s: st["sha256"] for s, st in stats.items()}, sort_keys=True).encode())
-            meta = {"format": 1, "kind": PAIRS_KIND, "id": digest.hexdigest()[:16],
-                    "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
-                    "dtype": dtype.name, "separator": sep, "splits": stats, "sources": specs,
-                    "val_fraction": val_fraction, "seed": seed, "skipped": dict(report.reasons)}
+            meta = {
+                "format": 1,
+                "kind": PAIRS_KIND,
+                "id": digest.hexdigest()[:16],
+                "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+                "dtype": dtype.name,
+                "separator": sep,
+                "splits": stats,
+                "sources": specs,
+                "val_fraction": val_fraction,
+                "seed": seed,
+                "skipped": dict(report.reasons),
+            }
             (out / "meta.json").unlink(missing_ok=True)  # the old dataset is incomplete from here on
             for name in [*(f for st in stats.values() for f in st["files"].values()), "tokenizer.json"]:
                 os.replace(staging / name, out / name)
@@ -142,8 +162,9 @@ def prepare_pairs(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "
     return meta, report
 
 
-def _write_split(staging: Path, split: str, pairs: list[tuple[str, str]], tokenizer: Tokenizer,
-                 dtype: np.dtype) -> dict[str, Any]:
+def _write_split(
+    staging: Path, split: str, pairs: list[tuple[str, str]], tokenizer: Tokenizer, dtype: np.dtype
+) -> dict[str, Any]:
     """Encode one split's pairs into its three files; its counts (target-side, ends included)."""
     encoded = [(tokenizer.encode(s), tokenizer.encode(t)) for s, t in pairs]
     index = np.zeros((len(encoded) + 1, 2), dtype=np.int64)
@@ -157,6 +178,13 @@ def _write_split(staging: Path, split: str, pairs: list[tuple[str, str]], tokeni
         (staging / files[part]).write_bytes(array.tobytes())
         digest.update(array.tobytes())
     n = len(pairs)
-    return {"files": files, "pairs": n, "documents": n, "source_tokens": int(index[-1, 0]),
-            "tokens": int(index[-1, 1]) + n, "chars": sum(len(t) for _, t in pairs) + n,
-            "bytes": sum(len(t.encode("utf-8")) for _, t in pairs) + n, "sha256": digest.hexdigest()}
+    return {
+        "files": files,
+        "pairs": n,
+        "documents": n,
+        "source_tokens": int(index[-1, 0]),
+        "tokens": int(index[-1, 1]) + n,
+        "chars": sum(len(t) for _, t in pairs) + n,
+        "bytes": sum(len(t.encode("utf-8")) for _, t in pairs) + n,
+        "sha256": digest.hexdigest(),
+    }

@@ -70,11 +70,12 @@ def split_documents(lengths: Any, val_fraction: float, seed: int) -> np.ndarray:
     order = np.random.Generator(np.random.PCG64(seed)).permutation(len(lengths))
     reached = np.cumsum(lengths[order]) >= val_fraction * lengths.sum()
     count = int(np.argmax(reached)) + 1 if reached.any() else len(lengths)
-    return np.sort(order[:min(max(count, 1), len(lengths) - 1)])
+    return np.sort(order[: min(max(count, 1), len(lengths) - 1)])
 
 
-def check_dataset_options(out_dir: str | Path, val_fraction: float, tokenizer_kind: str,
-                          tokenizer_options: dict[str, Any] | None) -> Path:
+def check_dataset_options(
+    out_dir: str | Path, val_fraction: float, tokenizer_kind: str, tokenizer_options: dict[str, Any] | None
+) -> Path:
     """The checks every dataset build makes before any work (text or pairs); returns the out directory."""
     if not 0 <= val_fraction < 1:
         raise GptlabError(f"val_fraction={val_fraction} must be in [0, 1)")
@@ -89,10 +90,18 @@ def check_dataset_options(out_dir: str | Path, val_fraction: float, tokenizer_ki
     return out
 
 
-def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
-            val_fraction: float = 0.1, seed: int = 1337, text_field: str = "text",
-            tokenizer_options: dict[str, Any] | None = None, workers: int = 1,
-            shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True) -> PrepareResult:
+def prepare(
+    specs: list[str],
+    out_dir: str | Path,
+    tokenizer_kind: str = "char",
+    val_fraction: float = 0.1,
+    seed: int = 1337,
+    text_field: str = "text",
+    tokenizer_options: dict[str, Any] | None = None,
+    workers: int = 1,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    progress: bool = True,
+) -> PrepareResult:
     """Build a dataset directory from corpus specs with the tokenizer spec `tokenizer_kind`
     (char, bpe, gpt2, cl100k_base[:PATH], ...); see the module docstring."""
     check_kind(tokenizer_kind)
@@ -108,8 +117,18 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
     try:
         for stale in out.glob(".prepare-*"):  # a killed prepare's staging (the lock says none is live)
             shutil.rmtree(stale, ignore_errors=True)
-        return _prepare_locked(specs, out, tokenizer_kind, val_fraction, seed, text_field, tokenizer_options,
-                               workers, shard_tokens, progress)
+        return _prepare_locked(
+            specs,
+            out,
+            tokenizer_kind,
+            val_fraction,
+            seed,
+            text_field,
+            tokenizer_options,
+            workers,
+            shard_tokens,
+            progress,
+        )
     except BaseException:
         if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
             shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave no empty directory
@@ -118,13 +137,21 @@ def prepare(specs: list[str], out_dir: str | Path, tokenizer_kind: str = "char",
         lock.release()
 
 
-def _prepare_locked(specs: list[str], out: Path, tokenizer_kind: str, val_fraction: float, seed: int,
-                    text_field: str, tokenizer_options: dict[str, Any] | None, workers: int,
-                    shard_tokens: int, progress: bool) -> PrepareResult:
+def _prepare_locked(
+    specs: list[str],
+    out: Path,
+    tokenizer_kind: str,
+    val_fraction: float,
+    seed: int,
+    text_field: str,
+    tokenizer_options: dict[str, Any] | None,
+    workers: int,
+    shard_tokens: int,
+    progress: bool,
+) -> PrepareResult:
     """prepare() once its arguments are checked and out is locked."""
     report = SkipReport()
-    tokenizer, lengths, bar = _first_pass(specs, report, text_field, tokenizer_kind, tokenizer_options or {},
-                                          progress)
+    tokenizer, lengths, bar = _first_pass(specs, report, text_field, tokenizer_kind, tokenizer_options or {}, progress)
     if not lengths:
         detail = "; ".join(report.lines()) or "no files with text"
         raise GptlabError(f"the corpus {' '.join(specs)} has no text ({detail})")
@@ -137,8 +164,18 @@ def _prepare_locked(specs: list[str], out: Path, tokenizer_kind: str, val_fracti
 
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
     try:
-        stats = _second_pass(specs, text_field, tokenizer, val_docs, cut_at, dtype, staging, workers,
-                             shard_tokens, ByteProgress("encoding", bar.bytes, progress))
+        stats = _second_pass(
+            specs,
+            text_field,
+            tokenizer,
+            val_docs,
+            cut_at,
+            dtype,
+            staging,
+            workers,
+            shard_tokens,
+            ByteProgress("encoding", bar.bytes, progress),
+        )
         tokenizer.save(staging / "tokenizer.json")
         meta = {
             "format": META_FORMAT,
@@ -165,8 +202,9 @@ def _dataset_id(tokenizer_file: Path, stats: dict[str, dict[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _first_pass(specs: list[str], report: SkipReport, text_field: str, spec: str, options: dict[str, Any],
-                progress: bool) -> tuple[Tokenizer, array, ByteProgress]:
+def _first_pass(
+    specs: list[str], report: SkipReport, text_field: str, spec: str, options: dict[str, Any], progress: bool
+) -> tuple[Tokenizer, array, ByteProgress]:
     """Train (or load) the tokenizer on the chunk stream while measuring each document's length;
     the progress bar is left open (closed once the corpus is known to hold text)."""
     lengths = array("q")  # characters per document: 8 bytes each, whatever the text size
@@ -196,9 +234,18 @@ def _single_cut(length: int, val_fraction: float) -> int:
     return int(length * (1 - val_fraction))
 
 
-def _second_pass(specs: list[str], text_field: str, tokenizer: Tokenizer, val_docs: np.ndarray,
-                 cut_at: int | None, dtype: np.dtype, staging: Path, workers: int, shard_tokens: int,
-                 bar: ByteProgress) -> dict[str, dict[str, Any]]:
+def _second_pass(
+    specs: list[str],
+    text_field: str,
+    tokenizer: Tokenizer,
+    val_docs: np.ndarray,
+    cut_at: int | None,
+    dtype: np.dtype,
+    staging: Path,
+    workers: int,
+    shard_tokens: int,
+    bar: ByteProgress,
+) -> dict[str, dict[str, Any]]:
     """Encode every chunk into its split's shards; returns the per-split statistics."""
     separator = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode(CHAR_SEPARATOR)
     stats = {s: {"files": [], "tokens": 0, "documents": 0, "chars": 0, "bytes": 0} for s in SPLITS}
@@ -250,8 +297,9 @@ def _second_pass(specs: list[str], text_field: str, tokenizer: Tokenizer, val_do
     return stats
 
 
-def _route(chunk: Chunk, starts: bool, offset: int, val_docs: np.ndarray,
-           cut_at: int | None) -> list[tuple[str, str, bool]]:
+def _route(
+    chunk: Chunk, starts: bool, offset: int, val_docs: np.ndarray, cut_at: int | None
+) -> list[tuple[str, str, bool]]:
     """(split, text, starts a document there) for one chunk; a lone document's chunk that holds
     the cut is split at the last line end before it (when within the last tenth), else at it."""
     if cut_at is None:

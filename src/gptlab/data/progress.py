@@ -20,8 +20,19 @@ class ByteProgress:
         self.desc, self.total, self.enabled = desc, total_bytes, enabled
         self.bytes = self.tokens = 0
         self.start = self._last_log = time.perf_counter()
-        self.bar = tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                        dynamic_ncols=True, file=sys.stderr) if enabled and sys.stderr.isatty() else None
+        self.bar = (
+            tqdm(
+                total=total_bytes,
+                desc=desc,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+            if enabled and sys.stderr.isatty()
+            else None
+        )
 
     def update(self, nbytes: int = 0, ntokens: int = 0) -> None:
         """Add bytes read and tokens written since the last call."""
@@ -30,8 +41,9 @@ class ByteProgress:
         if self.bar is not None:
             self.bar.update(nbytes)
             if ntokens:
-                self.bar.set_postfix_str(f"{self.tokens:,} tokens, {self.tokens / self._elapsed():,.0f} tok/s",
-                                         refresh=False)
+                self.bar.set_postfix_str(
+                    f"{self.tokens:,} tokens, {self.tokens / self._elapsed():,.0f} tok/s", refresh=False
+                )
         elif self.enabled and time.perf_counter() - self._last_log >= LOG_EVERY_S:
             self._log()
 
@@ -42,8 +54,11 @@ class ByteProgress:
         self._last_log = time.perf_counter()
         of = f" of {self.total / 1e6:,.1f} MB" if self.total else ""
         tokens = f", {self.tokens:,} tokens ({self.tokens / self._elapsed():,.0f} tok/s)" if self.tokens else ""
-        print(f"{self.desc}: {self.bytes / 1e6:,.1f} MB{of} ({self.bytes / 1e6 / self._elapsed():,.1f} MB/s)"
-              f"{tokens}", file=sys.stderr, flush=True)
+        print(
+            f"{self.desc}: {self.bytes / 1e6:,.1f} MB{of} ({self.bytes / 1e6 / self._elapsed():,.1f} MB/s){tokens}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         """Finish the bar, or print the last log line."""

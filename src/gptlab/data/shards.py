@@ -38,7 +38,7 @@ class ShardWriter:
         while len(ids):
             if self._room == 0:
                 self._open_next()
-            part, ids = ids[:self._room], ids[self._room:]
+            part, ids = ids[: self._room], ids[self._room :]
             part.tofile(self._file)
             self.digest.update(part)
             self._room -= len(part)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from gptlab.errors import GptlabError
+from gptlab.inference.kv_cache import KVCache
 from gptlab.inference.sampling import apply_repetition_penalty, probs_from_logits, sample_rows
 from gptlab.inference.text import TextStream
-from gptlab.inference.kv_cache import KVCache
 from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer
 
@@ -46,8 +46,7 @@ class SamplingParams:
         if not 0 < self.top_p <= 1:
             raise GptlabError(f"top_p={self.top_p} must be in (0, 1]")
         if not 1e-3 <= self.repetition_penalty <= 1e3:  # beyond, penalised logits overflow float32
-            raise GptlabError(f"repetition_penalty={self.repetition_penalty} must be in [0.001, 1000] "
-                              "(1 disables it)")
+            raise GptlabError(f"repetition_penalty={self.repetition_penalty} must be in [0.001, 1000] (1 disables it)")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise GptlabError(f"seed={self.seed} must be in [0, 2**63)")
         if any(not s for s in self.stop):
@@ -111,7 +110,7 @@ class Decoder:
             self.cache.keep(torch.tensor(list(rows), dtype=torch.long, device=self.device))
 
     def _prefill(self, rows: list[list[int]], keep_cache: bool = False) -> torch.Tensor:
-        windows = [r[-self.block_size:] for r in rows]
+        windows = [r[-self.block_size :] for r in rows]
         width = max(len(w) for w in windows)
         # Rows are right-padded: each row's tokens take positions 0, 1, ... as if alone, and the
         # cache is told each row's true length.
@@ -147,8 +146,14 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def generate_steps(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                   use_cache: bool = True, with_probs: bool = False) -> Iterator[list[Step]]:
+def generate_steps(
+    model: GPT,
+    tokenizer: Tokenizer | None,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    use_cache: bool = True,
+    with_probs: bool = False,
+) -> Iterator[list[Step]]:
     """Generate continuations of several prompts (token ids) together, yielding each step's tokens.
 
     Every step yields one Step per sequence still going; a sequence's last Step carries its finish
@@ -173,8 +178,9 @@ def generate_steps(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Se
         for n in range(1, params.max_new_tokens + 1):
             logits = decoder.logits()
             scores = apply_repetition_penalty(logits, seen, params.repetition_penalty) if seen is not None else logits
-            tokens = sample_rows(scores, [generators[s] for s in active], params.temperature,
-                                 params.top_k, params.top_p)
+            tokens = sample_rows(
+                scores, [generators[s] for s in active], params.temperature, params.top_k, params.top_p
+            )
             probs = probs_from_logits(logits, params.temperature) if with_probs else None
             steps, going = [], []
             chosen = tokens.view(-1).tolist()  # one device-to-host copy per step, not one per row

@@ -50,11 +50,12 @@ def windows(shards: list[np.ndarray], block_size: int) -> Iterator[np.ndarray]:
     target exactly once."""
     for shard in shards:
         for start in range(0, len(shard) - 1, block_size):
-            yield shard[start:start + block_size + 1]
+            yield shard[start : start + block_size + 1]
 
 
-def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 0,
-             show_progress: bool = True) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 0, show_progress: bool = True
+) -> EvalResult:
     """Mean next-token loss of model over every window of a split."""
     block_size, vocab = model.config.block_size, model.config.vocab_size
     shards = dataset.shards(split)
@@ -80,8 +81,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: i
     return EvalResult(split, count, loss, math.exp(loss), bits_per(loss, meta, "bytes"))
 
 
-def _add(model: torch.nn.Module, batch: list[np.ndarray], device: torch.device, nats: float, count: int,
-         bar: "_Progress") -> tuple[float, int]:
+def _add(
+    model: torch.nn.Module, batch: list[np.ndarray], device: torch.device, nats: float, count: int, bar: _Progress
+) -> tuple[float, int]:
     data = torch.from_numpy(np.stack(batch).astype(np.int64)).to(device)
     x, y = data[:, :-1], data[:, 1:]
     with autocast(device):
@@ -97,8 +99,11 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.total, self.done, self.next_report = total, 0, 0.1
         self.enabled = enabled
-        self.bar = tqdm(total=total, unit="tok", unit_scale=True, file=sys.stderr, dynamic_ncols=True) \
-            if enabled and sys.stderr.isatty() else None
+        self.bar = (
+            tqdm(total=total, unit="tok", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+            if enabled and sys.stderr.isatty()
+            else None
+        )
 
     def update(self, n: int, loss: float) -> None:
         self.done += n
@@ -106,8 +111,11 @@ class _Progress:
             self.bar.update(n)
             self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
         elif self.enabled and self.done >= self.next_report * self.total:
-            print(f"eval: {self.done:,}/{self.total:,} tokens ({self.done / self.total:.0%}) | "
-                  f"loss so far {loss:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"eval: {self.done:,}/{self.total:,} tokens ({self.done / self.total:.0%}) | loss so far {loss:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
             while self.next_report * self.total <= self.done:
                 self.next_report += 0.1
 
@@ -116,8 +124,14 @@ class _Progress:
             self.bar.close()
 
 
-def evaluate_run(run: str, data: str | None = None, split: str = "val", batch_size: int = 0,
-                 device: str = "auto", show_progress: bool = True) -> EvalResult:
+def evaluate_run(
+    run: str,
+    data: str | None = None,
+    split: str = "val",
+    batch_size: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> EvalResult:
     """`gptlab eval`: load a run and its dataset (or another one with the same tokenizer), evaluate."""
     loaded = load_run(run, pick_device(device))
     data = data or loaded.config.data
@@ -127,8 +141,9 @@ def evaluate_run(run: str, data: str | None = None, split: str = "val", batch_si
         raise GptlabError(f"dataset not found: {data} (pass --data DIR)")
     dataset = Dataset(data)
     if dataset.kind != "pairs" and loaded.config.model.arch == "encdec":
-        raise GptlabError(f"{run} is an encoder–decoder run: it is evaluated on a dataset of pairs, and {data} "
-                          "is a text dataset")
+        raise GptlabError(
+            f"{run} is an encoder–decoder run: it is evaluated on a dataset of pairs, and {data} is a text dataset"
+        )
     if dataset.tokenizer.to_dict() != loaded.tokenizer.to_dict():
         raise GptlabError(f"{data} was prepared with another tokenizer than {run} was trained with")
     if batch_size < 0:

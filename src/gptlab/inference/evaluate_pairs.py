@@ -35,8 +35,10 @@ def evaluate_pairs(model: torch.nn.Module, dataset: Dataset, split: str, batch_s
     nats, count = 0.0, 0
     with eval_mode(model):
         for start in range(0, len(pairs), batch_size or DEFAULT_BATCH):
-            rows = [pair_rows(*pairs.pair(i), sep, cfg.block_size, cfg.arch)
-                    for i in range(start, min(len(pairs), start + (batch_size or DEFAULT_BATCH)))]
+            rows = [
+                pair_rows(*pairs.pair(i), sep, cfg.block_size, cfg.arch)
+                for i in range(start, min(len(pairs), start + (batch_size or DEFAULT_BATCH)))
+            ]
             batch = collate(rows).to(device)
             with autocast(device):
                 logits, _ = model(batch.inputs, **batch.model_inputs())

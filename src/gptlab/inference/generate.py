@@ -16,8 +16,8 @@ from gptlab.inference.probs import top_candidates
 from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
-
 MAX_NUM_SAMPLES = 1024  # one batch: its KV cache must fit in memory
+
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The prompt's ids; an empty prompt starts from a document boundary (it needs one token)."""
@@ -27,9 +27,17 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def complete(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             **options) -> Iterator[str]:
+def complete(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    **options,
+) -> Iterator[str]:
     """Stream the continuation of one prompt as text pieces (options: more SamplingParams fields)."""
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed=seed, **options)
     for steps in generate_steps(model, tokenizer, [prompt_ids(tokenizer, prompt)], params):
@@ -37,8 +45,16 @@ def complete(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, max_new_
             yield steps[0].text
 
 
-def print_samples(run: str, prompt: str, params: SamplingParams, num_samples: int = 1, device: str = "auto",
-                  show_probs: int = 0, as_json: bool = False, use_cache: bool = True) -> None:
+def print_samples(
+    run: str,
+    prompt: str,
+    params: SamplingParams,
+    num_samples: int = 1,
+    device: str = "auto",
+    show_probs: int = 0,
+    as_json: bool = False,
+    use_cache: bool = True,
+) -> None:
     """`gptlab sample`: num_samples continuations of prompt, generated in one batch.
 
     Plain: the first sample streams to stdout as it is generated, the others follow as they finish.
@@ -47,8 +63,9 @@ def print_samples(run: str, prompt: str, params: SamplingParams, num_samples: in
     """
     params.validate()
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
-        raise GptlabError(f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated "
-                          "in one batch)")
+        raise GptlabError(
+            f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated in one batch)"
+        )
     if show_probs < 0:
         raise GptlabError(f"show_probs={show_probs} must be >= 0")
     if as_json and not show_probs:
@@ -57,8 +74,9 @@ def print_samples(run: str, prompt: str, params: SamplingParams, num_samples: in
     if loaded.config.model.arch == "encdec":
         raise GptlabError(f"{run} is an encoder–decoder run (arch=encdec): give it a source with --source TEXT")
     ids = prompt_ids(loaded.tokenizer, prompt)  # refuses unknown characters before printing anything
-    steps = generate_steps(loaded.model, loaded.tokenizer, [ids] * num_samples, params, use_cache,
-                           with_probs=show_probs > 0)
+    steps = generate_steps(
+        loaded.model, loaded.tokenizer, [ids] * num_samples, params, use_cache, with_probs=show_probs > 0
+    )
     if show_probs:
         _print_probs(steps, loaded.tokenizer, prompt, num_samples, show_probs, as_json)
     else:
@@ -86,8 +104,9 @@ def _print_text(steps: Iterator[list[Step]], prompt: str, num_samples: int) -> N
     out.flush()
 
 
-def _print_probs(steps: Iterator[list[Step]], tokenizer: Tokenizer, prompt: str, num_samples: int, k: int,
-                 as_json: bool) -> None:
+def _print_probs(
+    steps: Iterator[list[Step]], tokenizer: Tokenizer, prompt: str, num_samples: int, k: int, as_json: bool
+) -> None:
     texts, finish, counts = [""] * num_samples, ["length"] * num_samples, [0] * num_samples
     for step in steps:
         for s in step:
@@ -97,17 +116,34 @@ def _print_probs(steps: Iterator[list[Step]], tokenizer: Tokenizer, prompt: str,
             chosen = {"id": s.token, "piece": tokenizer.id_to_piece(s.token), "prob": float(s.probs[s.token])}
             cands = top_candidates(tokenizer, s.probs, k)
             if as_json:
-                print(json.dumps({"sample": s.seq, "step": counts[s.seq], "token": chosen,
-                                  "candidates": [vars(c) for c in cands]}, ensure_ascii=False), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "sample": s.seq,
+                            "step": counts[s.seq],
+                            "token": chosen,
+                            "candidates": [vars(c) for c in cands],
+                        },
+                        ensure_ascii=False,
+                    ),
+                    flush=True,
+                )
             else:
                 where = f"[{s.seq + 1}] " if num_samples > 1 else ""
                 shown = " | ".join(f"{_quote(c.piece)} {c.prob:.2%}" for c in cands)
-                print(f"{where}step {counts[s.seq]}: {_quote(chosen['piece'])} ({chosen['prob']:.2%})  "
-                      f"candidates: {shown}", flush=True)
+                print(
+                    f"{where}step {counts[s.seq]}: {_quote(chosen['piece'])} ({chosen['prob']:.2%})  "
+                    f"candidates: {shown}",
+                    flush=True,
+                )
     for i in range(num_samples):
         if as_json:
-            print(json.dumps({"sample": i, "prompt": prompt, "text": texts[i], "finish_reason": finish[i]},
-                             ensure_ascii=False), flush=True)
+            print(
+                json.dumps(
+                    {"sample": i, "prompt": prompt, "text": texts[i], "finish_reason": finish[i]}, ensure_ascii=False
+                ),
+                flush=True,
+            )
         else:
             print(_header(i, num_samples) + prompt + texts[i], flush=True)
 

@@ -18,8 +18,16 @@ import torch
 class KVCache:
     """Keys and values of every layer for a batch of rows, each with its own length."""
 
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, capacity: int,
-                 device: torch.device | str, can_slide: bool = False):
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        head_dim: int,
+        capacity: int,
+        device: torch.device | str,
+        can_slide: bool = False,
+    ):
         if capacity <= 0:
             raise ValueError(f"cache capacity {capacity} must be > 0")
         self.shape = (n_layer, batch_size, n_head, capacity, head_dim)
@@ -31,16 +39,25 @@ class KVCache:
         self._step: tuple | None = None  # (columns, mask, width) of the tokens being fed now
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, batch_size: int, capacity: int | None = None) -> "KVCache":
+    def for_model(cls, model: torch.nn.Module, batch_size: int, capacity: int | None = None) -> KVCache:
         """A cache shaped for model's attention layers (capacity: block_size unless given)."""
         attn = model.attention_layers()[0]
         capacity = capacity or model.config.block_size
         if not model.cache_can_slide and capacity > model.config.block_size:
-            raise ValueError(f"cache capacity {capacity} exceeds block_size={model.config.block_size}, "
-                             "past which learned positions do not exist")
+            raise ValueError(
+                f"cache capacity {capacity} exceeds block_size={model.config.block_size}, "
+                "past which learned positions do not exist"
+            )
         device = next(model.parameters()).device
-        return cls(len(model.attention_layers()), batch_size, attn.n_head, attn.head_dim, capacity, device,
-                   model.cache_can_slide)
+        return cls(
+            len(model.attention_layers()),
+            batch_size,
+            attn.n_head,
+            attn.head_dim,
+            capacity,
+            device,
+            model.cache_can_slide,
+        )
 
     @property
     def full(self) -> bool:
@@ -72,8 +89,9 @@ class KVCache:
         self._step = (columns, mask, width)
         return positions
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Store one layer's new keys/values (B, H, T, D); return every key and value the new queries
         may read, with the attention mask (None: plain causal for a prefill, or all columns)."""
         columns, mask, width = self._step

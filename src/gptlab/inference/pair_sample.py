@@ -33,6 +33,6 @@ def pair_sample(model: torch.nn.Module, dataset: Dataset, tcfg: TrainConfig, ste
     """(what the model read, what it wrote): "SOURCE -> " and the target it writes for it."""
     split = "val" if dataset.splits.get("val", {}).get("pairs") else "train"
     # Cut as training cuts sources (data/pair_loader.py), so a long one is read, not refused.
-    source_ids = [int(i) for i in read_pairs(dataset.path, dataset.meta, split).pair(0)[0]][:model.config.block_size]
+    source_ids = [int(i) for i in read_pairs(dataset.path, dataset.meta, split).pair(0)[0]][: model.config.block_size]
     params = SamplingParams(tcfg.sample_tokens, tcfg.sample_temperature, tcfg.sample_top_k, seed=tcfg.seed + step)
     return f"{dataset.tokenizer.decode(source_ids)} -> ", write_target(model, dataset.tokenizer, source_ids, params)

@@ -13,8 +13,7 @@ def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.T
     return torch.softmax(logits.float() / t, dim=-1)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Scale by temperature and set logits outside the top-k / top-p (nucleus) set to -inf.
 
     logits: (B, V). temperature must be > 0 here (0 means greedy: see sample_rows).
@@ -46,8 +45,13 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def sample_rows(logits: torch.Tensor, generators: list[torch.Generator], temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def sample_rows(
+    logits: torch.Tensor,
+    generators: list[torch.Generator],
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
     """One id per row of logits (B, V) -> (B,), row b drawn with generators[b].
 
     A generator per row makes each sequence's draws independent of what else shares the batch:

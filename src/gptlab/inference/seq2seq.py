@@ -32,14 +32,21 @@ def _stepper(model: torch.nn.Module, source: torch.Tensor, use_cache: bool):
         return lambda ids: model(ids, source=source)[0][:, -1].float()
     cross = model.cross_keys_values(model.encode(source))  # the source is read once
     attn = model.decoder_self_attention()[0]
-    cache = KVCache(len(model.decoder), source.size(0), attn.n_head, attn.head_dim, model.config.block_size,
-                    source.device)
+    cache = KVCache(
+        len(model.decoder), source.size(0), attn.n_head, attn.head_dim, model.config.block_size, source.device
+    )
     return lambda ids: model.decode(ids[:, -1:], cross, cache=cache)[:, -1].float()
 
 
 @torch.no_grad()
-def generate_targets(model: torch.nn.Module, sep: int, source_ids: list[int], params: SamplingParams,
-                     num_samples: int = 1, use_cache: bool = True) -> list[list[int]]:
+def generate_targets(
+    model: torch.nn.Module,
+    sep: int,
+    source_ids: list[int],
+    params: SamplingParams,
+    num_samples: int = 1,
+    use_cache: bool = True,
+) -> list[list[int]]:
     """num_samples targets (ids, without the end token) for one source, sampled together; sample i
     draws with seed + i, so the same seed gives the same targets with or without the cache."""
     params.validate()
@@ -69,12 +76,18 @@ def generate_targets(model: torch.nn.Module, sep: int, source_ids: list[int], pa
                 break
     out = []
     for row in ids[:, 1:].tolist():
-        out.append(row[:row.index(sep)] if sep in row else row)
+        out.append(row[: row.index(sep)] if sep in row else row)
     return out
 
 
-def translate(model: torch.nn.Module, tokenizer: Tokenizer, source: str, params: SamplingParams,
-              num_samples: int = 1, use_cache: bool = True) -> list[str]:
+def translate(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    source: str,
+    params: SamplingParams,
+    num_samples: int = 1,
+    use_cache: bool = True,
+) -> list[str]:
     """The targets (text) an encoder–decoder writes for a source text, cut before any stop string."""
     ids = generate_targets(model, separator_id(tokenizer), tokenizer.encode(source), params, num_samples, use_cache)
     texts = []
@@ -86,17 +99,21 @@ def translate(model: torch.nn.Module, tokenizer: Tokenizer, source: str, params:
     return texts
 
 
-def print_translations(run: str, source: str, params: SamplingParams, num_samples: int = 1, device: str = "auto",
-                       use_cache: bool = True) -> None:
+def print_translations(
+    run: str, source: str, params: SamplingParams, num_samples: int = 1, device: str = "auto", use_cache: bool = True
+) -> None:
     """`gptlab sample RUN --source TEXT`: the target(s) an encoder–decoder run writes for TEXT."""
     params.validate()
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
-        raise GptlabError(f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated "
-                          "in one batch)")
+        raise GptlabError(
+            f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated in one batch)"
+        )
     loaded = load_run(run, pick_device(device))
     if loaded.config.model.arch != "encdec":
-        raise GptlabError(f"{run} is a decoder-only GPT (arch={loaded.config.model.arch}): it continues a --prompt; "
-                          "--source is for encoder–decoder runs (arch=encdec)")
+        raise GptlabError(
+            f"{run} is a decoder-only GPT (arch={loaded.config.model.arch}): it continues a --prompt; "
+            "--source is for encoder–decoder runs (arch=encdec)"
+        )
     for i, text in enumerate(translate(loaded.model, loaded.tokenizer, source, params, num_samples, use_cache)):
         header = f"--- sample {i + 1}/{num_samples} ---\n" if num_samples > 1 else ""
         sys.stdout.write(f"{header}{source} -> {text}\n")

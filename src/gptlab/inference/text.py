@@ -55,8 +55,7 @@ class TextStream:
         hits = [text.find(s) for s in self.stop if s in text]
         if hits:
             self.held = ""
-            return text[:min(hits)], True
-        keep = 0 if final else max((n for s in self.stop for n in range(1, len(s))
-                                    if text.endswith(s[:n])), default=0)
-        self.held = text[len(text) - keep:]
-        return text[:len(text) - keep], False
+            return text[: min(hits)], True
+        keep = 0 if final else max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep], False

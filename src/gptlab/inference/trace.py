@@ -52,9 +52,15 @@ class Trace:
 def dims_of(model: GPT, T: int) -> dict[str, int]:
     """The sizes the axis symbols stand for, read from the model."""
     m = model.config
-    return {"T": T, "C": m.n_embd, "H": m.n_head, "D": m.n_embd // m.n_head,
-            "F": model.blocks[0].mlp.proj.in_features if len(model.blocks) else 0, "V": m.vocab_size,
-            "block": m.block_size}
+    return {
+        "T": T,
+        "C": m.n_embd,
+        "H": m.n_head,
+        "D": m.n_embd // m.n_head,
+        "F": model.blocks[0].mlp.proj.in_features if len(model.blocks) else 0,
+        "V": m.vocab_size,
+        "block": m.block_size,
+    }
 
 
 def axis_size(axis: str, dims: dict[str, int]) -> int:
@@ -67,8 +73,15 @@ def axis_size(axis: str, dims: dict[str, int]) -> int:
 
 
 @torch.no_grad()
-def trace_ids(model: GPT, tokenizer: Tokenizer, ids: list[int], position: int | None = None, k: int = 10,
-              keep: Callable[[int, str], bool] | None = None, only_position: bool = False) -> Trace:
+def trace_ids(
+    model: GPT,
+    tokenizer: Tokenizer,
+    ids: list[int],
+    position: int | None = None,
+    k: int = 10,
+    keep: Callable[[int, str], bool] | None = None,
+    only_position: bool = False,
+) -> Trace:
     """Run the model once on ids (at most block_size of them), recording every stage.
 
     position: where values and candidates are read (default the last, whose next token is the
@@ -97,14 +110,18 @@ def trace_prompt(run: str, prompt: str, position: int | None = None, k: int = 10
         raise GptlabError(f"--top {k} must be 0 or more")
     loaded = load_run(run, pick_device(device))
     if loaded.config.model.arch != "gpt":
-        raise GptlabError(f"{run} is an encoder–decoder run (arch={loaded.config.model.arch}); gptlab trace follows "
-                          "a decoder-only GPT's prediction (the page shows this run's cross-attention)")
+        raise GptlabError(
+            f"{run} is an encoder–decoder run (arch={loaded.config.model.arch}); gptlab trace follows "
+            "a decoder-only GPT's prediction (the page shows this run's cross-attention)"
+        )
     ids = loaded.tokenizer.encode(prompt)
     block = loaded.config.model.block_size
     if len(ids) > block:
         raise GptlabError(f"the prompt is {len(ids)} tokens; this model reads at most block_size={block}")
     if position is not None and not 0 <= position < len(ids):
-        raise GptlabError(f"--position {position} is out of range: the prompt has {len(ids)} tokens (0..{len(ids) - 1})")
+        raise GptlabError(
+            f"--position {position} is out of range: the prompt has {len(ids)} tokens (0..{len(ids) - 1})"
+        )
     return trace_ids(loaded.model, loaded.tokenizer, ids, position, k, only_position=True)
 
 
@@ -127,12 +144,24 @@ def _finite(values: list) -> list:
 
 def trace_json(trace: Trace) -> dict[str, Any]:
     """`gptlab trace --json`: tokens, every stage (values at the chosen position) and the top candidates."""
-    return {"tokens": [{"id": i, "piece": p} for i, p in trace.tokens], "position": trace.position,
-            "dims": trace.dims,
-            "stages": [{"name": s.name, "module": s.module, "axes": s.axes, "op": s.op, "shape": list(s.shape),
-                        "values": _finite(at_position(s, trace.position).tolist()), "stats": s.stats}
-                       for s in trace.stages],
-            "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in trace.top]}
+    return {
+        "tokens": [{"id": i, "piece": p} for i, p in trace.tokens],
+        "position": trace.position,
+        "dims": trace.dims,
+        "stages": [
+            {
+                "name": s.name,
+                "module": s.module,
+                "axes": s.axes,
+                "op": s.op,
+                "shape": list(s.shape),
+                "values": _finite(at_position(s, trace.position).tolist()),
+                "stats": s.stats,
+            }
+            for s in trace.stages
+        ],
+        "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in trace.top],
+    }
 
 
 def _fmt(x: float) -> str:
@@ -144,23 +173,27 @@ def trace_table(trace: Trace, width: int = 4) -> list[str]:
     statistics), then the top candidates."""
     pos = trace.position
     pieces = " ".join(f"{i}:{p!r}" for i, p in trace.tokens)
-    lines = [f"tokens ({len(trace.tokens)}): {pieces}",
-             f"values at position {pos} ({trace.tokens[pos][1]!r}); sizes: "
-             + ", ".join(f"{k}={v}" for k, v in trace.dims.items()),
-             f"{'stage':34s} {'module':20s} {'shape':16s} {'values at position':42s} "
-             f"{'mean':>9s} {'std':>9s} {'min':>9s} {'max':>9s}"]
+    lines = [
+        f"tokens ({len(trace.tokens)}): {pieces}",
+        f"values at position {pos} ({trace.tokens[pos][1]!r}); sizes: "
+        + ", ".join(f"{k}={v}" for k, v in trace.dims.items()),
+        f"{'stage':34s} {'module':20s} {'shape':16s} {'values at position':42s} "
+        f"{'mean':>9s} {'std':>9s} {'min':>9s} {'max':>9s}",
+    ]
     for s in trace.stages:
         flat = at_position(s, pos).flatten().tolist()
         shown = ", ".join(_fmt(v) for v in flat[:width]) + (", …" if len(flat) > width else "")
         shape = "×".join(str(n) for n in s.shape) or "1"
         stats = " ".join(f"{_fmt(s.stats[key]):>9s}" for key in ("mean", "std", "min", "max"))
         lines.append(f"{s.name:34s} {s.module:20s} {s.axes + ' ' + shape:16s} {'[' + shown + ']':42s} {stats}")
-    lines.append(f"next token after position {pos}: "
-                 + ", ".join(f"{c.piece!r} (id {c.id}) {c.prob:.2%}" for c in trace.top))
+    lines.append(
+        f"next token after position {pos}: " + ", ".join(f"{c.piece!r} (id {c.id}) {c.prob:.2%}" for c in trace.top)
+    )
     return lines
 
 
 # ---- the page's step-through view ----
+
 
 def architecture(model: nn.Module, prefix: str = "") -> list[dict[str, Any]]:
     """The model's modules as they are, nested: name (path), module class, a short detail, children."""
@@ -176,8 +209,9 @@ def architecture(model: nn.Module, prefix: str = "") -> list[dict[str, Any]]:
             detail = "×".join(map(str, child.normalized_shape))
         elif isinstance(child, nn.ModuleList):
             detail = f"{len(child)}×"
-        tree.append({"name": path, "module": type(child).__name__, "detail": detail,
-                     "children": architecture(child, path)})
+        tree.append(
+            {"name": path, "module": type(child).__name__, "detail": detail, "children": architecture(child, path)}
+        )
     return tree
 
 
@@ -224,14 +258,21 @@ def heatmap(trace: Trace, index: int, head: int) -> dict[str, Any]:
         columns = [{"label": str(c)} for c in cols]
     rows = _sample(value.shape[0], MAX_ROWS)
     grid = value[rows][:, cols].float()
-    return {"index": index, "name": stage.name, "head": head if heads else None,
-            "heads": heads, "rows": rows, "columns": columns,
-            "kind": "attention" if axes == ["T", "T"] else "channels",
-            "values": _finite([[float(f"{v:.4g}") if math.isfinite(v) else v for v in row] for row in grid.tolist()])}
+    return {
+        "index": index,
+        "name": stage.name,
+        "head": head if heads else None,
+        "heads": heads,
+        "rows": rows,
+        "columns": columns,
+        "kind": "attention" if axes == ["T", "T"] else "channels",
+        "values": _finite([[float(f"{v:.4g}") if math.isfinite(v) else v for v in row] for row in grid.tolist()]),
+    }
 
 
-def trace_view(model: GPT, tokenizer: Tokenizer, ids: list[int], stage: int = 0, head: int = 0,
-               k: int = 10) -> dict[str, Any]:
+def trace_view(
+    model: GPT, tokenizer: Tokenizer, ids: list[int], stage: int = 0, head: int = 0, k: int = 10
+) -> dict[str, Any]:
     """The page's step-through view of ids (at most block_size): the architecture, every stage's name,
     operation, shape and statistics, the top next tokens, and stage number `stage` as a heatmap.
 
@@ -245,14 +286,26 @@ def trace_view(model: GPT, tokenizer: Tokenizer, ids: list[int], stage: int = 0,
     if heads and not 0 <= head < heads:
         raise GptlabError(f"head must be in 0..{heads - 1}")
     modules = dict(model.named_modules())
-    return {"tokens": [{"id": i, "piece": p} for i, p in result.tokens], "dims": result.dims,
-            "architecture": {"name": "", "module": type(model).__name__, "detail": "",
-                             "children": architecture(model)},
-            "stages": [{"index": i, "name": s.name, "module": s.module, "owner": _owner(s, modules),
-                        "axes": s.axes, "op": s.op, "shape": list(s.shape), "stats": _finite_stats(s.stats)}
-                       for i, s in enumerate(result.stages)],
-            "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in result.top],
-            "stage": heatmap(result, stage, head)}
+    return {
+        "tokens": [{"id": i, "piece": p} for i, p in result.tokens],
+        "dims": result.dims,
+        "architecture": {"name": "", "module": type(model).__name__, "detail": "", "children": architecture(model)},
+        "stages": [
+            {
+                "index": i,
+                "name": s.name,
+                "module": s.module,
+                "owner": _owner(s, modules),
+                "axes": s.axes,
+                "op": s.op,
+                "shape": list(s.shape),
+                "stats": _finite_stats(s.stats),
+            }
+            for i, s in enumerate(result.stages)
+        ],
+        "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in result.top],
+        "stage": heatmap(result, stage, head),
+    }
 
 
 def _finite_stats(stats: dict[str, float]) -> dict[str, float | None]:

@@ -60,24 +60,48 @@ def hf_architecture(cfg: ModelConfig) -> str:
 def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[str, Any]:
     """config.json of the transformers model that expresses cfg (float32 weights)."""
     arch = hf_architecture(cfg)
-    common = {"architectures": [CLASSES[arch]], "model_type": arch, "vocab_size": cfg.vocab_size,
-              "bos_token_id": bos_id, "eos_token_id": eos_id, "tie_word_embeddings": cfg.tie_embeddings,
-              "dtype": "float32", "use_cache": True}
+    common = {
+        "architectures": [CLASSES[arch]],
+        "model_type": arch,
+        "vocab_size": cfg.vocab_size,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "dtype": "float32",
+        "use_cache": True,
+    }
     if arch == "gpt2":
-        return common | {"n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
-                         "n_head": cfg.n_head, "n_inner": None, "activation_function": GPT2_ACTS[cfg.mlp],
-                         "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
-                         "layer_norm_epsilon": LAYERNORM_EPS, "scale_attn_weights": True,
-                         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
-    out = common | {"hidden_size": cfg.n_embd, "intermediate_size": mlp_hidden(cfg),
-                    "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-                    "num_key_value_heads": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head,
-                    "hidden_act": "silu" if cfg.mlp == "swiglu" else "relu",
-                    # Positions past block_size work with RoPE; this is what the model was trained on.
-                    "max_position_embeddings": cfg.block_size, "rms_norm_eps": RMSNORM_EPS,
-                    "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
-                    "rope_theta": cfg.rope_base,  # where transformers 4 reads it
-                    "attention_bias": cfg.bias, "attention_dropout": cfg.dropout}
+        return common | {
+            "n_positions": cfg.block_size,
+            "n_embd": cfg.n_embd,
+            "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head,
+            "n_inner": None,
+            "activation_function": GPT2_ACTS[cfg.mlp],
+            "resid_pdrop": cfg.dropout,
+            "embd_pdrop": cfg.dropout,
+            "attn_pdrop": cfg.dropout,
+            "layer_norm_epsilon": LAYERNORM_EPS,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+        }
+    out = common | {
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": mlp_hidden(cfg),
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.n_embd // cfg.n_head,
+        "hidden_act": "silu" if cfg.mlp == "swiglu" else "relu",
+        # Positions past block_size work with RoPE; this is what the model was trained on.
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": RMSNORM_EPS,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "rope_theta": cfg.rope_base,  # where transformers 4 reads it
+        "attention_bias": cfg.bias,
+        "attention_dropout": cfg.dropout,
+    }
     if arch == "llama":
         out["mlp_bias"] = cfg.bias
     else:
@@ -99,8 +123,9 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 def _need(hf: dict[str, Any], key: str, wanted: Any, default: Any, why: str) -> None:
     value = hf.get(key, default)
-    if value != wanted and not (isinstance(wanted, float) and isinstance(value, (int, float))
-                                and abs(value - wanted) <= 1e-12):
+    if value != wanted and not (
+        isinstance(wanted, float) and isinstance(value, (int, float)) and abs(value - wanted) <= 1e-12
+    ):
         raise GptlabError(f"cannot import {hf.get('model_type')}: {key}={value!r} ({why})")
 
 
@@ -113,10 +138,19 @@ def _gpt2_config(hf: dict[str, Any]) -> ModelConfig:
     _need(hf, "layer_norm_epsilon", LAYERNORM_EPS, 1e-5, f"gptlab's LayerNorm uses eps={LAYERNORM_EPS}")
     _need(hf, "scale_attn_weights", True, True, "gptlab scales attention by 1/sqrt(head size)")
     _need(hf, "scale_attn_by_inverse_layer_idx", False, False, "gptlab does not scale by layer")
-    return ModelConfig(vocab_size=int(hf.get("vocab_size", 50257)), block_size=int(hf.get("n_positions", 1024)),
-                       n_layer=int(hf.get("n_layer", 12)), n_head=int(hf.get("n_head", 12)), n_embd=n_embd,
-                       dropout=0.0, bias=True, position="learned", norm="layernorm", mlp=GPT2_ACTS_IN[act],
-                       tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+    return ModelConfig(
+        vocab_size=int(hf.get("vocab_size", 50257)),
+        block_size=int(hf.get("n_positions", 1024)),
+        n_layer=int(hf.get("n_layer", 12)),
+        n_head=int(hf.get("n_head", 12)),
+        n_embd=n_embd,
+        dropout=0.0,
+        bias=True,
+        position="learned",
+        norm="layernorm",
+        mlp=GPT2_ACTS_IN[act],
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    )
 
 
 def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
@@ -135,13 +169,31 @@ def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
     if arch == "llama":
         _need(hf, "mlp_bias", bias, False, "gptlab's bias switch covers attention and MLP together")
     elif bias:
-        raise GptlabError("cannot import qwen3: attention_bias=true (its MLP has none; gptlab's bias switch covers both)")
+        raise GptlabError(
+            "cannot import qwen3: attention_bias=true (its MLP has none; gptlab's bias switch covers both)"
+        )
     if arch == "qwen3" and hf.get("use_sliding_window"):
         raise GptlabError("cannot import qwen3: use_sliding_window=true (gptlab attends to the whole context)")
-    cfg = ModelConfig(vocab_size=int(hf["vocab_size"]), block_size=int(hf.get("max_position_embeddings", 2048)),
-                      n_layer=int(hf["num_hidden_layers"]), n_head=n_head, n_embd=n_embd, dropout=0.0, bias=bias,
-                      position="rope", rope_base=float(rope.get("rope_theta", 10000.0)), norm="rmsnorm",
-                      qk_norm=arch == "qwen3", mlp=mlp, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
-    _need(hf, "intermediate_size", mlp_hidden(cfg), None,
-          f"gptlab's {mlp} MLP is {mlp_hidden(cfg)} wide at hidden_size={n_embd}")
+    cfg = ModelConfig(
+        vocab_size=int(hf["vocab_size"]),
+        block_size=int(hf.get("max_position_embeddings", 2048)),
+        n_layer=int(hf["num_hidden_layers"]),
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=0.0,
+        bias=bias,
+        position="rope",
+        rope_base=float(rope.get("rope_theta", 10000.0)),
+        norm="rmsnorm",
+        qk_norm=arch == "qwen3",
+        mlp=mlp,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    _need(
+        hf,
+        "intermediate_size",
+        mlp_hidden(cfg),
+        None,
+        f"gptlab's {mlp} MLP is {mlp_hidden(cfg)} wide at hidden_size={n_embd}",
+    )
     return cfg

@@ -46,7 +46,9 @@ def transformers_model(model: GPT):
     hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
     if unexpected or any(k != "lm_head.weight" for k in missing):  # a tied head is the embedding
-        raise GptlabError(f"weight map out of step with transformers: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise GptlabError(
+            f"weight map out of step with transformers: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     hf.tie_weights()
     return hf.eval()
 
@@ -62,9 +64,14 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     arch = hf_architecture(cfg.model)  # refuses what no architecture expresses, before anything is written
     eot = tok.eot_id
-    generation = {"bos_token_id": eot, "eos_token_id": eot, "do_sample": True,
-                  "temperature": cfg.train.sample_temperature, "top_k": cfg.train.sample_top_k,
-                  "max_length": cfg.model.block_size}
+    generation = {
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "do_sample": True,
+        "temperature": cfg.train.sample_temperature,
+        "top_k": cfg.train.sample_top_k,
+        "max_length": cfg.model.block_size,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -72,8 +79,11 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     try:
         weights = hf_state_dict(model)
         save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        write = {"config.json": hf_config(cfg.model, eot, eot), "generation_config.json": generation,
-                 "tokenizer_config.json": tokenizer_config(tok, cfg.model.block_size)}
+        write = {
+            "config.json": hf_config(cfg.model, eot, eot),
+            "generation_config.json": generation,
+            "tokenizer_config.json": tokenizer_config(tok, cfg.model.block_size),
+        }
         for name, data in write.items():
             (staging / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         to_hf_tokenizer(tok).save(str(staging / "tokenizer.json"))

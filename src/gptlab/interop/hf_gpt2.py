@@ -13,15 +13,25 @@ from gptlab.errors import GptlabError
 from gptlab.interop.architectures import hf_architecture
 
 # Block parameters, ours -> GPT-2's.
-BLOCK_NAMES = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
-               "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
+BLOCK_NAMES = {
+    "ln_1": "ln_1",
+    "ln_2": "ln_2",
+    "attn.qkv": "attn.c_attn",
+    "attn.proj": "attn.c_proj",
+    "mlp.fc": "mlp.c_fc",
+    "mlp.proj": "mlp.c_proj",
+}
 PREFIX = "transformer."
 
 
 def _pairs(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
     """(our name, GPT-2's name, transposed) for every stored tensor."""
-    pairs = [("wte.weight", "transformer.wte.weight", False), ("wpe.weight", "transformer.wpe.weight", False),
-             ("ln_f.weight", "transformer.ln_f.weight", False), ("ln_f.bias", "transformer.ln_f.bias", False)]
+    pairs = [
+        ("wte.weight", "transformer.wte.weight", False),
+        ("wpe.weight", "transformer.wpe.weight", False),
+        ("ln_f.weight", "transformer.ln_f.weight", False),
+        ("ln_f.bias", "transformer.ln_f.bias", False),
+    ]
     for i in range(cfg.n_layer):
         for mine, hf in BLOCK_NAMES.items():
             pairs.append((f"blocks.{i}.{mine}.weight", f"transformer.h.{i}.{hf}.weight", not mine.startswith("ln")))

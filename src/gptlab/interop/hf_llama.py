@@ -14,11 +14,15 @@ from gptlab.errors import GptlabError
 
 
 def _norms(cfg: ModelConfig, i: int) -> list[tuple[str, str]]:
-    pairs = [(f"blocks.{i}.ln_1.weight", f"model.layers.{i}.input_layernorm.weight"),
-             (f"blocks.{i}.ln_2.weight", f"model.layers.{i}.post_attention_layernorm.weight")]
+    pairs = [
+        (f"blocks.{i}.ln_1.weight", f"model.layers.{i}.input_layernorm.weight"),
+        (f"blocks.{i}.ln_2.weight", f"model.layers.{i}.post_attention_layernorm.weight"),
+    ]
     if cfg.qk_norm:
-        pairs += [(f"blocks.{i}.attn.q_norm.weight", f"model.layers.{i}.self_attn.q_norm.weight"),
-                  (f"blocks.{i}.attn.k_norm.weight", f"model.layers.{i}.self_attn.k_norm.weight")]
+        pairs += [
+            (f"blocks.{i}.attn.q_norm.weight", f"model.layers.{i}.self_attn.q_norm.weight"),
+            (f"blocks.{i}.attn.k_norm.weight", f"model.layers.{i}.self_attn.k_norm.weight"),
+        ]
     return pairs
 
 
@@ -36,10 +40,15 @@ def to_llama_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             q, k, v = ours[f"blocks.{i}.attn.qkv.{kind}"].chunk(3, dim=0)
             fc = ours[f"blocks.{i}.mlp.fc.{kind}"]
             gate, up = fc.chunk(2, dim=0) if cfg.mlp == "swiglu" else (fc, fc.clone())
-            theirs |= {f"{attn}.q_proj.{kind}": q, f"{attn}.k_proj.{kind}": k, f"{attn}.v_proj.{kind}": v,
-                       f"{attn}.o_proj.{kind}": ours[f"blocks.{i}.attn.proj.{kind}"],
-                       f"{mlp}.gate_proj.{kind}": gate, f"{mlp}.up_proj.{kind}": up,
-                       f"{mlp}.down_proj.{kind}": ours[f"blocks.{i}.mlp.proj.{kind}"]}
+            theirs |= {
+                f"{attn}.q_proj.{kind}": q,
+                f"{attn}.k_proj.{kind}": k,
+                f"{attn}.v_proj.{kind}": v,
+                f"{attn}.o_proj.{kind}": ours[f"blocks.{i}.attn.proj.{kind}"],
+                f"{mlp}.gate_proj.{kind}": gate,
+                f"{mlp}.up_proj.{kind}": up,
+                f"{mlp}.down_proj.{kind}": ours[f"blocks.{i}.mlp.proj.{kind}"],
+            }
     return {name: t.contiguous() for name, t in theirs.items()}
 
 
@@ -66,7 +75,9 @@ def from_llama_state_dict(cfg: ModelConfig, theirs: dict[str, torch.Tensor]) -> 
             elif torch.equal(gate, up):
                 ours[f"blocks.{i}.mlp.fc.{kind}"] = gate
             else:
-                raise GptlabError("cannot import a relu-gated MLP whose gate and up differ (gptlab's ReLU² "
-                                  "is relu(x W)², i.e. gate = up)")
+                raise GptlabError(
+                    "cannot import a relu-gated MLP whose gate and up differ (gptlab's ReLU² "
+                    "is relu(x W)², i.e. gate = up)"
+                )
             ours[f"blocks.{i}.mlp.proj.{kind}"] = get(f"{mlp}.down_proj.{kind}")
     return {name: t.contiguous() for name, t in ours.items()}

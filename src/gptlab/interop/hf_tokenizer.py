@@ -1,11 +1,11 @@
 """gptlab's tokenizers as a Hugging Face `tokenizer.json` (built and saved by the `tokenizers` library).
 
-    char                 WordLevel: each character its own word (the pre-tokenizer isolates every
-                         character), joined back without spaces; a character outside the vocabulary
-                         is an error, as in gptlab
-    bpe, gpt2, cl100k..  byte-level BPE: the same split pattern, vocabulary and merge order as
-                         tiktoken applies them (ids are merge ranks), end-of-text as a special token
-    huggingface          the imported file, as it came
+char                 WordLevel: each character its own word (the pre-tokenizer isolates every
+                     character), joined back without spaces; a character outside the vocabulary
+                     is an error, as in gptlab
+bpe, gpt2, cl100k..  byte-level BPE: the same split pattern, vocabulary and merge order as
+                     tiktoken applies them (ids are merge ranks), end-of-text as a special token
+huggingface          the imported file, as it came
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from gptlab.errors import GptlabError
 from gptlab.tokenizers import CharTokenizer, HuggingFaceTokenizer, Tokenizer
 from gptlab.tokenizers.bpe import byte_to_char
 from gptlab.tokenizers.tiktoken_backed import TiktokenBacked
@@ -29,8 +30,10 @@ def to_hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
         return _char(tokenizer)
     if isinstance(tokenizer, TiktokenBacked):
         return _byte_level(tokenizer)
-    raise GptlabError(f"cannot export a tokenizer of kind {tokenizer.kind!r} (a run with chat tokens, from "
-                      "`gptlab finetune` or `align`, is not exportable yet): export its base run")
+    raise GptlabError(
+        f"cannot export a tokenizer of kind {tokenizer.kind!r} (a run with chat tokens, from "
+        "`gptlab finetune` or `align`, is not exportable yet): export its base run"
+    )
 
 
 def eos_token(tokenizer: Tokenizer) -> str | None:
@@ -62,17 +65,24 @@ def _byte_level(tokenizer: TiktokenBacked) -> HFTokenizer:
     # library merges the pair whose result tiktoken would (the lowest rank) at every step.
     merges = []
     for piece, rank in sorted(ranks.items(), key=lambda item: item[1]):
-        splits = [(piece[:i], piece[i:]) for i in range(1, len(piece))
-                  if ranks.get(piece[:i], rank) < rank and ranks.get(piece[i:], rank) < rank]
+        splits = [
+            (piece[:i], piece[i:])
+            for i in range(1, len(piece))
+            if ranks.get(piece[:i], rank) < rank and ranks.get(piece[i:], rank) < rank
+        ]
         merges += sorted(splits, key=lambda pair: (ranks[pair[0]], ranks[pair[1]]))
     specials = sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
     vocab = {text(p): r for p, r in ranks.items()} | dict(specials)  # specials keep their ids (gaps and all)
-    model = models.BPE(vocab, [(text(a), text(b)) for a, b in merges],
-                       ignore_merges=True)  # a whole piece already in the vocabulary is one token, as in tiktoken
+    model = models.BPE(
+        vocab, [(text(a), text(b)) for a, b in merges], ignore_merges=True
+    )  # a whole piece already in the vocabulary is one token, as in tiktoken
     hf = HFTokenizer(model)
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(encoding._pat_str), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(encoding._pat_str), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s, _ in specials])
     for s, i in specials:
@@ -84,11 +94,15 @@ def _byte_level(tokenizer: TiktokenBacked) -> HFTokenizer:
 def tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict[str, Any]:
     """tokenizer_config.json: AutoTokenizer loads tokenizer.json as it is, adding nothing to the ids."""
     eos = eos_token(tokenizer)
-    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
-                              "clean_up_tokenization_spaces": False, "add_bos_token": False,
-                              "add_eos_token": False,
-                              # As in gptlab, "<|endoftext|>" typed in a text is text, never the special id.
-                              "split_special_tokens": True}
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": block_size,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        # As in gptlab, "<|endoftext|>" typed in a text is text, never the special id.
+        "split_special_tokens": True,
+    }
     if eos is not None:
         config |= {"eos_token": eos, "bos_token": eos, "pad_token": eos}
     if getattr(tokenizer, "name", None):

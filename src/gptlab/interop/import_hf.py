@@ -44,8 +44,9 @@ def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in tensors.items()}  # gptlab keeps float32 weights on the CPU
 
 
-def import_checkpoint(src: str | Path, out: str | Path, data: str | Path | None = None,
-                      overrides: list[str] | None = None) -> Path:
+def import_checkpoint(
+    src: str | Path, out: str | Path, data: str | Path | None = None, overrides: list[str] | None = None
+) -> Path:
     """Write the checkpoint in src as the gptlab run out; return out."""
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
@@ -65,8 +66,10 @@ def import_checkpoint(src: str | Path, out: str | Path, data: str | Path | None 
         raise GptlabError(f"{src} has no tokenizer.json (a fast tokenizer file is needed)")
     tokenizer = HuggingFaceTokenizer.from_file(src / "tokenizer.json", cfg.model.vocab_size)
     if tokenizer.vocab_size != cfg.model.vocab_size:
-        raise GptlabError(f"the tokenizer has {tokenizer.vocab_size:,} ids but the model only "
-                          f"{cfg.model.vocab_size:,} (vocab_size in config.json)")
+        raise GptlabError(
+            f"the tokenizer has {tokenizer.vocab_size:,} ids but the model only "
+            f"{cfg.model.vocab_size:,} (vocab_size in config.json)"
+        )
     theirs = read_hf_weights(src)
     ours = (from_gpt2_state_dict if cfg.model.position == "learned" else from_llama_state_dict)(cfg.model, theirs)
     torch.manual_seed(0)
@@ -74,7 +77,9 @@ def import_checkpoint(src: str | Path, out: str | Path, data: str | Path | None 
     try:
         model.load_state_dict(ours, strict=True)
     except RuntimeError as exc:
-        raise GptlabError(f"the weights in {src} do not fit its config.json: {' '.join(str(exc).splitlines()[1:2])}") from None
+        raise GptlabError(
+            f"the weights in {src} do not fit its config.json: {' '.join(str(exc).splitlines()[1:2])}"
+        ) from None
     state = None
     if data is not None:
         cfg.data = str(Path(data).resolve())
@@ -103,8 +108,10 @@ def _fresh_training_state(model: torch.nn.Module, cfg: RunConfig, tokenizer: Hug
 
     dataset = Dataset(cfg.data)
     if dataset.tokenizer.to_dict() != tokenizer.to_dict():
-        raise GptlabError(f"the dataset {cfg.data} was not prepared with this checkpoint's tokenizer; "
-                          "prepare it with `gptlab prepare CORPUS --tokenizer CHECKPOINT_DIR`")
+        raise GptlabError(
+            f"the dataset {cfg.data} was not prepared with this checkpoint's tokenizer; "
+            "prepare it with `gptlab prepare CORPUS --tokenizer CHECKPOINT_DIR`"
+        )
     loader = BatchLoader(dataset, "train", cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed)
     optimizer = build_optimizer(model, cfg.train, torch.device("cpu"))
     return TrainState(loader=loader.state_dict()), optimizer

@@ -54,9 +54,14 @@ def _place(name: str) -> str:
         return "blocks"
     if name.startswith(("encoder.", "decoder.")):  # arch=encdec: each half's blocks
         return name.split(".")[0] + " blocks"
-    return {"wte.weight": "token embedding", "wpe.weight": "position embedding",
-            "wpe_source.weight": "position embedding", "ln_encoder.weight": "final norm",
-            "ln_encoder.bias": "final norm", "lm_head.weight": "output head"}.get(name, "final norm")
+    return {
+        "wte.weight": "token embedding",
+        "wpe.weight": "position embedding",
+        "wpe_source.weight": "position embedding",
+        "ln_encoder.weight": "final norm",
+        "ln_encoder.bias": "final norm",
+        "lm_head.weight": "output head",
+    }.get(name, "final norm")
 
 
 def count_params(cfg: ModelConfig) -> ParamCount:
@@ -172,7 +177,8 @@ def memory_estimate(cfg: RunConfig, precision: str = "fp32") -> MemoryEstimate:
     for name, (role, _) in model.parameter_roles().items():
         which = "muon" if opt_name == "muon" and role == "matrix" else ("sgd" if opt_name == "sgd" else "adamw")
         optimizer[which] = optimizer.get(which, 0) + 4 * params[name].numel() * _state_per_param(
-            opt_name, role, cfg.train.momentum)
+            opt_name, role, cfg.train.momentum
+        )
     per_sample = _saved_activation_bytes(cfg.model, cfg.model.block_size, PRECISIONS[precision])
     return MemoryEstimate(4 * total, 4 * total, optimizer, per_sample, cfg.train.batch_size, precision)
 
@@ -198,10 +204,14 @@ def human(n: float) -> str:
 def describe(cfg: ModelConfig) -> list[str]:
     """The lines printed at the start of training and by `gptlab info`."""
     p, f = count_params(cfg), flops_per_token(cfg)
-    variant = (f"position={cfg.position}, norm={cfg.norm}, qk_norm={str(cfg.qk_norm).lower()}, mlp={cfg.mlp}, "
-               f"head={'tied' if cfg.tie_embeddings else 'untied'}"
-               + (f", logit_softcap={cfg.logit_softcap:g}" if cfg.logit_softcap else ""))
-    shape = "encoder–decoder, {0} + {0} layers".format(cfg.n_layer) if cfg.arch == "encdec" else f"{cfg.n_layer} layers"
+    variant = (
+        f"position={cfg.position}, norm={cfg.norm}, qk_norm={str(cfg.qk_norm).lower()}, mlp={cfg.mlp}, "
+        f"head={'tied' if cfg.tie_embeddings else 'untied'}"
+        + (f", logit_softcap={cfg.logit_softcap:g}" if cfg.logit_softcap else "")
+    )
+    shape = f"{cfg.n_layer} layers"
+    if cfg.arch == "encdec":
+        shape = f"encoder–decoder, {cfg.n_layer} + {cfg.n_layer} layers"
     lines = [
         f"model: {shape}, {cfg.n_head} heads, n_embd={cfg.n_embd}, block_size={cfg.block_size}, "
         f"vocab_size={cfg.vocab_size}",
@@ -212,8 +222,10 @@ def describe(cfg: ModelConfig) -> list[str]:
         note = " (unembedding tied to it)" if place == "token embedding" and p.tied else ""
         lines.append(f"  {place + ':':20s}{n:>14,}{note}")
     lines.append("  by role: " + ", ".join(f"{ROLE_NAMES[r]} {n:,}" for r, n in p.by_role.items() if n))
-    lines.append(f"FLOPs per token: forward {human(f['forward'])} (attention {human(f['forward_attention'])}), "
-                 f"training {human(f['train'])} (forward + backward)")
+    lines.append(
+        f"FLOPs per token: forward {human(f['forward'])} (attention {human(f['forward_attention'])}), "
+        f"training {human(f['train'])} (forward + backward)"
+    )
     return lines
 
 
@@ -221,13 +233,17 @@ def describe_memory(cfg: RunConfig, precision: str, memory: int | None = None) -
     """The training-memory lines of `gptlab info` (and the largest batch that fits memory, if given)."""
     m = memory_estimate(cfg, precision)
     gib = lambda b: f"{b / 2**30:,.2f} GiB" if b >= 2**30 else f"{b / 2**20:,.1f} MiB"  # noqa: E731
-    lines = [f"training memory per device ({precision}, B={m.batch_size}, T={cfg.model.block_size}): {gib(m.total)}",
-             f"  weights {gib(m.weights)}, gradients {gib(m.gradients)}, "
-             + ", ".join(f"{name} state {gib(b)}" for name, b in m.optimizer.items()),
-             f"  activations {gib(m.activations)} ({gib(m.activations_per_sample)} per window)"]
+    lines = [
+        f"training memory per device ({precision}, B={m.batch_size}, T={cfg.model.block_size}): {gib(m.total)}",
+        f"  weights {gib(m.weights)}, gradients {gib(m.gradients)}, "
+        + ", ".join(f"{name} state {gib(b)}" for name, b in m.optimizer.items()),
+        f"  activations {gib(m.activations)} ({gib(m.activations_per_sample)} per window)",
+    ]
     if memory is not None:
         b = m.largest_batch(memory)
-        lines.append(f"largest batch in {gib(memory)}: B={b}" if b else
-                     f"not even B=1 fits in {gib(memory)}: weights, gradients and optimizer state alone need "
-                     f"{gib(m.fixed)}")
+        lines.append(
+            f"largest batch in {gib(memory)}: B={b}"
+            if b
+            else f"not even B=1 fits in {gib(memory)}: weights, gradients and optimizer state alone need {gib(m.fixed)}"
+        )
     return lines

@@ -15,7 +15,6 @@ keys and values once, and decodes with a KV cache on the decoder's self-attentio
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -77,8 +76,9 @@ class EncoderDecoder(nn.Module):
         """Final norm, unembedding and soft-cap, as the GPT's."""
         return GPT.head(self, x)
 
-    def _embed(self, idx: torch.Tensor, positions: torch.Tensor, table: nn.Embedding | None
-               ) -> tuple[torch.Tensor, tuple | None]:
+    def _embed(
+        self, idx: torch.Tensor, positions: torch.Tensor, table: nn.Embedding | None
+    ) -> tuple[torch.Tensor, tuple | None]:
         x = self.wte(idx)
         if table is not None:
             x = x + table(positions)
@@ -101,8 +101,13 @@ class EncoderDecoder(nn.Module):
         """Every decoder layer's cross-attention keys and values of one encoder output."""
         return [block.cross.keys_values(memory) for block in self.decoder]
 
-    def decode(self, idx: torch.Tensor, memory: torch.Tensor | CrossKV, source_mask: torch.Tensor | None = None,
-               cache: ModelCache | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        idx: torch.Tensor,
+        memory: torch.Tensor | CrossKV,
+        source_mask: torch.Tensor | None = None,
+        cache: ModelCache | None = None,
+    ) -> torch.Tensor:
         """Logits (B, T, V) of the target ids idx (B, T) attending to memory: the encoder's output, or
         its cross_keys_values(). With a cache, idx continues the targets stored in it and only the last
         position's logits come back, (B, 1, V)."""
@@ -122,8 +127,14 @@ class EncoderDecoder(nn.Module):
             x = x[:, -1:]
         return self.head(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, source: torch.Tensor,
-                source_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        source: torch.Tensor,
+        source_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) of the decoder inputs idx given source (B, S); with targets, also the mean
         cross-entropy over the targets that are not model.loss.IGNORE."""
         logits = self.decode(idx, self.encode(source, source_mask), source_mask)

@@ -58,9 +58,11 @@ def init_weights(model: nn.Module, residual_branches: Callable[[str], int]) -> N
 def roles_by_name(model: nn.Module, embeddings: set[str]) -> dict[str, tuple[Role, int]]:
     """Each parameter's role (the optimizer's grouping) and how many matrices lie stacked in it (a
     module's split_matrices, e.g. q, k and v), by name; embeddings names the embedding tables."""
-    splits = {f"{prefix}.{name}" if prefix else name: n
-              for prefix, module in model.named_modules()
-              for name, n in getattr(module, "split_matrices", {}).items()}
+    splits = {
+        f"{prefix}.{name}" if prefix else name: n
+        for prefix, module in model.named_modules()
+        for name, n in getattr(module, "split_matrices", {}).items()
+    }
     roles: dict[str, tuple[Role, int]] = {}
     for name, p in model.named_parameters():  # a tied head is the token embedding, listed once
         if name in embeddings:
@@ -156,9 +158,15 @@ class GPT(nn.Module):
                 record("logits", logits, "T V", f"{cap:g} · tanh(logits_raw / {cap:g}) (soft-cap)")
         return logits
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                positions: torch.Tensor | None = None, cache: ModelCache | None = None,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        cache: ModelCache | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) for ids (B, T); with targets, also the mean next-token cross-entropy
         (targets equal to model.loss.IGNORE count for nothing).
 

@@ -20,7 +20,7 @@ def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
     Row t holds how much position t attends to each position <= t (each row sums to 1; the
     upper triangle, the future, is 0).
     """
-    ids = ids[-model.config.block_size:]
+    ids = ids[-model.config.block_size :]
     maps: list[torch.Tensor] = []
 
     def capture(module, args, _output):
@@ -37,8 +37,9 @@ def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encdec_attention_maps(model: torch.nn.Module, source: list[int], target: list[int]
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def encdec_attention_maps(
+    model: torch.nn.Module, source: list[int], target: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """An encoder–decoder's decoder attention for one source and target (the decoder's input ids):
     self-attention (n_layer, n_head, T, T), causal, and cross-attention (n_layer, n_head, T, S), row t
     holding how much target position t attends to each source position (each row sums to 1)."""
@@ -48,6 +49,7 @@ def encdec_attention_maps(model: torch.nn.Module, source: list[int], target: lis
         def hook(module, args, kwargs, _output):
             rope = args[1] if len(args) > 1 else kwargs.get("rope")
             maps[kind].append(module.weights(args[0], rope, memory=kwargs.get("memory"), mask=kwargs.get("mask"))[0])
+
         return hook
 
     hooks = [b.attn.register_forward_hook(capture("self"), with_kwargs=True) for b in model.decoder]

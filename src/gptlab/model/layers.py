@@ -60,8 +60,12 @@ class Rotary(nn.Module):
         """cos and sin of the angles, (T, head_dim/2) or (B, 1, T, head_dim/2) for per-row positions."""
         angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
         if self.record is not None:
-            self.record("angles", angles if angles.dim() == 3 else angles[None], "T D/2",
-                        "position t × base^(−2i/D), one angle per channel pair i")
+            self.record(
+                "angles",
+                angles if angles.dim() == 3 else angles[None],
+                "T D/2",
+                "position t × base^(−2i/D), one angle per channel pair i",
+            )
         if angles.dim() == 3:  # (B, T, d/2): broadcast over heads
             angles = angles[:, None]
         return angles.cos(), angles.sin()
@@ -77,8 +81,9 @@ class AttentionCache(Protocol):
     """What attention needs of a KV cache (inference/kv_cache.py): store a layer's new keys and values,
     get back every key and value a query may attend to, with the mask that says which."""
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
 
 
 class Attention(nn.Module):
@@ -120,9 +125,13 @@ class Attention(nn.Module):
         k, v = (self._heads(t) for t in self.kv(memory).split(self.n_embd, dim=2))
         return (self.k_norm(k) if self.k_norm is not None else k), v
 
-    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-             memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, record: Record = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        record: Record = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.cross:
             q = self._heads(self.q(x))
             k, v = memory if isinstance(memory, tuple) else self.keys_values(memory)
@@ -148,8 +157,9 @@ class Attention(nn.Module):
                 record("k_rope", k, "H T D", "each channel pair of k rotated by its angle at t (RoPE)", "Rotary")
         return q, k, v
 
-    def _weights(self, q: torch.Tensor, k: torch.Tensor, record: Record = None,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(
+        self, q: torch.Tensor, k: torch.Tensor, record: Record = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Softmax of the scaled q·k with the future (causal) and mask's False keys masked: the weights
         the fused kernel applies."""
         T, S = q.size(-2), k.size(-2)
@@ -167,10 +177,14 @@ class Attention(nn.Module):
             record("weights", weights, "H T T", "softmax over each row (the keys)")
         return weights
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: AttentionCache | None = None,
-                memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: AttentionCache | None = None,
+        memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). memory: cross-attention's source (B, S, C), or its keys_values();
         mask: which keys each query may see (True: may), broadcast to (B, H, T, keys), e.g. a source's
         padding; a causal layer masks the future itself."""
@@ -191,8 +205,9 @@ class Attention(nn.Module):
         else:
             k, v, mask = cache.update(self.layer, k, v)
             # mask None: a prefill from position 0 (plain causal) or one token that may see every key.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                               dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout_p
+            )
         if record is not None:
             record("weighted", y, "H T D", "weights [H×T×T] · v [H×T×D]")
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -203,9 +218,13 @@ class Attention(nn.Module):
         return self.resid_dropout(out)
 
     @torch.no_grad()
-    def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def weights(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The attention weights (B, n_head, T, keys) this layer applies to input x: softmax of the
         scaled q·k with the future (causal) and mask's False keys masked, computed from the same q and
         k as forward (QK-norm, RoPE and all)."""
@@ -295,10 +314,15 @@ class Block(nn.Module):
         self.ln_cross = make_norm(cfg) if cross else None
         self.cross = Attention(cfg, layer, cross=True) if cross else None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: AttentionCache | None = None, mask: torch.Tensor | None = None,
-                memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: AttentionCache | None = None,
+        mask: torch.Tensor | None = None,
+        memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         record = self.record
         if record is None:
             x = x + self.attn(self.ln_1(x), rope, cache, mask=mask)

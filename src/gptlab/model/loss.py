@@ -19,5 +19,6 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     reduction "mean" (per counted target), "sum" (nats in all, for averaging over many batches) or
     "none" (each target's nats, 0 where IGNORE).
     """
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                           ignore_index=IGNORE, reduction=reduction)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction=reduction
+    )

@@ -14,34 +14,73 @@ CHAR_VOCAB = 65
 # zero-initialised head, Muon for the hidden matrices and AdamW for the rest, warm-up–stable–decay.
 # Calibrated on the CPU with benchmarks/recipe_race.py (README "The modern recipe").
 MODERN_MODEL: dict[str, Any] = {
-    "position": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False,
-    "zero_init": True, "bias": False,
+    "position": "rope",
+    "norm": "rmsnorm",
+    "qk_norm": True,
+    "mlp": "relu2",
+    "tie_embeddings": False,
+    "zero_init": True,
+    "bias": False,
 }
 MODERN_TRAIN: dict[str, Any] = {
-    "optimizer": "muon", "lr": 0.03, "muon_momentum": 0.9, "embedding_lr": 0.1, "head_lr": 0.006,
-    "vector_lr": 0.01, "beta1": 0.8, "beta2": 0.95, "weight_decay": 0.0, "schedule": "wsd",
-    "decay_fraction": 0.35, "warmup_steps": 0, "min_lr": 0.0,
+    "optimizer": "muon",
+    "lr": 0.03,
+    "muon_momentum": 0.9,
+    "embedding_lr": 0.1,
+    "head_lr": 0.006,
+    "vector_lr": 0.01,
+    "beta1": 0.8,
+    "beta2": 0.95,
+    "weight_decay": 0.0,
+    "schedule": "wsd",
+    "decay_fraction": 0.35,
+    "warmup_steps": 0,
+    "min_lr": 0.0,
 }
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The classic CPU character model (GPT-2 recipe) that learns visible Shakespeare in a few minutes.
     "cpu-tiny": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0},
-        "train": {"batch_size": 16, "max_steps": 1200, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100,
-                  "beta2": 0.99, "eval_interval": 200, "eval_batches": 10, "checkpoint_interval": 400,
-                  "sample_prompt": "ROMEO:"},
+        "train": {
+            "batch_size": 16,
+            "max_steps": 1200,
+            "lr": 2e-3,
+            "min_lr": 2e-4,
+            "warmup_steps": 100,
+            "beta2": 0.99,
+            "eval_interval": 200,
+            "eval_batches": 10,
+            "checkpoint_interval": 400,
+            "sample_prompt": "ROMEO:",
+        },
     },
     # The same size and budget with the modern recipe: the demo's default.
     "cpu-modern": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0, **MODERN_MODEL},
-        "train": {"batch_size": 16, "max_steps": 1200, **MODERN_TRAIN, "eval_interval": 200, "eval_batches": 10,
-                  "checkpoint_interval": 400, "sample_prompt": "ROMEO:"},
+        "train": {
+            "batch_size": 16,
+            "max_steps": 1200,
+            **MODERN_TRAIN,
+            "eval_interval": 200,
+            "eval_batches": 10,
+            "checkpoint_interval": 400,
+            "sample_prompt": "ROMEO:",
+        },
     },
     # The classic small CPU character configuration (T=64, B=12, 4x4x128, 2000 steps).
     "cpu-small": {
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
-        "train": {"batch_size": 12, "max_steps": 2000, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
-                  "beta2": 0.99, "eval_interval": 250, "eval_batches": 20},
+        "train": {
+            "batch_size": 12,
+            "max_steps": 2000,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 100,
+            "beta2": 0.99,
+            "eval_interval": 250,
+            "eval_batches": 20,
+        },
     },
     # The size used by the TutorialLLM teaching code.
     "tutorial": {
@@ -51,8 +90,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The shakespeare-char GPU configuration (6x6x384, T=256, B=64, dropout 0.2, 5000 steps).
     "char-gpu": {
         "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2},
-        "train": {"batch_size": 64, "max_steps": 5000, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
-                  "beta2": 0.99, "eval_interval": 250, "eval_batches": 200},
+        "train": {
+            "batch_size": 64,
+            "max_steps": 5000,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 100,
+            "beta2": 0.99,
+            "eval_interval": 250,
+            "eval_batches": 200,
+        },
     },
     # Its modern counterpart: same shape, the modern recipe, fewer steps.
     "char-gpu-modern": {

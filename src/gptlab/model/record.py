@@ -40,8 +40,7 @@ def summary(value: torch.Tensor) -> dict[str, float]:
         v = v[torch.isfinite(v)]
     if v.numel() == 0:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-    return {"mean": v.mean().item(), "std": v.std(unbiased=False).item(), "min": v.min().item(),
-            "max": v.max().item()}
+    return {"mean": v.mean().item(), "std": v.std(unbiased=False).item(), "min": v.min().item(), "max": v.max().item()}
 
 
 @dataclass
@@ -67,8 +66,18 @@ class Recorder:
             sliced = self.at is not None and "T" in axes.split()
             if kept is not None and sliced:
                 kept = kept.select(axes.split().index("T"), self.at).clone()  # the slice alone, not a view
-            self.stages.append(Stage(full, module_name or type(module).__name__, axes, op, tuple(row.shape),
-                                     summary(row), kept, self.at if sliced else None))
+            self.stages.append(
+                Stage(
+                    full,
+                    module_name or type(module).__name__,
+                    axes,
+                    op,
+                    tuple(row.shape),
+                    summary(row),
+                    kept,
+                    self.at if sliced else None,
+                )
+            )
 
         return record
 

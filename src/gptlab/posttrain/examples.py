@@ -29,8 +29,9 @@ class Example:
     trained: list[bool]
 
 
-def encode_example(template: ChatTemplate, messages: list[Message], block_size: int,
-                   report: SkipReport) -> Example | None:
+def encode_example(
+    template: ChatTemplate, messages: list[Message], block_size: int, report: SkipReport
+) -> Example | None:
     """A conversation as an Example, or None (counted in report) when it cannot be one."""
     try:
         ids, trained = template.encode(messages)
@@ -43,12 +44,15 @@ def encode_example(template: ChatTemplate, messages: list[Message], block_size: 
     return Example(ids, trained)
 
 
-def encode_pair(template: ChatTemplate, pair: PreferencePair, block_size: int,
-                report: SkipReport) -> tuple[Example, Example] | None:
+def encode_pair(
+    template: ChatTemplate, pair: PreferencePair, block_size: int, report: SkipReport
+) -> tuple[Example, Example] | None:
     """A preference pair as (chosen, rejected) Examples, or None (counted in report)."""
     scratch = SkipReport()
-    both = [encode_example(template, [Message("user", pair.prompt), Message("assistant", answer)], block_size, scratch)
-            for answer in (pair.chosen, pair.rejected)]
+    both = [
+        encode_example(template, [Message("user", pair.prompt), Message("assistant", answer)], block_size, scratch)
+        for answer in (pair.chosen, pair.rejected)
+    ]
     if None in both:
         report.skip(next(iter(scratch.reasons)))
         return None
@@ -71,8 +75,8 @@ def collate(rows: list[Example]) -> Batch:
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, r in enumerate(rows):
-        ids[i, :len(r.ids)] = torch.tensor(r.ids)
-        mask[i, :len(r.trained)] = torch.tensor(r.trained)
+        ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        mask[i, : len(r.trained)] = torch.tensor(r.trained)
     return Batch(ids[:, :-1], ids[:, 1:], mask[:, 1:])
 
 

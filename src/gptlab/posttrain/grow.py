@@ -28,4 +28,6 @@ def load_grown(source: nn.Module, target: nn.Module) -> None:
     try:
         target.load_state_dict(state)
     except RuntimeError as exc:
-        raise GptlabError(f"the base run's weights do not fit this model: {str(exc).splitlines()[-1].strip()}") from None
+        raise GptlabError(
+            f"the base run's weights do not fit this model: {str(exc).splitlines()[-1].strip()}"
+        ) from None

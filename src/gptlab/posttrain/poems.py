@@ -38,7 +38,7 @@ class Poem:
 
 
 def verse_form(text: str) -> str:
-    """"five" or "seven" when every line (between punctuation) has that many characters (regulated
+    """ "five" or "seven" when every line (between punctuation) has that many characters (regulated
     verse), else "other"."""
     lengths = {len(part) for part in _PUNCTUATION.split(text) if part}
     return {frozenset({5}): "five", frozenset({7}): "seven"}.get(frozenset(lengths), "other")
@@ -53,9 +53,12 @@ def read_poems(paths: list[str], report: SkipReport) -> list[Poem]:
             report.skip("record that is not a JSON object")
         elif not (isinstance(record.get("title"), str) and record["title"].strip()):
             report.skip("poem without a 'title' string")
-        elif not (isinstance(record.get("paragraphs"), list) and record["paragraphs"]
-                  and all(isinstance(p, str) for p in record["paragraphs"])
-                  and any(p.strip() for p in record["paragraphs"])):
+        elif not (
+            isinstance(record.get("paragraphs"), list)
+            and record["paragraphs"]
+            and all(isinstance(p, str) for p in record["paragraphs"])
+            and any(p.strip() for p in record["paragraphs"])
+        ):
             report.skip("poem without 'paragraphs' (a non-empty list of strings)")
         else:
             author = record.get("author") if isinstance(record.get("author"), str) else ""
@@ -70,8 +73,10 @@ def instruction_prompt(poem: Poem, template: str = DEFAULT_TEMPLATE) -> str:
     try:
         return template.format(title=poem.title, author=poem.author)
     except (KeyError, IndexError, ValueError) as exc:
-        raise GptlabError(f"prompt template {template!r} is not usable: it may name only {{title}} and "
-                          f"{{author}} ({type(exc).__name__}: {exc})") from None
+        raise GptlabError(
+            f"prompt template {template!r} is not usable: it may name only {{title}} and "
+            f"{{author}} ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def instruction_records(poems: list[Poem], template: str = DEFAULT_TEMPLATE) -> list[dict[str, str]]:
@@ -86,11 +91,15 @@ def preference_records(poems: list[Poem], template: str = DEFAULT_TEMPLATE, seed
     five = [p for p, f in zip(poems, forms) if f == "five"]
     others = [p for p, f in zip(poems, forms) if f == "seven"] or [p for p, f in zip(poems, forms) if f != "five"]
     if not five or not others:
-        raise GptlabError("preference pairs need five-character poems and poems of another form; "
-                          f"found {len(five)} five-character and {len(others)} others")
+        raise GptlabError(
+            "preference pairs need five-character poems and poems of another form; "
+            f"found {len(five)} five-character and {len(others)} others"
+        )
     picks = np.random.default_rng(seed).integers(0, len(others), size=len(five))
-    return [{"prompt": instruction_prompt(p, template), "chosen": p.text, "rejected": others[i].text}
-            for p, i in zip(five, picks.tolist())]
+    return [
+        {"prompt": instruction_prompt(p, template), "chosen": p.text, "rejected": others[i].text}
+        for p, i in zip(five, picks.tolist())
+    ]
 
 
 def write_jsonl(path: str | Path, records: list[dict[str, str]]) -> None:
@@ -98,8 +107,13 @@ def write_jsonl(path: str | Path, records: list[dict[str, str]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def convert(paths: list[str], instructions: str | None, preferences: str | None,
-            template: str = DEFAULT_TEMPLATE, seed: int = 1337) -> tuple[dict[str, int], SkipReport]:
+def convert(
+    paths: list[str],
+    instructions: str | None,
+    preferences: str | None,
+    template: str = DEFAULT_TEMPLATE,
+    seed: int = 1337,
+) -> tuple[dict[str, int], SkipReport]:
     """`gptlab poem-data`: poem files to an instruction JSONL and/or a preference JSONL.
     Returns the number of records written to each, and what was skipped."""
     if not instructions and not preferences:

@@ -15,8 +15,15 @@ from gptlab.train.trainer import TrainResult, train
 
 # Post-training is short and starts from a model that already knows the language: a small peak
 # learning rate, a short warm-up, a cosine decay, no weight decay, frequent evaluation with samples.
-_COMMON = {"warmup_steps": 10, "weight_decay": 0.0, "eval_interval": 50, "checkpoint_interval": 100,
-           "log_interval": 10, "sample_tokens": 64, "sample_temperature": 0.8}
+_COMMON = {
+    "warmup_steps": 10,
+    "weight_decay": 0.0,
+    "eval_interval": 50,
+    "checkpoint_interval": 100,
+    "log_interval": 10,
+    "sample_tokens": 64,
+    "sample_temperature": 0.8,
+}
 STAGE_DEFAULTS = {
     "sft": {**_COMMON, "batch_size": 16, "max_steps": 300, "lr": 3e-4, "min_lr": 3e-5},
     "dpo": {**_COMMON, "batch_size": 8, "max_steps": 200, "lr": 5e-5, "min_lr": 5e-6},
@@ -39,25 +46,39 @@ def start_config(stage: str, base: str | Path, data: str | Path, overrides: list
     for item in overrides:
         key = item.partition("=")[0].strip().lstrip("-").replace("-", "_")
         if key.removeprefix("model.") in shape or key.removeprefix("posttrain.") in ("stage", "base"):
-            raise GptlabError(f"'{key}' cannot be set here: the model is the base run's (only dropout may "
-                              "change) and --from names the base")
+            raise GptlabError(
+                f"'{key}' cannot be set here: the model is the base run's (only dropout may "
+                "change) and --from names the base"
+            )
     apply_overrides(cfg, overrides)
     cfg.validate()
     return cfg
 
 
-def posttrain(stage: str, base: str | None, data: str | None, out: str | None, resume: str | None,
-              overrides: list[str], max_steps: int | None = None) -> TrainResult:
+def posttrain(
+    stage: str,
+    base: str | None,
+    data: str | None,
+    out: str | None,
+    resume: str | None,
+    overrides: list[str],
+    max_steps: int | None = None,
+) -> TrainResult:
     """Start (base, data, out) or resume (resume) a fine-tuning (sft) or alignment (dpo) run."""
     command = SESSIONS[stage].command
     if resume:
         if base or data or out or overrides:
-            raise GptlabError(f"--resume RUN takes no --from/--data/--out/overrides (the run keeps its own); "
-                              "only --max-steps may extend it")
+            raise GptlabError(
+                "--resume RUN takes no --from/--data/--out/overrides (the run keeps its own); "
+                "only --max-steps may extend it"
+            )
         stage_of_run = read_config(resume).posttrain.stage
         if stage_of_run != stage:
-            what = "a pretraining run (resume it with `gptlab train --resume`)" if not stage_of_run else \
-                f"a `gptlab {SESSIONS[stage_of_run].command}` run"
+            what = (
+                "a pretraining run (resume it with `gptlab train --resume`)"
+                if not stage_of_run
+                else f"a `gptlab {SESSIONS[stage_of_run].command}` run"
+            )
             raise GptlabError(f"{resume} is {what}, not a `gptlab {command}` run")
         return train(None, resume, resume=True, max_steps=max_steps, session=SESSIONS[stage])
     if not (base and data and out):

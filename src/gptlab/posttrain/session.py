@@ -65,8 +65,10 @@ class PosttrainSession(_Training):
         if self.resume:
             saved = self._saved_description()
             if saved.get("sha256") != self.sha256:
-                raise GptlabError(f"{post.data} changed since {run} started training on it; resume needs the "
-                                  "same records (start a new run for new data)")
+                raise GptlabError(
+                    f"{post.data} changed since {run} started training on it; resume needs the "
+                    "same records (start a new run for new data)"
+                )
         self.report = SkipReport()
         block = self.cfg.model.block_size
         if self.dpo:
@@ -74,15 +76,18 @@ class PosttrainSession(_Training):
             items = [e for p in pairs if (e := encode_pair(self.template, p, block, self.report)) is not None]
         else:
             conversations = read_instructions(post.data, self.report)
-            items = [e for c in conversations
-                     if (e := encode_example(self.template, c, block, self.report)) is not None]
+            items = [
+                e for c in conversations if (e := encode_example(self.template, c, block, self.report)) is not None
+            ]
         train_ids, val_ids = held_out(len(items), post.held_out, self.tcfg.seed)
         self.train_items = [items[i] for i in train_ids]
         self.val_items = [items[i] for i in val_ids]
         for line in self.report.lines():
             self.say(line)
-        self.say(f"{len(self.train_items):,} training and {len(self.val_items):,} held-out "
-                 f"{'pairs' if self.dpo else 'records'} from {post.data}")
+        self.say(
+            f"{len(self.train_items):,} training and {len(self.val_items):,} held-out "
+            f"{'pairs' if self.dpo else 'records'} from {post.data}"
+        )
         if post.epochs > 0 and not self.resume:
             global_batch = self.tcfg.batch_size * self.tcfg.grad_accum * self.ranks.world_size
             self.tcfg.max_steps = max(1, math.ceil(post.epochs * len(self.train_items) / global_batch))
@@ -123,10 +128,18 @@ class PosttrainSession(_Training):
 
     def write_data_description(self) -> None:
         post = self.cfg.posttrain
-        atomic_write_json(self.run / DATA_DESCRIPTION, {
-            "stage": post.stage, "base": post.base, "data": post.data, "sha256": self.sha256,
-            "train_records": len(self.train_items), "held_out_records": len(self.val_items),
-            "skipped": dict(self.report.reasons)})
+        atomic_write_json(
+            self.run / DATA_DESCRIPTION,
+            {
+                "stage": post.stage,
+                "base": post.base,
+                "data": post.data,
+                "sha256": self.sha256,
+                "train_records": len(self.train_items),
+                "held_out_records": len(self.val_items),
+                "skipped": dict(self.report.reasons),
+            },
+        )
 
     def check_dataset(self) -> None:
         """Nothing to watch: the records were read whole at the start (and checked on resume)."""
@@ -138,7 +151,7 @@ class PosttrainSession(_Training):
         """Mean loss per answer token over items (nats)."""
         nats, count = 0.0, 0
         for i in range(0, len(items), EVAL_ROWS):
-            batch = collate(items[i:i + EVAL_ROWS]).to(self.device)
+            batch = collate(items[i : i + EVAL_ROWS]).to(self.device)
             with autocast(self.device):
                 logits, _ = self.model(batch.inputs)
             nats += lm_loss(logits, batch.loss_targets(), reduction="sum").item()
@@ -150,7 +163,7 @@ class PosttrainSession(_Training):
         """DPO loss, reward margin and preference accuracy, averaged over the pairs of items."""
         sums = {"loss": 0.0, "margin": 0.0, "accuracy": 0.0}
         for i in range(0, len(items), EVAL_ROWS):
-            chunk = items[i:i + EVAL_ROWS]
+            chunk = items[i : i + EVAL_ROWS]
             batch: Batch = pair_batch(chunk).to(self.device)
             with autocast(self.device):
                 measured: Preference = self.dpo_objective.measure(self.model, batch)
@@ -163,18 +176,30 @@ class PosttrainSession(_Training):
         prompts; every rank computes, rank 0 prints and writes."""
         self.model.eval()
         state = self.state
-        record: dict[str, Any] = {"step": step, "tokens_seen": state.tokens_seen, "elapsed_s": round(state.elapsed_s, 3)}
-        same_size = self.train_items[:len(self.val_items)]
+        record: dict[str, Any] = {
+            "step": step,
+            "tokens_seen": state.tokens_seen,
+            "elapsed_s": round(state.elapsed_s, 3),
+        }
+        same_size = self.train_items[: len(self.val_items)]
         if self.dpo:
             val, train = self._preference(self.val_items), self._preference(same_size)
-            record.update(eval_train_loss=train["loss"], val_loss=val["loss"], reward_margin=val["margin"],
-                          preference_accuracy=val["accuracy"])
-            self.say(f"step {step}: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}, reward margin "
-                     f"{val['margin']:.3f}, preference accuracy {val['accuracy']:.1%} (held-out pairs)")
+            record.update(
+                eval_train_loss=train["loss"],
+                val_loss=val["loss"],
+                reward_margin=val["margin"],
+                preference_accuracy=val["accuracy"],
+            )
+            self.say(
+                f"step {step}: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}, reward margin "
+                f"{val['margin']:.3f}, preference accuracy {val['accuracy']:.1%} (held-out pairs)"
+            )
         else:
             record.update(eval_train_loss=self._sft_loss(same_size), val_loss=self._sft_loss(self.val_items))
-            self.say(f"step {step}: train loss {record['eval_train_loss']:.4f}, val loss {record['val_loss']:.4f} "
-                     "(answer tokens of held-out records)")
+            self.say(
+                f"step {step}: train loss {record['eval_train_loss']:.4f}, val loss {record['val_loss']:.4f} "
+                "(answer tokens of held-out records)"
+            )
         self._samples(step)
         self.model.train()
         if self.main:
@@ -191,15 +216,18 @@ class PosttrainSession(_Training):
             example = item[0] if self.dpo else item
             conversation = self.template.decode(example.ids)
             prompts.append([m for m in conversation if m.role != "assistant"] or [Message("user", "")])
-        params = SamplingParams(tcfg.sample_tokens, tcfg.sample_temperature, tcfg.sample_top_k, stop=[END],
-                                seed=tcfg.seed + step)
+        params = SamplingParams(
+            tcfg.sample_tokens, tcfg.sample_temperature, tcfg.sample_top_k, stop=[END], seed=tcfg.seed + step
+        )
         texts, ends = [""] * len(prompts), ["length"] * len(prompts)
         for steps in generate_steps(self.model, self.tokenizer, [self.template.prompt(p) for p in prompts], params):
             for s in steps:
                 texts[s.seq] += s.text
                 ends[s.seq] = s.finish or ends[s.seq]
-        shown = "\n".join(f"> {p[-1].content}\n{t}{'' if e == 'stop' else ' [no end of turn]'}"
-                          for p, t, e in zip(prompts, texts, ends))
+        shown = "\n".join(
+            f"> {p[-1].content}\n{t}{'' if e == 'stop' else ' [no end of turn]'}"
+            for p, t, e in zip(prompts, texts, ends)
+        )
         self.say(f"--- answers at step {step} ---\n{shown}\n---")
         if self.main:
             with open(self.run / "samples.txt", "a", encoding="utf-8") as f:

@@ -47,8 +47,10 @@ class ChatTemplate:
 
     def __init__(self, tokenizer: Tokenizer):
         if not has_chat_tokens(tokenizer):
-            raise GptlabError("this model has no chat template (it is a base model); fine-tune it first "
-                              "with `gptlab finetune --from RUN --data FILE --out RUN2`")
+            raise GptlabError(
+                "this model has no chat template (it is a base model); fine-tune it first "
+                "with `gptlab finetune --from RUN --data FILE --out RUN2`"
+            )
         self.tokenizer: WithSpecialTokens = tokenizer  # type: ignore[assignment]
         self.end_id = self.tokenizer.token_id(END)
         self.role_ids = {role: self.tokenizer.token_id(m) for role, m in MARKERS.items()}
@@ -100,7 +102,7 @@ class ChatTemplate:
         after a leading system message are dropped first. Returns the ids and how many messages were
         dropped; refuses when even the last message alone does not fit."""
         system = messages[:1] if messages and messages[0].role == "system" else []
-        rest = messages[len(system):]
+        rest = messages[len(system) :]
         for start in range(len(rest)):
             ids = self.prompt(system + rest[start:])
             if len(ids) <= budget:

@@ -16,8 +16,15 @@ from gptlab.posttrain.template import END, ChatTemplate, Message
 from gptlab.runs import load_run
 
 
-def chat(run: str, device: str = "auto", temperature: float = 0.8, top_p: float = 1.0, max_tokens: int = 0,
-         seed: int | None = None, system: str = "") -> None:
+def chat(
+    run: str,
+    device: str = "auto",
+    temperature: float = 0.8,
+    top_p: float = 1.0,
+    max_tokens: int = 0,
+    seed: int | None = None,
+    system: str = "",
+) -> None:
     """Talk with run until Ctrl-D or Ctrl-C (max_tokens 0: up to the context window)."""
     loaded = load_run(run, pick_device(device))
     template = ChatTemplate(loaded.tokenizer)  # refuses a base run with one line
@@ -38,10 +45,11 @@ def chat(run: str, device: str = "auto", temperature: float = 0.8, top_p: float 
             history.append(Message("user", text))
             ids, dropped = template.prompt_within(history, block - 1)
             if dropped:
-                history = history[:1] + history[1 + dropped:] if system else history[dropped:]
+                history = history[:1] + history[1 + dropped :] if system else history[dropped:]
                 print(f"(the {dropped} oldest message(s) no longer fit in the context and are left out)")
-            params = SamplingParams(max_tokens or block, temperature, top_p=top_p, stop=[END],
-                                    seed=None if seed is None else seed + turn)
+            params = SamplingParams(
+                max_tokens or block, temperature, top_p=top_p, stop=[END], seed=None if seed is None else seed + turn
+            )
             print("model> ", end="", flush=True)
             answer = ""
             for steps in generate_steps(loaded.model, loaded.tokenizer, [ids], params):

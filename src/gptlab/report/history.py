@@ -48,8 +48,11 @@ class RunHistory:
 
     def series(self, key: str) -> list[tuple[int, int, float]]:
         """(step, tokens_seen, value) for every record holding key, in step order."""
-        return [(int(m["step"]), int(m.get("tokens_seen", 0)), float(m[key]))
-                for m in self.metrics if key in m and m[key] is not None]
+        return [
+            (int(m["step"]), int(m.get("tokens_seen", 0)), float(m[key]))
+            for m in self.metrics
+            if key in m and m[key] is not None
+        ]
 
     @property
     def has_eval(self) -> bool:
@@ -81,8 +84,9 @@ def read_history(run: str | Path) -> RunHistory:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GptlabError(f"{path / METRICS} is corrupt: {exc}") from None
     if not metrics:
-        raise GptlabError(f"{path} has no metrics yet ({METRICS} is missing or empty); "
-                          "let it train at least one logged step")
+        raise GptlabError(
+            f"{path} has no metrics yet ({METRICS} is missing or empty); let it train at least one logged step"
+        )
     metrics.sort(key=lambda m: m.get("step", 0))
     return RunHistory(path, cfg, metrics, _read_json(path / DATA_META))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import statistics
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ NO_EVAL = "No evaluation yet: final losses appear after the run's first evaluati
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; text-align: left; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f4; padding: 0.7em; white-space: pre-wrap; border-radius: 4px; }
 .muted { color: #777; } .note { background: #fff6dd; padding: 0.6em 0.9em; border-radius: 4px; }
@@ -44,21 +45,28 @@ def write_report(run: str | Path) -> tuple[Path, list[str]]:
 def render_report(hist: RunHistory) -> str:
     """The report page for a run's history, as one HTML string."""
     last_step = max(int(m.get("step", 0)) for m in hist.metrics)
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>{escape(hist.name)}</h1>",
         f'<p class="muted">{escape(str(hist.path.resolve()))} · step {last_step:,} · report written {generated}</p>',
-        "<h2>Summary</h2>", _summary(hist),
+        "<h2>Summary</h2>",
+        _summary(hist),
         "<h2>Loss curves</h2>",
         f'<img alt="loss curves" src="data:image/png;base64,{base64.b64encode(png_bytes([hist])).decode()}">',
-        "<h2>Samples during training</h2>", _samples(hist),
-        "<h2>Configuration</h2>", _config(hist),
-        "<h2>Parameters</h2>", _params(hist),
-        "<h2>Data</h2>", _data(hist),
+        "<h2>Samples during training</h2>",
+        _samples(hist),
+        "<h2>Configuration</h2>",
+        _config(hist),
+        "<h2>Parameters</h2>",
+        _params(hist),
+        "<h2>Data</h2>",
+        _data(hist),
     ]
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{escape(hist.name)}: gptlab report</title><style>{_STYLE}</style></head>\n"
-            f"<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(hist.name)}: gptlab report</title><style>{_STYLE}</style></head>\n"
+        f"<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def _table(rows: list[list[Any]], header: list[str] | None = None) -> str:
@@ -77,9 +85,15 @@ def _summary(hist: RunHistory) -> str:
     parts = []
     finals = hist.final_losses()
     if finals:
-        rows = [[f.split, f.step, f"{f.nats:.4f}",
-                 "n/a (no data_meta.json)" if f.bits_per_byte is None else f"{f.bits_per_byte:.4f}"]
-                for f in finals]
+        rows = [
+            [
+                f.split,
+                f.step,
+                f"{f.nats:.4f}",
+                "n/a (no data_meta.json)" if f.bits_per_byte is None else f"{f.bits_per_byte:.4f}",
+            ]
+            for f in finals
+        ]
         parts.append(_table(rows, ["split", "at step", "loss (nats/token)", "bits per byte"]))
     else:
         parts.append(f'<p class="note" id="no-eval">{escape(NO_EVAL)}</p>')
@@ -112,8 +126,11 @@ def _samples(hist: RunHistory) -> str:
 def _config(hist: RunHistory) -> str:
     cfg = hist.config.to_dict()
     # Values as written in a TOML file or override (seed 1337, not 1,337).
-    rows = [[f"{section}.{key}", repr(value) if isinstance(value, str) else str(value)]
-            for section in ("model", "train") for key, value in cfg[section].items()]
+    rows = [
+        [f"{section}.{key}", repr(value) if isinstance(value, str) else str(value)]
+        for section in ("model", "train")
+        for key, value in cfg[section].items()
+    ]
     rows += [["preset", cfg["preset"] or "(none)"], ["data", cfg["data"]]]
     return _table(rows, ["field", "value"])
 
@@ -124,11 +141,21 @@ def _params(hist: RunHistory) -> str:
         return '<p class="muted">vocab_size unknown: no parameter count.</p>'
     p, f = count_params(model), flops_per_token(model)
     tied = " (tied to the unembedding)" if p.tied else ""
-    rows = [[("token embedding" + tied) if place == "token embedding" else
-             (f"blocks ({model.n_layer})" if place == "blocks" else place), n] for place, n in p.by_place.items()]
+    rows = [
+        [
+            ("token embedding" + tied)
+            if place == "token embedding"
+            else (f"blocks ({model.n_layer})" if place == "blocks" else place),
+            n,
+        ]
+        for place, n in p.by_place.items()
+    ]
     rows += [[f"by role: {ROLE_NAMES[role]}", n] for role, n in p.by_role.items() if n]
-    rows += [["total", p.total], ["forward FLOPs per token", human(f["forward"])],
-             ["training FLOPs per token", human(f["train"])]]
+    rows += [
+        ["total", p.total],
+        ["forward FLOPs per token", human(f["forward"])],
+        ["training FLOPs per token", human(f["train"])],
+    ]
     return _table(rows, ["part", "parameters"]) + f"<pre>{escape(chr(10).join(describe(model)))}</pre>"
 
 
@@ -137,8 +164,11 @@ def _data(hist: RunHistory) -> str:
     if not meta:
         return '<p class="muted">No data summary (the run has no data_meta.json).</p>'
     tok = meta.get("tokenizer") or {}
-    parts = [f"<p>tokenizer: {escape(str(tok.get('kind', '?')))}, vocabulary size "
-             f"{escape(str(tok.get('vocab_size', '?')))}; sources: {escape(', '.join(map(str, meta.get('sources', []))))}</p>"]
+    parts = [
+        f"<p>tokenizer: {escape(str(tok.get('kind', '?')))}, vocabulary size "
+        f"{escape(str(tok.get('vocab_size', '?')))}; "
+        f"sources: {escape(', '.join(map(str, meta.get('sources', []))))}</p>"
+    ]
     splits = meta.get("splits") or {}
     keys = ["tokens", "documents", "chars", "bytes"]
     parts.append(_table([[name] + [s.get(k, "") for k in keys] for name, s in splits.items()], ["split"] + keys))

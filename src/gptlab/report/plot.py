@@ -30,8 +30,10 @@ def loss_figure(histories: Sequence[RunHistory]) -> Figure:
     for i, hist in enumerate(histories):
         colour = f"C{i}" if overlay else None
         prefix = f"{hist.name} " if overlay else ""
-        for key, label, style in (("train_loss", "train", {"lw": 1, "alpha": 0.7}),
-                                  ("val_loss", "val", {"lw": 1.5, "ls": "--", "marker": "o", "ms": 3})):
+        for key, label, style in (
+            ("train_loss", "train", {"lw": 1, "alpha": 0.7}),
+            ("val_loss", "val", {"lw": 1.5, "ls": "--", "marker": "o", "ms": 3}),
+        ):
             points = hist.series(key)
             if not points:
                 continue
@@ -54,8 +56,15 @@ def loss_figure(histories: Sequence[RunHistory]) -> Figure:
     lr_lines, lr_labels = lr_axis.get_legend_handles_labels()
     by_step.legend(lines + lr_lines, labels + lr_labels, fontsize=8, loc="upper right")
     if not any(h.series("val_loss") for h in histories):
-        by_tokens.text(0.5, 0.5, "no evaluation yet:\nval loss appears after the first eval",
-                       transform=by_tokens.transAxes, ha="center", va="center", color="0.4")
+        by_tokens.text(
+            0.5,
+            0.5,
+            "no evaluation yet:\nval loss appears after the first eval",
+            transform=by_tokens.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
     fig.suptitle(" vs ".join(h.name for h in histories))
     return fig
 

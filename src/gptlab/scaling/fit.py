@@ -64,8 +64,9 @@ def _nonnegative_lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]
     return best, best_sse
 
 
-def fit_scaling_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float],
-                    exponent_range: tuple[float, float] = (0.02, 2.0)) -> ScalingLaw:
+def fit_scaling_law(
+    n: Sequence[float], d: Sequence[float], loss: Sequence[float], exponent_range: tuple[float, float] = (0.02, 2.0)
+) -> ScalingLaw:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to measured (N, D, L) points (least squares, E, A, B >= 0).
 
     Needs at least 5 points with at least 2 distinct N and 2 distinct D (5 parameters)."""
@@ -73,8 +74,9 @@ def fit_scaling_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float
     if not (len(N) == len(D) == len(L)):
         raise GptlabError("the fit needs as many sizes and token counts as losses")
     if len(L) < PARAMS or len(np.unique(N)) < 2 or len(np.unique(D)) < 2:
-        raise GptlabError(f"the fit needs at least {PARAMS} points spread over 2 sizes and 2 token counts "
-                          f"(got {len(L)} points)")
+        raise GptlabError(
+            f"the fit needs at least {PARAMS} points spread over 2 sizes and 2 token counts (got {len(L)} points)"
+        )
     if not (np.all(np.isfinite(L)) and np.all(N > 0) and np.all(D > 0)):
         raise GptlabError("the fit needs finite losses and positive sizes and token counts")
     # Powers of N and D relative to their geometric means, so the columns stay well scaled at any size.
@@ -99,12 +101,19 @@ def fit_scaling_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float
         alphas = np.linspace(max(lo, best[1] - step[0]), min(hi, best[1] + step[0]), 21)
         betas = np.linspace(max(lo, best[2] - step[1]), min(hi, best[2] + step[1]), 21)
     sse, alpha, beta, (E, a_scaled, b_scaled) = best
-    return ScalingLaw(E=float(E), A=float(a_scaled * n0**alpha), alpha=alpha, B=float(b_scaled * d0**beta),
-                      beta=beta, rmse=math.sqrt(sse / len(L)))
+    return ScalingLaw(
+        E=float(E),
+        A=float(a_scaled * n0**alpha),
+        alpha=alpha,
+        B=float(b_scaled * d0**beta),
+        beta=beta,
+        rmse=math.sqrt(sse / len(L)),
+    )
 
 
-def compute_optimal(law: ScalingLaw, budget: float, flops_per_token: Callable[[np.ndarray], np.ndarray],
-                    n_range: tuple[float, float]) -> tuple[float, float]:
+def compute_optimal(
+    law: ScalingLaw, budget: float, flops_per_token: Callable[[np.ndarray], np.ndarray], n_range: tuple[float, float]
+) -> tuple[float, float]:
     """(N, predicted loss) of the compute-optimal model at `budget` FLOPs, searched on a fine log grid
     of sizes within n_range; tokens D = budget / flops_per_token(N) (the model family's own FLOPs)."""
     grid = np.exp(np.linspace(math.log(n_range[0]), math.log(n_range[1]), 2000))

@@ -55,8 +55,10 @@ def parse_shape(text: str) -> Shape:
     n_layer, n_embd = int(match.group(1)), int(match.group(2))
     n_head = int(match.group(3)) if match.group(3) else max(1, n_embd // 32)
     if min(n_layer, n_embd, n_head) < 1 or n_embd % n_head:
-        raise GptlabError(f"size {text!r}: layers, width and heads must be positive and the width divisible "
-                          f"by the heads ({n_embd} by {n_head})")
+        raise GptlabError(
+            f"size {text!r}: layers, width and heads must be positive and the width divisible "
+            f"by the heads ({n_embd} by {n_head})"
+        )
     return Shape(n_layer, n_embd, n_head)
 
 
@@ -87,19 +89,38 @@ class Setup:
 
     def config(self, shape: Shape, max_steps: int = 1) -> RunConfig:
         """The run config of one shape (validated; bad overrides are refused here, before any training)."""
-        cfg = build_config(self.preset, None, [
-            *shape.overrides(), f"block_size={self.block_size}", f"batch_size={self.batch_size}",
-            f"vocab_size={self.vocab_size}", f"max_steps={max_steps}", f"eval_interval={max_steps}",
-            f"eval_batches={self.eval_batches}", f"eval_batch_size={self.batch_size}",
-            f"log_interval={max(1, max_steps // 4)}", f"checkpoint_interval={max_steps}", "sample_tokens=0",
-            f"device={self.device}", *self.overrides])
+        cfg = build_config(
+            self.preset,
+            None,
+            [
+                *shape.overrides(),
+                f"block_size={self.block_size}",
+                f"batch_size={self.batch_size}",
+                f"vocab_size={self.vocab_size}",
+                f"max_steps={max_steps}",
+                f"eval_interval={max_steps}",
+                f"eval_batches={self.eval_batches}",
+                f"eval_batch_size={self.batch_size}",
+                f"log_interval={max(1, max_steps // 4)}",
+                f"checkpoint_interval={max_steps}",
+                "sample_tokens=0",
+                f"device={self.device}",
+                *self.overrides,
+            ],
+        )
         cfg.data = str(self.data)
         return cfg
 
     def signature(self) -> dict[str, Any]:
         """What makes two points comparable (reused from a points file only when this matches)."""
-        return {"data": self.corpus or str(self.data), "preset": self.preset, "block_size": self.block_size,
-                "batch_size": self.batch_size, "eval_batches": self.eval_batches, "overrides": list(self.overrides)}
+        return {
+            "data": self.corpus or str(self.data),
+            "preset": self.preset,
+            "block_size": self.block_size,
+            "batch_size": self.batch_size,
+            "eval_batches": self.eval_batches,
+            "overrides": list(self.overrides),
+        }
 
 
 @dataclass
@@ -131,19 +152,32 @@ def run_point(setup: Setup, shape: Shape, budget: float, run_dir: Path, role: st
     size = sizing(setup, shape)
     steps = steps_for(setup, size, budget)
     if steps < 1:
-        raise GptlabError(f"budget {budget:.3g} FLOPs is less than one step of {shape.name} "
-                          f"({size.train_flops_per_token * setup.batch_size * setup.block_size:.3g} FLOPs); "
-                          "raise the budget or drop the size")
+        raise GptlabError(
+            f"budget {budget:.3g} FLOPs is less than one step of {shape.name} "
+            f"({size.train_flops_per_token * setup.batch_size * setup.block_size:.3g} FLOPs); "
+            "raise the budget or drop the size"
+        )
     started = time.perf_counter()
     result = train(setup.config(shape, steps), run_dir)
     wall = time.perf_counter() - started
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = [r for r in records if "val_loss" in r][-1]
     tokens = last["tokens_seen"]
-    return {"role": role, "size": shape.name, **asdict(shape), **asdict(size), "budget_flops": budget,
-            "steps": result.step, "tokens": tokens, "flops": tokens * size.train_flops_per_token,
-            "val_loss": last["val_loss"], "train_loss": last["eval_train_loss"], "train_s": last["elapsed_s"],
-            "wall_s": round(wall, 2), "setup": setup.signature()}
+    return {
+        "role": role,
+        "size": shape.name,
+        **asdict(shape),
+        **asdict(size),
+        "budget_flops": budget,
+        "steps": result.step,
+        "tokens": tokens,
+        "flops": tokens * size.train_flops_per_token,
+        "val_loss": last["val_loss"],
+        "train_loss": last["eval_train_loss"],
+        "train_s": last["elapsed_s"],
+        "wall_s": round(wall, 2),
+        "setup": setup.signature(),
+    }
 
 
 def family_flops(sizes: list[Sizing]) -> Callable[[np.ndarray], np.ndarray]:

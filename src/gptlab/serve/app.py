@@ -30,10 +30,10 @@ from fastapi import FastAPI
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.runs import load_run
-from gptlab.serve.completions import router as completions_router
-from gptlab.serve.errors import install_error_handlers
-from gptlab.serve.encdec_api import router as encdec_router
 from gptlab.serve.chat import router as chat_router
+from gptlab.serve.completions import router as completions_router
+from gptlab.serve.encdec_api import router as encdec_router
+from gptlab.serve.errors import install_error_handlers
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
@@ -45,8 +45,14 @@ from gptlab.serve.trace_api import router as trace_router
 MAX_BODY_BYTES = 4 * 2**20  # default cap on a request body: prompts are short, a body of megabytes is abuse
 
 
-def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int = 2048, max_batch: int = 16,
-               max_waiting: int = 256, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    run_dir: str | Path,
+    device: str = "auto",
+    max_tokens_limit: int = 2048,
+    max_batch: int = 16,
+    max_waiting: int = 256,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The FastAPI app serving a run. app.state.run is the LoadedRun (.model, .tokenizer, .config);
     app.state.service the ModelService every route uses for the model (routes never touch it)."""
     loaded = load_run(run_dir, pick_device(device))
@@ -60,8 +66,12 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
 
     # max_body_size: FastAPI answers 413 as soon as a body passes the cap (by Content-Length or while
     # it arrives), before it is read into memory.
-    app = FastAPI(title="gptlab", description=f"Completions from the gptlab run {loaded.path}", lifespan=lifespan,
-                  max_body_size=max_body_bytes)
+    app = FastAPI(
+        title="gptlab",
+        description=f"Completions from the gptlab run {loaded.path}",
+        lifespan=lifespan,
+        max_body_size=max_body_bytes,
+    )
     app.state.run = loaded
     app.state.service = service
     app.state.model_id = Path(run_dir).resolve().name
@@ -77,8 +87,10 @@ def create_app(run_dir: str | Path, device: str = "auto", max_tokens_limit: int 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
         created = int((loaded.path / "config.json").stat().st_mtime)
-        return {"object": "list", "data": [{"id": app.state.model_id, "object": "model", "created": created,
-                                            "owned_by": "gptlab"}]}
+        return {
+            "object": "list",
+            "data": [{"id": app.state.model_id, "object": "model", "created": created, "owned_by": "gptlab"}],
+        }
 
     app.include_router(completions_router)
     app.include_router(metrics_router)
@@ -98,20 +110,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          max_tokens_limit: int = 2048, max_batch: int = 16, max_waiting: int = 256,
-          max_body_bytes: int = MAX_BODY_BYTES) -> None:
+def serve(
+    run: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    max_tokens_limit: int = 2048,
+    max_batch: int = 16,
+    max_waiting: int = 256,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> None:
     """`gptlab serve`: load the run, bind host:port (0: any free port), serve until Ctrl-C."""
     if not 0 <= port <= 65535:
         raise GptlabError(f"port={port} must be in 0..65535")
-    for name, value, least in (("max_tokens_limit", max_tokens_limit, 1), ("max_batch", max_batch, 1),
-                               ("max_waiting", max_waiting, 0), ("max_body_bytes", max_body_bytes, 1)):
+    for name, value, least in (
+        ("max_tokens_limit", max_tokens_limit, 1),
+        ("max_batch", max_batch, 1),
+        ("max_waiting", max_waiting, 0),
+        ("max_body_bytes", max_body_bytes, 1),
+    ):
         if value < least:
             raise GptlabError(f"{name}={value} must be >= {least}")
     app = create_app(run, device, max_tokens_limit, max_batch, max_waiting, max_body_bytes)
     if not _is_loopback(host):
-        print(f"warning: binding {host} makes the model reachable from other machines, with no "
-              "authentication; use the default 127.0.0.1 unless that is what you want", file=sys.stderr, flush=True)
+        print(
+            f"warning: binding {host} makes the model reachable from other machines, with no "
+            "authentication; use the default 127.0.0.1 unless that is what you want",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -122,9 +149,12 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, device: str = "au
         raise GptlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {app.state.model_id} (step {app.state.run.step}) on http://{shown}:{bound} "
-          f"(POST /v1/completions, GET /v1/models, GET /health, GET /metrics; batch of up to {max_batch}); "
-          "Ctrl-C stops", flush=True)
+    print(
+        f"serving {app.state.model_id} (step {app.state.run.step}) on http://{shown}:{bound} "
+        f"(POST /v1/completions, GET /v1/models, GET /health, GET /metrics; batch of up to {max_batch}); "
+        "Ctrl-C stops",
+        flush=True,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Our request log replaces uvicorn's access log. A few seconds for open responses on Ctrl-C,
     # then the rest are cut (their sequences cancelled).

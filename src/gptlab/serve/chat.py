@@ -63,11 +63,16 @@ def submit(app: Any, rows: list[list[int]], params: SamplingParams) -> Generatio
     """The sequences of one request handed to the model service (sequence i draws with seed + i, as
     /v1/completions does); 503 with Retry-After when its waiting queue is full."""
     try:
-        return app.state.service.submit([(ids, replace(params, seed=None if params.seed is None else params.seed + i))
-                                         for i, ids in enumerate(rows)])
+        return app.state.service.submit(
+            [
+                (ids, replace(params, seed=None if params.seed is None else params.seed + i))
+                for i, ids in enumerate(rows)
+            ]
+        )
     except Overloaded as exc:
-        raise APIError(503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded",
-                       headers={"Retry-After": "1"}) from None
+        raise APIError(
+            503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded", headers={"Retry-After": "1"}
+        ) from None
 
 
 def _parse(app: Any, body: bytes) -> tuple[ChatRequest, list[int], SamplingParams]:
@@ -84,12 +89,20 @@ def _parse(app: Any, body: bytes) -> tuple[ChatRequest, list[int], SamplingParam
             raise APIError(400, f"unknown field '{'.'.join(map(str, err['loc']))}'", param) from None
         raise APIError(400, f"{'.'.join(map(str, err['loc']))}: {err['msg']}", param) from None
     if req.model is not None and req.model != app.state.model_id:
-        raise APIError(404, f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
-                       "model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
+            "model",
+            code="model_not_found",
+        )
     run: LoadedRun = app.state.run
     if not has_chat_tokens(run.tokenizer):
-        raise APIError(400, f"the model '{app.state.model_id}' has no chat template (it is a base model); "
-                       "use /v1/completions, or fine-tune it with `gptlab finetune` first", "messages")
+        raise APIError(
+            400,
+            f"the model '{app.state.model_id}' has no chat template (it is a base model); "
+            "use /v1/completions, or fine-tune it with `gptlab finetune` first",
+            "messages",
+        )
     stops = [] if req.stop is None else [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if len(stops) > MAX_STOP or any(not s for s in stops):
         raise APIError(400, f"stop must be up to {MAX_STOP} non-empty strings", "stop")
@@ -97,8 +110,9 @@ def _parse(app: Any, body: bytes) -> tuple[ChatRequest, list[int], SamplingParam
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = block if max_tokens is None else max_tokens
     if max_tokens > app.state.max_tokens_limit:
-        raise APIError(400, f"max_tokens={max_tokens} is more than this server allows "
-                       f"({app.state.max_tokens_limit})", "max_tokens")
+        raise APIError(
+            400, f"max_tokens={max_tokens} is more than this server allows ({app.state.max_tokens_limit})", "max_tokens"
+        )
     template = ChatTemplate(run.tokenizer)
     try:
         # Keep the latest turns that leave room for at least one answer token in the window.
@@ -120,8 +134,14 @@ class _Chat:
         self.counts = {"in": len(ids) * req.n, "out": 0}  # read by the request log
 
     def _object(self, kind: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
-                **extra}
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
     async def whole(self) -> dict[str, Any]:
         """The chat.completion object."""
@@ -131,18 +151,30 @@ class _Chat:
             self.counts["out"] = generated
             texts[i] += event.text
             finish[i] = event.finish or finish[i]
-        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
-                    "finish_reason": finish[i]} for i in range(self.req.n)]
-        usage = {"prompt_tokens": len(self.ids) * self.req.n, "completion_tokens": generated,
-                 "total_tokens": len(self.ids) * self.req.n + generated}
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": texts[i]},
+                "logprobs": None,
+                "finish_reason": finish[i],
+            }
+            for i in range(self.req.n)
+        ]
+        usage = {
+            "prompt_tokens": len(self.ids) * self.req.n,
+            "completion_tokens": generated,
+            "total_tokens": len(self.ids) * self.req.n + generated,
+        }
         return self._object("chat.completion", choices, usage=usage)
 
     async def events(self) -> AsyncIterator[str]:
         """Server-sent events: the role, then content pieces, then each choice's finish, then [DONE].
         If the client leaves, the response is cancelled here and so are its sequences."""
+
         def chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> str:
-            body = self._object("chat.completion.chunk",
-                                [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}])
+            body = self._object(
+                "chat.completion.chunk", [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            )
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         try:

@@ -8,8 +8,8 @@ import json
 import math
 import time
 import uuid
-from dataclasses import replace
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,17 +21,36 @@ from gptlab.inference.probs import top_candidates
 from gptlab.inference.score import score_tokens
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import ERROR_RESPONSES, read_json
-from gptlab.serve.openai import (MAX_CHARS_PER_POSITION, APIError, CompletionRequest, choice, completion,
-                                 echo_logprobs, parse_request, sampling_params)
+from gptlab.serve.openai import (
+    MAX_CHARS_PER_POSITION,
+    APIError,
+    CompletionRequest,
+    choice,
+    completion,
+    echo_logprobs,
+    parse_request,
+    sampling_params,
+)
 from gptlab.serve.scheduler import Event
 from gptlab.serve.service import Generation, ModelService, Overloaded
 
 router = APIRouter()
 
 
-@router.post("/v1/completions", responses=ERROR_RESPONSES,
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+@router.post(
+    "/v1/completions",
+    responses=ERROR_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    },
+)
 async def completions(request: Request) -> Any:
     """OpenAI's legacy completions (plus top_k and repetition_penalty), whole or streamed."""
     app = request.app
@@ -67,12 +86,19 @@ def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], in
     """Parse and check a request; its token rows (each prompt n times) and its prompt token count."""
     req = parse_request(read_json(body), app.state.max_tokens_limit)
     if req.model is not None and req.model != app.state.model_id:
-        raise APIError(404, f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
-                       "model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
+            "model",
+            code="model_not_found",
+        )
     run: LoadedRun = app.state.run
     if run.config.model.arch != "gpt":  # completions continue a prompt: a decoder-only model's job
-        raise APIError(400, f"this run is an encoder–decoder (arch={run.config.model.arch}); completions need a "
-                       "decoder-only GPT run (use `gptlab sample RUN --source TEXT`)")
+        raise APIError(
+            400,
+            f"this run is an encoder–decoder (arch={run.config.model.arch}); completions need a "
+            "decoder-only GPT run (use `gptlab sample RUN --source TEXT`)",
+        )
     block_size = run.config.model.block_size
     encoded = []
     for i, prompt in enumerate(req.prompts()):
@@ -80,15 +106,23 @@ def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], in
             encoded.append(_checked_ids(run, prompt, i))
             continue
         if len(prompt) > MAX_CHARS_PER_POSITION * block_size:
-            raise APIError(400, f"prompt {i} is {len(prompt):,} characters; this model reads at most "
-                           f"{block_size} tokens", "prompt", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"prompt {i} is {len(prompt):,} characters; this model reads at most {block_size} tokens",
+                "prompt",
+                code="context_length_exceeded",
+            )
         try:
             ids = prompt_ids(run.tokenizer, prompt)
         except GptlabError as exc:
             raise APIError(400, f"prompt {i}: {exc}", "prompt") from None
         if len(ids) > block_size:
-            raise APIError(400, f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
-                           "prompt", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
+                "prompt",
+                code="context_length_exceeded",
+            )
         encoded.append(ids)
     rows = [ids for ids in encoded for _ in range(req.n)]  # choice index = prompt index * n + j, as OpenAI
     return req, rows, sum(len(ids) for ids in encoded)
@@ -100,21 +134,29 @@ def _checked_ids(run: LoadedRun, ids: list[int], i: int) -> list[int]:
     if not ids or any(not 0 <= t < vocab for t in ids):
         raise APIError(400, f"prompt {i}: token ids must be 1 or more, each in 0..{vocab - 1}", "prompt")
     if len(ids) > block_size:
-        raise APIError(400, f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
-                       "prompt", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
+            "prompt",
+            code="context_length_exceeded",
+        )
     return ids
 
 
 def submit(service: ModelService, rows: list[list[int]], req: CompletionRequest) -> Generation:
     """Submit a request's sequences: sequence i draws with seed + i, as the engine does; 503 when full."""
-    params = sampling_params(req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty,
-                             req.stops(), req.seed)
+    params = sampling_params(
+        req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(), req.seed
+    )
     try:
-        return service.submit([(ids, replace(params, seed=None if req.seed is None else req.seed + i))
-                               for i, ids in enumerate(rows)], with_probs=req.logprobs is not None)
+        return service.submit(
+            [(ids, replace(params, seed=None if req.seed is None else req.seed + i)) for i, ids in enumerate(rows)],
+            with_probs=req.logprobs is not None,
+        )
     except Overloaded as exc:
-        raise APIError(503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded",
-                       headers={"Retry-After": "1"}) from None
+        raise APIError(
+            503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded", headers={"Retry-After": "1"}
+        ) from None
 
 
 class _Job:
@@ -135,9 +177,11 @@ class _Job:
         """OpenAI's logprobs for one token, under the distribution at the request's temperature."""
         tok = self.run.tokenizer
         top = top_candidates(tok, event.probs, self.req.logprobs or 0)
-        return {"tokens": [tok.id_to_piece(event.token)],
-                "token_logprobs": [_log(float(event.probs[event.token]))],
-                "top_logprobs": [{c.piece: _log(c.prob) for c in top}]}
+        return {
+            "tokens": [tok.id_to_piece(event.token)],
+            "token_logprobs": [_log(float(event.probs[event.token]))],
+            "top_logprobs": [{c.piece: _log(c.prob) for c in top}],
+        }
 
     async def _echoed(self, row: list[int]) -> dict[str, Any]:
         """The prompt's own logprobs (echo), scored by the model service between two steps."""
@@ -151,8 +195,12 @@ class _Job:
         echo = self.req.echo
         texts = list(self.prompt_texts) if echo else [""] * len(self.rows)
         finish = ["length"] * len(self.rows)
-        logprobs = [await self._echoed(row) if echo and self.req.logprobs is not None else
-                    {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for row in self.rows]
+        logprobs = [
+            await self._echoed(row)
+            if echo and self.req.logprobs is not None
+            else {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            for row in self.rows
+        ]
         offsets = list(self.prompt_chars)  # where each sequence's next token starts, in characters
         async for i, event in self.gen:
             texts[i] += event.text
@@ -166,11 +214,16 @@ class _Job:
                     lp[key] += piece_lp[key]
                 lp["text_offset"].append(offsets[i])
                 offsets[i] += len(piece_lp["tokens"][0])
-        choices = [choice(i, texts[i], finish[i], logprobs[i] if self.req.logprobs is not None else None)
-                   for i in range(len(self.rows))]
+        choices = [
+            choice(i, texts[i], finish[i], logprobs[i] if self.req.logprobs is not None else None)
+            for i in range(len(self.rows))
+        ]
         generated = self.counts["out"]
-        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": generated,
-                 "total_tokens": self.prompt_tokens + generated}
+        usage = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": generated,
+            "total_tokens": self.prompt_tokens + generated,
+        }
         return completion(self.id, self.created, self.model, choices, usage)
 
     async def events(self) -> AsyncIterator[str]:
@@ -183,8 +236,9 @@ class _Job:
                 if not (event.text or event.finish or with_lp):
                     continue
                 logprobs = self._logprobs(event) if with_lp else None
-                yield _sse(completion(self.id, self.created, self.model, [choice(i, event.text, event.finish,
-                                                                                 logprobs)]))
+                yield _sse(
+                    completion(self.id, self.created, self.model, [choice(i, event.text, event.finish, logprobs)])
+                )
             yield "data: [DONE]\n\n"
         finally:
             self.gen.cancel()  # a no-op once every sequence has finished

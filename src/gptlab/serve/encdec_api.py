@@ -53,8 +53,16 @@ async def encdec_attention(body: EncdecAttentionRequest, request: Request) -> di
     if max(len(source), len(target)) > m.block_size:
         raise HTTPException(400, f"source and target (with its start token) must each fit block_size={m.block_size}")
     self_maps, cross_maps = await request.app.state.service.call(
-        lambda model: encdec_attention_maps(model, source, target))
+        lambda model: encdec_attention_maps(model, source, target)
+    )
     piece = lambda i: {"id": i, "piece": run.tokenizer.id_to_piece(i)}  # noqa: E731
-    return {"source_tokens": [piece(i) for i in source], "target_tokens": [piece(i) for i in target],
-            "layer": body.layer, "head": body.head, "n_layer": m.n_layer, "n_head": m.n_head,
-            "self": _rounded(self_maps[body.layer, body.head]), "cross": _rounded(cross_maps[body.layer, body.head])}
+    return {
+        "source_tokens": [piece(i) for i in source],
+        "target_tokens": [piece(i) for i in target],
+        "layer": body.layer,
+        "head": body.head,
+        "n_layer": m.n_layer,
+        "n_head": m.n_head,
+        "self": _rounded(self_maps[body.layer, body.head]),
+        "cross": _rounded(cross_maps[body.layer, body.head]),
+    }

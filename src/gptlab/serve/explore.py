@@ -67,8 +67,11 @@ def _service(request: Request) -> ModelService:
 def _encode(run: LoadedRun, text: str) -> list[int]:
     """Prompt ids, or a 400 with the tokenizer's reason (unknown characters, empty prompt)."""
     if run.config.model.arch != "gpt":
-        raise HTTPException(400, "this run is an encoder–decoder: the page shows its source -> target attention "
-                            "(/api/encdec/attention) instead of continuing a prompt")
+        raise HTTPException(
+            400,
+            "this run is an encoder–decoder: the page shows its source -> target attention "
+            "(/api/encdec/attention) instead of continuing a prompt",
+        )
     if not text:
         raise HTTPException(400, "the prompt is empty: type at least one character")
     limit = MAX_CHARS_PER_POSITION * run.config.model.block_size
@@ -86,10 +89,12 @@ def _token(run: LoadedRun, token_id: int) -> dict[str, Any]:
 
 def _window(run: LoadedRun, ids: list[int]) -> list[int]:
     """The ids the model actually sees: the last block_size of them."""
-    return ids[-run.config.model.block_size:]
+    return ids[-run.config.model.block_size :]
 
 
-async def _one_token(request: Request, ids: list[int], temperature: float, seed: int | None) -> tuple[int, torch.Tensor]:
+async def _one_token(
+    request: Request, ids: list[int], temperature: float, seed: int | None
+) -> tuple[int, torch.Tensor]:
     """One token drawn by the model service's sampler (temperature 0: greedy) and the distribution
     at the temperature (0 shows it at 1)."""
     params = sampling_params(1, temperature, seed=seed)  # APIError 400 naming a bad setting
@@ -126,9 +131,17 @@ def info(request: Request) -> dict[str, Any]:
     """What is being served: the run, its step and model shape."""
     run = _run(request)
     m = run.config.model
-    return {"run": run.path.resolve().name, "step": run.step, "tokenizer": run.tokenizer.kind,
-            "vocab_size": m.vocab_size, "block_size": m.block_size, "n_layer": m.n_layer,
-            "n_head": m.n_head, "n_embd": m.n_embd, "arch": m.arch}
+    return {
+        "run": run.path.resolve().name,
+        "step": run.step,
+        "tokenizer": run.tokenizer.kind,
+        "vocab_size": m.vocab_size,
+        "block_size": m.block_size,
+        "n_layer": m.n_layer,
+        "n_head": m.n_head,
+        "n_embd": m.n_embd,
+        "arch": m.arch,
+    }
 
 
 @router.post("/api/next", responses=PAGE_ERROR_RESPONSES)
@@ -138,9 +151,12 @@ async def next_token(body: NextRequest, request: Request) -> dict[str, Any]:
     ids = _encode(run, body.text)
     _, probs = await _one_token(request, ids, body.temperature, None)
     candidates = top_candidates(run.tokenizer, probs, body.k)
-    return {"tokens": [_token(run, i) for i in ids], "context": len(_window(run, ids)),
-            "temperature": body.temperature,
-            "candidates": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in candidates]}
+    return {
+        "tokens": [_token(run, i) for i in ids],
+        "context": len(_window(run, ids)),
+        "temperature": body.temperature,
+        "candidates": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in candidates],
+    }
 
 
 @router.post("/api/step", responses=PAGE_ERROR_RESPONSES)
@@ -154,8 +170,10 @@ async def step(body: StepRequest, request: Request) -> dict[str, Any]:
     if body.mode == "greedy":
         drawn = int(probs.argmax())  # the top at any temperature
     chosen = body.token_id if body.mode == "token" else drawn
-    return {"token": {**_token(run, chosen), "prob": float(probs[chosen])},
-            "text": run.tokenizer.decode(ids + [chosen])}
+    return {
+        "token": {**_token(run, chosen), "prob": float(probs[chosen])},
+        "text": run.tokenizer.decode(ids + [chosen]),
+    }
 
 
 @router.post("/api/attention", responses=PAGE_ERROR_RESPONSES)
@@ -168,9 +186,14 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     ids = _window(run, _encode(run, body.text))
     maps = await _service(request).attention(ids)
     weights = maps[body.layer, body.head]
-    return {"tokens": [_token(run, i) for i in ids], "layer": body.layer, "head": body.head,
-            "n_layer": m.n_layer, "n_head": m.n_head,
-            "weights": [[round(w, 5) for w in row] for row in weights.tolist()]}
+    return {
+        "tokens": [_token(run, i) for i in ids],
+        "layer": body.layer,
+        "head": body.head,
+        "n_layer": m.n_layer,
+        "n_head": m.n_head,
+        "weights": [[round(w, 5) for w in row] for row in weights.tolist()],
+    }
 
 
 @router.get("/api/embeddings")
@@ -178,17 +201,19 @@ async def embeddings(request: Request) -> dict[str, Any]:
     """Every token as a point of the 2-D PCA projection of the token embedding matrix."""
     run = _run(request)
     points, explained = await _service(request).embedding_map()
-    return {"explained": explained,
-            "points": [{**_token(run, i), "x": round(x, 5), "y": round(y, 5)} for i, (x, y) in enumerate(points.tolist())]}
+    return {
+        "explained": explained,
+        "points": [{**_token(run, i), "x": round(x, 5), "y": round(y, 5)} for i, (x, y) in enumerate(points.tolist())],
+    }
 
 
 @router.get("/api/neighbours", responses=PAGE_ERROR_RESPONSES)
-async def neighbours(request: Request, token_id: int = Query(..., ge=0, alias="id"),
-                     k: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
+async def neighbours(
+    request: Request, token_id: int = Query(..., ge=0, alias="id"), k: int = Query(10, ge=1, le=100)
+) -> dict[str, Any]:
     """The k tokens whose embeddings are closest to token `id` by cosine similarity."""
     run = _run(request)
     if token_id >= run.config.model.vocab_size:
         raise HTTPException(400, f"id must be < vocab_size={run.config.model.vocab_size}")
     near = await _service(request).neighbours(token_id, k)
-    return {"token": _token(run, token_id),
-            "neighbours": [{**_token(run, i), "cosine": round(c, 5)} for i, c in near]}
+    return {"token": _token(run, token_id), "neighbours": [{**_token(run, i), "cosine": round(c, 5)} for i, c in near]}

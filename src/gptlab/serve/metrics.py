@@ -19,16 +19,22 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("gptlab_requests", "HTTP requests answered, by route and status",
-                                ["route", "status"], registry=r)
+        self.requests = Counter(
+            "gptlab_requests", "HTTP requests answered, by route and status", ["route", "status"], registry=r
+        )
         self.tokens_in = Counter("gptlab_prompt_tokens", "prompt tokens submitted to the model", registry=r)
         self.tokens_out = Counter("gptlab_generated_tokens", "tokens generated", registry=r)
         self.running = Gauge("gptlab_running_sequences", "sequences in the running batch", registry=r)
         self.waiting = Gauge("gptlab_waiting_sequences", "sequences waiting for a row of the batch", registry=r)
-        self.ttft = Histogram("gptlab_time_to_first_token_seconds", "from submission to a sequence's first token",
-                              buckets=_LATENCY_BUCKETS, registry=r)
-        self.token_latency = Histogram("gptlab_time_per_token_seconds", "between two tokens of one sequence",
-                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "gptlab_time_to_first_token_seconds",
+            "from submission to a sequence's first token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.token_latency = Histogram(
+            "gptlab_time_per_token_seconds", "between two tokens of one sequence", buckets=_LATENCY_BUCKETS, registry=r
+        )
 
 
 router = APIRouter()

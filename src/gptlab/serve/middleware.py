@@ -36,5 +36,12 @@ class RequestLog:
             route = scope.get("route")
             path = getattr(route, "path", None) or "other"  # the route's pattern: a bounded label set
             self.metrics.requests.labels(path, str(status)).inc()
-            log.info("%s %s %d tokens_in=%d tokens_out=%d %.3fs", scope["method"], scope["path"], status,
-                     tokens.get("in", 0), tokens.get("out", 0), time.perf_counter() - start)
+            log.info(
+                "%s %s %d tokens_in=%d tokens_out=%d %.3fs",
+                scope["method"],
+                scope["path"],
+                status,
+                tokens.get("in", 0),
+                tokens.get("out", 0),
+                time.perf_counter() - start,
+            )

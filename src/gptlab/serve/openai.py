@@ -32,8 +32,15 @@ MAX_SEED = 2**62  # seeds are in [0, MAX_SEED): torch generators take at most 64
 class APIError(Exception):
     """A request the server refuses: becomes an OpenAI-style JSON error with this HTTP status."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 kind: str = "invalid_request_error", code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
         self.headers = headers  # e.g. Retry-After on a 503
@@ -94,23 +101,28 @@ def parse_request(data: Any, max_tokens_limit: int) -> CompletionRequest:
         raise APIError(400, f"{where}: {err['msg']}", param) from None
     if req.echo and req.stream:
         raise APIError(400, "'echo' is not supported with 'stream' (ask for the whole response)", "echo")
-    unsupported = {"suffix": req.suffix is not None, "logit_bias": bool(req.logit_bias),
-                   "presence_penalty": req.presence_penalty != 0, "frequency_penalty": req.frequency_penalty != 0,
-                   "best_of": req.best_of not in (None, req.n)}
+    unsupported = {
+        "suffix": req.suffix is not None,
+        "logit_bias": bool(req.logit_bias),
+        "presence_penalty": req.presence_penalty != 0,
+        "frequency_penalty": req.frequency_penalty != 0,
+        "best_of": req.best_of not in (None, req.n),
+    }
     for name, used in unsupported.items():
         if used:
             raise APIError(400, f"'{name}' is not supported by this server", name)
     if req.max_tokens > max_tokens_limit:
-        raise APIError(400, f"max_tokens={req.max_tokens} is more than this server allows ({max_tokens_limit})",
-                       "max_tokens")
+        raise APIError(
+            400, f"max_tokens={req.max_tokens} is more than this server allows ({max_tokens_limit})", "max_tokens"
+        )
     if not math.isfinite(req.temperature) or not math.isfinite(req.top_p):
         raise APIError(400, "temperature and top_p must be finite numbers", "temperature")
-    sampling_params(req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(),
-                    req.seed)
+    sampling_params(
+        req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(), req.seed
+    )
     prompts, stops = req.prompts(), req.stops()
     if not prompts or len(prompts) > MAX_PROMPTS:
-        raise APIError(400, f"prompt must be a string, token ids, or a list of 1 to {MAX_PROMPTS} of them",
-                       "prompt")
+        raise APIError(400, f"prompt must be a string, token ids, or a list of 1 to {MAX_PROMPTS} of them", "prompt")
     if len(prompts) * req.n > MAX_SEQUENCES:
         raise APIError(400, f"{len(prompts)} prompts x n={req.n} is more than {MAX_SEQUENCES} sequences", "n")
     if len(stops) > MAX_STOP or any(not s for s in stops):
@@ -118,9 +130,15 @@ def parse_request(data: Any, max_tokens_limit: int) -> CompletionRequest:
     return req
 
 
-def sampling_params(max_tokens: int, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                    repetition_penalty: float = 1.0, stop: list[str] | None = None,
-                    seed: int | None = None) -> SamplingParams:
+def sampling_params(
+    max_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+) -> SamplingParams:
     """The engine's settings for a request, checked by the engine's own rules (the one validation
     /v1 and /api share); APIError 400 naming the field otherwise."""
     if seed is not None and not 0 <= seed < MAX_SEED:  # room for seed + i of a request's sequences
@@ -140,10 +158,14 @@ def echo_logprobs(tokenizer: Tokenizer, scores: list[TokenScore], k: int) -> dic
     which nothing predicts), its top-k alternatives, and where it starts in the echoed text."""
     pieces = [tokenizer.id_to_piece(s.id) for s in scores]
     offsets = [len(tokenizer.decode([s.id for s in scores[:i]])) for i in range(len(scores))]
-    return {"tokens": pieces, "token_logprobs": [s.logprob for s in scores],
-            "top_logprobs": [None if s.logprob is None else {tokenizer.id_to_piece(i): lp for i, lp in s.top[:k]}
-                             for s in scores],
-            "text_offset": offsets}
+    return {
+        "tokens": pieces,
+        "token_logprobs": [s.logprob for s in scores],
+        "top_logprobs": [
+            None if s.logprob is None else {tokenizer.id_to_piece(i): lp for i, lp in s.top[:k]} for s in scores
+        ],
+        "text_offset": offsets,
+    }
 
 
 def choice(index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
@@ -151,8 +173,9 @@ def choice(index: int, text: str, finish: str | None, logprobs: dict[str, Any] |
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
-def completion(cid: str, created: int, model: str, choices: list[dict[str, Any]],
-               usage: dict[str, int] | None = None) -> dict[str, Any]:
+def completion(
+    cid: str, created: int, model: str, choices: list[dict[str, Any]], usage: dict[str, int] | None = None
+) -> dict[str, Any]:
     """A text_completion object (a whole response, or one streamed chunk without usage)."""
     body = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
     if usage is not None:

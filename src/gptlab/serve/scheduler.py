@@ -45,8 +45,16 @@ class Event:
 class Sequence:
     """One prompt being continued: its ids, settings, generator and place in the cache."""
 
-    def __init__(self, ids: list[int], params: SamplingParams, tokenizer: Tokenizer | None, vocab_size: int,
-                 block_size: int, sink: Callable[[Event], None], with_probs: bool = False):
+    def __init__(
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        tokenizer: Tokenizer | None,
+        vocab_size: int,
+        block_size: int,
+        sink: Callable[[Event], None],
+        with_probs: bool = False,
+    ):
         params.validate()
         if not ids:
             raise ValueError("a sequence needs at least one token of context")
@@ -74,8 +82,13 @@ class Sequence:
 class Scheduler:
     """The running batch over one model; every method runs in the one thread that owns the model."""
 
-    def __init__(self, model: torch.nn.Module, max_batch: int, prefill_chunk: int = 128,
-                 on_token: Callable[[Sequence, Event], None] | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_batch: int,
+        prefill_chunk: int = 128,
+        on_token: Callable[[Sequence, Event], None] | None = None,
+    ):
         self.model = model
         self.cache = SlotCache(model, max_batch)
         self.device = self.cache.device
@@ -127,15 +140,16 @@ class Scheduler:
             self._decode(decoding)
 
     def _prefill_chunk(self, seq: Sequence) -> None:
-        chunk, seq.pending = seq.pending[:self.prefill_chunk], seq.pending[self.prefill_chunk:]
+        chunk, seq.pending = seq.pending[: self.prefill_chunk], seq.pending[self.prefill_chunk :]
         logits = self._forward([seq.slot], [chunk], 1)
         if not seq.pending:  # the whole prompt is in: its last logits choose the first token
             self._sampled(seq, logits[0])
 
     def _decode(self, seqs: list[Sequence]) -> None:
         pads = max(0, MIN_DECODE_ROWS - len(seqs))
-        logits = self._forward([s.slot for s in seqs] + [None] * pads, [s.pending for s in seqs] + [[0]] * pads,
-                               len(seqs))
+        logits = self._forward(
+            [s.slot for s in seqs] + [None] * pads, [s.pending for s in seqs] + [[0]] * pads, len(seqs)
+        )
         for i, seq in enumerate(seqs):
             self._sampled(seq, logits[i])
 
@@ -175,7 +189,7 @@ class Scheduler:
         if self.cache.room(seq.slot) < 1 and not self.cache.can_slide:
             # Learned positions cannot slide: recompute the last block_size tokens from position 0.
             self.cache.reset(seq.slot)
-            seq.pending = seq.ids[-self.cache.capacity:]
+            seq.pending = seq.ids[-self.cache.capacity :]
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """End a running sequence now, with this finish reason."""

@@ -43,7 +43,7 @@ class Generation:
     """Sequences submitted together (one request's prompts x n), as seen by a route: an async stream
     of (index, Event), index being the sequence's place in the submitted list."""
 
-    def __init__(self, service: "ModelService"):
+    def __init__(self, service: ModelService):
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self.service = service
@@ -75,8 +75,14 @@ class Generation:
 class ModelService:
     """A LoadedRun behind a scheduler thread: submit() sequences, call() one-off model work."""
 
-    def __init__(self, run: LoadedRun, max_batch: int = 16, max_waiting: int = 256, prefill_chunk: int = 128,
-                 metrics: Metrics | None = None):
+    def __init__(
+        self,
+        run: LoadedRun,
+        max_batch: int = 16,
+        max_waiting: int = 256,
+        prefill_chunk: int = 128,
+        metrics: Metrics | None = None,
+    ):
         if max_batch < 1 or max_waiting < 0 or prefill_chunk < 1:
             raise ValueError("max_batch and prefill_chunk must be >= 1 and max_waiting >= 0")
         self.run, self.max_batch, self.max_waiting = run, max_batch, max_waiting
@@ -103,8 +109,9 @@ class ModelService:
         cfg = self.run.config.model
         gen = Generation(self)
         for i, (ids, params) in enumerate(rows):
-            gen.seqs.append(Sequence(ids, params, self.run.tokenizer, cfg.vocab_size, cfg.block_size,
-                                     gen.sink(i), with_probs))
+            gen.seqs.append(
+                Sequence(ids, params, self.run.tokenizer, cfg.vocab_size, cfg.block_size, gen.sink(i), with_probs)
+            )
         with self._cond:
             if self._stopping:
                 raise Overloaded("the server is shutting down")

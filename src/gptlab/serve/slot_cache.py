@@ -76,19 +76,26 @@ class SlotCache:
             start = self.seen[slot]
             if start == 0:
                 # From the first position: causal attention over the fresh keys only.
-                y[b] = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], is_causal=T > 1)[0]
+                y[b] = F.scaled_dot_product_attention(q[b : b + 1], k[b : b + 1], v[b : b + 1], is_causal=T > 1)[0]
             elif T == 1:
                 # One new token sees every valid column of its slot (in a ring, order does not matter).
                 width = min(start + 1, self.capacity)
-                y[b] = F.scaled_dot_product_attention(q[b:b + 1], self.k[layer, slot:slot + 1, :, :width],
-                                                      self.v[layer, slot:slot + 1, :, :width])[0]
+                y[b] = F.scaled_dot_product_attention(
+                    q[b : b + 1], self.k[layer, slot : slot + 1, :, :width], self.v[layer, slot : slot + 1, :, :width]
+                )[0]
             else:
                 # A later chunk of a prompt: causal over positions (no wrap: positions() checked).
                 width = start + T
-                mask = torch.arange(width, device=k.device)[None, :] <= \
-                    torch.arange(start, width, device=k.device)[:, None]
-                y[b] = F.scaled_dot_product_attention(q[b:b + 1], self.k[layer, slot:slot + 1, :, :width],
-                                                      self.v[layer, slot:slot + 1, :, :width], attn_mask=mask)[0]
+                mask = (
+                    torch.arange(width, device=k.device)[None, :]
+                    <= torch.arange(start, width, device=k.device)[:, None]
+                )
+                y[b] = F.scaled_dot_product_attention(
+                    q[b : b + 1],
+                    self.k[layer, slot : slot + 1, :, :width],
+                    self.v[layer, slot : slot + 1, :, :width],
+                    attn_mask=mask,
+                )[0]
         return y
 
     def advance(self, lengths: torch.Tensor) -> None:

@@ -62,9 +62,15 @@ def _eos(tokenizer: Tokenizer) -> str | None:
 @router.get("/tokenizer_info")
 def tokenizer_info(request: Request) -> dict[str, Any]:
     tok = _tokenizer(request)
-    return {"eos_token": _eos(tok), "bos_token": None, "pad_token": None, "chat_template": None,
-            "model_max_length": request.app.state.run.config.model.block_size, "vocab_size": tok.vocab_size,
-            "tokenizer_kind": tok.kind}
+    return {
+        "eos_token": _eos(tok),
+        "bos_token": None,
+        "pad_token": None,
+        "chat_template": None,
+        "model_max_length": request.app.state.run.config.model.block_size,
+        "vocab_size": tok.vocab_size,
+        "tokenizer_kind": tok.kind,
+    }
 
 
 @router.post("/tokenize")

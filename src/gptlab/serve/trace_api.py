@@ -37,6 +37,7 @@ async def trace(body: TraceRequest, request: Request) -> dict[str, Any]:
     ids = _window(run, _encode(run, body.text))
     try:
         return await request.app.state.service.call(
-            lambda model: trace_view(model, run.tokenizer, ids, body.stage, body.head, body.k))
+            lambda model: trace_view(model, run.tokenizer, ids, body.stage, body.head, body.k)
+        )
     except GptlabError as exc:
         raise HTTPException(400, str(exc)) from None

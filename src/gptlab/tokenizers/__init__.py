@@ -23,8 +23,13 @@ from gptlab.tokenizers.special import WithSpecialTokens
 # kind name (tokenizer.json's "kind") -> class; a class builds itself with .train(texts) or .from_dict(data).
 # huggingface: an imported checkpoint's tokenizer.json, kept as it is (gptlab import); special: any of
 # these with chat tokens added after its vocabulary (gptlab finetune).
-KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": PretrainedTokenizer,
-                                     "huggingface": HuggingFaceTokenizer, "special": WithSpecialTokens}
+KINDS: dict[str, type[Tokenizer]] = {
+    "char": CharTokenizer,
+    "bpe": BPETokenizer,
+    "tiktoken": PretrainedTokenizer,
+    "huggingface": HuggingFaceTokenizer,
+    "special": WithSpecialTokens,
+}
 TRAINED = ("char", "bpe")
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -43,8 +48,10 @@ def check_kind(spec: str) -> None:
         return
     name = spec.partition(":")[0]
     if name not in TRAINED and name not in ENCODINGS:
-        raise GptlabError(f"unknown tokenizer '{spec}' (known: {', '.join(TRAINED + tuple(ENCODINGS))}; "
-                          "a pretrained one may take :PATH to its encoding file; or a tokenizer.json path)")
+        raise GptlabError(
+            f"unknown tokenizer '{spec}' (known: {', '.join(TRAINED + tuple(ENCODINGS))}; "
+            "a pretrained one may take :PATH to its encoding file; or a tokenizer.json path)"
+        )
     if name in TRAINED and ":" in spec:
         raise GptlabError(f"tokenizer '{name}' is learned from the corpus and takes no :PATH")
 
@@ -68,5 +75,15 @@ def build_tokenizer(spec: str, texts: Iterable[str] = (), **options: Any) -> Tok
     return PretrainedTokenizer(name, path or None)
 
 
-__all__ = ["KINDS", "BPETokenizer", "CharTokenizer", "HuggingFaceTokenizer", "PretrainedTokenizer", "Tokenizer", "build_tokenizer",
-           "check_kind", "load_tokenizer", "needs_training"]
+__all__ = [
+    "KINDS",
+    "BPETokenizer",
+    "CharTokenizer",
+    "HuggingFaceTokenizer",
+    "PretrainedTokenizer",
+    "Tokenizer",
+    "build_tokenizer",
+    "check_kind",
+    "load_tokenizer",
+    "needs_training",
+]

@@ -63,26 +63,33 @@ class BPETokenizer(TiktokenBacked):
         if len(ranks) != len(pieces) or len(pieces) < MIN_VOCAB_SIZE - 1:
             raise GptlabError("bpe tokenizer vocabulary is corrupt (duplicate pieces or missing bytes)")
         self.pieces = pieces
-        self.encoding = tiktoken.Encoding("gptlab-bpe", pat_str=PATTERN, mergeable_ranks=ranks,
-                                          special_tokens={EOT: len(pieces)})
+        self.encoding = tiktoken.Encoding(
+            "gptlab-bpe", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(pieces)}
+        )
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> BPETokenizer:
         """Learn up to vocab_size tokens (end-of-text included) from a stream of texts."""
         if vocab_size < MIN_VOCAB_SIZE:
-            raise GptlabError(f"--vocab-size {vocab_size} is too small for byte-level BPE "
-                              f"(at least {MIN_VOCAB_SIZE}: 256 bytes and the end-of-text token)")
+            raise GptlabError(
+                f"--vocab-size {vocab_size} is too small for byte-level BPE "
+                f"(at least {MIN_VOCAB_SIZE}: 256 bytes and the end-of-text token)"
+            )
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         hf.train_from_iterator(texts, trainer)
         # The trainer gives the special token id 0, then the byte alphabet, then merges in order.
         by_id = sorted(hf.get_vocab().items(), key=lambda item: item[1])
         return cls([piece for piece, _ in by_id if piece != EOT])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BPETokenizer":
+    def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
         """Rebuild from to_dict() output."""
         return cls(data["pieces"])
 

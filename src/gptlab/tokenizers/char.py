@@ -21,7 +21,7 @@ class CharTokenizer(Tokenizer):
         self._index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def train(cls, texts: Iterable[str]) -> "CharTokenizer":
+    def train(cls, texts: Iterable[str]) -> CharTokenizer:
         """Collect the vocabulary from a stream of texts (never held whole in memory)."""
         seen: set[str] = set()
         for text in texts:
@@ -29,7 +29,7 @@ class CharTokenizer(Tokenizer):
         return cls(seen)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CharTokenizer":
+    def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
         """Rebuild from to_dict() output."""
         return cls(data["chars"])
 

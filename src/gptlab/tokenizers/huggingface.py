@@ -33,7 +33,7 @@ class HuggingFaceTokenizer(Tokenizer):
         self._vocab = max(vocab_size, self.hf.get_vocab_size(with_added_tokens=True))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HuggingFaceTokenizer":
+    def from_dict(cls, data: dict[str, Any]) -> HuggingFaceTokenizer:
         """Rebuild from to_dict() output."""
         return cls(data["tokenizer"], int(data.get("vocab_size", 0)), data.get("eos_token"))
 
@@ -46,7 +46,7 @@ class HuggingFaceTokenizer(Tokenizer):
         self.__init__(state["tokenizer"], int(state.get("vocab_size", 0)), state.get("eos_token"))
 
     @classmethod
-    def from_file(cls, path: str | Path, vocab_size: int = 0) -> "HuggingFaceTokenizer":
+    def from_file(cls, path: str | Path, vocab_size: int = 0) -> HuggingFaceTokenizer:
         """Load a Hugging Face tokenizer.json, with the end-of-text token that the tokenizer_config.json
         beside it names (eos_token), if any."""
         path = Path(path)

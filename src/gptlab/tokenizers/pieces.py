@@ -24,16 +24,17 @@ def tokenizer_for(spec: str | None = None, run: str | None = None) -> Tokenizer:
     if run is not None and not path.exists():
         raise GptlabError(f"run not found: {run} (a run or dataset directory, or use --tokenizer SPEC)")
     if spec in TRAINED:
-        raise GptlabError(f"the {spec} tokenizer is learned from a corpus: run `gptlab prepare CORPUS "
-                          f"--tokenizer {spec} --out DIR`, then `gptlab tokenize DIR TEXT`")
+        raise GptlabError(
+            f"the {spec} tokenizer is learned from a corpus: run `gptlab prepare CORPUS "
+            f"--tokenizer {spec} --out DIR`, then `gptlab tokenize DIR TEXT`"
+        )
     return build_tokenizer(target)
 
 
 def display(piece: bytes) -> str:
     """A piece as readable text: invalid or partial UTF-8 as \\xNN, control characters escaped."""
     text = piece.decode("utf-8", errors="backslashreplace")
-    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text)
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def describe(tokenizer: Tokenizer, text: str) -> dict[str, Any]:

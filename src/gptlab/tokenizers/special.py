@@ -31,7 +31,7 @@ class WithSpecialTokens(Tokenizer):
         self._ids = {t: self._first + i for i, t in enumerate(self.added)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "WithSpecialTokens":
+    def from_dict(cls, data: dict[str, Any]) -> WithSpecialTokens:
         """Rebuild from to_dict() output."""
         from gptlab.tokenizers import KINDS
 

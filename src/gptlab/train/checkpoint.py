@@ -28,15 +28,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import json_text
 from gptlab.model import build_model
 from gptlab.model.gpt import GPT
-from gptlab.runs import (STATE_JSON, STATE_PT, WEIGHTS, current_checkpoint, load_weights, publish_checkpoint,
-                         write_weights)
+from gptlab.runs import (
+    STATE_JSON,
+    STATE_PT,
+    WEIGHTS,
+    current_checkpoint,
+    load_weights,
+    publish_checkpoint,
+    write_weights,
+)
 from gptlab.train.optim import RoleOptimizer
 
 
@@ -84,17 +95,26 @@ def read_state(run: str | Path) -> TrainState:
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
         raise GptlabError(f"corrupt checkpoint in {run}: {STATE_JSON}: {exc}") from None
     if not isinstance(state.step, int) or state.step < 0 or not isinstance(state.loader, dict):
-        raise GptlabError(f"corrupt checkpoint in {run}: {STATE_JSON}: step={state.step!r} "
-                          "must be an integer >= 0 and loader an object")
+        raise GptlabError(
+            f"corrupt checkpoint in {run}: {STATE_JSON}: step={state.step!r} "
+            "must be an integer >= 0 and loader an object"
+        )
     return state
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def save_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, state: TrainState,
-                    scaler: torch.amp.GradScaler | None = None, sharded: bool = False,
-                    is_main: bool = True, keep: int = 1) -> None:
+def save_checkpoint(
+    run: str | Path,
+    model: GPT,
+    optimizer: RoleOptimizer,
+    state: TrainState,
+    scaler: torch.amp.GradScaler | None = None,
+    sharded: bool = False,
+    is_main: bool = True,
+    keep: int = 1,
+) -> None:
     """Write weights, optimizer/RNG state and the train state as one new checkpoint set and make it
     current (on rank 0), keeping the newest `keep` sets.
 
@@ -136,8 +156,9 @@ def load_weights_for_resume(run: str | Path, model: GPT) -> int:
     return load_weights(model, _resume_dir(run) / WEIGHTS)
 
 
-def load_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, weights_step: int,
-                    scaler: torch.amp.GradScaler | None = None) -> TrainState:
+def load_checkpoint(
+    run: str | Path, model: GPT, optimizer: RoleOptimizer, weights_step: int, scaler: torch.amp.GradScaler | None = None
+) -> TrainState:
     """Restore optimizer, scaler and RNG state in place (weights were loaded by load_weights_for_resume);
     return the train state. Every rank reads the files; FSDP ranks keep their shard of the optimizer state."""
     run = Path(run)
@@ -146,20 +167,25 @@ def load_checkpoint(run: str | Path, model: GPT, optimizer: RoleOptimizer, weigh
         blob = torch.load(_resume_dir(run) / STATE_PT, map_location="cpu", weights_only=True)
         # Kernel choices (fused, foreach) belong to this device, not to the one that saved.
         kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-        set_optimizer_state_dict(model, optimizer.optimizers, blob["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            model, optimizer.optimizers, blob["optimizer"], options=StateDictOptions(full_state_dict=True)
+        )
         for group, chosen in zip(optimizer.param_groups, kernels):
             group.update(chosen)
     except FileNotFoundError as exc:
         raise GptlabError(f"{run} has no complete checkpoint ({Path(exc.filename).name} missing)") from None
     except (TypeError, KeyError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise GptlabError(f"corrupt checkpoint in {run}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise GptlabError(
+            f"corrupt checkpoint in {run}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     if not (weights_step == state.step == blob["step"]):
-        raise GptlabError(f"corrupt checkpoint in {run}: its files disagree on the step "
-                          f"(weights {weights_step}, optimizer {blob['step']}, state {state.step})")
+        raise GptlabError(
+            f"corrupt checkpoint in {run}: its files disagree on the step "
+            f"(weights {weights_step}, optimizer {blob['step']}, state {state.step})"
+        )
     torch.set_rng_state(blob["torch_rng"])
     if "cuda_rng" in blob and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"][:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all(blob["cuda_rng"][: torch.cuda.device_count()])
     if scaler is not None and "grad_scaler" in blob:
         scaler.load_state_dict(blob["grad_scaler"])
     return state

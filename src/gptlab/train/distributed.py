@@ -53,8 +53,10 @@ def setup(device_name: str) -> tuple[Ranks, torch.device]:
         raise GptlabError("several processes need cuda or cpu; MPS has no distributed backend")
     if wanted.type == "cuda":
         if wanted.index not in (None, ranks.local_rank):
-            raise GptlabError(f"device '{device_name}' conflicts with torchrun: each process uses "
-                              "the GPU of its local rank (use device=cuda or auto)")
+            raise GptlabError(
+                f"device '{device_name}' conflicts with torchrun: each process uses "
+                "the GPU of its local rank (use device=cuda or auto)"
+            )
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -87,8 +89,9 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device, fsdp: bool) -> nn
     """
     if fsdp:
         if not ranks.distributed:
-            raise GptlabError("fsdp=true shards the model across processes: launch with "
-                              "torchrun --nproc_per_node=N (N >= 2)")
+            raise GptlabError(
+                "fsdp=true shards the model across processes: launch with torchrun --nproc_per_node=N (N >= 2)"
+            )
         from torch.distributed.fsdp import fully_shard
 
         for block in model.blocks:

@@ -35,8 +35,11 @@ def first_nonfinite(model: nn.Module, optimizer: object) -> str | None:
     for opt in _optimizers(optimizer):
         for param, state in getattr(opt, "state", {}).items():
             for key, value in state.items():
-                if torch.is_tensor(value) and value.is_floating_point() and \
-                        not bool(torch.isfinite(_local(value)).all()):
+                if (
+                    torch.is_tensor(value)
+                    and value.is_floating_point()
+                    and not bool(torch.isfinite(_local(value)).all())
+                ):
                     return f"optimizer state {key} of {names.get(id(param), 'a parameter')}"
     return None
 
@@ -44,7 +47,12 @@ def first_nonfinite(model: nn.Module, optimizer: object) -> str | None:
 def divergence_message(event: str, step: int, run: object, saved_step: int, lr: float) -> str:
     """One line: what diverged (event, e.g. "the loss became nan"), that nothing was overwritten,
     and what to try."""
-    kept = (f"the last good checkpoint (step {saved_step}) in {run} is kept" if saved_step >= 0
-            else f"no checkpoint was written to {run}")
-    return (f"training diverged at step {step}: {event}; "
-            f"nothing was saved and {kept}; try a lower lr (it was {lr:g}) or more warmup_steps")
+    kept = (
+        f"the last good checkpoint (step {saved_step}) in {run} is kept"
+        if saved_step >= 0
+        else f"no checkpoint was written to {run}"
+    )
+    return (
+        f"training diverged at step {step}: {event}; "
+        f"nothing was saved and {kept}; try a lower lr (it was {lr:g}) or more warmup_steps"
+    )

@@ -1,4 +1,5 @@
-"""Metrics (JSON lines, and a tracker beside them: trackers.py) and progress display (a bar on a terminal, plain log lines otherwise)."""
+"""Metrics (JSON lines, and a tracker beside them: trackers.py) and progress display (a bar on a
+terminal, plain log lines otherwise)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,11 @@ class Progress:
         self.interactive = sys.stderr.isatty()
         self.log_interval = log_interval
         self.total = total
-        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                        file=sys.stderr) if self.interactive else None
+        self.bar = (
+            tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+            if self.interactive
+            else None
+        )
 
     def update(self, step: int, loss: float, tokens_per_sec: float, eta_s: float, extra: str = "") -> None:
         """Report one finished step."""
@@ -71,8 +75,11 @@ class Progress:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(f"loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s{extra}", refresh=False)
         elif step % self.log_interval == 0 or step == self.total:
-            print(f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s{extra} | "
-                  f"eta {_clock(eta_s)}", flush=True)
+            print(
+                f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s{extra} | "
+                f"eta {_clock(eta_s)}",
+                flush=True,
+            )
 
     def write(self, text: str) -> None:
         """Print a line without breaking the bar."""

@@ -20,8 +20,9 @@ EPS = 1e-7
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 
-def newton_schulz(x: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = EPS,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def newton_schulz(
+    x: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = EPS, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Orthogonalise each matrix of a stack x (N, A, B): roughly U V^T of its SVD, returned in dtype.
 
     torch.optim.Muon's iteration, batched: scale each matrix by its Frobenius norm (so its spectral
@@ -57,18 +58,35 @@ class Muon(torch.optim.Optimizer):
     orthogonalised on its own: a fused q/k/v weight (3D, D) moves as three D x D weights would).
     """
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
-                 nesterov: bool = True, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32,
-                 adjust_lr_fn: str | None = None, split: int = 1):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype = torch.float32,
+        adjust_lr_fn: str | None = None,
+        split: int = 1,
+    ):
         if lr < 0 or weight_decay < 0 or momentum < 0:
             raise ValueError(f"lr={lr}, weight_decay={weight_decay}, momentum={momentum} must be >= 0")
         if adjust_lr_fn not in ADJUST_LR_FNS:
             raise ValueError(f"adjust_lr_fn={adjust_lr_fn!r} is not one of {ADJUST_LR_FNS}")
         # The dtype is kept by name: checkpoints (torch.distributed.checkpoint) take plain values only.
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        ns_steps=ns_steps, ns_dtype=str(ns_dtype).removeprefix("torch."),
-                        adjust_lr_fn=adjust_lr_fn, split=split,
-                        ns_coefficients=NS_COEFFICIENTS, eps=EPS)
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_dtype=str(ns_dtype).removeprefix("torch."),
+            adjust_lr_fn=adjust_lr_fn,
+            split=split,
+            ns_coefficients=NS_COEFFICIENTS,
+            eps=EPS,
+        )
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -79,8 +97,9 @@ class Muon(torch.optim.Optimizer):
         split = group["split"]
         for p in group["params"]:
             if p.ndim != 2 or split < 1 or p.size(0) % split:
-                raise ValueError(f"Muon needs 2-D params whose rows split into {split} equal blocks, "
-                                 f"got shape {tuple(p.shape)}")
+                raise ValueError(
+                    f"Muon needs 2-D params whose rows split into {split} equal blocks, got shape {tuple(p.shape)}"
+                )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -99,8 +118,14 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - mu)  # torch's form: an average of gradients, not a sum
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
                 blocks = update.reshape(group["split"], -1, p.size(1))
-                key = (blocks.shape[1:], p.device, getattr(torch, group["ns_dtype"]), group["ns_steps"],
-                       tuple(group["ns_coefficients"]), group["eps"])
+                key = (
+                    blocks.shape[1:],
+                    p.device,
+                    getattr(torch, group["ns_dtype"]),
+                    group["ns_steps"],
+                    tuple(group["ns_coefficients"]),
+                    group["eps"],
+                )
                 batches.setdefault(key, []).append((p, group, blocks))
         for (shape, _, dtype, steps, coefficients, eps), items in batches.items():
             stacked = torch.cat([blocks for _, _, blocks in items])

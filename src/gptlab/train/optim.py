@@ -73,8 +73,10 @@ class RoleOptimizer:
 
     def describe(self) -> str:
         """'muon: 8 tensors, adamw: 13 tensors' for the start-of-training lines."""
-        return ", ".join(f"{type(o).__name__.lower()}: {sum(len(g['params']) for g in o.param_groups)} tensors"
-                         for o in self.optimizers)
+        return ", ".join(
+            f"{type(o).__name__.lower()}: {sum(len(g['params']) for g in o.param_groups)} tensors"
+            for o in self.optimizers
+        )
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool = False) -> RoleOptimizer:
@@ -96,15 +98,28 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fu
         return {"params": members, "lr": lr, "peak_lr": lr, "weight_decay": decay, "role": role, **extra}
 
     if cfg.optimizer == "sgd":
-        return RoleOptimizer([torch.optim.SGD([group(r, m, weight_decay=0.0) for (r, s), m in groups.items()],
-                                              lr=cfg.lr, momentum=cfg.momentum)])
+        return RoleOptimizer(
+            [
+                torch.optim.SGD(
+                    [group(r, m, weight_decay=0.0) for (r, s), m in groups.items()], lr=cfg.lr, momentum=cfg.momentum
+                )
+            ]
+        )
     optimizers: list[torch.optim.Optimizer] = []
     adam_groups = [group(r, m) for (r, s), m in groups.items() if not (cfg.optimizer == "muon" and r == "matrix")]
     if cfg.optimizer == "muon":
         muon_groups = [group(r, m, split=s) for (r, s), m in groups.items() if r == "matrix"]
         if muon_groups:
-            optimizers.append(make_muon(muon_groups, device, lr=cfg.lr, momentum=cfg.muon_momentum,
-                                        weight_decay=cfg.weight_decay, nesterov=True))
+            optimizers.append(
+                make_muon(
+                    muon_groups,
+                    device,
+                    lr=cfg.lr,
+                    momentum=cfg.muon_momentum,
+                    weight_decay=cfg.weight_decay,
+                    nesterov=True,
+                )
+            )
     if adam_groups:
         optimizers.append(torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None))
     return RoleOptimizer(optimizers)

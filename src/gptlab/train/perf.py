@@ -82,7 +82,7 @@ def measure_cpu_matmul_peak(size: int = 512, seconds: float = 0.5) -> float:
         t0 = time.perf_counter()
         for _ in range(4):
             torch.mm(a, b, out=out)
-        best = max(best, 4 * 2 * size ** 3 / (time.perf_counter() - t0))
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0))
     return best
 
 
@@ -97,8 +97,12 @@ def gpu_datasheet_peak(name: str) -> float | None:
 def device_peak(device: torch.device) -> Peak | None:
     """The peak to measure MFU against, or None when none is known (an unknown GPU, MPS)."""
     if device.type == "cpu":
-        return Peak(measure_cpu_matmul_peak(), f"float32 matmul, measured on {torch.get_num_threads()} threads",
-                    measured=True, retimings=RETIMINGS)
+        return Peak(
+            measure_cpu_matmul_peak(),
+            f"float32 matmul, measured on {torch.get_num_threads()} threads",
+            measured=True,
+            retimings=RETIMINGS,
+        )
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         flops = gpu_datasheet_peak(name)

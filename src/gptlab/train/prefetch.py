@@ -26,8 +26,9 @@ from gptlab.data.loader import BatchLoader
 class PrefetchingLoader:
     """next_batch() like BatchLoader's, for one rank, with state_dict() matching consumed batches."""
 
-    def __init__(self, loader: BatchLoader, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                 depth: int = 4):
+    def __init__(
+        self, loader: BatchLoader, rank: int = 0, world_size: int = 1, pin_memory: bool = False, depth: int = 4
+    ):
         self.loader, self.rank, self.world_size, self.pin_memory = loader, rank, world_size, pin_memory
         self._state = loader.state_dict()
         self._queue: queue.Queue = queue.Queue(maxsize=depth)

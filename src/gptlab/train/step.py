@@ -50,8 +50,16 @@ class StepRunner:
     inside DDP).
     """
 
-    def __init__(self, raw: nn.Module, wrapped: nn.Module, optimizer: RoleOptimizer,
-                 device: torch.device, grad_accum: int, grad_clip: float, objective: Objective | None = None):
+    def __init__(
+        self,
+        raw: nn.Module,
+        wrapped: nn.Module,
+        optimizer: RoleOptimizer,
+        device: torch.device,
+        grad_accum: int,
+        grad_clip: float,
+        objective: Objective | None = None,
+    ):
         self.raw, self.wrapped, self.optimizer = raw, wrapped, optimizer
         self.objective = objective or language_model_objective
         self.device, self.grad_accum, self.grad_clip = device, grad_accum, grad_clip
@@ -97,8 +105,9 @@ class StepRunner:
         return loss_sum / self.grad_accum
 
 
-def make_runner(raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.device,
-                objective: Objective | None = None) -> StepRunner:
+def make_runner(
+    raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.device, objective: Objective | None = None
+) -> StepRunner:
     """Distribute (DDP or FSDP), maybe compile, and build the optimizer around a model on device
     (objective: what each micro-step minimises; the language-model loss unless given).
 

@@ -25,8 +25,11 @@ class Tracker(Protocol):
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """The record's numbers other than its step (booleans and text are not metrics)."""
-    return {k: float(v) for k, v in record.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class TensorBoardTracker:
@@ -36,8 +39,9 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise GptlabError("logger='tensorboard' needs the tensorboard package: "
-                              "pip install 'gptlab[tensorboard]'") from None
+            raise GptlabError(
+                "logger='tensorboard' needs the tensorboard package: pip install 'gptlab[tensorboard]'"
+            ) from None
         self.writer = SummaryWriter(log_dir=str(run / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
@@ -58,9 +62,14 @@ class WandbTracker:
         except ImportError:
             raise GptlabError("logger='wandb' needs the wandb package: pip install 'gptlab[wandb]'") from None
         try:
-            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "gptlab"), name=run.resolve().name,
-                                  dir=str(run), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
-                                  reinit="create_new")
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "gptlab"),
+                name=run.resolve().name,
+                dir=str(run),
+                config=config,
+                mode=os.environ.get("WANDB_MODE", "offline"),
+                reinit="create_new",
+            )
         except Exception as exc:  # wandb raises its own error types (no login, bad mode, no network)
             raise GptlabError(f"logger='wandb' could not start a run: {' '.join(str(exc).split())[:300]}") from None
 

@@ -35,22 +35,28 @@ from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
 from gptlab.inference.pair_sample import pair_sample
 from gptlab.locks import LOCK_FILE, lock_dataset_for_reading, lock_run
-from gptlab.model.accounting import describe, flops_per_token
 from gptlab.model import build_model
+from gptlab.model.accounting import describe, flops_per_token
 from gptlab.runs import CONFIG, TOKENIZER, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
-from gptlab.train.checkpoint import (TrainState, fallback_note, has_checkpoint, load_checkpoint,
-                                     load_weights_for_resume, read_state, save_checkpoint)
+from gptlab.train.checkpoint import (
+    TrainState,
+    fallback_note,
+    has_checkpoint,
+    load_checkpoint,
+    load_weights_for_resume,
+    read_state,
+    save_checkpoint,
+)
 from gptlab.train.distributed import Ranks, all_sum
 from gptlab.train.guard import divergence_message, first_nonfinite
 from gptlab.train.metrics import MetricsLog, Progress
-from gptlab.train.trackers import make_tracker
 from gptlab.train.optim import lr_at
 from gptlab.train.perf import device_peak, mfu
 from gptlab.train.prefetch import PrefetchingLoader
 from gptlab.train.step import Objective, compile_by_default, make_runner
-
+from gptlab.train.trackers import make_tracker
 
 
 @dataclass
@@ -71,7 +77,7 @@ class _InterruptFlag:
         self.set = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_InterruptFlag":
+    def __enter__(self) -> _InterruptFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -86,8 +92,9 @@ class _InterruptFlag:
 
 
 @torch.no_grad()
-def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, device: torch.device,
-                  ranks: Ranks = Ranks()) -> dict[str, float]:
+def estimate_loss(
+    model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, device: torch.device, ranks: Ranks | None = None
+) -> dict[str, float]:
     """Mean loss over the same eval_batches fixed batches of each split (nats per token).
 
     With several ranks each evaluates every world_size-th batch and the sums are added up; every
@@ -96,13 +103,20 @@ def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, devi
     """
     model.eval()
     out = {}
+    ranks = ranks or Ranks()  # one process unless told
     n, world = cfg.train.eval_batches, ranks.world_size
     for split in ("train", "val"):
         if not dataset.splits.get(split, {}).get("tokens"):
             continue
         # A fresh loader with a fixed seed: the same windows every evaluation, comparable over time.
-        loader = batch_loader(dataset, split, cfg.train.eval_batch_size or cfg.train.batch_size, cfg.model.block_size,
-                              seed=cfg.train.seed + 1, arch=cfg.model.arch)
+        loader = batch_loader(
+            dataset,
+            split,
+            cfg.train.eval_batch_size or cfg.train.batch_size,
+            cfg.model.block_size,
+            seed=cfg.train.seed + 1,
+            arch=cfg.model.arch,
+        )
         total, batch = 0.0, None
         for i in range(-(-n // world) * world):
             if i < n:
@@ -119,8 +133,9 @@ def estimate_loss(model: torch.nn.Module, dataset: Dataset, cfg: RunConfig, devi
     return out
 
 
-def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: int | None,
-                    command: str = "train") -> RunConfig:
+def _resolve_config(
+    cfg: RunConfig | None, run: Path, resume: bool, max_steps: int | None, command: str = "train"
+) -> RunConfig:
     """The config to train with: cfg for a new run, the run's own when resuming; refuse bad targets."""
     if resume:
         if not has_checkpoint(run):
@@ -129,15 +144,17 @@ def _resolve_config(cfg: RunConfig | None, run: Path, resume: bool, max_steps: i
         if max_steps is not None:
             at = read_state(run).step
             if max_steps < at:  # would rewrite config.json with a target the run has passed
-                raise GptlabError(f"--max-steps {max_steps} is below the step {run} has reached ({at}); "
-                                  f"give at least {at}")
+                raise GptlabError(
+                    f"--max-steps {max_steps} is below the step {run} has reached ({at}); give at least {at}"
+                )
             cfg.train.max_steps = max_steps
             cfg.validate()
         return cfg
     assert cfg is not None
     if has_checkpoint(run):
-        raise GptlabError(f"{run} already holds a run; resume it with `gptlab {command} --resume {run}` "
-                          "or choose another --out")
+        raise GptlabError(
+            f"{run} already holds a run; resume it with `gptlab {command} --resume {run}` or choose another --out"
+        )
     if run.exists() and not run.is_dir():
         raise GptlabError(f"--out {run} exists and is not a directory")
     return cfg
@@ -148,18 +165,27 @@ def _keep_global_batch(cfg: RunConfig, run: Path, ranks: Ranks) -> None:
     saved = read_state(run)
     micro_batches = (saved.grad_accum or cfg.train.grad_accum) * saved.world_size
     if micro_batches % ranks.world_size:
-        raise GptlabError(f"{run} trained with {micro_batches} micro-batches per step "
-                          f"({saved.world_size} process(es)); resume it with a number of processes "
-                          f"that divides {micro_batches}")
+        raise GptlabError(
+            f"{run} trained with {micro_batches} micro-batches per step "
+            f"({saved.world_size} process(es)); resume it with a number of processes "
+            f"that divides {micro_batches}"
+        )
     accum = micro_batches // ranks.world_size
     if accum != cfg.train.grad_accum and ranks.is_main:
-        print(f"note: {ranks.world_size} process(es) now, {saved.world_size} before: grad_accum "
-              f"{cfg.train.grad_accum} -> {accum} keeps the global batch")
+        print(
+            f"note: {ranks.world_size} process(es) now, {saved.world_size} before: grad_accum "
+            f"{cfg.train.grad_accum} -> {accum} keeps the global batch"
+        )
     cfg.train.grad_accum = accum
 
 
-def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
-          max_steps: int | None = None, session: type["_Training"] | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig | None,
+    run_dir: str | Path,
+    resume: bool = False,
+    max_steps: int | None = None,
+    session: type[_Training] | None = None,
+) -> TrainResult:
     """Train a model into run_dir (a new run from cfg, or resume the run already there).
 
     The writer (rank 0) holds the run directory exclusively and the dataset shared (locks.py) for
@@ -206,8 +232,9 @@ class _Training:
         self.model = build_model(cfg.model).to(device)
         weights_step = load_weights_for_resume(run, self.model) if resume else self.start_weights()
         self.runner = make_runner(self.model, tcfg, ranks, device, self.objective())
-        self.loader = PrefetchingLoader(self.train_loader(), ranks.rank, ranks.world_size,
-                                        pin_memory=device.type == "cuda")
+        self.loader = PrefetchingLoader(
+            self.train_loader(), ranks.rank, ranks.world_size, pin_memory=device.type == "cuda"
+        )
 
         if resume:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
@@ -234,8 +261,15 @@ class _Training:
         self.flops_per_token = flops_per_token(cfg.model)["train"]
         self.peak = device_peak(device) if self.main else None
         self._announce()
-        self.metrics = MetricsLog(run / "metrics.jsonl", resume_step=self.state.step if resume else None,
-                                  tracker=make_tracker(tcfg.logger, run, cfg.to_dict())) if self.main else None
+        self.metrics = (
+            MetricsLog(
+                run / "metrics.jsonl",
+                resume_step=self.state.step if resume else None,
+                tracker=make_tracker(tcfg.logger, run, cfg.to_dict()),
+            )
+            if self.main
+            else None
+        )
         self.progress = Progress(self.state.step, tcfg.max_steps, tcfg.log_interval) if self.main else None
 
     # --- what pretraining does; post-training sessions (posttrain/session.py) override these ---
@@ -250,10 +284,14 @@ class _Training:
         self.tokenizer = self.dataset.tokenizer
         if self.resume and load_tokenizer(run / TOKENIZER).to_dict() != self.tokenizer.to_dict():
             # Same vocabulary size, different ids: the weights would silently learn a new mapping.
-            raise GptlabError(f"the dataset {cfg.data} was prepared with another tokenizer than the run {run} "
-                              "was trained with; resume on the dataset the run started with")
+            raise GptlabError(
+                f"the dataset {cfg.data} was prepared with another tokenizer than the run {run} "
+                "was trained with; resume on the dataset the run started with"
+            )
         if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size) and not self.resume:
-            self.say(f"note: vocab_size set to the tokenizer's {self.tokenizer.vocab_size} (was {cfg.model.vocab_size})")
+            self.say(
+                f"note: vocab_size set to the tokenizer's {self.tokenizer.vocab_size} (was {cfg.model.vocab_size})"
+            )
         cfg.model.vocab_size = self.tokenizer.vocab_size
         if self.tcfg.sample_tokens and self.dataset.kind == "text":  # pairs sample a held-out source instead
             self.tokenizer.encode(self.tcfg.sample_prompt)  # refuse an unencodable prompt before any work
@@ -270,8 +308,14 @@ class _Training:
 
     def train_loader(self) -> Any:
         """The loader of training batches (state_dict/load_state_dict for an exact resume)."""
-        return batch_loader(self.dataset, "train", self.tcfg.batch_size, self.cfg.model.block_size, seed=self.tcfg.seed,
-                            arch=self.cfg.model.arch)
+        return batch_loader(
+            self.dataset,
+            "train",
+            self.tcfg.batch_size,
+            self.cfg.model.block_size,
+            seed=self.tcfg.seed,
+            arch=self.cfg.model.arch,
+        )
 
     def write_data_description(self) -> None:
         """Record in the run what data it trained on (rank 0)."""
@@ -294,19 +338,26 @@ class _Training:
         if w > 1:
             how += f", {w} processes, {'FSDP' if t.fsdp else 'DDP'}"
         self.say(f"optimizer {t.optimizer} ({self.runner.optimizer.describe()}), {t.schedule} schedule")
-        self.say(f"training on {self.device} ({how}) for {t.max_steps} steps, {self.tokens_per_step:,} tokens per "
-                 f"step (global batch {t.batch_size * t.grad_accum * w} = B={t.batch_size} x accum {t.grad_accum}"
-                 f" x {w} process(es), T={self.cfg.model.block_size})")
+        self.say(
+            f"training on {self.device} ({how}) for {t.max_steps} steps, {self.tokens_per_step:,} tokens per "
+            f"step (global batch {t.batch_size * t.grad_accum * w} = B={t.batch_size} x accum {t.grad_accum}"
+            f" x {w} process(es), T={self.cfg.model.block_size})"
+        )
         if self.peak:
-            self.say(f"peak: {self.peak.describe()} per process; "
-                     f"{self.flops_per_token / 1e6:,.2f} MFLOP per token trained")
+            self.say(
+                f"peak: {self.peak.describe()} per process; {self.flops_per_token / 1e6:,.2f} MFLOP per token trained"
+            )
 
     def evaluate_and_sample(self, step: int) -> dict[str, float]:
         """Losses on both splits and a sample (all ranks compute; rank 0 prints and writes)."""
         tcfg, state = self.tcfg, self.state
         losses = estimate_loss(self.model, self.dataset, self.cfg, self.device, self.ranks)
         self.check_dataset()
-        record: dict[str, Any] = {"step": step, "tokens_seen": state.tokens_seen, "elapsed_s": round(state.elapsed_s, 3)}
+        record: dict[str, Any] = {
+            "step": step,
+            "tokens_seen": state.tokens_seen,
+            "elapsed_s": round(state.elapsed_s, 3),
+        }
         text = f"step {step}: train loss {losses['train']:.4f}"
         record["eval_train_loss"] = losses["train"]
         if "val" in losses:
@@ -320,8 +371,17 @@ class _Training:
                 prompt, sample = pair_sample(self.model, self.dataset, tcfg, step)
             else:
                 prompt = tcfg.sample_prompt
-                sample = "".join(complete(self.model, self.tokenizer, prompt, tcfg.sample_tokens,
-                                          tcfg.sample_temperature, tcfg.sample_top_k, seed=tcfg.seed + step))
+                sample = "".join(
+                    complete(
+                        self.model,
+                        self.tokenizer,
+                        prompt,
+                        tcfg.sample_tokens,
+                        tcfg.sample_temperature,
+                        tcfg.sample_top_k,
+                        seed=tcfg.seed + step,
+                    )
+                )
             self.model.train()
             self.say(f"--- sample at step {step} ---\n{prompt}{sample}\n---")
             if self.main:
@@ -335,9 +395,11 @@ class _Training:
         """Stop with one line when the dataset was replaced under the run (all ranks together)."""
         if all_sum([float(self.main and self.dataset.replaced())], self.ranks, self.device)[0] > 0:
             kept = f"step {self.saved_step}" if self.saved_step >= 0 else "none yet"
-            raise GptlabError(f"the dataset {self.cfg.data} was replaced while this run was training on it "
-                              f"(its meta.json changed); stopped at step {self.state.step} (last checkpoint: "
-                              f"{kept}); prepare new data into another directory")
+            raise GptlabError(
+                f"the dataset {self.cfg.data} was replaced while this run was training on it "
+                f"(its meta.json changed); stopped at step {self.state.step} (last checkpoint: "
+                f"{kept}); prepare new data into another directory"
+            )
 
     def checkpoint(self) -> None:
         """Save everything a resume needs (every rank calls: FSDP gathers shards), never from
@@ -348,10 +410,21 @@ class _Training:
         bad = first_nonfinite(self.model, self.runner.optimizer)
         if all_sum([float(bad is not None)], self.ranks, self.device)[0] > 0:  # every rank stops together
             event = f"{bad or 'a weight on another rank'} became NaN or infinite after the update"
-            raise GptlabError(divergence_message(event, self.state.step, self.run, self.saved_step,
-                                                 lr_at(self.state.step - 1, self.tcfg)))
-        save_checkpoint(self.run, self.model, self.runner.optimizer, self.state, self.runner.scaler,
-                        sharded=self.tcfg.fsdp, is_main=self.main, keep=self.tcfg.keep_checkpoints)
+            raise GptlabError(
+                divergence_message(
+                    event, self.state.step, self.run, self.saved_step, lr_at(self.state.step - 1, self.tcfg)
+                )
+            )
+        save_checkpoint(
+            self.run,
+            self.model,
+            self.runner.optimizer,
+            self.state,
+            self.runner.scaler,
+            sharded=self.tcfg.fsdp,
+            is_main=self.main,
+            keep=self.tcfg.keep_checkpoints,
+        )
         self.saved_step = self.state.step
         if self.main:
             from gptlab.report.plot import refresh_loss_plot  # matplotlib loads only once a plot is due
@@ -360,8 +433,14 @@ class _Training:
 
     def log(self, step: int, train_loss: float, lr: float, tokens_per_sec: float) -> None:
         """One metrics record and progress line, with model FLOP/s and MFU when the peak is known."""
-        record = {"step": step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                  "tokens_seen": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s, 3)}
+        record = {
+            "step": step,
+            "train_loss": train_loss,
+            "lr": lr,
+            "tokens_per_sec": tokens_per_sec,
+            "tokens_seen": self.state.tokens_seen,
+            "elapsed_s": round(self.state.elapsed_s, 3),
+        }
         extra = ""
         if self.peak:
             self.peak.refine(tokens_per_sec * self.flops_per_token / self.ranks.world_size)
@@ -391,8 +470,11 @@ class _Training:
                     loss_sum, stops = all_sum([loss.item(), float(interrupt.set)], self.ranks, self.device)
                     train_loss, stop = loss_sum / self.ranks.world_size, stops > 0
                     if not math.isfinite(train_loss):
-                        raise GptlabError(divergence_message(f"the loss became {train_loss}", state.step + 1, self.run,
-                                                             self.saved_step, lr))
+                        raise GptlabError(
+                            divergence_message(
+                                f"the loss became {train_loss}", state.step + 1, self.run, self.saved_step, lr
+                            )
+                        )
                     state.step += 1
                     state.tokens_seen += self.tokens_per_step
                     state.elapsed_s += time.perf_counter() - t0
@@ -417,8 +499,10 @@ class _Training:
                 self.progress.close()
                 self.metrics.close()
         if interrupted:
-            self.say(f"interrupted: checkpoint saved at step {state.step}; continue with "
-                     f"`gptlab {self.command} --resume {self.run}`")
+            self.say(
+                f"interrupted: checkpoint saved at step {state.step}; continue with "
+                f"`gptlab {self.command} --resume {self.run}`"
+            )
         else:
             self.say(f"done: {state.step} steps in {state.elapsed_s:.1f}s; weights in {weights_path(self.run)}")
         return TrainResult(state.step, interrupted, last_eval)
