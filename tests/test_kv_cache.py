@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
 from gptlab.inference.engine import Decoder
-from gptlab.inference.kv_cache import KVCache
+from gptlab.inference.kv_cache import KVCache, SlotCache
 from gptlab.model import build_model
 
 BLOCK = 8
@@ -97,10 +97,59 @@ def test_rows_of_different_lengths_decode_as_if_alone(position):
 
 def test_cache_tracks_each_rows_length_and_refuses_overflow():
     model = model_of("learned")
-    cache = KVCache.for_model(model, 2)
+    cache = KVCache(model.cache_layout(), 2)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3], [4, 0, 0]]), cache=cache, lengths=torch.tensor([3, 1]))
     assert cache.seen.tolist() == [3, 1]
     assert cache.positions(1).tolist() == [[3], [1]]
     with pytest.raises(ValueError, match="exceeds block_size"):
-        KVCache.for_model(model, 1, capacity=BLOCK + 1)
+        model.cache_layout(capacity=BLOCK + 1)
+
+
+FEEDS = [3, 2, 1, 1, 1]  # a prefill, a later chunk, then one token at a time: 8 tokens, the whole block
+
+
+def _feed_contiguous(model, rows):
+    """Logits of each row's last token after each feed, through one KVCache (rows fed together)."""
+    cache, out, done = KVCache(model.cache_layout(), len(rows)), [], 0
+    for n in FEEDS:
+        x = torch.tensor([row[done : done + n] for row in rows])
+        out.append(model(x, cache=cache)[0][:, -1])
+        done += n
+    return out
+
+
+def _feed_slotted(model, rows):
+    """The same through a SlotCache, each row in another slot than its index, rows reordered per feed."""
+    cache, out, done = SlotCache(model.cache_layout(), len(rows) + 1), [], 0
+    slots = list(range(len(rows), 0, -1))  # row i in slot len-i: never its own index
+    for step, n in enumerate(FEEDS):
+        order = list(range(len(rows)))[:: 1 if step % 2 else -1]
+        cache.select([slots[i] for i in order])
+        logits = model(torch.tensor([rows[i][done : done + n] for i in order]), cache=cache)[0][:, -1]
+        out.append(logits[torch.tensor(order).argsort()])
+        done += n
+    return out
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("position", ["learned", "rope"])
+@pytest.mark.parametrize("feed", [_feed_contiguous, _feed_slotted], ids=["contiguous", "slotted"])
+def test_both_caches_attend_as_the_cache_free_forward(position, feed):
+    model = model_of(position)
+    rows = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]]
+    full = model(torch.tensor(rows))[0]  # (B, T, V): every position's logits without a cache
+    ends = torch.tensor(FEEDS).cumsum(0) - 1
+    for got, end in zip(feed(model, rows), ends.tolist()):
+        torch.testing.assert_close(got, full[:, end], atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_storage_grows_with_the_context_not_to_it():
+    model = model_of("rope")
+    layout = model.cache_layout(capacity=1000)
+    for cache in (KVCache(layout, 2), SlotCache(layout, 2)):
+        if isinstance(cache, SlotCache):
+            cache.select([0, 1])
+        model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=cache)
+        assert cache.k[0].size(2) < 1000  # short contexts do not pay for the whole capacity

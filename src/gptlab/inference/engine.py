@@ -116,7 +116,7 @@ class Decoder:
         # cache is told each row's true length.
         lengths = torch.tensor([len(w) for w in windows], device=self.device)
         x = torch.tensor([w + [0] * (width - len(w)) for w in windows], dtype=torch.long, device=self.device)
-        cache = KVCache.for_model(self.model, len(rows), self.block_size if keep_cache else width)
+        cache = KVCache(self.model.cache_layout(self.block_size if keep_cache else width), len(rows))
         logits, _ = self.model(x, cache=cache, lengths=lengths)
         if keep_cache:
             self.cache, self.new = cache, None

@@ -31,10 +31,7 @@ def _stepper(model: torch.nn.Module, source: torch.Tensor, use_cache: bool):
     if not use_cache:
         return lambda ids: model(ids, source=source)[0][:, -1].float()
     cross = model.cross_keys_values(model.encode(source))  # the source is read once
-    attn = model.decoder_self_attention()[0]
-    cache = KVCache(
-        len(model.decoder), source.size(0), attn.n_head, attn.head_dim, model.config.block_size, source.device
-    )
+    cache = KVCache(model.cache_layout(), source.size(0))
     return lambda ids: model.decode(ids[:, -1:], cross, cache=cache)[:, -1].float()
 
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.gpt import GPT, ModelCache, Role, init_weights, roles_by_name
-from gptlab.model.layers import Attention, Block, Record, Rotary, make_norm
+from gptlab.model.gpt import GPT, Role, init_weights, roles_by_name
+from gptlab.model.layers import Attention, AttentionCache, Block, CacheLayout, Record, Rotary, cache_layout, make_norm
 from gptlab.model.loss import lm_loss
 
 # Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
@@ -68,9 +68,11 @@ class EncoderDecoder(nn.Module):
         """Every attention module: the encoder's, then each decoder block's self- and cross-attention."""
         return [b.attn for b in self.encoder] + [a for b in self.decoder for a in (b.attn, b.cross)]
 
-    def decoder_self_attention(self) -> list[Attention]:
-        """The decoder's self-attention modules, the ones a KV cache serves, first layer first."""
-        return [b.attn for b in self.decoder]
+    def cache_layout(self, capacity: int | None = None) -> CacheLayout:
+        """The shape of a KV cache for the decoder's self-attention, the only attention it serves (the
+        encoder runs once per source; cross-attention keys come from cross_keys_values)."""
+        layers = [b.attn for b in self.decoder]
+        return cache_layout(layers, self.config.block_size, self.cache_can_slide, self.wte.weight.device, capacity)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm, unembedding and soft-cap, as the GPT's."""
@@ -106,7 +108,7 @@ class EncoderDecoder(nn.Module):
         idx: torch.Tensor,
         memory: torch.Tensor | CrossKV,
         source_mask: torch.Tensor | None = None,
-        cache: ModelCache | None = None,
+        cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) of the target ids idx (B, T) attending to memory: the encoder's output, or
         its cross_keys_values(). With a cache, idx continues the targets stored in it and only the last

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -78,12 +79,41 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class AttentionCache(Protocol):
-    """What attention needs of a KV cache (inference/kv_cache.py): store a layer's new keys and values,
-    get back every key and value a query may attend to, with the mask that says which."""
+    """What the model asks of a KV cache (implementations: inference/kv_cache.py): the positions of the
+    tokens fed next, each attention layer's output over the stored keys and values plus the new ones,
+    and, after all layers, how many real tokens each row gained."""
 
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    def positions(self, T: int) -> torch.Tensor: ...
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+    def advance(self, lengths: torch.Tensor) -> None: ...
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The shape of a KV cache for a model's cached attention layers (its decoder's self-attention)."""
+
+    n_layer: int
+    n_head: int
+    head_dim: int
+    capacity: int  # positions kept per row
+    can_slide: bool  # whether a full row may overwrite its oldest entry and go on (RoPE)
+    device: torch.device
+
+
+def cache_layout(
+    layers: list[Attention], block_size: int, can_slide: bool, device: torch.device, capacity: int | None = None
+) -> CacheLayout:
+    """The layout of a cache serving these attention layers (capacity: block_size unless given)."""
+    capacity = capacity or block_size
+    if capacity <= 0:
+        raise ValueError(f"cache capacity {capacity} must be > 0")
+    if not can_slide and capacity > block_size:
+        raise ValueError(
+            f"cache capacity {capacity} exceeds block_size={block_size}, past which learned positions do not exist"
+        )
+    return CacheLayout(len(layers), layers[0].n_head, layers[0].head_dim, capacity, can_slide, device)
 
 
 class Attention(nn.Module):
@@ -198,16 +228,9 @@ class Attention(nn.Module):
         if cache is None or self.cross:
             # Fused kernel (flash attention where available); is_causal masks the future.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal, dropout_p=dropout_p)
-        elif hasattr(cache, "attend"):
-            # A cache that attends row by row itself (serve/'s batch of rows of different lengths,
-            # each computed exactly as it would be alone).
-            y = cache.attend(self.layer, q, k, v)
         else:
-            k, v, mask = cache.update(self.layer, k, v)
-            # mask None: a prefill from position 0 (plain causal) or one token that may see every key.
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout_p
-            )
+            # Inference: the cache stores the new keys and values and attends over all its rows may see.
+            y = cache.attend(self.layer, q, k, v)
         if record is not None:
             record("weighted", y, "H T D", "weights [H×T×T] · v [H×T×D]")
         y = y.transpose(1, 2).contiguous().view(B, T, C)

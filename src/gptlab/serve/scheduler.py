@@ -7,7 +7,7 @@ pass. Every
 sequence has its own length, position, sampling settings and random generator.
 
 Determinism: a sequence's tokens depend only on its own ids, settings and seed. Attention is
-computed row by row (serve/slot_cache.py); prompt chunks are fed one sequence at a time; and the
+computed row by row (inference/kv_cache.py SlotCache); prompt chunks are fed one sequence at a time; and the
 decode batch is padded to at least MIN_DECODE_ROWS rows, because the CPU matrix library picks a
 different kernel (another summation order, other float32 results) for fewer rows than that, so a
 sequence alone and the same sequence among others would otherwise get different logits.
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from gptlab.inference.engine import SamplingParams
+from gptlab.inference.kv_cache import SlotCache
 from gptlab.inference.sampling import apply_repetition_penalty, probs_from_logits, sample_rows
 from gptlab.inference.text import TextStream
-from gptlab.serve.slot_cache import SlotCache
 from gptlab.tokenizers import Tokenizer
 
 MIN_DECODE_ROWS = 16  # from this many rows up, float32 matrix products give each row the same result
@@ -90,7 +90,7 @@ class Scheduler:
         on_token: Callable[[Sequence, Event], None] | None = None,
     ):
         self.model = model
-        self.cache = SlotCache(model, max_batch)
+        self.cache = SlotCache(model.cache_layout(), max_batch)
         self.device = self.cache.device
         self.prefill_chunk = prefill_chunk
         self.free = list(range(max_batch))
