@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
-from gptlab.inference.engine import Decoder
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.inference.kv_cache import KVCache, SlotCache
 from gptlab.model import build_model
 
@@ -50,18 +51,21 @@ def sliding_window_reference(model, ids: list[int], window: int) -> torch.Tensor
     return model.head(x[:, -1])
 
 
+def greedy_steps(model, prompts, n):
+    """Each step's (sequence, token, distribution) of greedy decoding through the engine."""
+    steps = generate_steps(model, None, prompts, SamplingParams(n, temperature=0), with_probs=True)
+    return [[(s.seq, s.token, s.probs) for s in step] for step in steps]
+
+
 @torch.no_grad()
 def test_rope_cache_slides_past_block_size_one_token_per_step():
     model = model_of("rope")
-    assert model.cache_can_slide
+    assert model.cache_layout().can_slide
     wide = count_wide_forwards(model)
-    decoder = Decoder(model, [[1, 2, 3]])
     ids = [1, 2, 3]
-    for step in range(3 * BLOCK):
-        logits = decoder.logits()
-        assert torch.allclose(logits[0], sliding_window_reference(model, ids, BLOCK)[0], atol=1e-4), step
-        token = int(logits.argmax())
-        decoder.append([token])
+    for step, [(_, token, probs)] in enumerate(greedy_steps(model, [list(ids)], 3 * BLOCK)):
+        expected = torch.softmax(sliding_window_reference(model, ids, BLOCK)[0], -1)
+        assert torch.allclose(probs, expected, atol=1e-5), step
         ids.append(token)
     assert wide == [3]  # the prompt's prefill, then one token per step, far past block_size
 
@@ -69,12 +73,9 @@ def test_rope_cache_slides_past_block_size_one_token_per_step():
 @torch.no_grad()
 def test_learned_positions_recompute_the_window_once_full():
     model = model_of("learned")
-    assert not model.cache_can_slide
+    assert not model.cache_layout().can_slide
     wide = count_wide_forwards(model)
-    decoder = Decoder(model, [[1, 2, 3]])
-    for _ in range(BLOCK + 3):
-        decoder.append([int(decoder.logits().argmax())])
-    decoder.logits()
+    greedy_steps(model, [[1, 2, 3]], BLOCK + 4)
     assert wide[0] == 3 and len(wide) > 1 and all(w == BLOCK for w in wide[1:])
 
 
@@ -83,16 +84,12 @@ def test_learned_positions_recompute_the_window_once_full():
 def test_rows_of_different_lengths_decode_as_if_alone(position):
     model = model_of(position)
     prompts = [[5], [1, 2, 3, 4, 5, 6], [7, 8, 9]]
-    together = Decoder(model, prompts)
-    alone = [Decoder(model, [p]) for p in prompts]
-    for _ in range(4):
-        batch = together.logits()
-        for row, decoder in enumerate(alone):
-            assert torch.allclose(batch[row], decoder.logits()[0], atol=1e-5)
-        tokens = batch.argmax(-1).tolist()
-        together.append(tokens)
-        for decoder, token in zip(alone, tokens):
-            decoder.append([token])
+    together = greedy_steps(model, prompts, 2 * BLOCK)
+    for i, prompt in enumerate(prompts):
+        alone = [step[0][1:] for step in greedy_steps(model, [prompt], 2 * BLOCK)]
+        mine = [s[1:] for step in together for s in step if s[0] == i]
+        assert [t for t, _ in mine] == [t for t, _ in alone]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(mine, alone))  # to the last bit
 
 
 def test_cache_tracks_each_rows_length_and_refuses_overflow():

@@ -277,7 +277,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from gptlab.inference.engine import SamplingParams
+    from gptlab.inference.decoding import SamplingParams
     from gptlab.inference.generate import print_samples
 
     params = SamplingParams(

@@ -11,7 +11,8 @@ import torch
 
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
-from gptlab.inference.engine import SamplingParams, Step, generate_steps
+from gptlab.inference.decoding import Event, SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.inference.probs import top_candidates
 from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
@@ -87,7 +88,7 @@ def _header(i: int, num_samples: int) -> str:
     return f"--- sample {i + 1}/{num_samples} ---\n" if num_samples > 1 else ""
 
 
-def _print_text(steps: Iterator[list[Step]], prompt: str, num_samples: int) -> None:
+def _print_text(steps: Iterator[list[Event]], prompt: str, num_samples: int) -> None:
     texts = [""] * num_samples
     out = sys.stdout
     out.write(_header(0, num_samples) + prompt)
@@ -105,7 +106,7 @@ def _print_text(steps: Iterator[list[Step]], prompt: str, num_samples: int) -> N
 
 
 def _print_probs(
-    steps: Iterator[list[Step]], tokenizer: Tokenizer, prompt: str, num_samples: int, k: int, as_json: bool
+    steps: Iterator[list[Event]], tokenizer: Tokenizer, prompt: str, num_samples: int, k: int, as_json: bool
 ) -> None:
     texts, finish, counts = [""] * num_samples, ["length"] * num_samples, [0] * num_samples
     for step in steps:

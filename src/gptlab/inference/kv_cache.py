@@ -121,19 +121,6 @@ class KVCache(_Ring):
         self.seen += lengths.to(self.seen.device)
         self._step = None
 
-    @property
-    def full(self) -> bool:
-        """Whether some row has filled every column (the next token must slide or recompute)."""
-        return bool((self.seen >= self.capacity).any())
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only these rows (indices into the batch), e.g. when the others have finished."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
-        self.seen = self.seen[rows]
-        self.rows = len(rows)
-        self._rows = torch.arange(self.rows, device=self.device)
-
 
 class SlotCache(_Ring):
     """Keys and values of every layer for `slots` sequences, fed a few rows at a time.

@@ -9,7 +9,8 @@ import torch
 from gptlab.config import TrainConfig
 from gptlab.data.loader import Dataset
 from gptlab.data.pairs import read_pairs, separator_id
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.tokenizers import Tokenizer
 
 
@@ -21,12 +22,8 @@ def write_target(model: torch.nn.Module, tokenizer: Tokenizer, source_ids: list[
         from gptlab.inference.seq2seq import generate_targets
 
         return tokenizer.decode(generate_targets(model, sep, source_ids, params)[0])
-    written = []
-    for steps in generate_steps(model, None, [list(source_ids) + [sep]], params):
-        if steps[0].token == sep:  # the target's end
-            break
-        written.append(steps[0].token)
-    return tokenizer.decode(written)
+    steps = generate_steps(model, None, [list(source_ids) + [sep]], params, end=sep)  # sep: the target's end
+    return tokenizer.decode([s[0].token for s in steps if s[0].token != sep])
 
 
 def pair_sample(model: torch.nn.Module, dataset: Dataset, tcfg: TrainConfig, step: int) -> tuple[str, str]:

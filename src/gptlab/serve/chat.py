@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -20,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import GptlabError
-from gptlab.inference.engine import SamplingParams
+from gptlab.inference.decoding import SamplingParams
 from gptlab.posttrain.template import END, ChatTemplate, Message, has_chat_tokens
 from gptlab.runs import LoadedRun
 from gptlab.serve.completions import whole_unless_gone
@@ -63,12 +62,7 @@ def submit(app: Any, rows: list[list[int]], params: SamplingParams) -> Generatio
     """The sequences of one request handed to the model service (sequence i draws with seed + i, as
     /v1/completions does); 503 with Retry-After when its waiting queue is full."""
     try:
-        return app.state.service.submit(
-            [
-                (ids, replace(params, seed=None if params.seed is None else params.seed + i))
-                for i, ids in enumerate(rows)
-            ]
-        )
+        return app.state.service.submit(rows, params)
     except Overloaded as exc:
         raise APIError(
             503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded", headers={"Retry-After": "1"}

@@ -9,13 +9,13 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gptlab.errors import GptlabError
+from gptlab.inference.decoding import Event
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
 from gptlab.inference.score import score_tokens
@@ -31,7 +31,6 @@ from gptlab.serve.openai import (
     parse_request,
     sampling_params,
 )
-from gptlab.serve.scheduler import Event
 from gptlab.serve.service import Generation, ModelService, Overloaded
 
 router = APIRouter()
@@ -144,15 +143,12 @@ def _checked_ids(run: LoadedRun, ids: list[int], i: int) -> list[int]:
 
 
 def submit(service: ModelService, rows: list[list[int]], req: CompletionRequest) -> Generation:
-    """Submit a request's sequences: sequence i draws with seed + i, as the engine does; 503 when full."""
+    """Submit a request's sequences (sequence i draws with seed + i, the engine's rule); 503 when full."""
     params = sampling_params(
         req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(), req.seed
     )
     try:
-        return service.submit(
-            [(ids, replace(params, seed=None if req.seed is None else req.seed + i)) for i, ids in enumerate(rows)],
-            with_probs=req.logprobs is not None,
-        )
+        return service.submit(rows, params, with_probs=req.logprobs is not None)
     except Overloaded as exc:
         raise APIError(
             503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded", headers={"Retry-After": "1"}

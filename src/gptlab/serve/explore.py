@@ -99,7 +99,7 @@ async def _one_token(
     at the temperature (0 shows it at 1)."""
     params = sampling_params(1, temperature, seed=seed)  # APIError 400 naming a bad setting
     try:
-        gen = _service(request).submit([(ids, params)], with_probs=True)
+        gen = _service(request).submit([ids], params, with_probs=True)
     except Overloaded as exc:
         raise APIError(503, f"the server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
     try:

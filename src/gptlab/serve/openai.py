@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import GptlabError
-from gptlab.inference.engine import SamplingParams
+from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.score import TokenScore
 from gptlab.tokenizers import Tokenizer
 
