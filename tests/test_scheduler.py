@@ -82,7 +82,19 @@ OTHERS = [  # eight requests with other settings and lengths, some longer than t
 ]
 
 
-@pytest.mark.parametrize("variant", [{}, {"position": "rope", "norm": "rmsnorm"}], ids=["learned", "rope"])
+MODERN = {
+    "position": "rope",
+    "norm": "rmsnorm",
+    "qk_norm": True,
+    "mlp": "swiglu",
+    "tie_embeddings": False,
+    "logit_softcap": 15.0,
+}
+
+
+@pytest.mark.parametrize(
+    "variant", [{}, {"position": "rope", "norm": "rmsnorm"}, MODERN], ids=["learned", "rope", "modern"]
+)
 def test_tokens_are_the_same_alone_and_batched_with_others(tokenizer, variant):
     model = _model(tokenizer, **variant)
     # A prompt longer than a prefill chunk, a continuation past the block (the window slides or is
@@ -142,3 +154,12 @@ def test_neighbours_of_the_same_length_and_settings_are_computed_together_withou
     assert len({tuple(ids) for ids, _ in together}) == 4
     for i, request in enumerate(requests):
         assert _same(_run(model, tokenizer, [request])[0], together[i])
+
+
+def test_a_crowd_larger_than_the_probed_rows_changes_nobody(tokenizer):
+    # 20 sequences decode together: their products go in chunks (inference/products.py).
+    model = _model(tokenizer)
+    crowd = [(TEXT[i : i + 3 + i % 5], SamplingParams(30, temperature=1.0, seed=i)) for i in range(20)]
+    together = _run(model, tokenizer, crowd, max_batch=24)
+    for i in (0, 17):
+        assert _same(_run(model, tokenizer, [crowd[i]])[0], together[i])

@@ -37,27 +37,26 @@ class _Ring:
         self.v: list[torch.Tensor] = []
         self._needed = 0  # columns the current feed writes or reads
 
-    def _plan(self, starts: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions (B, T) of the next T tokens of rows that have been fed `starts` tokens, and the
-        columns they go to; refuses a feed that does not fit."""
-        positions = starts[:, None] + torch.arange(T, device=starts.device)[None, :]
-        if T > 1 and bool((positions[:, -1] >= self.capacity).any()):
-            raise ValueError(f"KV cache holds {self.capacity} positions; {int(starts.max())} used, {T} more given")
-        if not self.can_slide and bool((starts >= self.capacity).any()):
+    def _plan(self, starts: list[int], T: int) -> torch.Tensor:
+        """Positions (B, T) of the next T tokens of rows that have been fed `starts` tokens; refuses a
+        feed that does not fit and makes sure the storage is wide enough for it."""
+        top = max(starts)
+        if T > 1 and top + T > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} positions; {top} used, {T} more given")
+        if not self.can_slide and top >= self.capacity:
             raise ValueError(f"KV cache is full ({self.capacity} positions) and this model cannot slide it")
-        self._needed = min(self.capacity, int(starts.max()) + T)
-        return positions, positions % self.capacity
+        self._needed = min(self.capacity, top + T)
+        return torch.tensor(starts, device=self.device)[:, None] + torch.arange(T, device=self.device)[None, :]
 
-    def _store(self, layer: int, rows: torch.Tensor, columns: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write new keys and values (B, H, T, D) of each row (index into storage rows) at its columns (B, T)."""
+    def _storage(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's keys and values, wide enough for the current feed."""
         if layer == len(self.k):
-            self.k.append(self._grown(None, k))
-            self.v.append(self._grown(None, v))
+            self.k.append(self._grown(None, like))
+            self.v.append(self._grown(None, like))
         elif self.k[layer].size(2) < self._needed:
-            self.k[layer] = self._grown(self.k[layer], k)
-            self.v[layer] = self._grown(self.v[layer], v)
-        self.k[layer][rows[:, None], :, columns] = k.transpose(1, 2)
-        self.v[layer][rows[:, None], :, columns] = v.transpose(1, 2)
+            self.k[layer] = self._grown(self.k[layer], like)
+            self.v[layer] = self._grown(self.v[layer], like)
+        return self.k[layer], self.v[layer]
 
     def _grown(self, old: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """Storage wide enough for this feed: doubled (up to capacity) rather than the whole context up
@@ -88,7 +87,7 @@ class KVCache(_Ring):
 
     def positions(self, T: int) -> torch.Tensor:
         """Position ids (B, T) of the next T tokens of each row; prepares this feed's columns and mask."""
-        positions, columns = self._plan(self.seen, T)
+        positions = self._plan(self.seen.tolist(), T)
         width = self._needed  # columns any query may read
         key = torch.arange(width, device=self.device)
         if bool((self.seen == 0).all()):
@@ -100,21 +99,21 @@ class KVCache(_Ring):
         else:
             # Several tokens after earlier ones (no wrap: _plan checked): causal over positions.
             mask = (key[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, width)
-        self._step = (columns, mask, width)
+        self._step = (positions % self.capacity, mask, width)
         return positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store one layer's new keys and values (B, H, T, D); attention of the new queries over every
         key their row may read."""
         columns, mask, width = self._step
-        self._store(layer, self._rows, columns, k, v)
+        keys, values = self._storage(layer, k)
+        keys[self._rows[:, None], :, columns] = k.transpose(1, 2)  # (B, T) columns per row
+        values[self._rows[:, None], :, columns] = v.transpose(1, 2)
         if isinstance(mask, str):
             # From column 0, attend to the fresh keys: exactly the numbers of the cache-free forward. Pads
             # sit after each row's real tokens, so causal attention never lets a real token see them.
             return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1)
-        return F.scaled_dot_product_attention(
-            q, self.k[layer][:, :, :width], self.v[layer][:, :, :width], attn_mask=mask
-        )
+        return F.scaled_dot_product_attention(q, keys[:, :, :width], values[:, :, :width], attn_mask=mask)
 
     def advance(self, lengths: torch.Tensor) -> None:
         """After all layers: each row has gained lengths[b] real tokens (its pads do not count)."""
@@ -135,8 +134,9 @@ class SlotCache(_Ring):
     def __init__(self, layout: CacheLayout, slots: int):
         super().__init__(layout, slots)
         self.seen = [0] * slots  # tokens fed to each slot since it was last reset
-        self._rows: list[int | None] = []
-        self._step: tuple | None = None  # (real rows, their slots, their columns, groups) of this feed
+        self._rows: list[int] = []
+        self._groups: list[list[int]] = []  # this feed's runs of rows (positions())
+        self._where: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def reset(self, slot: int) -> None:
         """Forget a slot's tokens (a new sequence takes it, or its window is recomputed)."""
@@ -146,60 +146,66 @@ class SlotCache(_Ring):
         """How many more tokens a slot takes before it is full (ignoring that RoPE may slide)."""
         return self.capacity - self.seen[slot]
 
-    def select(self, rows: Sequence[int | None]) -> None:
-        """The slot behind each row of the next forward pass (None: a pad row, ignored)."""
+    def select(self, rows: Sequence[int]) -> None:
+        """The slot behind each row of the next forward pass."""
         self._rows = list(rows)
 
     def positions(self, T: int) -> torch.Tensor:
-        """Position ids (B, T) of the next T tokens of each row; prepares this feed's columns."""
-        starts = torch.tensor([self.seen[s] if s is not None else 0 for s in self._rows], device=self.device)
-        positions, columns = self._plan(starts, T)
-        real = [b for b, s in enumerate(self._rows) if s is not None]
-        slots = torch.tensor([self._rows[b] for b in real], dtype=torch.long, device=self.device)
-        # Runs of rows whose slots follow each other at the same length: (first row, rows, first slot, length).
+        """Position ids (B, T) of the next T tokens of each row; prepares this feed's groups."""
+        starts = [self.seen[s] for s in self._rows]
+        positions = self._plan(starts, T)
+        # Runs of rows whose slots follow each other at the same length: [first row, rows, first slot, length].
         groups: list[list[int]] = []
-        for b in real:
-            slot, start = self._rows[b], self.seen[self._rows[b]]
+        for b, (slot, start) in enumerate(zip(self._rows, starts)):
             g = groups[-1] if groups else None
-            if g is not None and b == g[0] + g[1] and slot == g[2] + g[1] and start == g[3]:
+            if g is not None and slot == g[2] + g[1] and start == g[3]:
                 g[1] += 1
             else:
                 groups.append([b, 1, slot, start])
-        self._step = (real, slots, columns[real], groups)
+        self._groups = groups
+        # Where each row's keys go: one slice for a single run, one indexed write for several.
+        self._where = (
+            None
+            if len(groups) == 1
+            else (torch.tensor(self._rows, device=self.device)[:, None], positions % self.capacity)
+        )
         return positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store the rows' new keys and values (B, H, T, D); return each row's attention output."""
-        real, slots, columns, groups = self._step
-        self._store(layer, slots, columns, k[real], v[real])
-        T = q.size(2)
-        y = torch.zeros_like(q) if len(real) < q.size(0) else None
-        outs = []
-        for b, n, slot, start in groups:
-            rows = slice(b, b + n)
+        keys, values = self._storage(layer, k)
+        T, outs = q.size(2), []
+        if self._where is not None:
+            slot_of, columns = self._where
+            keys[slot_of, :, columns] = k.transpose(1, 2)
+            values[slot_of, :, columns] = v.transpose(1, 2)
+        else:
+            _, n, slot, start = self._groups[0]
+            column = start % self.capacity  # T > 1 never wraps (_plan checked): the columns are consecutive
+            keys[slot : slot + n, :, column : column + T] = k
+            values[slot : slot + n, :, column : column + T] = v
+        for b, n, slot, start in self._groups:
+            rows, slots = slice(b, b + n), slice(slot, slot + n)
             if start == 0:
                 # From the first position: causal attention over the fresh keys only.
-                out = F.scaled_dot_product_attention(q[rows], k[rows], v[rows], is_causal=T > 1)
-            else:
-                # Every valid column of the slot (in a ring, order does not matter); a later chunk of a
-                # prompt is causal over positions (no wrap: _plan checked).
-                width = min(start + T, self.capacity)
-                mask = None
-                if T > 1:
-                    key = torch.arange(width, device=q.device)
-                    mask = key[None, :] <= torch.arange(start, width, device=q.device)[:, None]
-                keys, values = self.k[layer][slot : slot + n, :, :width], self.v[layer][slot : slot + n, :, :width]
-                out = F.scaled_dot_product_attention(q[rows], keys, values, attn_mask=mask)
-            if y is not None:
-                y[rows] = out
+                outs.append(F.scaled_dot_product_attention(q[rows], k[rows], v[rows], is_causal=T > 1))
+                continue
+            # Every valid column of the slot (in a ring, order does not matter); a later chunk of a
+            # prompt is causal over positions.
+            width = min(start + T, self.capacity)
+            mask = None
+            if T > 1:
+                mask = (
+                    torch.arange(width, device=q.device)[None, :]
+                    <= torch.arange(start, width, device=q.device)[:, None]
+                )
+            out = F.scaled_dot_product_attention(
+                q[rows], keys[slots, :, :width], values[slots, :, :width], attn_mask=mask
+            )
             outs.append(out)
-        if y is not None:
-            return y
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def advance(self, lengths: torch.Tensor) -> None:
-        """After all layers: each real row has gained lengths[b] tokens."""
+        """After all layers: each row has gained lengths[b] tokens."""
         for slot, n in zip(self._rows, lengths.tolist()):
-            if slot is not None:
-                self.seen[slot] += int(n)
-        self._step = None
+            self.seen[slot] += int(n)

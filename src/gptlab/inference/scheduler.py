@@ -10,10 +10,9 @@ token is chosen by the decoding core (inference/decoding.py).
 
 Determinism: a sequence's tokens depend only on its own ids, settings and seed. Attention is
 computed over each row's own keys (inference/kv_cache.py SlotCache); prompt chunks are fed one
-sequence at a time; and the decode batch is padded to at least MIN_DECODE_ROWS rows, because the CPU
-matrix library picks a different kernel (another summation order, other float32 results) for fewer
-rows than that, so a sequence alone and the same sequence among others would otherwise get
-different logits.
+sequence at a time; and decode steps compute every matrix product so that a row's result does not
+depend on how many rows share it (inference/products.py), so a sequence alone and the same sequence
+among others get the same logits to the last bit.
 
 Without the cache (use_cache=False, the reference the cache must match), every token resets the
 sequence's slot and feeds its whole window again, in one piece: the numbers of a cache-free forward.
@@ -30,9 +29,9 @@ import torch
 from gptlab.inference import decoding
 from gptlab.inference.decoding import Event, SamplingParams, SequenceState
 from gptlab.inference.kv_cache import SlotCache
+from gptlab.inference.products import RowInvariantProducts, row_invariant_products
 from gptlab.tokenizers import Tokenizer
 
-MIN_DECODE_ROWS = 16  # from this many rows up, float32 matrix products give each row the same result
 PREFILL_CHUNK = 128  # prompt tokens fed per step; chunk boundaries change the numbers, so every caller shares it
 
 
@@ -83,6 +82,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.on_token = on_token  # metrics hook
+        self.products: RowInvariantProducts | None = None  # made at the first decode step (prefill needs none)
         self._turn = 0  # round robin over sequences with a prompt to prefill
 
     def has_work(self) -> bool:
@@ -128,24 +128,23 @@ class Scheduler:
 
     def _prefill_chunk(self, seq: Sequence) -> None:
         chunk, seq.pending = seq.pending[: self.prefill_chunk], seq.pending[self.prefill_chunk :]
-        logits = self._forward([seq.slot], [chunk], 1)
+        logits = self._forward([seq.slot], [chunk])
         if not seq.pending:  # the whole prompt is in: its last logits choose the first token
             self._chosen([seq], logits)
 
     def _decode(self, seqs: list[Sequence]) -> None:
-        pads = max(0, MIN_DECODE_ROWS - len(seqs))
-        logits = self._forward(
-            [s.slot for s in seqs] + [None] * pads, [s.pending for s in seqs] + [[0]] * pads, len(seqs)
-        )
+        if self.products is None:
+            self.products = row_invariant_products(self.model)
+        with self.products:
+            logits = self._forward([s.slot for s in seqs], [s.pending for s in seqs])
         self._chosen(seqs, logits)
 
-    def _forward(self, slots: list[int | None], rows: list[list[int]], real: int) -> torch.Tensor:
-        """Logits (real, V) for the token after each of the first `real` rows' tokens (rows of equal
-        length; the rest are padding, whose logits nobody reads)."""
+    def _forward(self, slots: list[int], rows: list[list[int]]) -> torch.Tensor:
+        """Logits (B, V) for the token after each row's tokens (rows of equal length, each its slot's)."""
         self.cache.select(slots)
         x = torch.tensor(rows, dtype=torch.long, device=self.device)
         logits, _ = self.model(x, cache=self.cache)
-        return logits[:real, -1]
+        return logits[:, -1]
 
     def _chosen(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Each sequence's next token from its logits (the decoding core), sent out; the next feed set up."""

@@ -20,7 +20,17 @@ from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.gpt import GPT, Role, init_weights, roles_by_name
-from gptlab.model.layers import Attention, AttentionCache, Block, CacheLayout, Record, Rotary, cache_layout, make_norm
+from gptlab.model.layers import (
+    Attention,
+    AttentionCache,
+    Block,
+    CacheLayout,
+    Linear,
+    Record,
+    Rotary,
+    cache_layout,
+    make_norm,
+)
 from gptlab.model.loss import lm_loss
 
 # Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
@@ -50,7 +60,7 @@ class EncoderDecoder(nn.Module):
         self.ln_encoder = make_norm(cfg)
         self.decoder = nn.ModuleList(Block(cfg, i, cross=True) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         # GPT-2's scaling by the residual branches that add up: 2 per encoder block, 3 per decoder block.

@@ -26,6 +26,7 @@ from gptlab.model.layers import (
     Block,
     CacheLayout,
     CausalSelfAttention,
+    Linear,
     Record,
     Rotary,
     cache_layout,
@@ -95,7 +96,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             # Tied unembedding: the same matrix maps ids to vectors and vectors to logits (fewer
             # parameters, and it trains the rows of rare tokens through both uses).

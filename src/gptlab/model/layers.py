@@ -34,6 +34,19 @@ def _bias(linear: nn.Linear) -> str:
     return " + b" if linear.bias is not None else ""
 
 
+class Linear(nn.Linear):
+    """nn.Linear, whose product an inference engine may take over while it decodes (`product`, set and
+    cleared by inference/products.py, which gives every row the same result whatever the batch).
+    Unset, as in training, it is nn.Linear exactly."""
+
+    product: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.product is not None:
+            return self.product(x)
+        return super().forward(x)
+
+
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     """The normalisation layer the config asks for, over the last dim (n_embd unless given)."""
     dim = dim or cfg.n_embd
@@ -131,15 +144,15 @@ class Attention(nn.Module):
         self.head_dim = cfg.n_embd // cfg.n_head
         if cross:
             # Queries and keys/values read different sequences, so they are separate matmuls.
-            self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-            self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
+            self.q = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+            self.kv = Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
             self.split_matrices = {"kv.weight": 2}
         else:
-            self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+            self.qkv = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
             # q, k and v are three matrices side by side: an optimizer that treats matrices whole (Muon)
             # takes them apart.
             self.split_matrices = {"qkv.weight": 3}
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -280,9 +293,9 @@ class MLP(nn.Module):
         self.kind = cfg.mlp
         hidden = mlp_hidden(cfg)
         # SwiGLU's gate and value come from one matmul (twice as wide), split in forward.
-        self.fc = nn.Linear(cfg.n_embd, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
+        self.fc = Linear(cfg.n_embd, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
         self.split_matrices = {"fc.weight": 2} if cfg.mlp == "swiglu" else {}
-        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.proj = Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
