@@ -1,4 +1,4 @@
-"""`gptlab eval`: loss, perplexity and bits per byte of a trained run over a whole dataset split.
+"""Loss, perplexity and bits per byte of a model over a whole dataset split (`gptlab eval`'s engine).
 
 Every token of the split (but the first of each shard, which has no context) is predicted once:
 the split is cut into consecutive windows of block_size tokens, so each prediction sees the
@@ -11,7 +11,6 @@ import math
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,11 +18,10 @@ from tqdm import tqdm
 
 from gptlab.data.loader import Dataset
 from gptlab.data.units import bits_per
-from gptlab.device import autocast, pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
 from gptlab.model.loss import lm_loss
-from gptlab.runs import load_run
+from gptlab.precision import autocast
 
 LOGITS_BUDGET = 1 << 26  # floats of logits held at once (256 MB): caps the default batch size
 MAX_BATCH = 32  # windows per forward pass by default: big enough to be efficient, small enough to show progress
@@ -122,34 +120,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def evaluate_run(
-    run: str,
-    data: str | None = None,
-    split: str = "val",
-    batch_size: int = 0,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> EvalResult:
-    """`gptlab eval`: load a run and its dataset (or another one with the same tokenizer), evaluate."""
-    loaded = load_run(run, pick_device(device))
-    data = data or loaded.config.data
-    if not data:
-        raise GptlabError(f"{run} does not record its dataset; pass --data DIR")
-    if not Path(data).is_dir():
-        raise GptlabError(f"dataset not found: {data} (pass --data DIR)")
-    dataset = Dataset(data)
-    if dataset.kind != "pairs" and loaded.config.model.arch == "encdec":
-        raise GptlabError(
-            f"{run} is an encoder–decoder run: it is evaluated on a dataset of pairs, and {data} is a text dataset"
-        )
-    if dataset.tokenizer.to_dict() != loaded.tokenizer.to_dict():
-        raise GptlabError(f"{data} was prepared with another tokenizer than {run} was trained with")
-    if batch_size < 0:
-        raise GptlabError(f"batch_size={batch_size} must be >= 1 (or 0: automatic)")
-    if dataset.kind == "pairs":
-        from gptlab.inference.evaluate_pairs import evaluate_pairs
-
-        return evaluate_pairs(loaded.model, dataset, split, batch_size)
-    return evaluate(loaded.model, dataset, split, batch_size, show_progress)

@@ -15,11 +15,11 @@ from gptlab.data.loader import Dataset
 from gptlab.data.pair_loader import collate, pair_rows
 from gptlab.data.pairs import read_pairs
 from gptlab.data.units import bits_per
-from gptlab.device import autocast
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
 from gptlab.inference.evaluate import EvalResult
 from gptlab.model.loss import lm_loss
+from gptlab.precision import autocast
 
 DEFAULT_BATCH = 64  # pairs per forward pass: pairs are short
 

@@ -11,18 +11,14 @@ reference the cached path must match token for token.
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 
 from gptlab.data.pairs import separator_id
-from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import SamplingParams, eval_mode
-from gptlab.inference.generate import MAX_NUM_SAMPLES
 from gptlab.inference.kv_cache import KVCache
 from gptlab.inference.sampling import apply_repetition_penalty, sample_rows
-from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
 
@@ -97,24 +93,3 @@ def translate(
             text = text.split(stop)[0]
         texts.append(text)
     return texts
-
-
-def print_translations(
-    run: str, source: str, params: SamplingParams, num_samples: int = 1, device: str = "auto", use_cache: bool = True
-) -> None:
-    """`gptlab sample RUN --source TEXT`: the target(s) an encoder–decoder run writes for TEXT."""
-    params.validate()
-    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
-        raise GptlabError(
-            f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated in one batch)"
-        )
-    loaded = load_run(run, pick_device(device))
-    if loaded.config.model.arch != "encdec":
-        raise GptlabError(
-            f"{run} is a decoder-only GPT (arch={loaded.config.model.arch}): it continues a --prompt; "
-            "--source is for encoder–decoder runs (arch=encdec)"
-        )
-    for i, text in enumerate(translate(loaded.model, loaded.tokenizer, source, params, num_samples, use_cache)):
-        header = f"--- sample {i + 1}/{num_samples} ---\n" if num_samples > 1 else ""
-        sys.stdout.write(f"{header}{source} -> {text}\n")
-    sys.stdout.flush()

@@ -6,8 +6,7 @@ RMSNorm, RoPE, QK-norm, its MLP's activation). The trace adds only the last stag
 softmax the sampler applies to the logits.
 
     trace_ids      ids -> Trace (every stage, the top candidates at one position)
-    trace_prompt   `gptlab trace RUN --prompt TEXT`: load, check the input, trace
-    trace_table / trace_json   the command's two outputs
+    at_position    one stage's values at the chosen position
     trace_view     the page's step-through view: the stage list with statistics and one stage's
                    tensor as a heatmap, sampled to a bounded size (a gpt2-small trace stays small)
 """
@@ -23,14 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
 from gptlab.inference.probs import Candidate, top_candidates
 from gptlab.inference.sampling import probs_from_logits
 from gptlab.model.gpt import GPT
 from gptlab.model.record import Recorder, Stage, recording
-from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
 # The page's heatmap holds at most this many rows (positions) and columns (channels, keys, tokens).
@@ -102,29 +99,6 @@ def trace_ids(
     return Trace([(i, tokenizer.id_to_piece(i)) for i in ids], recorder.stages, position, top, dims_of(model, T))
 
 
-def trace_prompt(run: str, prompt: str, position: int | None = None, k: int = 10, device: str = "auto") -> Trace:
-    """`gptlab trace`: the trace of a prompt through a run's model, or a clear error for bad input."""
-    if not prompt:
-        raise GptlabError("the prompt is empty: give at least one character with --prompt")
-    if k < 0:
-        raise GptlabError(f"--top {k} must be 0 or more")
-    loaded = load_run(run, pick_device(device))
-    if loaded.config.model.arch != "gpt":
-        raise GptlabError(
-            f"{run} is an encoder–decoder run (arch={loaded.config.model.arch}); gptlab trace follows "
-            "a decoder-only GPT's prediction (the page shows this run's cross-attention)"
-        )
-    ids = loaded.tokenizer.encode(prompt)
-    block = loaded.config.model.block_size
-    if len(ids) > block:
-        raise GptlabError(f"the prompt is {len(ids)} tokens; this model reads at most block_size={block}")
-    if position is not None and not 0 <= position < len(ids):
-        raise GptlabError(
-            f"--position {position} is out of range: the prompt has {len(ids)} tokens (0..{len(ids) - 1})"
-        )
-    return trace_ids(loaded.model, loaded.tokenizer, ids, position, k, only_position=True)
-
-
 def at_position(stage: Stage, position: int) -> torch.Tensor:
     """A stage's values at one position (its first T axis; for attention, the row of that query)."""
     axes = stage.axes.split()
@@ -135,61 +109,11 @@ def at_position(stage: Stage, position: int) -> torch.Tensor:
     return stage.value.select(axes.index("T"), position) if "T" in axes else stage.value
 
 
-def _finite(values: list) -> list:
+def finite(values: list) -> list:
     """Nested floats with -inf (a masked score) and NaN as None: JSON has neither."""
     if isinstance(values, list):
-        return [_finite(v) for v in values]
+        return [finite(v) for v in values]
     return values if isinstance(values, int) or math.isfinite(values) else None
-
-
-def trace_json(trace: Trace) -> dict[str, Any]:
-    """`gptlab trace --json`: tokens, every stage (values at the chosen position) and the top candidates."""
-    return {
-        "tokens": [{"id": i, "piece": p} for i, p in trace.tokens],
-        "position": trace.position,
-        "dims": trace.dims,
-        "stages": [
-            {
-                "name": s.name,
-                "module": s.module,
-                "axes": s.axes,
-                "op": s.op,
-                "shape": list(s.shape),
-                "values": _finite(at_position(s, trace.position).tolist()),
-                "stats": s.stats,
-            }
-            for s in trace.stages
-        ],
-        "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in trace.top],
-    }
-
-
-def _fmt(x: float) -> str:
-    return "-inf" if x == -math.inf else f"{x:.4g}"
-
-
-def trace_table(trace: Trace, width: int = 4) -> list[str]:
-    """`gptlab trace`: one line per stage (name, module, shape, the first values at the position,
-    statistics), then the top candidates."""
-    pos = trace.position
-    pieces = " ".join(f"{i}:{p!r}" for i, p in trace.tokens)
-    lines = [
-        f"tokens ({len(trace.tokens)}): {pieces}",
-        f"values at position {pos} ({trace.tokens[pos][1]!r}); sizes: "
-        + ", ".join(f"{k}={v}" for k, v in trace.dims.items()),
-        f"{'stage':34s} {'module':20s} {'shape':16s} {'values at position':42s} "
-        f"{'mean':>9s} {'std':>9s} {'min':>9s} {'max':>9s}",
-    ]
-    for s in trace.stages:
-        flat = at_position(s, pos).flatten().tolist()
-        shown = ", ".join(_fmt(v) for v in flat[:width]) + (", …" if len(flat) > width else "")
-        shape = "×".join(str(n) for n in s.shape) or "1"
-        stats = " ".join(f"{_fmt(s.stats[key]):>9s}" for key in ("mean", "std", "min", "max"))
-        lines.append(f"{s.name:34s} {s.module:20s} {s.axes + ' ' + shape:16s} {'[' + shown + ']':42s} {stats}")
-    lines.append(
-        f"next token after position {pos}: " + ", ".join(f"{c.piece!r} (id {c.id}) {c.prob:.2%}" for c in trace.top)
-    )
-    return lines
 
 
 # ---- the page's step-through view ----
@@ -266,7 +190,7 @@ def heatmap(trace: Trace, index: int, head: int) -> dict[str, Any]:
         "rows": rows,
         "columns": columns,
         "kind": "attention" if axes == ["T", "T"] else "channels",
-        "values": _finite([[float(f"{v:.4g}") if math.isfinite(v) else v for v in row] for row in grid.tolist()]),
+        "values": finite([[float(f"{v:.4g}") if math.isfinite(v) else v for v in row] for row in grid.tolist()]),
     }
 
 

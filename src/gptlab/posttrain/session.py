@@ -18,7 +18,6 @@ import torch
 
 from gptlab.data.batch import Batch
 from gptlab.data.corpora import SkipReport
-from gptlab.device import autocast
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.engine import SamplingParams, generate_steps
@@ -29,6 +28,7 @@ from gptlab.posttrain.examples import RecordLoader, collate, encode_example, enc
 from gptlab.posttrain.grow import load_grown
 from gptlab.posttrain.records import read_instructions, read_preferences
 from gptlab.posttrain.template import END, ChatTemplate, Message, add_chat_tokens
+from gptlab.precision import autocast
 from gptlab.runs import TOKENIZER, load_run
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train.trainer import _Training

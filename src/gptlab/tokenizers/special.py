@@ -13,6 +13,7 @@ from typing import Any
 
 from gptlab.errors import GptlabError
 from gptlab.tokenizers.base import Tokenizer
+from gptlab.tokenizers.kinds import BASE_KINDS
 
 
 class WithSpecialTokens(Tokenizer):
@@ -33,12 +34,10 @@ class WithSpecialTokens(Tokenizer):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WithSpecialTokens:
         """Rebuild from to_dict() output."""
-        from gptlab.tokenizers import KINDS
-
         base = data["base"]
-        if not isinstance(base, dict) or base.get("kind") not in KINDS or base.get("kind") == cls.kind:
+        if not isinstance(base, dict) or base.get("kind") not in BASE_KINDS:  # one layer only: never "special"
             raise ValueError(f"base tokenizer of unknown kind {base.get('kind') if isinstance(base, dict) else base!r}")
-        return cls(KINDS[base["kind"]].from_dict(base), data["added"])
+        return cls(BASE_KINDS[base["kind"]].from_dict(base), data["added"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "base": self.base.to_dict(), "added": self.added}

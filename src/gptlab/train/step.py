@@ -14,7 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gptlab.config import TrainConfig
 from gptlab.data.batch import Batch
-from gptlab.device import autocast, fused_adamw, precision_for
+from gptlab.device import fused_adamw
+from gptlab.precision import autocast, precision_for
 from gptlab.train.distributed import Ranks, wrap
 from gptlab.train.optim import RoleOptimizer, build_optimizer
 

@@ -29,7 +29,7 @@ import torch
 from gptlab.config import RunConfig
 from gptlab.data.loader import Dataset, batch_loader
 from gptlab.data.units import bits_per
-from gptlab.device import autocast, configure_backends, precision_for
+from gptlab.device import configure_backends
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
@@ -37,6 +37,7 @@ from gptlab.inference.pair_sample import pair_sample
 from gptlab.locks import LOCK_FILE, lock_dataset_for_reading, lock_run
 from gptlab.model import build_model
 from gptlab.model.accounting import describe, flops_per_token
+from gptlab.precision import autocast, precision_for
 from gptlab.runs import CONFIG, TOKENIZER, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
