@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from gptlab.errors import GptlabError
 from gptlab.inference.probs import top_candidates
 from gptlab.runs import LoadedRun
-from gptlab.serve.errors import PAGE_ERROR_RESPONSES
-from gptlab.serve.openai import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, APIError, sampling_params
-from gptlab.serve.service import ModelService, Overloaded
+from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
+from gptlab.serve.requests import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, Job, sampling_params
+from gptlab.serve.service import ModelService
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -98,16 +98,13 @@ async def _one_token(
     """One token drawn by the model service's sampler (temperature 0: greedy) and the distribution
     at the temperature (0 shows it at 1)."""
     params = sampling_params(1, temperature, seed=seed)  # APIError 400 naming a bad setting
+    job = Job(request, [ids], params, with_probs=True)  # APIError 503 when the queue is full
     try:
-        gen = _service(request).submit([(ids, params)], with_probs=True)
-    except Overloaded as exc:
-        raise APIError(503, f"the server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
-    try:
-        async for _, event in gen:
+        async for _, event in job:
             if event.token is not None:
                 return event.token, event.probs
     finally:
-        gen.cancel()
+        job.cancel()
     raise APIError(503, "the server stopped before answering")
 
 
