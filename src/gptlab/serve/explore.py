@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gptlab.errors import GptlabError
 from gptlab.inference.probs import top_candidates
+from gptlab.model.embedding_map import nearest_neighbours, pca_2d
+from gptlab.model.introspect import attention_maps
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
 from gptlab.serve.requests import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, Job, sampling_params
@@ -108,6 +110,15 @@ async def _one_token(
     raise APIError(503, "the server stopped before answering")
 
 
+async def _embedding_map(request: Request) -> tuple[torch.Tensor, list[float]]:
+    """The token embeddings' 2-D PCA (points (V, 2), explained variance), computed once per served run:
+    the weights do not change while served."""
+    state = request.app.state
+    if getattr(state, "embedding_map", None) is None:
+        state.embedding_map = await _service(request).call(lambda model: pca_2d(model.wte.weight))
+    return state.embedding_map
+
+
 @router.get("/", include_in_schema=False)
 def page() -> FileResponse:
     """The exploration page."""
@@ -181,7 +192,7 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     if body.layer >= m.n_layer or body.head >= m.n_head:
         raise HTTPException(400, f"layer must be < {m.n_layer} and head < {m.n_head}")
     ids = _window(run, _encode(run, body.text))
-    maps = await _service(request).attention(ids)
+    maps = await _service(request).call(lambda model: attention_maps(model, ids))
     weights = maps[body.layer, body.head]
     return {
         "tokens": [_token(run, i) for i in ids],
@@ -197,7 +208,7 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
 async def embeddings(request: Request) -> dict[str, Any]:
     """Every token as a point of the 2-D PCA projection of the token embedding matrix."""
     run = _run(request)
-    points, explained = await _service(request).embedding_map()
+    points, explained = await _embedding_map(request)
     return {
         "explained": explained,
         "points": [{**_token(run, i), "x": round(x, 5), "y": round(y, 5)} for i, (x, y) in enumerate(points.tolist())],
@@ -212,5 +223,5 @@ async def neighbours(
     run = _run(request)
     if token_id >= run.config.model.vocab_size:
         raise HTTPException(400, f"id must be < vocab_size={run.config.model.vocab_size}")
-    near = await _service(request).neighbours(token_id, k)
+    near = await _service(request).call(lambda model: nearest_neighbours(model.wte.weight, token_id, k))
     return {"token": _token(run, token_id), "neighbours": [{**_token(run, i), "cosine": round(c, 5)} for i, c in near]}
