@@ -35,6 +35,10 @@ def start_config(stage: Stage, base: str | Path, data: str | Path, overrides: li
     then the user's key=value overrides (training and posttrain fields; the model's shape is the
     base's, only dropout may change)."""
     base_cfg = read_config(base)
+    if base_cfg.model.arch == "encdec":  # a conversation is one sequence, read by a decoder-only model
+        raise GptlabError(
+            f"{base} is an encoder–decoder run (arch=encdec); `gptlab {SESSIONS[stage].command}` takes a GPT run"
+        )
     data_path = Path(data).expanduser()
     if not data_path.is_file():
         raise GptlabError(f"data file not found: {data}")
