@@ -8,6 +8,7 @@ ids it reads (right-padded) and source_mask, True on the source's real tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +27,12 @@ class Batch:
     source: torch.Tensor | None = None
     source_mask: torch.Tensor | None = None
 
-    def _map(self, fn) -> Batch:
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        def maybe(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(t)
+
         return Batch(
-            *(
-                None if t is None else fn(t)
-                for t in (self.inputs, self.targets, self.loss_mask, self.source, self.source_mask)
-            )
+            fn(self.inputs), fn(self.targets), maybe(self.loss_mask), maybe(self.source), maybe(self.source_mask)
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
@@ -42,7 +43,7 @@ class Batch:
         """The same batch in page-locked host memory (fast, asynchronous copies to a GPU)."""
         return self._map(lambda t: t.pin_memory())
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
+    def model_inputs(self) -> dict[str, torch.Tensor | None]:
         """What the model reads besides inputs and targets: an encoder–decoder's source and its mask."""
         return {} if self.source is None else {"source": self.source, "source_mask": self.source_mask}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptlab.config import ModelConfig
+from gptlab.config import Mlp, ModelConfig
 from gptlab.errors import GptlabError
 from gptlab.model.layers import mlp_hidden
 
@@ -21,7 +21,12 @@ LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, which gptlab uses (GPT-2's layer
 RMSNORM_EPS = 1e-6  # gptlab's RMSNorm (layers.make_norm and QK-norm)
 GPT2_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu2": "relu2"}
 # transformers' activation names read back: gelu_new is GPT-2's tanh GELU written out by hand.
-GPT2_ACTS_IN = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu2": "relu2"}
+GPT2_ACTS_IN: dict[str, Mlp] = {
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "relu2": "relu2",
+}
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
@@ -162,7 +167,8 @@ def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
     if (rope.get("rope_type") or rope.get("type") or "default") != "default" or hf.get("rope_scaling"):
         raise GptlabError(f"cannot import {arch}: RoPE scaling {rope} (gptlab has plain RoPE)")
     act = hf.get("hidden_act", "silu")
-    mlp = {"silu": "swiglu", "relu": "relu2"}.get(act)
+    acts: dict[str, Mlp] = {"silu": "swiglu", "relu": "relu2"}
+    mlp = acts.get(act)
     if mlp is None:
         raise GptlabError(f"cannot import {arch}: hidden_act={act!r} (gptlab has silu for SwiGLU, relu for ReLU²)")
     bias = bool(hf.get("attention_bias", False))

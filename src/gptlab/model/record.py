@@ -63,9 +63,9 @@ class Recorder:
             full = f"{prefix}.{name}" if prefix else name
             row = value.detach()[0]  # the batch's first sequence
             kept = row if self.keep(len(self.stages), full) else None
-            sliced = self.at is not None and "T" in axes.split()
-            if kept is not None and sliced:
-                kept = kept.select(axes.split().index("T"), self.at).clone()  # the slice alone, not a view
+            at = self.at if "T" in axes.split() else None  # the position sliced out, if any
+            if kept is not None and at is not None:
+                kept = kept.select(axes.split().index("T"), at).clone()  # the slice alone, not a view
             self.stages.append(
                 Stage(
                     full,
@@ -75,7 +75,7 @@ class Recorder:
                     tuple(row.shape),
                     summary(row),
                     kept,
-                    self.at if sliced else None,
+                    at,
                 )
             )
 

@@ -12,6 +12,7 @@ import sys
 
 from gptlab.device import pick_device
 from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.model.gpt import GPT
 from gptlab.posttrain.template import END, ChatTemplate, Message
 from gptlab.runs import load_run
 
@@ -28,6 +29,8 @@ def chat(
     """Talk with run until Ctrl-D or Ctrl-C (max_tokens 0: up to the context window)."""
     loaded = load_run(run, pick_device(device))
     template = ChatTemplate(loaded.tokenizer)  # refuses a base run with one line
+    model = loaded.model
+    assert isinstance(model, GPT)  # chat tokens come from finetune, which takes only GPT runs
     block = loaded.config.model.block_size
     SamplingParams(max_tokens or block, temperature, top_p=top_p, seed=seed).validate()
     history = [Message("system", system)] if system else []
@@ -52,7 +55,7 @@ def chat(
             )
             print("model> ", end="", flush=True)
             answer = ""
-            for steps in generate_steps(loaded.model, loaded.tokenizer, [ids], params):
+            for steps in generate_steps(model, loaded.tokenizer, [ids], params):
                 answer += steps[0].text
                 print(steps[0].text, end="", flush=True)
             print(flush=True)
