@@ -20,6 +20,7 @@ from gptlab.data.loader import Dataset
 from gptlab.data.units import bits_per
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
+from gptlab.model import Model
 from gptlab.model.loss import lm_loss
 from gptlab.precision import autocast
 
@@ -51,9 +52,7 @@ def windows(shards: list[np.ndarray], block_size: int) -> Iterator[np.ndarray]:
             yield shard[start : start + block_size + 1]
 
 
-def evaluate(
-    model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 0, show_progress: bool = True
-) -> EvalResult:
+def evaluate(model: Model, dataset: Dataset, split: str, batch_size: int = 0, show_progress: bool = True) -> EvalResult:
     """Mean next-token loss of model over every window of a split."""
     block_size, vocab = model.config.block_size, model.config.vocab_size
     shards = dataset.shards(split)
@@ -80,7 +79,7 @@ def evaluate(
 
 
 def _add(
-    model: torch.nn.Module, batch: list[np.ndarray], device: torch.device, nats: float, count: int, bar: _Progress
+    model: Model, batch: list[np.ndarray], device: torch.device, nats: float, count: int, bar: _Progress
 ) -> tuple[float, int]:
     data = torch.from_numpy(np.stack(batch).astype(np.int64)).to(device)
     x, y = data[:, :-1], data[:, 1:]

@@ -29,6 +29,7 @@ from gptlab.inference.engine import eval_mode
 from gptlab.inference.probs import Candidate, top_candidates
 from gptlab.inference.sampling import probs_from_logits
 from gptlab.model.gpt import GPT
+from gptlab.model.layers import mlp_hidden
 from gptlab.model.record import Recorder, Stage, recording
 from gptlab.tokenizers import Tokenizer
 
@@ -56,7 +57,7 @@ def dims_of(model: GPT, T: int) -> dict[str, int]:
         "C": m.n_embd,
         "H": m.n_head,
         "D": m.n_embd // m.n_head,
-        "F": model.blocks[0].mlp.proj.in_features if len(model.blocks) else 0,
+        "F": mlp_hidden(m),
         "V": m.vocab_size,
         "block": m.block_size,
     }

@@ -39,6 +39,11 @@ class Tokenizer(ABC):
     def to_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild this tokenizer, as JSON-able data (with a "kind" key)."""
 
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        """Rebuild from to_dict() output (KeyError, TypeError or ValueError when it is malformed)."""
+
     @property
     def special_tokens(self) -> dict[str, int]:
         """Special token strings and their ids (none by default)."""
