@@ -88,6 +88,31 @@ def test_flops_per_token_hand_count():
     assert f["forward"] == 2 * n + attention and f["train"] == 3 * f["forward"]
 
 
+@pytest.mark.parametrize("arch", ["gpt", "encdec"])
+def test_head_size_and_norm_epsilons_are_stated_once_and_read_everywhere(arch):
+    from gptlab.interop.architectures import hf_config
+    from gptlab.model import build_model
+    from gptlab.model.layers import LAYERNORM_EPS, RMSNORM_EPS
+
+    # 96 channels over 8 heads: D = 12, which no other size of this model equals.
+    modern = small(
+        arch=arch, n_head=8, n_embd=96, position="rope", norm="rmsnorm", qk_norm=True, bias=False, mlp="swiglu"
+    )
+    assert modern.head_dim == 12
+    model = build_model(modern)
+    assert {a.head_dim for a in model.attention_layers()} == {12}
+    assert model.rotary.inv_freq.numel() == 6  # one rotation frequency per pair of a head's channels
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
+    assert {m.eps for m in norms} == {RMSNORM_EPS}
+    assert (12,) in {m.normalized_shape for m in norms}  # QK-norm normalises a head's channels
+    classic = build_model(small(arch=arch))
+    assert {m.eps for m in classic.modules() if isinstance(m, torch.nn.LayerNorm)} == {LAYERNORM_EPS}
+    if arch == "gpt":  # export states what the model computes, from the same facts
+        exported = hf_config(modern, None, None)
+        assert exported["head_dim"] == 12 and exported["rms_norm_eps"] == RMSNORM_EPS
+        assert hf_config(small(), None, None)["layer_norm_epsilon"] == LAYERNORM_EPS
+
+
 def test_sequence_longer_than_block_size_is_refused():
     with pytest.raises(ValueError, match="exceeds block_size"):
         GPT(small())(torch.zeros(1, 33, dtype=torch.long))

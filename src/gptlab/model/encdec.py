@@ -44,7 +44,7 @@ class EncoderDecoder(nn.Module):
         # Each half has its own learned positions: source position 3 and target position 3 mean different things.
         self.wpe_source = nn.Embedding(cfg.block_size, cfg.n_embd) if learned else None
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if learned else None
-        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base) if cfg.position == "rope" else None
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.position == "rope" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(Block(cfg, i, causal=False) for i in range(cfg.n_layer))
         self.ln_encoder = make_norm(cfg)

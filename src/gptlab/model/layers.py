@@ -27,6 +27,10 @@ from gptlab.model.record import record_norm
 # receives every intermediate the module computes (name, tensor, axes, operation).
 Record = Callable[..., None] | None
 
+# The norms' epsilon (added to the variance before dividing), a fact export and import check against.
+LAYERNORM_EPS = 1e-5  # torch's LayerNorm default, and GPT-2's layer_norm_epsilon
+RMSNORM_EPS = 1e-6  # RMSNorm, the residual stream's and QK-norm's (transformers' Llama and Qwen3 default)
+
 
 def _bias(linear: nn.Linear) -> str:
     """The bias term of a Linear layer's operation, as a recorded stage describes it."""
@@ -37,8 +41,8 @@ def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     """The normalisation layer the config asks for, over the last dim (n_embd unless given)."""
     dim = dim or cfg.n_embd
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=1e-6)
-    return nn.LayerNorm(dim, bias=cfg.bias)
+        return nn.RMSNorm(dim, eps=RMSNORM_EPS)
+    return nn.LayerNorm(dim, eps=LAYERNORM_EPS, bias=cfg.bias)
 
 
 class Rotary(nn.Module):
@@ -98,7 +102,7 @@ class Attention(nn.Module):
         self.layer = layer  # its index into a KV cache
         self.causal, self.cross = causal and not cross, cross
         self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
-        self.head_dim = cfg.n_embd // cfg.n_head
+        self.head_dim = cfg.head_dim
         if cross:
             # Queries and keys/values read different sequences, so they are separate matmuls.
             self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
@@ -110,8 +114,8 @@ class Attention(nn.Module):
             # takes them apart.
             self.split_matrices = {"qkv.weight": 3}
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else None
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
