@@ -116,3 +116,57 @@ def test_head_size_and_norm_epsilons_are_stated_once_and_read_everywhere(arch):
 def test_sequence_longer_than_block_size_is_refused():
     with pytest.raises(ValueError, match="exceeds block_size"):
         GPT(small())(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_parameter_names_are_gpt2s_and_the_checkpoints():
+    """Checkpoints, the export name maps and the trace read parameters by these names."""
+    from gptlab.model import build_model
+
+    block = [
+        f"{part}.{kind}"
+        for part in ("ln_1", "attn.qkv", "attn.proj", "ln_2", "mlp.fc", "mlp.proj")
+        for kind in ("weight", "bias")
+    ]
+    gpt = build_model(small(n_layer=1))
+    assert list(gpt.state_dict()) == [
+        "wte.weight",
+        "wpe.weight",
+        *(f"blocks.0.{n}" for n in block),
+        "ln_f.weight",
+        "ln_f.bias",
+        "lm_head.weight",
+    ]
+    encdec = build_model(small(arch="encdec", n_layer=1))
+    cross = [
+        f"{part}.{kind}" for part in ("ln_cross", "cross.q", "cross.kv", "cross.proj") for kind in ("weight", "bias")
+    ]
+    assert list(encdec.state_dict()) == [
+        "wte.weight",
+        "wpe_source.weight",
+        "wpe.weight",
+        *(f"encoder.0.{n}" for n in block),
+        "ln_encoder.weight",
+        "ln_encoder.bias",
+        *(f"decoder.0.{n}" for n in block + cross),
+        "ln_f.weight",
+        "ln_f.bias",
+        "lm_head.weight",
+    ]
+
+
+@pytest.mark.parametrize("variant", [{}, {"position": "rope", "tie_embeddings": False, "logit_softcap": 5.0}])
+def test_both_architectures_read_ids_and_write_logits_through_the_same_ends(variant):
+    from gptlab.model import build_model
+
+    torch.manual_seed(0)
+    gpt, encdec = build_model(small(**variant)), build_model(small(arch="encdec", **variant))
+    shared = {k: v for k, v in gpt.state_dict().items() if not k.startswith("blocks.")}
+    encdec.load_state_dict(shared, strict=False)  # the same embedding, positions, final norm and head
+    assert (encdec.lm_head.weight is encdec.wte.weight) == (gpt.lm_head.weight is gpt.wte.weight)
+    ids, positions = torch.randint(0, 65, (2, 9)), torch.arange(3, 12)
+    (x_gpt, rope_gpt), (x_encdec, rope_encdec) = gpt.embed(ids, positions), encdec.embed(ids, positions)
+    assert torch.equal(x_gpt, x_encdec) and (rope_gpt is None) == (rope_encdec is None)
+    logits = encdec.head(x_encdec)
+    assert torch.equal(logits, gpt.head(x_gpt))
+    if variant.get("logit_softcap"):
+        assert logits.abs().max() < variant["logit_softcap"]
