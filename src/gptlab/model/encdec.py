@@ -1,10 +1,10 @@
-"""The encoder–decoder Transformer of "Attention is all you need", built from the GPT's layers.
+"""The encoder–decoder Transformer of "Attention is all you need", built from the GPT's layers and ends.
 
     source ids (B,S) -> token embedding (+ source positions) -> n_layer x Block(causal=False)
                      -> encoder norm -> memory (B,S,C)
     target ids (B,T) -> token embedding (+ target positions)
                      -> n_layer x Block(cross=True)[ x + self-attn(causal), x + cross-attn(memory), x + mlp ]
-                     -> final norm -> unembedding (tied to the one token embedding) -> logits (B,T,V)
+                     -> final norm -> unembedding (tied to the one token embedding, or its own) -> logits (B,T,V)
 
 Source and target share the tokenizer, so one token embedding serves both (and the tied head).
 A source is right-padded to its batch's longest; source_mask (B,S) says which positions are real,
