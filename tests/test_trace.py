@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from gptlab.inference.trace import MAX_COLS, MAX_ROWS, at_position, axis_size, r
 from gptlab.model import build_model
 from gptlab.model.introspect import attention_maps
 from gptlab.model.presets import MODERN_MODEL
+from gptlab.model.record import Recorder, recording
 from gptlab.runs import load_run
 from gptlab.serve.app import create_app
 
@@ -125,6 +127,8 @@ def test_stages_are_the_variants_own_and_their_axes_their_shapes(model, loaded):
     assert f"blocks.1.mlp.{cfg.mlp}" in names
     assert ("blocks.0.mlp.gate" in names) == (cfg.mlp == "swiglu")
     assert ("logits_raw" in names) == bool(cfg.logit_softcap)
+    ops = {s.name: s.op for s in trace.stages}
+    assert ops["blocks.0.attn.qkv"].endswith(" + b") == cfg.bias  # a bias-free layer's operation has none
     # The data flows: embedding, then each block's norm, attention (q before its scores, scores before
     # the mask, the mask before the softmax), residual, norm, MLP, residual; then the head.
     order = [
@@ -157,6 +161,19 @@ def test_stages_are_the_variants_own_and_their_axes_their_shapes(model, loaded):
     for stage in trace.stages:
         assert tuple(axis_size(a, trace.dims) for a in stage.axes.split()) == stage.shape, stage.name
         assert stage.op
+
+
+def test_stages_are_those_recorded_before_the_layers_shared_their_recording_calls():
+    """Name, module, axes and operation of every stage, as recorded (tests/golden/trace_stages.json) from
+    the layers before recording became one call per stage and the two models shared their ends."""
+    golden = json.loads((Path(__file__).parent / "golden" / "trace_stages.json").read_text(encoding="utf-8"))
+    shape = {**SHAPE, "n_layer": 1}
+    for name, variant in {"classic": {}, "modern": VARIANTS["modern-swiglu"]}.items():
+        model = build_model(ModelConfig(**shape, **variant)).eval()
+        recorder = Recorder(keep=lambda index, stage: False)
+        with torch.no_grad(), recording(model, recorder):
+            model(torch.arange(5)[None])
+        assert [[s.name, s.module, s.axes, s.op] for s in recorder.stages] == golden[name]
 
 
 def test_recording_off_leaves_the_output_bit_identical(model, loaded):

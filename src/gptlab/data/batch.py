@@ -4,16 +4,34 @@ inputs are B windows of T token ids and targets the same windows shifted by one 
 predicts the next token). loss_mask, where given, says which targets count: fine-tuning counts
 only the answer's tokens, never the prompt's. An encoder–decoder's batch also carries the source
 ids it reads (right-padded) and source_mask, True on the source's real tokens.
+
+pad_rows() is the one right-padding of rows of different lengths (pairs, chat records, the
+engine's prompts): each row keeps positions 0, 1, ... as if alone, and a mask says which are real.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from gptlab.model.loss import IGNORE
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int | bool]],
+    fill: int | bool = 0,
+    dtype: torch.dtype = torch.long,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths right-padded with fill to the longest, (B, longest) of dtype, and
+    the (B, longest) boolean mask of the real (unpadded) positions."""
+    width = max((len(row) for row in rows), default=0)
+    padded = torch.tensor([[*row, *[fill] * (width - len(row))] for row in rows], dtype=dtype, device=device)
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    real = torch.arange(width, device=device) < lengths[:, None]
+    return padded.view(len(rows), width), real  # view: no rows at all is (0, 0), not (0,)
 
 
 @dataclass

@@ -56,7 +56,7 @@ def dims_of(model: GPT, T: int) -> dict[str, int]:
         "T": T,
         "C": m.n_embd,
         "H": m.n_head,
-        "D": m.n_embd // m.n_head,
+        "D": m.head_dim,
         "F": mlp_hidden(m),
         "V": m.vocab_size,
         "block": m.block_size,

@@ -1,6 +1,7 @@
-"""Fine-tuning and alignment as training sessions: the trainer's loop (train/trainer.py) with
-records instead of a prepared dataset, the base run's weights as the start, and evaluation on
-held-out records (with answers to held-out prompts) instead of the pretraining splits.
+"""Fine-tuning and alignment as training sessions: the trainer's loop with its hooks overridden
+(train/trainer.TrainingSession): records instead of a prepared dataset, the base run's weights as
+the start, and evaluation on held-out records (with answers to held-out prompts) instead of the
+pretraining splits.
 
 sft: the language-model loss on the assistant's tokens only (the loss mask).
 dpo: DPO (posttrain/dpo.py) against a frozen copy of the starting point.
@@ -31,7 +32,7 @@ from gptlab.posttrain.template import END, ChatTemplate, Message, add_chat_token
 from gptlab.precision import autocast
 from gptlab.runs import TOKENIZER, load_run
 from gptlab.tokenizers import load_tokenizer
-from gptlab.train.trainer import _Training
+from gptlab.train.trainer import TrainingSession
 
 DATA_DESCRIPTION = "data_meta.json"
 EVAL_ROWS = 32  # records per forward pass when evaluating
@@ -46,7 +47,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class PosttrainSession(_Training):
+class PosttrainSession(TrainingSession):
     """One fine-tuning (sft) or alignment (dpo) session of the training loop."""
 
     reads_prepared_dataset = False
