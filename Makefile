@@ -98,13 +98,14 @@ align-zh: poem-data
 chat-zh: install
 	$(BIN)/gptlab chat $(DPO_RUN)
 
-# Static checks (rules in pyproject.toml): lint and formatting, before any test runs.
+# Static checks (rules in pyproject.toml): lint, formatting and types (mypy over src/), before any test runs.
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 test: dev browser lint
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache

@@ -51,14 +51,14 @@ THREADS = os.environ.get("SERVE_LOAD_THREADS", "1")
 GPT2_VOCAB = 50257
 
 
-def make_run(path: Path, name: str) -> None:
-    """A run directory with random weights."""
+def make_run(path: Path, name: str, overrides: list[str] | None = None) -> None:
+    """A run directory with random weights (overrides: the preset's, instead of MODELS[name]'s)."""
     text = (ROOT.parent / "shared" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     chars = sorted(set(text))
     if name == "gpt2-small":  # pad the alphabet to GPT-2's vocabulary size with CJK ideographs
         chars += [chr(0x20000 + i) for i in range(GPT2_VOCAB - len(chars))]
     tokenizer = CharTokenizer("".join(chars))
-    overrides, *_ = MODELS[name]
+    overrides = MODELS[name][0] if overrides is None else overrides
     cfg = build_config("tutorial", None, overrides + [f"vocab_size={tokenizer.vocab_size}"])
     torch.manual_seed(0)
     path.mkdir(parents=True)
@@ -67,13 +67,15 @@ def make_run(path: Path, name: str) -> None:
     save_weights(build_model(cfg.model), path / WEIGHTS, step=0)
 
 
-def start_server(run: Path, logs: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, logs: Path, max_batch: int, threads: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`gptlab serve RUN --max-batch N` on a free port, with `threads` torch threads (default THREADS);
+    the process and its base URL once /health answers."""
     out = open(logs / "stdout", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0", "--max-batch", str(max_batch)],
         stdout=out,
         stderr=open(logs / "stderr", "w"),
-        env=os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": THREADS},
+        env=os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads or THREADS)},
     )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:

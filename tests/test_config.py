@@ -22,6 +22,7 @@ def test_round_trip_through_dict():
     "override, needle",
     [
         (["n_embd=100", "n_head=3"], "n_embd=100 is not divisible by n_head=3"),
+        (["position=rope", "n_embd=36", "n_head=4"], "n_head=4 gives an odd head size 9; rope rotates pairs"),
         (["lr=-1"], "lr="),
         (["n_layer=abc"], "n_layer='abc' is not a valid int"),
         (["optimizer=adam"], "optimizer"),

@@ -236,6 +236,17 @@ def test_bad_inputs_give_one_line_errors(capsys, tmp_path, encdec_run, tiny_run,
     assert_clean_error(cli_in_process(capsys, "bench", "train", "--preset", "cpu-tiny", "arch=encdec"), "encdec")
 
 
+def test_finetune_and_align_refuse_an_encdec_run_before_writing(capsys, tmp_path, encdec_run):
+    # Post-training trains a decoder-only model on one sequence per conversation; an encoder–decoder
+    # base once ended in a TypeError after the new run's directory was already written.
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    for command in ("finetune", "align"):
+        out = cli_in_process(capsys, command, "--from", encdec_run, "--data", data, "--out", tmp_path / command)
+        assert_clean_error(out, "encdec", command)
+        assert not (tmp_path / command).exists()
+
+
 def test_page_api_shows_cross_attention_beside_self_attention(encdec_run, tiny_run):
     from fastapi.testclient import TestClient
 

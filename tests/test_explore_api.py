@@ -71,8 +71,13 @@ def test_attention_endpoint_matches_attention_maps(client, run):
     assert len(client.post("/api/attention", json={"text": long}).json()["weights"]) == run.config.model.block_size
 
 
-def test_embeddings_and_neighbours(client, run):
+def test_embeddings_and_neighbours(client, run, monkeypatch):
+    import gptlab.serve.explore as explore
+
+    projections = []
+    monkeypatch.setattr(explore, "pca_2d", lambda weight: projections.append(1) or pca_2d(weight))
     got = client.get("/api/embeddings").json()
+    assert client.get("/api/embeddings").json() == got and len(projections) <= 1  # once per served run
     points, _ = pca_2d(run.model.wte.weight)
     assert [p["id"] for p in got["points"]] == list(range(run.tokenizer.vocab_size))
     assert torch.allclose(torch.tensor([[p["x"], p["y"]] for p in got["points"]]), points, atol=1e-4)

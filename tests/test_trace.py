@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +15,11 @@ from fastapi.testclient import TestClient
 from conftest import assert_clean_error, cli_in_process
 from gptlab.config import ModelConfig
 from gptlab.inference.probs import next_token_probs
-from gptlab.inference.trace import MAX_COLS, MAX_ROWS, at_position, axis_size, trace_ids, trace_view
+from gptlab.inference.trace import MAX_COLS, MAX_ROWS, at_position, axis_size, record_trace, trace_ids, view_stage
 from gptlab.model import build_model
 from gptlab.model.introspect import attention_maps
 from gptlab.model.presets import MODERN_MODEL
+from gptlab.model.record import Recorder, recording
 from gptlab.runs import load_run
 from gptlab.serve.app import create_app
 
@@ -125,6 +127,8 @@ def test_stages_are_the_variants_own_and_their_axes_their_shapes(model, loaded):
     assert f"blocks.1.mlp.{cfg.mlp}" in names
     assert ("blocks.0.mlp.gate" in names) == (cfg.mlp == "swiglu")
     assert ("logits_raw" in names) == bool(cfg.logit_softcap)
+    ops = {s.name: s.op for s in trace.stages}
+    assert ops["blocks.0.attn.qkv"].endswith(" + b") == cfg.bias  # a bias-free layer's operation has none
     # The data flows: embedding, then each block's norm, attention (q before its scores, scores before
     # the mask, the mask before the softmax), residual, norm, MLP, residual; then the head.
     order = [
@@ -157,6 +161,19 @@ def test_stages_are_the_variants_own_and_their_axes_their_shapes(model, loaded):
     for stage in trace.stages:
         assert tuple(axis_size(a, trace.dims) for a in stage.axes.split()) == stage.shape, stage.name
         assert stage.op
+
+
+def test_stages_are_those_recorded_before_the_layers_shared_their_recording_calls():
+    """Name, module, axes and operation of every stage, as recorded (tests/golden/trace_stages.json) from
+    the layers before recording became one call per stage and the two models shared their ends."""
+    golden = json.loads((Path(__file__).parent / "golden" / "trace_stages.json").read_text(encoding="utf-8"))
+    shape = {**SHAPE, "n_layer": 1}
+    for name, variant in {"classic": {}, "modern": VARIANTS["modern-swiglu"]}.items():
+        model = build_model(ModelConfig(**shape, **variant)).eval()
+        recorder = Recorder(keep=lambda index, stage: False)
+        with torch.no_grad(), recording(model, recorder):
+            model(torch.arange(5)[None])
+        assert [[s.name, s.module, s.axes, s.op] for s in recorder.stages] == golden[name]
 
 
 def test_recording_off_leaves_the_output_bit_identical(model, loaded):
@@ -219,26 +236,90 @@ def test_page_view_is_sampled_for_a_large_model(loaded):
     torch.manual_seed(0)
     model = build_model(ModelConfig(**{**SHAPE, "n_embd": 64, "n_head": 4, "block_size": 128})).eval()
     ids = [i % 65 for i in range(100)]
-    first = trace_view(model, loaded.tokenizer, ids, stage=0)
-    names = [s["name"] for s in first["stages"]]
+    record = record_trace(model, loaded.tokenizer, ids)
+    names = [s["name"] for s in record.overview["stages"]]
     for name in ("blocks.1.attn.qkv", "blocks.1.attn.weights", "probs"):
-        view = trace_view(model, loaded.tokenizer, ids, stage=names.index(name), head=3)["stage"]
+        view = view_stage(record, stage=names.index(name), head=3)["stage"]
         assert view["name"] == name
         assert len(view["rows"]) <= MAX_ROWS and view["rows"][0] == 0 and view["rows"][-1] == 99
         assert all(len(row) == len(view["columns"]) <= MAX_COLS for row in view["values"])
-    attention = trace_view(model, loaded.tokenizer, ids, stage=names.index("blocks.1.attn.weights"), head=3)["stage"]
+    attention = view_stage(record, stage=names.index("blocks.1.attn.weights"), head=3)["stage"]
     assert attention["kind"] == "attention" and attention["heads"] == 4 and attention["head"] == 3
     rows, cols = attention["rows"], [int(c["label"]) for c in attention["columns"]]
     for r, row in zip(rows, attention["values"]):
         assert all((v == 0) == (c > r) for c, v in zip(cols, row) if v is not None)  # zero exactly in the future
-    probs = trace_view(model, loaded.tokenizer, ids, stage=len(names) - 1)
+    probs = view_stage(record, stage=len(names) - 1)
     assert [c["id"] for c in probs["stage"]["columns"]] == [c["id"] for c in probs["top"]]
+
+
+def test_recorded_stages_are_the_forward_passs_own(model, loaded):
+    # Every stage and head the record serves equals the stage of a plain recording of the same forward
+    # pass, read at the rows and columns shown.
+    ids = loaded.tokenizer.encode(PROMPT)
+    record, whole = record_trace(model, loaded.tokenizer, ids, k=5), _trace(model, loaded, k=5)
+    assert [s["name"] for s in record.overview["stages"]] == [s.name for s in whole.stages]
+    for index, stage in enumerate(whole.stages):
+        heads = stage.shape[0] if stage.axes.startswith("H ") else 1
+        for head in range(heads):
+            view = view_stage(record, index, head)["stage"]
+            value = stage.value[head] if stage.axes.startswith("H ") else stage.value
+            value = value[:, None] if value.dim() == 1 else value
+            cols = [c["id"] if "id" in c else int(c["label"]) if c["label"].isdigit() else 0 for c in view["columns"]]
+            expected = value[view["rows"]][:, cols].float().tolist()
+            for got_row, row in zip(view["values"], expected, strict=True):
+                assert got_row == [pytest.approx(v, rel=1e-3, abs=1e-6) if math.isfinite(v) else None for v in row]
 
 
 @pytest.fixture(scope="module")
 def client(tiny_run):
     with TestClient(create_app(tiny_run)) as c:
         yield c
+
+
+def test_api_trace_records_a_prompt_once_and_serves_its_stages(client, loaded):
+    model, text = client.app.state.run.model, "First Citizen"
+    record = record_trace(model, loaded.tokenizer, loaded.tokenizer.encode(text))
+    heads = [1 if s["axes"][0] == "H" else 0 for s in record.overview["stages"]]  # a second head where there is one
+    runs = []
+    hook = model.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        served = [client.post("/api/trace", json={"text": text, "stage": i, "head": h}) for i, h in enumerate(heads)]
+        assert len(runs) == 1  # one forward pass recorded the prompt; every stage came from that record
+        client.post("/api/trace", json={"text": text, "k": 3})  # other candidates: another record
+        client.post("/api/trace", json={"text": "Second"})  # another prompt: another record
+        client.post("/api/trace", json={"text": text, "stage": 3})  # still kept
+        assert len(runs) == 3
+    finally:
+        hook.remove()
+    for i, response in enumerate(served):
+        assert response.status_code == 200 and response.json() == view_stage(record, i, heads[i])
+
+
+def test_kept_records_are_bounded_in_bytes_and_count():
+    import asyncio
+    from types import SimpleNamespace
+
+    from gptlab.serve.trace_api import TraceRecords
+
+    made = []
+
+    async def ask(records, key, nbytes):
+        async def record():
+            made.append(key)
+            return SimpleNamespace(nbytes=nbytes)
+
+        return await records.get(key, record)
+
+    async def scenario():
+        records = TraceRecords(max_bytes=100, max_records=2)
+        for key in ("a", "b", "a", "c", "a", "b"):  # "c" pushes out "b" (the oldest), then "b" comes back
+            await ask(records, key, 40)
+        await ask(records, "big", 101)  # more than the bound alone: served, not kept
+        await ask(records, "big", 101)
+        return list(records._records)
+
+    assert asyncio.run(scenario()) == ["a", "b"]
+    assert made == ["a", "b", "c", "b", "big", "big"]
 
 
 def test_api_trace_agrees_with_api_next(client, loaded):

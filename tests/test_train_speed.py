@@ -5,9 +5,10 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.data.loader import BatchLoader, Dataset
-from gptlab.device import pick_device, precision_for
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.model.accounting import flops_per_token
+from gptlab.precision import precision_for
 from gptlab.train.perf import gpu_datasheet_peak, mfu
 from gptlab.train.prefetch import PrefetchingLoader
 

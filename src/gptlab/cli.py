@@ -277,8 +277,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
+    from gptlab.commands.sample import print_samples
     from gptlab.inference.decoding import SamplingParams
-    from gptlab.inference.generate import print_samples
 
     params = SamplingParams(
         args.max_new_tokens,
@@ -290,7 +290,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         args.seed,
     )
     if args.source is not None:
-        from gptlab.inference.seq2seq import print_translations
+        from gptlab.commands.sample import print_translations
 
         if args.show_probs or args.json:
             raise GptlabError("--show-probs and --json go with --prompt, not --source")
@@ -326,19 +326,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    import json
+    from gptlab.commands.evaluate import print_evaluation
 
-    from gptlab.inference.evaluate import evaluate_run
-
-    result = evaluate_run(args.run, args.data, args.split, args.batch_size, args.device)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return
-    bpb = f"{result.bits_per_byte:.4f} bits/byte" if result.bits_per_byte is not None else "bits/byte unknown"
-    print(
-        f"{result.split}: {result.tokens:,} tokens | loss {result.loss:.4f} nats/token | "
-        f"perplexity {result.perplexity:.3f} | {bpb}"
-    )
+    print_evaluation(args.run, args.data, args.split, args.batch_size, args.device, args.json)
 
 
 def _add_trace(sub: argparse._SubParsersAction) -> None:
@@ -366,15 +356,9 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_trace(args: argparse.Namespace) -> None:
-    import json
+    from gptlab.commands.trace import print_trace
 
-    from gptlab.inference.trace import trace_json, trace_prompt, trace_table
-
-    trace = trace_prompt(args.run, args.prompt.replace("\\n", "\n"), args.position, args.top, args.device)
-    if args.json:
-        print(json.dumps(trace_json(trace), ensure_ascii=False))
-    else:
-        print("\n".join(trace_table(trace)))
+    print_trace(args.run, args.prompt.replace("\\n", "\n"), args.position, args.top, args.device, args.json)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

@@ -54,6 +54,11 @@ class ModelConfig:
     zero_init: bool = False  # output projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off
 
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head (D): n_embd split evenly across the n_head heads."""
+        return self.n_embd // self.n_head
+
     def validate(self) -> None:
         """Refuse impossible shapes with a message naming the field."""
         _check_types(self)
@@ -62,8 +67,8 @@ class ModelConfig:
             _bad("vocab_size", self.vocab_size, "must be >= 0 (0 means: from the tokenizer)")
         if self.n_embd % self.n_head:
             _bad("n_embd", self.n_embd, f"is not divisible by n_head={self.n_head}")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            _bad("n_head", self.n_head, f"gives an odd head size {self.n_embd // self.n_head}; rope rotates pairs")
+        if self.position == "rope" and self.head_dim % 2:
+            _bad("n_head", self.n_head, f"gives an odd head size {self.head_dim}; rope rotates pairs")
         if not 0.0 <= self.dropout < 1.0:
             _bad("dropout", self.dropout, "must be in [0, 1)")
         if self.logit_softcap < 0:

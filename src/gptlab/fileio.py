@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path), then rename tmp_path over path."""
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+    """Call write(tmp_path) (its return value is ignored), then rename tmp_path over path."""
     atomic_write_group([(path, write)])
 
 
-def atomic_write_group(writes: list[tuple[str | Path, Callable[[str], None]]]) -> None:
+def atomic_write_group(writes: list[tuple[str | Path, Callable[[str], object]]]) -> None:
     """Write several files that belong together: every one goes to a temporary file first, and only
     when all are complete are they renamed over their targets, back to back and in order (so the
     last one can serve as the marker that the set is complete). A failure while writing leaves

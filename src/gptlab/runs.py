@@ -39,8 +39,7 @@ from safetensors.torch import load_model, save_model
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError, describe_os_error
 from gptlab.fileio import atomic_write
-from gptlab.model import build_model
-from gptlab.model.gpt import GPT
+from gptlab.model import Model, build_model
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.json", "model.safetensors"
@@ -57,7 +56,7 @@ class LoadedRun:
     path: Path
     config: RunConfig
     tokenizer: Tokenizer
-    model: GPT
+    model: Model
     step: int
 
 
@@ -76,17 +75,17 @@ def read_config(run: str | Path) -> RunConfig:
         raise GptlabError(f"{path / CONFIG} is invalid: {exc}") from None
 
 
-def save_weights(model: GPT, path: str | Path, step: int) -> None:
+def save_weights(model: Model, path: str | Path, step: int) -> None:
     """Write model.safetensors atomically (tied weights stored once)."""
     atomic_write(path, lambda tmp: write_weights(model, tmp, step))
 
 
-def write_weights(model: GPT, path: str | Path, step: int) -> None:
+def write_weights(model: Model, path: str | Path, step: int) -> None:
     """Write weights to path as it is (callers make it atomic), with the step in the metadata."""
     save_model(model, str(path), metadata={"step": str(step)})
 
 
-def load_weights(model: GPT, path: str | Path) -> int:
+def load_weights(model: Model, path: str | Path) -> int:
     """Load weights saved by save_weights into model; return the step they were saved at."""
     path = Path(path)
     if not path.is_file():
@@ -291,13 +290,20 @@ def _write_failure(exc: BaseException, where: Path) -> str:
     return describe_os_error(exc) if isinstance(exc, OSError) else str(exc).splitlines()[0]
 
 
+def _set_step(entry: Path) -> int:
+    """The step of a checkpoint set, from its directory name (step-N)."""
+    match = _SET.fullmatch(entry.name)
+    assert match is not None, entry  # sets are only ever named by publish_checkpoint
+    return int(match.group(1))
+
+
 def _prune(run: Path, current: Path, keep: int) -> None:
     """Remove sets beyond the newest `keep` (current included), sets newer than current (left by a
     run that fell back to an older set), and the older flat layout's files once a set exists."""
-    step = int(_SET.fullmatch(current.name).group(1))
+    step = _set_step(current)
     kept = 0
     for entry in checkpoint_sets(run):
-        newer = int(_SET.fullmatch(entry.name).group(1)) > step
+        newer = _set_step(entry) > step
         if entry == current or (not newer and kept < keep):
             kept += 1
             continue

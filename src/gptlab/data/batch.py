@@ -4,15 +4,34 @@ inputs are B windows of T token ids and targets the same windows shifted by one 
 predicts the next token). loss_mask, where given, says which targets count: fine-tuning counts
 only the answer's tokens, never the prompt's. An encoder–decoder's batch also carries the source
 ids it reads (right-padded) and source_mask, True on the source's real tokens.
+
+pad_rows() is the one right-padding of rows of different lengths (pairs, chat records, the
+engine's prompts): each row keeps positions 0, 1, ... as if alone, and a mask says which are real.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from gptlab.model.loss import IGNORE
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int | bool]],
+    fill: int | bool = 0,
+    dtype: torch.dtype = torch.long,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths right-padded with fill to the longest, (B, longest) of dtype, and
+    the (B, longest) boolean mask of the real (unpadded) positions."""
+    width = max((len(row) for row in rows), default=0)
+    padded = torch.tensor([[*row, *[fill] * (width - len(row))] for row in rows], dtype=dtype, device=device)
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    real = torch.arange(width, device=device) < lengths[:, None]
+    return padded.view(len(rows), width), real  # view: no rows at all is (0, 0), not (0,)
 
 
 @dataclass
@@ -26,12 +45,12 @@ class Batch:
     source: torch.Tensor | None = None
     source_mask: torch.Tensor | None = None
 
-    def _map(self, fn) -> Batch:
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        def maybe(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(t)
+
         return Batch(
-            *(
-                None if t is None else fn(t)
-                for t in (self.inputs, self.targets, self.loss_mask, self.source, self.source_mask)
-            )
+            fn(self.inputs), fn(self.targets), maybe(self.loss_mask), maybe(self.source), maybe(self.source_mask)
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
@@ -42,7 +61,7 @@ class Batch:
         """The same batch in page-locked host memory (fast, asynchronous copies to a GPU)."""
         return self._map(lambda t: t.pin_memory())
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
+    def model_inputs(self) -> dict[str, torch.Tensor | None]:
         """What the model reads besides inputs and targets: an encoder–decoder's source and its mask."""
         return {} if self.source is None else {"source": self.source, "source_mask": self.source_mask}
 

@@ -14,6 +14,7 @@ import base64
 import codecs
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -27,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from gptlab.errors import GptlabError
 
@@ -141,7 +142,7 @@ def _inner_suffix(path: Path) -> str:
     return os.path.splitext(name)[1]
 
 
-def _open_binary(path: Path) -> BinaryIO:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     try:
         return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
     except OSError as exc:

@@ -19,7 +19,8 @@ from gptlab.tokenizers import KINDS, Tokenizer
 
 Batch = list[tuple[str, bool]]
 
-_worker: dict[str, Any] = {}  # the tokenizer and settings of this worker process
+# The tokenizer and settings of this worker process: encode_batch's first three arguments.
+_worker: dict[str, tuple[Tokenizer, list[int], np.dtype]] = {}
 
 
 def encode_batch(tokenizer: Tokenizer, separator: list[int], dtype: np.dtype, batch: Batch) -> np.ndarray:

@@ -57,7 +57,7 @@ class Dataset:
             )
         if split not in self.splits:
             raise GptlabError(f"dataset {self.path} has no split '{split}' (has: {', '.join(self.splits)})")
-        arrays = []
+        arrays: list[np.ndarray] = []
         for name in self.splits[split]["files"]:
             file = self.path / name
             if not file.is_file():
@@ -99,7 +99,7 @@ class BatchLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The random generator's state (JSON-able), enough to continue the same batch sequence."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved state_dict()."""

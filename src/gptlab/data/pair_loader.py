@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from gptlab.data.batch import Batch
+from gptlab.data.batch import Batch, pad_rows
 from gptlab.data.pairs import read_pairs
 from gptlab.errors import GptlabError
 
@@ -37,26 +36,15 @@ def pair_rows(
     return [], seq[:-1], seq[1:], len(source)
 
 
-def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, longest) ids and the (B, longest) mask of real positions."""
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[b, : len(row)] = True
-    return ids, mask
-
-
 def collate(rows: list[tuple[list[int], list[int], list[int], int]]) -> Batch:
     """One Batch from pair_rows() outputs."""
-    inputs, real = _pad([r[1] for r in rows])
-    targets, _ = _pad([r[2] for r in rows])
+    inputs, real = pad_rows([r[1] for r in rows])
+    targets, _ = pad_rows([r[2] for r in rows])
     counted = real.clone()
     for b, (_, _, _, first) in enumerate(rows):
         counted[b, :first] = False
     if rows[0][0]:
-        source, source_mask = _pad([r[0] for r in rows])
+        source, source_mask = pad_rows([r[0] for r in rows])
         return Batch(inputs, targets, counted, source, source_mask)
     return Batch(inputs, targets, counted)
 

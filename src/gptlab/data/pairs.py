@@ -19,10 +19,6 @@ through memmaps. Validation takes a seeded random val_fraction of the pairs.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +26,9 @@ from typing import Any
 import numpy as np
 
 from gptlab.data.corpora import SkipReport, iter_records
-from gptlab.data.prepare import SPLITS, check_dataset_options, token_dtype
+from gptlab.data.prepare import META_FORMAT, check_dataset_options, token_dtype
+from gptlab.data.publish import SPLITS, TOKENIZER_FILE, dataset_id, publish, staged_dataset
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write_json
-from gptlab.locks import LOCK_FILE, lock_dataset_for_writing
 from gptlab.tokenizers import Tokenizer, build_tokenizer, check_kind, needs_training
 
 PAIRS_KIND = "pairs"
@@ -121,44 +116,25 @@ def prepare_pairs(
     n_val = min(len(pairs) - 1, round(val_fraction * len(pairs))) if len(pairs) > 1 and val_fraction > 0 else 0
     chosen = {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = lock_dataset_for_writing(out)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-        try:
-            stats = {
-                split: _write_split(staging, split, [pairs[i] for i in chosen[split]], tokenizer, dtype)
-                for split in SPLITS
-            }
-            tokenizer.save(staging / "tokenizer.json")
-            digest = hashlib.sha256((staging / "tokenizer.json").read_bytes())
-            digest.update(json.dumps({s: st["sha256"] for s, st in stats.items()}, sort_keys=True).encode())
-            meta = {
-                "format": 1,
-                "kind": PAIRS_KIND,
-                "id": digest.hexdigest()[:16],
-                "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
-                "dtype": dtype.name,
-                "separator": sep,
-                "splits": stats,
-                "sources": specs,
-                "val_fraction": val_fraction,
-                "seed": seed,
-                "skipped": dict(report.reasons),
-            }
-            (out / "meta.json").unlink(missing_ok=True)  # the old dataset is incomplete from here on
-            for name in [*(f for st in stats.values() for f in st["files"].values()), "tokenizer.json"]:
-                os.replace(staging / name, out / name)
-            atomic_write_json(out / "meta.json", meta)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        lock.release()
+    with staged_dataset(out) as staging:
+        stats = {
+            split: _write_split(staging, split, [pairs[i] for i in chosen[split]], tokenizer, dtype) for split in SPLITS
+        }
+        tokenizer.save(staging / TOKENIZER_FILE)
+        meta = {
+            "format": META_FORMAT,
+            "kind": PAIRS_KIND,
+            "id": dataset_id(staging, stats),
+            "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+            "dtype": dtype.name,
+            "separator": sep,
+            "splits": stats,
+            "sources": specs,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "skipped": dict(report.reasons),
+        }
+        publish(staging, out, meta, [name for split in stats.values() for name in split["files"].values()])
     return meta, report
 
 

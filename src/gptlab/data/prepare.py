@@ -5,23 +5,16 @@ the first trains the tokenizer (char, bpe; a pretrained encoding is only loaded)
 documents, the second encodes them in worker processes and appends the ids to the shards of
 their split. Documents are separated by the end-of-text token (kinds without one: a blank line).
 Validation takes whole documents, a seeded choice, when the corpus has several; a single one is
-cut at about 90%. Everything is written into a staging directory first and moved into place at
-the end, meta.json last, so an interrupted prepare never leaves a half-written dataset that looks
-complete, and the same inputs and settings give byte-identical files.
+cut at about 90%. The same inputs and settings give byte-identical files.
 
-meta.json carries an `id`: a hash of the tokenizer and of every split's token stream, so a trainer
-reading the directory can tell, at each evaluation, that the dataset was replaced under it. prepare
-holds the directory's lock (locks.py) from start to end: it is refused while a training run reads
-the directory, and it clears staging directories an earlier killed prepare left behind.
+The directory is written as every dataset is (data/publish.py): under its lock, staged, then moved
+into place, meta.json last. meta.json carries an `id`: a hash of the tokenizer and of every split's
+token stream, so a trainer reading the directory can tell, at each evaluation, that the dataset was
+replaced under it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,15 +26,13 @@ import numpy as np
 from gptlab.data.corpora import Chunk, SkipReport, iter_chunks
 from gptlab.data.encode import Batch, OrderedEncoder
 from gptlab.data.progress import ByteProgress
+from gptlab.data.publish import SPLITS, TOKENIZER_FILE, dataset_id, publish, staged_dataset
 from gptlab.data.shards import ShardWriter
 from gptlab.errors import GptlabError
-from gptlab.fileio import atomic_write_json
-from gptlab.locks import LOCK_FILE, lock_dataset_for_writing
 from gptlab.tokenizers import Tokenizer, build_tokenizer, check_kind, needs_training
 
 META_FORMAT = 1
 CHAR_SEPARATOR = "\n\n"  # between documents, for kinds without an end-of-text token
-SPLITS = ("train", "val")
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 ids per file
 BATCH_CHARS = 1 << 20  # text handed to a worker at a time
 # Below this much text per worker, starting processes costs more than it saves: encode in-process.
@@ -110,16 +101,11 @@ def prepare(
     if tokenizer_options and not needs_training(tokenizer_kind):
         raise GptlabError(f"{', '.join(tokenizer_options)} cannot be set for the pretrained {tokenizer_kind}")
     out = check_dataset_options(out_dir, val_fraction, tokenizer_kind, tokenizer_options)
-
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = lock_dataset_for_writing(out)
-    try:
-        for stale in out.glob(".prepare-*"):  # a killed prepare's staging (the lock says none is live)
-            shutil.rmtree(stale, ignore_errors=True)
-        return _prepare_locked(
+    with staged_dataset(out) as staging:
+        return _prepare_staged(
             specs,
             out,
+            staging,
             tokenizer_kind,
             val_fraction,
             seed,
@@ -129,17 +115,12 @@ def prepare(
             shard_tokens,
             progress,
         )
-    except BaseException:
-        if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
-            shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave no empty directory
-        raise
-    finally:
-        lock.release()
 
 
-def _prepare_locked(
+def _prepare_staged(
     specs: list[str],
     out: Path,
+    staging: Path,
     tokenizer_kind: str,
     val_fraction: float,
     seed: int,
@@ -149,7 +130,7 @@ def _prepare_locked(
     shard_tokens: int,
     progress: bool,
 ) -> PrepareResult:
-    """prepare() once its arguments are checked and out is locked."""
+    """prepare() once its arguments are checked and out is locked, writing into staging."""
     report = SkipReport()
     tokenizer, lengths, bar = _first_pass(specs, report, text_field, tokenizer_kind, tokenizer_options or {}, progress)
     if not lengths:
@@ -162,44 +143,32 @@ def _prepare_locked(
     dtype = token_dtype(tokenizer.vocab_size)
     workers = max(1, min(workers, bar.bytes // MIN_BYTES_PER_WORKER)) if MIN_BYTES_PER_WORKER else workers
 
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-    try:
-        stats = _second_pass(
-            specs,
-            text_field,
-            tokenizer,
-            val_docs,
-            cut_at,
-            dtype,
-            staging,
-            workers,
-            shard_tokens,
-            ByteProgress("encoding", bar.bytes, progress),
-        )
-        tokenizer.save(staging / "tokenizer.json")
-        meta = {
-            "format": META_FORMAT,
-            "id": _dataset_id(staging / "tokenizer.json", stats),
-            "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
-            "dtype": dtype.name,
-            "splits": stats,
-            "sources": specs,
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "skipped": dict(report.reasons),
-        }
-        _publish(staging, out, meta)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    stats = _second_pass(
+        specs,
+        text_field,
+        tokenizer,
+        val_docs,
+        cut_at,
+        dtype,
+        staging,
+        workers,
+        shard_tokens,
+        ByteProgress("encoding", bar.bytes, progress),
+    )
+    tokenizer.save(staging / TOKENIZER_FILE)
+    meta = {
+        "format": META_FORMAT,
+        "id": dataset_id(staging, stats),
+        "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+        "dtype": dtype.name,
+        "splits": stats,
+        "sources": specs,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "skipped": dict(report.reasons),
+    }
+    publish(staging, out, meta, [name for split in stats.values() for name in split["files"]])
     return PrepareResult(meta, report)
-
-
-def _dataset_id(tokenizer_file: Path, stats: dict[str, dict[str, Any]]) -> str:
-    """What identifies a dataset's content: its tokenizer and each split's ids (deterministic, so
-    preparing the same inputs again gives the same id)."""
-    digest = hashlib.sha256(tokenizer_file.read_bytes())
-    digest.update(json.dumps({split: stat["sha256"] for split, stat in stats.items()}, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
 
 
 def _first_pass(
@@ -314,17 +283,3 @@ def _route(
     at = newline + 1 if newline >= 0 and offset + newline > cut_at * 0.9 else local
     parts = [("train", chunk.text[:at], starts), ("val", chunk.text[at:], True)]
     return [part for part in parts if part[1]]
-
-
-def _publish(staging: Path, out: Path, meta: dict[str, Any]) -> None:
-    """Move the staged dataset into out: meta.json goes first (the old dataset is then no longer
-    complete), stale shards of an earlier prepare go, the new files come, the new meta.json last."""
-    (out / "meta.json").unlink(missing_ok=True)
-    keep = {name for split in meta["splits"].values() for name in split["files"]}
-    for split in SPLITS:
-        for old in [*out.glob(f"{split}.bin"), *out.glob(f"{split}-[0-9]*.bin")]:
-            if old.name not in keep:
-                old.unlink()
-    for name in [*sorted(keep), "tokenizer.json"]:
-        os.replace(staging / name, out / name)
-    atomic_write_json(out / "meta.json", meta)

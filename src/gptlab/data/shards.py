@@ -38,9 +38,10 @@ class ShardWriter:
         while len(ids):
             if self._room == 0:
                 self._open_next()
+            assert self._file is not None  # opened by __init__, replaced by _open_next
             part, ids = ids[: self._room], ids[self._room :]
             part.tofile(self._file)
-            self.digest.update(part)
+            self.digest.update(part.data)  # the ids' bytes, no copy
             self._room -= len(part)
             self.tokens += len(part)
 

@@ -135,7 +135,7 @@ class SequenceState:
         return Event(self.index, token, text, probs if self.with_probs else None, finish)
 
 
-def step(states: list[SequenceState], logits: torch.Tensor) -> list[Event]:
+def step(states: Sequence[SequenceState], logits: torch.Tensor) -> list[Event]:
     """Each sequence's next token from its row of logits (B, V), drawn with its own settings and
     generator: the one place a token is chosen. Rows with the same settings are filtered together
     (each row's numbers are the same as alone: the operations work row by row)."""

@@ -16,6 +16,7 @@ import torch
 from gptlab.inference.decoding import Event, SamplingParams
 from gptlab.inference.scheduler import Scheduler
 from gptlab.inference.scheduler import Sequence as Scheduled
+from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer
 
 # SamplingParams and Event are the decoding core's; named here too for callers of generate_steps.
@@ -34,7 +35,7 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def generate_steps(
-    model: torch.nn.Module,
+    model: GPT,
     tokenizer: Tokenizer | None,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
@@ -62,13 +63,12 @@ def generate_steps(
         while scheduler.has_work():
             scheduler.step()
             # A sequence whose prompt went in this step also decodes in it: a new list for its second token.
-            events, seqs = [], set()
+            events: list[Event] = []
             for event in out:
-                if event.seq in seqs:
+                if any(e.seq == event.seq for e in events):
                     yield events
-                    events, seqs = [], set()
+                    events = []
                 events.append(event)
-                seqs.add(event.seq)
             if events:
                 yield events
             out.clear()

@@ -1,4 +1,4 @@
-"""`gptlab eval`: loss, perplexity and bits per byte of a trained run over a whole dataset split.
+"""Loss, perplexity and bits per byte of a model over a whole dataset split (`gptlab eval`'s engine).
 
 Every token of the split (but the first of each shard, which has no context) is predicted once:
 the split is cut into consecutive windows of block_size tokens, so each prediction sees the
@@ -11,7 +11,6 @@ import math
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,11 +18,11 @@ from tqdm import tqdm
 
 from gptlab.data.loader import Dataset
 from gptlab.data.units import bits_per
-from gptlab.device import autocast, pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
+from gptlab.model import Model
 from gptlab.model.loss import lm_loss
-from gptlab.runs import load_run
+from gptlab.precision import autocast
 
 LOGITS_BUDGET = 1 << 26  # floats of logits held at once (256 MB): caps the default batch size
 MAX_BATCH = 32  # windows per forward pass by default: big enough to be efficient, small enough to show progress
@@ -53,9 +52,7 @@ def windows(shards: list[np.ndarray], block_size: int) -> Iterator[np.ndarray]:
             yield shard[start : start + block_size + 1]
 
 
-def evaluate(
-    model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 0, show_progress: bool = True
-) -> EvalResult:
+def evaluate(model: Model, dataset: Dataset, split: str, batch_size: int = 0, show_progress: bool = True) -> EvalResult:
     """Mean next-token loss of model over every window of a split."""
     block_size, vocab = model.config.block_size, model.config.vocab_size
     shards = dataset.shards(split)
@@ -82,7 +79,7 @@ def evaluate(
 
 
 def _add(
-    model: torch.nn.Module, batch: list[np.ndarray], device: torch.device, nats: float, count: int, bar: _Progress
+    model: Model, batch: list[np.ndarray], device: torch.device, nats: float, count: int, bar: _Progress
 ) -> tuple[float, int]:
     data = torch.from_numpy(np.stack(batch).astype(np.int64)).to(device)
     x, y = data[:, :-1], data[:, 1:]
@@ -122,34 +119,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def evaluate_run(
-    run: str,
-    data: str | None = None,
-    split: str = "val",
-    batch_size: int = 0,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> EvalResult:
-    """`gptlab eval`: load a run and its dataset (or another one with the same tokenizer), evaluate."""
-    loaded = load_run(run, pick_device(device))
-    data = data or loaded.config.data
-    if not data:
-        raise GptlabError(f"{run} does not record its dataset; pass --data DIR")
-    if not Path(data).is_dir():
-        raise GptlabError(f"dataset not found: {data} (pass --data DIR)")
-    dataset = Dataset(data)
-    if dataset.kind != "pairs" and loaded.config.model.arch == "encdec":
-        raise GptlabError(
-            f"{run} is an encoder–decoder run: it is evaluated on a dataset of pairs, and {data} is a text dataset"
-        )
-    if dataset.tokenizer.to_dict() != loaded.tokenizer.to_dict():
-        raise GptlabError(f"{data} was prepared with another tokenizer than {run} was trained with")
-    if batch_size < 0:
-        raise GptlabError(f"batch_size={batch_size} must be >= 1 (or 0: automatic)")
-    if dataset.kind == "pairs":
-        from gptlab.inference.evaluate_pairs import evaluate_pairs
-
-        return evaluate_pairs(loaded.model, dataset, split, batch_size)
-    return evaluate(loaded.model, dataset, split, batch_size, show_progress)

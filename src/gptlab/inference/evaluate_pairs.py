@@ -15,17 +15,18 @@ from gptlab.data.loader import Dataset
 from gptlab.data.pair_loader import collate, pair_rows
 from gptlab.data.pairs import read_pairs
 from gptlab.data.units import bits_per
-from gptlab.device import autocast
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
 from gptlab.inference.evaluate import EvalResult
-from gptlab.model.loss import lm_loss
+from gptlab.model import Model
+from gptlab.model.loss import IGNORE, lm_loss
+from gptlab.precision import autocast
 
 DEFAULT_BATCH = 64  # pairs per forward pass: pairs are short
 
 
 @torch.no_grad()
-def evaluate_pairs(model: torch.nn.Module, dataset: Dataset, split: str, batch_size: int = 0) -> EvalResult:
+def evaluate_pairs(model: Model, dataset: Dataset, split: str, batch_size: int = 0) -> EvalResult:
     """Mean loss (nats per target token) of model over every pair of a split."""
     pairs = read_pairs(dataset.path, dataset.meta, split)
     if len(pairs) == 0:
@@ -42,8 +43,9 @@ def evaluate_pairs(model: torch.nn.Module, dataset: Dataset, split: str, batch_s
             batch = collate(rows).to(device)
             with autocast(device):
                 logits, _ = model(batch.inputs, **batch.model_inputs())
-            nats += lm_loss(logits, batch.loss_targets(), reduction="sum").item()
-            count += int(batch.loss_mask.sum())
+            targets = batch.loss_targets()
+            nats += lm_loss(logits, targets, reduction="sum").item()
+            count += int((targets != IGNORE).sum())  # the targets the loss counted
     if not count:
         raise GptlabError(f"the {split} split of {dataset.path} has no target token to score")
     loss = nats / count

@@ -83,13 +83,18 @@ class KVCache(_Ring):
         super().__init__(layout, batch_size)
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self._rows = torch.arange(batch_size, device=self.device)
-        self._step: tuple | None = None  # (columns, mask, width) of the tokens being fed now
+        # This feed's columns (B, T), mask ("prefill": plain causal over the fresh keys; None: every
+        # stored column) and the columns any query may read.
+        self._columns = torch.zeros(0, dtype=torch.long)
+        self._mask: str | torch.Tensor | None = None
+        self._width = 0
 
     def positions(self, T: int) -> torch.Tensor:
         """Position ids (B, T) of the next T tokens of each row; prepares this feed's columns and mask."""
         positions = self._plan(self.seen.tolist(), T)
         width = self._needed  # columns any query may read
         key = torch.arange(width, device=self.device)
+        mask: str | torch.Tensor | None
         if bool((self.seen == 0).all()):
             mask = "prefill"  # every row from position 0: plain causal attention over the fresh keys
         elif T == 1:
@@ -99,13 +104,13 @@ class KVCache(_Ring):
         else:
             # Several tokens after earlier ones (no wrap: _plan checked): causal over positions.
             mask = (key[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, width)
-        self._step = (positions % self.capacity, mask, width)
+        self._columns, self._mask, self._width = positions % self.capacity, mask, width
         return positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store one layer's new keys and values (B, H, T, D); attention of the new queries over every
         key their row may read."""
-        columns, mask, width = self._step
+        columns, mask, width = self._columns, self._mask, self._width
         keys, values = self._storage(layer, k)
         keys[self._rows[:, None], :, columns] = k.transpose(1, 2)  # (B, T) columns per row
         values[self._rows[:, None], :, columns] = v.transpose(1, 2)
@@ -118,7 +123,6 @@ class KVCache(_Ring):
     def advance(self, lengths: torch.Tensor) -> None:
         """After all layers: each row has gained lengths[b] real tokens (its pads do not count)."""
         self.seen += lengths.to(self.seen.device)
-        self._step = None
 
 
 class SlotCache(_Ring):

@@ -11,6 +11,7 @@ import torch
 
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
+from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer
 
 
@@ -23,7 +24,7 @@ class Candidate:
     prob: float  # probability under the distribution it came from
 
 
-def next_token_probs(model: torch.nn.Module, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
+def next_token_probs(model: GPT, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
     """Softmax over the vocabulary for the token after ids (the last block_size of them), shape (V,).
 
     temperature 0 is treated as 1 here: greedy decoding still picks from this distribution's top.
@@ -31,6 +32,7 @@ def next_token_probs(model: torch.nn.Module, ids: list[int], temperature: float 
     """
     steps = generate_steps(model, None, [ids], SamplingParams(1, temperature), with_probs=True)
     (event,) = [e for step in steps for e in step]
+    assert event.probs is not None  # asked for with_probs
     return event.probs
 
 

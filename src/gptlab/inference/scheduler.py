@@ -30,6 +30,7 @@ from gptlab.inference import decoding
 from gptlab.inference.decoding import Event, SamplingParams, SequenceState
 from gptlab.inference.kv_cache import SlotCache
 from gptlab.inference.products import RowInvariantProducts, row_invariant_products
+from gptlab.model import Model
 from gptlab.tokenizers import Tokenizer
 
 PREFILL_CHUNK = 128  # prompt tokens fed per step; chunk boundaries change the numbers, so every caller shares it
@@ -51,7 +52,7 @@ class Sequence(SequenceState):
         super().__init__(ids, params, index, tokenizer, with_probs, end)
         self.sink = sink
         self.pending: list[int] = []  # tokens still to feed the model (set when it joins the batch)
-        self.slot: int | None = None
+        self.slot = -1  # its slot in the cache while it runs
         self.cancelled = False
         self.submitted = time.perf_counter()
         self.last_token: float | None = None  # when its latest token came out (for the latency metrics)
@@ -66,7 +67,7 @@ class Scheduler:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Model,
         max_batch: int,
         prefill_chunk: int = PREFILL_CHUNK,
         on_token: Callable[[Sequence, Event], None] | None = None,
@@ -155,7 +156,7 @@ class Scheduler:
                 self._leave(seq, event)
                 continue
             seq.sink(event)
-            seq.pending = [event.token]
+            seq.pending = seq.ids[-1:]  # the token just chosen
             if not self.use_cache or (self.cache.room(seq.slot) < 1 and not self.cache.can_slide):
                 # Recompute the window from position 0: the reference path does so every token; with
                 # learned positions a full window cannot slide (every kept token would move).
@@ -170,5 +171,5 @@ class Scheduler:
         self.running.remove(seq)
         self.free.append(seq.slot)
         self.free.sort()
-        seq.slot = None
+        seq.slot = -1
         seq.sink(event)

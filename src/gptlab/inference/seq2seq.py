@@ -10,24 +10,21 @@ reference the cached path must match token for token.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import torch
 
 from gptlab.data.pairs import separator_id
-from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference import decoding
 from gptlab.inference.decoding import Event, SamplingParams, SequenceState
 from gptlab.inference.engine import eval_mode
-from gptlab.inference.generate import MAX_NUM_SAMPLES
 from gptlab.inference.kv_cache import KVCache
-from gptlab.runs import load_run
+from gptlab.model.encdec import EncoderDecoder
 from gptlab.tokenizers import Tokenizer
 
 
-def _stepper(model: torch.nn.Module, source: torch.Tensor, use_cache: bool):
+def _stepper(model: EncoderDecoder, source: torch.Tensor, use_cache: bool):
     """A function from the target ids so far (B, t) to the next-token logits (B, V)."""
     if not use_cache:
         return lambda ids: model(ids, source=source)[0][:, -1]
@@ -38,7 +35,7 @@ def _stepper(model: torch.nn.Module, source: torch.Tensor, use_cache: bool):
 
 @torch.no_grad()
 def target_steps(
-    model: torch.nn.Module,
+    model: EncoderDecoder,
     sep: int,
     source_ids: list[int],
     params: SamplingParams,
@@ -75,14 +72,14 @@ def target_steps(
             yield events
             # Every row is fed on (the batch shares one cache): a finished one with its end token.
             nxt = torch.full((num_samples, 1), sep, dtype=torch.long)
-            for i, event in zip(going, events):
-                nxt[i, 0] = event.token
+            for i in going:
+                nxt[i, 0] = states[i].ids[-1] if states[i].finish is None else sep
             ids = torch.cat([ids, nxt.to(device)], dim=1)
             going = [i for i, event in zip(going, events) if event.finish is None]
 
 
 def generate_targets(
-    model: torch.nn.Module,
+    model: EncoderDecoder,
     sep: int,
     source_ids: list[int],
     params: SamplingParams,
@@ -93,13 +90,13 @@ def generate_targets(
     out: list[list[int]] = [[] for _ in range(num_samples)]
     for events in target_steps(model, sep, source_ids, params, num_samples, use_cache):
         for e in events:
-            if e.token != sep:
+            if e.token is not None and e.token != sep:
                 out[e.seq].append(e.token)
     return out
 
 
 def translate(
-    model: torch.nn.Module,
+    model: EncoderDecoder,
     tokenizer: Tokenizer,
     source: str,
     params: SamplingParams,
@@ -113,24 +110,3 @@ def translate(
         for e in events:
             texts[e.seq] += e.text
     return texts
-
-
-def print_translations(
-    run: str, source: str, params: SamplingParams, num_samples: int = 1, device: str = "auto", use_cache: bool = True
-) -> None:
-    """`gptlab sample RUN --source TEXT`: the target(s) an encoder–decoder run writes for TEXT."""
-    params.validate()
-    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
-        raise GptlabError(
-            f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated in one batch)"
-        )
-    loaded = load_run(run, pick_device(device))
-    if loaded.config.model.arch != "encdec":
-        raise GptlabError(
-            f"{run} is a decoder-only GPT (arch={loaded.config.model.arch}): it continues a --prompt; "
-            "--source is for encoder–decoder runs (arch=encdec)"
-        )
-    for i, text in enumerate(translate(loaded.model, loaded.tokenizer, source, params, num_samples, use_cache)):
-        header = f"--- sample {i + 1}/{num_samples} ---\n" if num_samples > 1 else ""
-        sys.stdout.write(f"{header}{source} -> {text}\n")
-    sys.stdout.flush()

@@ -6,10 +6,11 @@ RMSNorm, RoPE, QK-norm, its MLP's activation). The trace adds only the last stag
 softmax the sampler applies to the logits.
 
     trace_ids      ids -> Trace (every stage, the top candidates at one position)
-    trace_prompt   `gptlab trace RUN --prompt TEXT`: load, check the input, trace
-    trace_table / trace_json   the command's two outputs
-    trace_view     the page's step-through view: the stage list with statistics and one stage's
-                   tensor as a heatmap, sampled to a bounded size (a gpt2-small trace stays small)
+    at_position    one stage's values at the chosen position
+    record_trace   the page's step-through view of a prompt, recorded once: the stage list with
+                   statistics and every stage's tensor as a heatmap grid, sampled to a bounded size
+                   (a gpt2-small trace stays small)
+    view_stage     one stage of a recorded trace, as the page shows it (no model call)
 """
 
 from __future__ import annotations
@@ -17,20 +18,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.engine import eval_mode
 from gptlab.inference.probs import Candidate, top_candidates
 from gptlab.inference.sampling import probs_from_logits
 from gptlab.model.gpt import GPT
+from gptlab.model.layers import mlp_hidden
 from gptlab.model.record import Recorder, Stage, recording
-from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
 # The page's heatmap holds at most this many rows (positions) and columns (channels, keys, tokens).
@@ -56,8 +56,8 @@ def dims_of(model: GPT, T: int) -> dict[str, int]:
         "T": T,
         "C": m.n_embd,
         "H": m.n_head,
-        "D": m.n_embd // m.n_head,
-        "F": model.blocks[0].mlp.proj.in_features if len(model.blocks) else 0,
+        "D": m.head_dim,
+        "F": mlp_hidden(m),
         "V": m.vocab_size,
         "block": m.block_size,
     }
@@ -79,20 +79,18 @@ def trace_ids(
     ids: list[int],
     position: int | None = None,
     k: int = 10,
-    keep: Callable[[int, str], bool] | None = None,
     only_position: bool = False,
+    recorder: Recorder | None = None,
 ) -> Trace:
     """Run the model once on ids (at most block_size of them), recording every stage.
 
     position: where values and candidates are read (default the last, whose next token is the
-    prediction); keep(index, name) limits which stages keep their tensor (statistics are always kept);
-    only_position keeps just the values at that position.
+    prediction); only_position keeps just the values at that position; recorder: one that keeps the
+    stages its own way (default: every stage whole).
     """
     T = len(ids)
     position = T - 1 if position is None else position
-    recorder = Recorder(at=position if only_position else None)
-    if keep is not None:
-        recorder.keep = keep
+    recorder = recorder or Recorder(at=position if only_position else None)
     device = next(model.parameters()).device
     with eval_mode(model), recording(model, recorder):
         logits, _ = model(torch.tensor([ids], dtype=torch.long, device=device))
@@ -100,29 +98,6 @@ def trace_ids(
         recorder.scoped("", model)("probs", probs, "T V", "softmax of logits over V", "softmax")
     top = top_candidates(tokenizer, probs[0, position].cpu(), k)
     return Trace([(i, tokenizer.id_to_piece(i)) for i in ids], recorder.stages, position, top, dims_of(model, T))
-
-
-def trace_prompt(run: str, prompt: str, position: int | None = None, k: int = 10, device: str = "auto") -> Trace:
-    """`gptlab trace`: the trace of a prompt through a run's model, or a clear error for bad input."""
-    if not prompt:
-        raise GptlabError("the prompt is empty: give at least one character with --prompt")
-    if k < 0:
-        raise GptlabError(f"--top {k} must be 0 or more")
-    loaded = load_run(run, pick_device(device))
-    if loaded.config.model.arch != "gpt":
-        raise GptlabError(
-            f"{run} is an encoder–decoder run (arch={loaded.config.model.arch}); gptlab trace follows "
-            "a decoder-only GPT's prediction (the page shows this run's cross-attention)"
-        )
-    ids = loaded.tokenizer.encode(prompt)
-    block = loaded.config.model.block_size
-    if len(ids) > block:
-        raise GptlabError(f"the prompt is {len(ids)} tokens; this model reads at most block_size={block}")
-    if position is not None and not 0 <= position < len(ids):
-        raise GptlabError(
-            f"--position {position} is out of range: the prompt has {len(ids)} tokens (0..{len(ids) - 1})"
-        )
-    return trace_ids(loaded.model, loaded.tokenizer, ids, position, k, only_position=True)
 
 
 def at_position(stage: Stage, position: int) -> torch.Tensor:
@@ -135,61 +110,11 @@ def at_position(stage: Stage, position: int) -> torch.Tensor:
     return stage.value.select(axes.index("T"), position) if "T" in axes else stage.value
 
 
-def _finite(values: list) -> list:
+def finite(values: list) -> list:
     """Nested floats with -inf (a masked score) and NaN as None: JSON has neither."""
     if isinstance(values, list):
-        return [_finite(v) for v in values]
+        return [finite(v) for v in values]
     return values if isinstance(values, int) or math.isfinite(values) else None
-
-
-def trace_json(trace: Trace) -> dict[str, Any]:
-    """`gptlab trace --json`: tokens, every stage (values at the chosen position) and the top candidates."""
-    return {
-        "tokens": [{"id": i, "piece": p} for i, p in trace.tokens],
-        "position": trace.position,
-        "dims": trace.dims,
-        "stages": [
-            {
-                "name": s.name,
-                "module": s.module,
-                "axes": s.axes,
-                "op": s.op,
-                "shape": list(s.shape),
-                "values": _finite(at_position(s, trace.position).tolist()),
-                "stats": s.stats,
-            }
-            for s in trace.stages
-        ],
-        "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in trace.top],
-    }
-
-
-def _fmt(x: float) -> str:
-    return "-inf" if x == -math.inf else f"{x:.4g}"
-
-
-def trace_table(trace: Trace, width: int = 4) -> list[str]:
-    """`gptlab trace`: one line per stage (name, module, shape, the first values at the position,
-    statistics), then the top candidates."""
-    pos = trace.position
-    pieces = " ".join(f"{i}:{p!r}" for i, p in trace.tokens)
-    lines = [
-        f"tokens ({len(trace.tokens)}): {pieces}",
-        f"values at position {pos} ({trace.tokens[pos][1]!r}); sizes: "
-        + ", ".join(f"{k}={v}" for k, v in trace.dims.items()),
-        f"{'stage':34s} {'module':20s} {'shape':16s} {'values at position':42s} "
-        f"{'mean':>9s} {'std':>9s} {'min':>9s} {'max':>9s}",
-    ]
-    for s in trace.stages:
-        flat = at_position(s, pos).flatten().tolist()
-        shown = ", ".join(_fmt(v) for v in flat[:width]) + (", …" if len(flat) > width else "")
-        shape = "×".join(str(n) for n in s.shape) or "1"
-        stats = " ".join(f"{_fmt(s.stats[key]):>9s}" for key in ("mean", "std", "min", "max"))
-        lines.append(f"{s.name:34s} {s.module:20s} {s.axes + ' ' + shape:16s} {'[' + shown + ']':42s} {stats}")
-    lines.append(
-        f"next token after position {pos}: " + ", ".join(f"{c.piece!r} (id {c.id}) {c.prob:.2%}" for c in trace.top)
-    )
-    return lines
 
 
 # ---- the page's step-through view ----
@@ -236,57 +161,80 @@ def _sample(n: int, most: int) -> list[int]:
     return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
 
 
-def heatmap(trace: Trace, index: int, head: int) -> dict[str, Any]:
-    """One stage's tensor as positions × columns (one head's for per-head stages), at most
-    MAX_ROWS × MAX_COLS: positions and channels sampled evenly, vocabulary columns the top tokens."""
-    stage = trace.stages[index]
+@dataclass
+class StageGrid:
+    """One stage's tensor as the page draws it: positions x columns, at most MAX_ROWS x MAX_COLS (positions
+    and channels sampled evenly, vocabulary columns the top next tokens), every head kept."""
+
+    rows: list[int]  # the positions shown
+    columns: list[dict[str, Any]]  # each column's label (and token id, for vocabulary columns)
+    kind: str  # "attention" for T x T maps, else "channels"
+    values: torch.Tensor  # (rows, columns), or (heads, rows, columns) for per-head stages; on the CPU
+
+
+def _grid(stage: Stage) -> StageGrid:
+    """A recorded stage's grid; a vocabulary stage keeps every column until the top tokens are known."""
     value, axes = stage.value, stage.axes.split()
     assert value is not None
-    heads = 0
-    if axes[0] == "H":
-        heads = value.shape[0]
-        value, axes = value[head], axes[1:]
-    if len(axes) == 1:  # one number per position: a single column
-        value = value[:, None]
-        columns = [{"label": stage.name.rsplit(".", 1)[-1]}]
-        cols = [0]
-    elif axes[1] == "V":  # the vocabulary: the columns of the most likely next tokens
-        cols = [c.id for c in trace.top]
-        columns = [{"label": c.piece, "id": c.id} for c in trace.top]
-    else:
-        cols = _sample(value.shape[1], MAX_COLS if axes[1] != "T" else MAX_ROWS)
+    t = 1 if axes[0] == "H" else 0  # the position axis; the head axis, if any, stays whole
+    body = axes[t:]
+    columns: list[dict[str, Any]] = []
+    if len(body) == 1:  # one number per position: a single column
+        value, columns = value.unsqueeze(-1), [{"label": stage.name.rsplit(".", 1)[-1]}]
+    rows = _sample(value.shape[t], MAX_ROWS)
+    value = value.index_select(t, torch.tensor(rows, device=value.device))
+    if len(body) > 1 and body[1] != "V":
+        cols = _sample(value.shape[t + 1], MAX_COLS if body[1] != "T" else MAX_ROWS)
+        value = value.index_select(t + 1, torch.tensor(cols, device=value.device))
         columns = [{"label": str(c)} for c in cols]
-    rows = _sample(value.shape[0], MAX_ROWS)
-    grid = value[rows][:, cols].float()
-    return {
-        "index": index,
-        "name": stage.name,
-        "head": head if heads else None,
-        "heads": heads,
-        "rows": rows,
-        "columns": columns,
-        "kind": "attention" if axes == ["T", "T"] else "channels",
-        "values": _finite([[float(f"{v:.4g}") if math.isfinite(v) else v for v in row] for row in grid.tolist()]),
-    }
+    return StageGrid(rows, columns, "attention" if body == ["T", "T"] else "channels", value.cpu())
 
 
-def trace_view(
-    model: GPT, tokenizer: Tokenizer, ids: list[int], stage: int = 0, head: int = 0, k: int = 10
-) -> dict[str, Any]:
-    """The page's step-through view of ids (at most block_size): the architecture, every stage's name,
-    operation, shape and statistics, the top next tokens, and stage number `stage` as a heatmap.
+@dataclass
+class _GridRecorder(Recorder):
+    """A recorder that keeps each stage only as its grid, made as the stage is computed: the whole trace
+    of a large model never sits in memory at once."""
 
-    Only that stage's tensor is kept while tracing, so a large model's trace stays small.
-    """
-    result = trace_ids(model, tokenizer, ids, None, k, keep=lambda index, name: index == stage)
-    if not 0 <= stage < len(result.stages):
-        raise GptlabError(f"stage must be in 0..{len(result.stages) - 1}")
-    chosen = result.stages[stage]
-    heads = chosen.shape[0] if chosen.axes.split()[0] == "H" else 0
-    if heads and not 0 <= head < heads:
-        raise GptlabError(f"head must be in 0..{heads - 1}")
+    grids: list[StageGrid] = field(default_factory=list)
+
+    def scoped(self, prefix: str, module: nn.Module) -> Callable[..., None]:
+        record = super().scoped(prefix, module)
+
+        def record_grid(*args: Any, **kwargs: Any) -> None:
+            record(*args, **kwargs)
+            self.grids.append(_grid(self.stages[-1]))
+            self.stages[-1].value = None
+
+        return record_grid
+
+
+@dataclass
+class TraceRecord:
+    """A prompt's step-through view, recorded in one forward pass: what every view shows (tokens, sizes,
+    architecture, each stage's statistics, the top next tokens) and every stage's grid, so that any stage
+    can be shown again without running the model (view_stage)."""
+
+    overview: dict[str, Any]
+    grids: list[StageGrid]
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of its grids (what bounds how many records a server keeps)."""
+        return sum(g.values.numel() * g.values.element_size() for g in self.grids)
+
+
+def record_trace(model: GPT, tokenizer: Tokenizer, ids: list[int], k: int = 10) -> TraceRecord:
+    """The page's step-through view of ids (at most block_size), recorded once: the architecture, every
+    stage's name, operation, shape and statistics, the k most likely next tokens, every stage's grid."""
+    recorder = _GridRecorder()
+    result = trace_ids(model, tokenizer, ids, None, k, recorder=recorder)
+    top = [c.id for c in result.top]
+    for stage, grid in zip(result.stages, recorder.grids):
+        if stage.axes.split()[-1] == "V":  # the vocabulary: the columns of the most likely next tokens
+            grid.values = grid.values[..., top].clone()
+            grid.columns = [{"label": c.piece, "id": c.id} for c in result.top]
     modules = dict(model.named_modules())
-    return {
+    overview = {
         "tokens": [{"id": i, "piece": p} for i, p in result.tokens],
         "dims": result.dims,
         "architecture": {"name": "", "module": type(model).__name__, "detail": "", "children": architecture(model)},
@@ -304,7 +252,32 @@ def trace_view(
             for i, s in enumerate(result.stages)
         ],
         "top": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in result.top],
-        "stage": heatmap(result, stage, head),
+    }
+    return TraceRecord(overview, recorder.grids)
+
+
+def view_stage(record: TraceRecord, stage: int = 0, head: int = 0) -> dict[str, Any]:
+    """The page's view of one stage of a recorded trace: the record's overview, and stage number `stage`
+    (one head's, for per-head stages) as a heatmap."""
+    if not 0 <= stage < len(record.grids):
+        raise GptlabError(f"stage must be in 0..{len(record.grids) - 1}")
+    grid = record.grids[stage]
+    heads = grid.values.shape[0] if grid.values.dim() == 3 else 0
+    if heads and not 0 <= head < heads:
+        raise GptlabError(f"head must be in 0..{heads - 1}")
+    values = (grid.values[head] if heads else grid.values).float()
+    return {
+        **record.overview,
+        "stage": {
+            "index": stage,
+            "name": record.overview["stages"][stage]["name"],
+            "head": head if heads else None,
+            "heads": heads,
+            "rows": grid.rows,
+            "columns": grid.columns,
+            "kind": grid.kind,
+            "values": finite([[float(f"{v:.4g}") if math.isfinite(v) else v for v in row] for row in values.tolist()]),
+        },
     }
 
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptlab.config import ModelConfig
+from gptlab.config import Mlp, ModelConfig
 from gptlab.errors import GptlabError
-from gptlab.model.layers import mlp_hidden
+from gptlab.model.layers import LAYERNORM_EPS, RMSNORM_EPS, mlp_hidden
 
-LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, which gptlab uses (GPT-2's layer_norm_epsilon too)
-RMSNORM_EPS = 1e-6  # gptlab's RMSNorm (layers.make_norm and QK-norm)
 GPT2_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu2": "relu2"}
 # transformers' activation names read back: gelu_new is GPT-2's tanh GELU written out by hand.
-GPT2_ACTS_IN = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu2": "relu2"}
+GPT2_ACTS_IN: dict[str, Mlp] = {
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "relu2": "relu2",
+}
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
@@ -92,7 +95,7 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head,
-        "head_dim": cfg.n_embd // cfg.n_head,
+        "head_dim": cfg.head_dim,
         "hidden_act": "silu" if cfg.mlp == "swiglu" else "relu",
         # Positions past block_size work with RoPE; this is what the model was trained on.
         "max_position_embeddings": cfg.block_size,
@@ -122,6 +125,7 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 def _need(hf: dict[str, Any], key: str, wanted: Any, default: Any, why: str) -> None:
+    """Refuse hf unless hf[key] (default: what transformers assumes when the key is absent) is wanted."""
     value = hf.get(key, default)
     if value != wanted and not (
         isinstance(wanted, float) and isinstance(value, (int, float)) and abs(value - wanted) <= 1e-12
@@ -156,13 +160,13 @@ def _gpt2_config(hf: dict[str, Any]) -> ModelConfig:
 def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
     n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     _need(hf, "num_key_value_heads", n_head, n_head, "gptlab has no grouped-query attention")
-    _need(hf, "head_dim", n_embd // n_head, n_embd // n_head, "gptlab's head size is hidden_size / heads")
     _need(hf, "rms_norm_eps", RMSNORM_EPS, 1e-6, f"gptlab's RMSNorm uses eps={RMSNORM_EPS}")
     rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
     if (rope.get("rope_type") or rope.get("type") or "default") != "default" or hf.get("rope_scaling"):
         raise GptlabError(f"cannot import {arch}: RoPE scaling {rope} (gptlab has plain RoPE)")
     act = hf.get("hidden_act", "silu")
-    mlp = {"silu": "swiglu", "relu": "relu2"}.get(act)
+    acts: dict[str, Mlp] = {"silu": "swiglu", "relu": "relu2"}
+    mlp = acts.get(act)
     if mlp is None:
         raise GptlabError(f"cannot import {arch}: hidden_act={act!r} (gptlab has silu for SwiGLU, relu for ReLU²)")
     bias = bool(hf.get("attention_bias", False))
@@ -189,6 +193,7 @@ def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
         mlp=mlp,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
+    _need(hf, "head_dim", cfg.head_dim, cfg.head_dim, "gptlab's head size is hidden_size / heads")
     _need(
         hf,
         "intermediate_size",

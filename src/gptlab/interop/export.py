@@ -63,6 +63,7 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     loaded = load_run(run, "cpu")
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     arch = hf_architecture(cfg.model)  # refuses what no architecture expresses, before anything is written
+    assert isinstance(model, GPT)  # hf_architecture refused arch=encdec
     eot = tok.eot_id
     generation = {
         "bos_token_id": eot,

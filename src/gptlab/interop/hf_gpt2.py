@@ -11,6 +11,7 @@ import torch
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
 from gptlab.interop.architectures import hf_architecture
+from gptlab.model.gpt import GPT
 
 # Block parameters, ours -> GPT-2's.
 BLOCK_NAMES = {
@@ -41,7 +42,7 @@ def _pairs(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
     return pairs
 
 
-def to_gpt2_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def to_gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under transformers' GPT2LMHeadModel names (a tied lm_head left out, as GPT-2 saves it)."""
     cfg = model.config
     if hf_architecture(cfg) != "gpt2":

@@ -11,6 +11,7 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
+from gptlab.model.gpt import GPT
 
 
 def _norms(cfg: ModelConfig, i: int) -> list[tuple[str, str]]:
@@ -26,7 +27,7 @@ def _norms(cfg: ModelConfig, i: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def to_llama_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def to_llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under LlamaForCausalLM / Qwen3ForCausalLM names (a tied lm_head left out)."""
     cfg, ours = model.config, model.state_dict()
     theirs = {"model.embed_tokens.weight": ours["wte.weight"], "model.norm.weight": ours["ln_f.weight"]}

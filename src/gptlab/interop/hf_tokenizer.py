@@ -17,7 +17,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from gptlab.errors import GptlabError
-from gptlab.tokenizers import CharTokenizer, HuggingFaceTokenizer, Tokenizer
+from gptlab.tokenizers import CharTokenizer, HuggingFaceTokenizer, PretrainedTokenizer, Tokenizer
 from gptlab.tokenizers.bpe import byte_to_char
 from gptlab.tokenizers.tiktoken_backed import TiktokenBacked
 
@@ -105,6 +105,6 @@ def tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict[str, Any]:
     }
     if eos is not None:
         config |= {"eos_token": eos, "bos_token": eos, "pad_token": eos}
-    if getattr(tokenizer, "name", None):
+    if isinstance(tokenizer, PretrainedTokenizer):
         config["gptlab_encoding"] = tokenizer.name  # a pretrained encoding is named: gpt2, cl100k_base, ...
     return config

@@ -21,7 +21,7 @@ from gptlab.errors import GptlabError
 from gptlab.interop.architectures import model_config_from_hf
 from gptlab.interop.hf_gpt2 import from_gpt2_state_dict
 from gptlab.interop.hf_llama import from_llama_state_dict
-from gptlab.model import build_model
+from gptlab.model import Model, build_model
 from gptlab.runs import CONFIG, TOKENIZER, WEIGHTS, publish_checkpoint, write_weights
 from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
 
@@ -89,7 +89,12 @@ def import_checkpoint(
         tokenizer.save(out / TOKENIZER)
         (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if state is None:  # weights only: enough to sample, evaluate, serve and export
-            publish_checkpoint(out, 0, lambda d: (write_weights(model, d / WEIGHTS, 0), [WEIGHTS])[1])
+
+            def weights_only(directory: Path) -> list[str]:
+                write_weights(model, directory / WEIGHTS, 0)
+                return [WEIGHTS]
+
+            publish_checkpoint(out, 0, weights_only)
         else:
             from gptlab.train.checkpoint import save_checkpoint
 
@@ -100,7 +105,7 @@ def import_checkpoint(
     return out
 
 
-def _fresh_training_state(model: torch.nn.Module, cfg: RunConfig, tokenizer: HuggingFaceTokenizer):
+def _fresh_training_state(model: Model, cfg: RunConfig, tokenizer: HuggingFaceTokenizer):
     """Optimizer and train state at step 0, as a new run's first checkpoint would hold them."""
     from gptlab.data.loader import BatchLoader, Dataset
     from gptlab.train.checkpoint import TrainState

@@ -19,19 +19,18 @@ from dataclasses import dataclass, field
 import torch
 
 from gptlab.config import ModelConfig, RunConfig
+from gptlab.model import Model, build_model
 
 ROLE_NAMES = {"embedding": "embeddings", "head": "output head", "matrix": "hidden matrices", "vector": "vectors"}
 
 
 @functools.lru_cache(maxsize=8)
-def meta_model(cfg_key: tuple) -> torch.nn.Module:
+def meta_model(cfg_key: tuple) -> Model:
     """The model of a config, built on the meta device (cached by the config's values)."""
-    from gptlab.model import build_model
-
     return build_model(ModelConfig(**dict(cfg_key)), "meta")
 
 
-def _meta(cfg: ModelConfig) -> torch.nn.Module:
+def _meta(cfg: ModelConfig) -> Model:
     return meta_model(tuple(sorted(vars(cfg).items())))
 
 
@@ -142,8 +141,6 @@ def _saved_activation_bytes(cfg: ModelConfig, T: int, dtype: torch.dtype | None)
 
     Autocast does not act on meta tensors, so a 16-bit precision is traced with the model cast to it
     (autocast keeps a few reductions in float32: a slight under-count there)."""
-    from gptlab.model import build_model
-
     model = build_model(cfg, "meta").to(dtype) if dtype is not None else _meta(cfg)
     model.train()
     params = {p.untyped_storage()._cdata for p in model.parameters()}

@@ -1,10 +1,10 @@
-"""The encoder–decoder Transformer of "Attention is all you need", built from the GPT's layers.
+"""The encoder–decoder Transformer of "Attention is all you need", built from the GPT's layers and ends.
 
     source ids (B,S) -> token embedding (+ source positions) -> n_layer x Block(causal=False)
                      -> encoder norm -> memory (B,S,C)
     target ids (B,T) -> token embedding (+ target positions)
                      -> n_layer x Block(cross=True)[ x + self-attn(causal), x + cross-attn(memory), x + mlp ]
-                     -> final norm -> unembedding (tied to the one token embedding) -> logits (B,T,V)
+                     -> final norm -> unembedding (tied to the one token embedding, or its own) -> logits (B,T,V)
 
 Source and target share the tokenizer, so one token embedding serves both (and the tied head).
 A source is right-padded to its batch's longest; source_mask (B,S) says which positions are real,
@@ -19,50 +19,30 @@ import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.gpt import GPT, Role, init_weights, roles_by_name
-from gptlab.model.layers import (
-    Attention,
-    AttentionCache,
-    Block,
-    CacheLayout,
-    Linear,
-    Record,
-    Rotary,
-    cache_layout,
-    make_norm,
-)
+from gptlab.model.ends import LanguageModel
+from gptlab.model.gpt import Role, init_weights, roles_by_name
+from gptlab.model.layers import Attention, AttentionCache, Block, CacheLayout, cache_layout, make_norm
 from gptlab.model.loss import lm_loss
 
 # Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
 CrossKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(LanguageModel):
     """Encoder over a source sequence, decoder over the target with cross-attention to it."""
 
-    # GPT.head, shared below, hands its stages to a recorder when one is set; nothing records an
-    # encoder–decoder (gptlab trace follows a GPT), so it stays None.
-    record: Record = None
+    wpe_source: nn.Embedding | None
+    wpe: nn.Embedding | None
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set before building the model")
-        self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        learned = cfg.position == "learned"
-        # Each half has its own learned positions: source position 3 and target position 3 mean different things.
-        self.wpe_source = nn.Embedding(cfg.block_size, cfg.n_embd) if learned else None
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if learned else None
-        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base) if cfg.position == "rope" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        super().__init__(cfg)
+        # One token embedding for both halves, but each its own learned positions: source position 3
+        # and target position 3 mean different things.
+        self._add_embedder("wpe_source", "wpe")
         self.encoder = nn.ModuleList(Block(cfg, i, causal=False) for i in range(cfg.n_layer))
         self.ln_encoder = make_norm(cfg)
         self.decoder = nn.ModuleList(Block(cfg, i, cross=True) for i in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg)
-        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
+        self._add_output_head()
         # GPT-2's scaling by the residual branches that add up: 2 per encoder block, 3 per decoder block.
         init_weights(self, lambda name: 2 if name.startswith("encoder.") else 3)
 
@@ -84,18 +64,6 @@ class EncoderDecoder(nn.Module):
         layers = [b.attn for b in self.decoder]
         return cache_layout(layers, self.config.block_size, self.cache_can_slide, self.wte.weight.device, capacity)
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm, unembedding and soft-cap, as the GPT's."""
-        return GPT.head(self, x)
-
-    def _embed(
-        self, idx: torch.Tensor, positions: torch.Tensor, table: nn.Embedding | None
-    ) -> tuple[torch.Tensor, tuple | None]:
-        x = self.wte(idx)
-        if table is not None:
-            x = x + table(positions)
-        return self.drop(x), (self.rotary(positions) if self.rotary is not None else None)
-
     def _check_length(self, n: int, what: str) -> None:
         if n > self.config.block_size:
             raise ValueError(f"{what} of length {n} exceeds block_size={self.config.block_size}")
@@ -103,7 +71,7 @@ class EncoderDecoder(nn.Module):
     def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's output (B, S, C) for source ids (B, S); source_mask (B, S) True on real tokens."""
         self._check_length(source.size(1), "source")
-        x, rope = self._embed(source, torch.arange(source.size(1), device=source.device), self.wpe_source)
+        x, rope = self.embed(source, torch.arange(source.size(1), device=source.device), "wpe_source")
         mask = _key_mask(source_mask)
         for block in self.encoder:
             x = block(x, rope, mask=mask)
@@ -129,7 +97,7 @@ class EncoderDecoder(nn.Module):
         else:
             self._check_length(T, "target")
             positions = torch.arange(T, device=idx.device)
-        x, rope = self._embed(idx, positions, self.wpe)
+        x, rope = self.embed(idx, positions)
         mask = _key_mask(source_mask)
         for i, block in enumerate(self.decoder):
             layer_memory = memory[i] if isinstance(memory, list) else memory

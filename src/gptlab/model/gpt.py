@@ -1,9 +1,9 @@
 """The GPT network: a decoder-only Transformer that reads top to bottom.
 
-    ids (B,T) -> token embedding (+ learned position embedding) -> dropout
+    ids (B,T) -> token embedding (+ learned position embedding) -> dropout              (ends.py)
               -> n_layer x Block[ x + attn(norm_1(x)), x + mlp(norm_2(x)) ]   (layers.py; RoPE inside attn)
               -> final norm -> unembedding (tied to the token embedding, or its own head)
-              -> (logit soft-cap) -> logits (B,T,V)
+              -> (logit soft-cap) -> logits (B,T,V)                                     (ends.py)
 
 Positions are given per row (inference feeds rows of different lengths); training uses 0..T-1.
 Inference passes a KV cache (layers.AttentionCache, laid out by cache_layout(); implementations in
@@ -21,19 +21,9 @@ import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.layers import (
-    AttentionCache,
-    Block,
-    CacheLayout,
-    CausalSelfAttention,
-    Linear,
-    Record,
-    Rotary,
-    cache_layout,
-    make_norm,
-)
+from gptlab.model.ends import LanguageModel
+from gptlab.model.layers import AttentionCache, Block, CacheLayout, CausalSelfAttention, cache_layout
 from gptlab.model.loss import lm_loss
-from gptlab.model.record import record_norm
 
 # What each parameter is for; an optimizer gives each role its own update rule and learning rate.
 Role = Literal["embedding", "head", "matrix", "vector"]
@@ -44,7 +34,7 @@ def init_weights(model: nn.Module, residual_branches: Callable[[str], int]) -> N
     weights (std 0.02), zero biases, and the residual projections scaled down by the number of branches
     that add into the residual stream (residual_branches(name) per block x n_layer), or zero."""
     cfg = model.config
-    model.apply(GPT._init_weights)
+    model.apply(_init_module)
     for name, p in model.named_parameters():
         if name.endswith("proj.weight"):
             if cfg.zero_init:
@@ -56,6 +46,16 @@ def init_weights(model: nn.Module, residual_branches: Callable[[str], int]) -> N
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(residual_branches(name) * cfg.n_layer))
     if cfg.zero_init and not cfg.tie_embeddings:
         nn.init.zeros_(model.lm_head.weight)  # every token equally likely at the start: loss ln(V)
+
+
+def _init_module(module: nn.Module) -> None:
+    """GPT-2's initialisation of one module's own weights: normal (std 0.02), biases zero."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
 def roles_by_name(model: nn.Module, embeddings: set[str]) -> dict[str, tuple[Role, int]]:
@@ -79,38 +79,17 @@ def roles_by_name(model: nn.Module, embeddings: set[str]) -> dict[str, tuple[Rol
     return roles
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     """Decoder-only Transformer language model."""
 
-    record: Record = None  # set by model.record.recording() to trace one forward pass
+    wpe: nn.Embedding | None
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set before building the model")
-        self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embedding
-        # Learned absolute positions: one vector per position, so nothing past block_size exists.
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
-        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base) if cfg.position == "rope" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        super().__init__(cfg)
+        self._add_embedder("wpe")  # wte, wpe (learned positions) or rotary, drop
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg)
-        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            # Tied unembedding: the same matrix maps ids to vectors and vectors to logits (fewer
-            # parameters, and it trains the rows of rare tokens through both uses).
-            self.lm_head.weight = self.wte.weight
+        self._add_output_head()  # ln_f, lm_head
         init_weights(self, lambda name: 2)  # a GPT block adds two branches: attention and MLP
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     @property
     def cache_can_slide(self) -> bool:
@@ -132,39 +111,6 @@ class GPT(nn.Module):
         """The shape of a KV cache for this model (capacity: block_size unless given)."""
         device = self.wte.weight.device
         return cache_layout(self.attention_layers(), self.config.block_size, self.cache_can_slide, device, capacity)
-
-    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
-        """The residual stream's start (B, T, C) and the rotary angles for these positions."""
-        record = self.record
-        x = self.wte(idx)
-        if record is not None:
-            record("ids", idx, "T", "tokenizer(prompt)")
-            record("wte", x, "T C", "rows ids of W_te [V×C]", "Embedding")
-        if self.wpe is not None:
-            pos = self.wpe(positions)
-            x = x + pos
-            if record is not None:
-                record("wpe", pos if pos.dim() == 3 else pos[None], "T C", "rows 0..T−1 of W_pe [block×C]", "Embedding")
-                record("embed", x, "T C", "token embedding + position embedding")
-        rope = self.rotary(positions) if self.rotary is not None else None
-        return self.drop(x), rope
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm, unembedding and soft-cap: the residual stream (…, C) to logits (…, V)."""
-        record = self.record
-        h = self.ln_f(x)
-        logits = self.lm_head(h)
-        cap = self.config.logit_softcap
-        if record is not None:
-            record_norm(record, "ln_f", self.ln_f, x, h)
-            head = "W_teᵀ" if self.lm_head.weight is self.wte.weight else "W_head"
-            record("logits_raw" if cap else "logits", logits, "T V", f"[T×C] · {head} [C×V]", "Linear")
-        if cap:
-            # tanh bounds every logit to (-cap, cap): no token can become overwhelmingly certain.
-            logits = cap * torch.tanh(logits / cap)
-            if record is not None:
-                record("logits", logits, "T V", f"{cap:g} · tanh(logits_raw / {cap:g}) (soft-cap)")
-        return logits
 
     def forward(
         self,

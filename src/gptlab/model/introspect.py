@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from gptlab.model.encdec import EncoderDecoder
 from gptlab.model.gpt import GPT
+from gptlab.model.layers import Attention
 
 
 @torch.no_grad()
@@ -38,7 +40,7 @@ def attention_maps(model: GPT, ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def encdec_attention_maps(
-    model: torch.nn.Module, source: list[int], target: list[int]
+    model: EncoderDecoder, source: list[int], target: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """An encoder–decoder's decoder attention for one source and target (the decoder's input ids):
     self-attention (n_layer, n_head, T, T), causal, and cross-attention (n_layer, n_head, T, S), row t
@@ -52,8 +54,8 @@ def encdec_attention_maps(
 
         return hook
 
-    hooks = [b.attn.register_forward_hook(capture("self"), with_kwargs=True) for b in model.decoder]
-    hooks += [b.cross.register_forward_hook(capture("cross"), with_kwargs=True) for b in model.decoder]
+    attention = [m for m in model.decoder.modules() if isinstance(m, Attention)]  # each block's self, then cross
+    hooks = [a.register_forward_hook(capture("cross" if a.cross else "self"), with_kwargs=True) for a in attention]
     try:
         device = next(model.parameters()).device
         as_ids = lambda ids: torch.tensor([ids], dtype=torch.long, device=device)  # noqa: E731

@@ -1,11 +1,12 @@
 """Recording mode of the layers: every named intermediate of one forward pass, as the modules compute it.
 
-Each module of the network (GPT, Block, attention, MLP, Rotary) has a `record` attribute, None by
-default: forward then does exactly what it always does (one `is not None` test per stage, no other
-work). `recording(model, recorder)` points each module's `record` at the recorder for one forward
-pass; the module hands it each tensor it computes, named by the module, with its axes in symbols
-(T positions, C channels, H heads, D head channels, F MLP hidden width, V vocabulary) and the
-operation that produced it. Nothing is recomputed: the values are those the forward pass uses.
+Each module of the network (the model, Block, attention, MLP, Rotary) is Recordable: its forward
+hands each stage to `self._rec(name, tensor, axes, op)`, which does nothing while the module's
+`record` is None, the default (one call and one `is not None` test per stage, no other work).
+`recording(model, recorder)` points each module's `record` at the recorder for one forward pass;
+the module hands it each tensor it computes, named by the module, with its axes in symbols (T
+positions, C channels, H heads, D head channels, F MLP hidden width, V vocabulary) and the operation
+that produced it. Nothing is recomputed: the values are those the forward pass uses.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+# A module's recorder while recording() is on: (name, tensor, axes, operation[, module kind]).
+Record = Callable[..., None]
 
 
 @dataclass(eq=False)  # stages are told apart by position in the trace, never by their tensors
@@ -58,14 +62,19 @@ class Recorder:
 
     def scoped(self, prefix: str, module: nn.Module) -> Callable[..., None]:
         """The `record` function of one module: names its stages under the module's path."""
+        # Operations are written with their bias term (x · W + b): a module whose matrices have none drops it.
+        unbiased = not any(isinstance(m, nn.Linear) and m.bias is not None for m in module.children())
 
         def record(name: str, value: torch.Tensor, axes: str, op: str, module_name: str | None = None) -> None:
             full = f"{prefix}.{name}" if prefix else name
-            row = value.detach()[0]  # the batch's first sequence
+            if unbiased:
+                op = op.removesuffix(" + b")
+            # The batch's first sequence; a value with no batch axis (positions shared by every row) whole.
+            row = value.detach()[0] if value.dim() > len(axes.split()) else value.detach()
             kept = row if self.keep(len(self.stages), full) else None
-            sliced = self.at is not None and "T" in axes.split()
-            if kept is not None and sliced:
-                kept = kept.select(axes.split().index("T"), self.at).clone()  # the slice alone, not a view
+            at = self.at if "T" in axes.split() else None  # the position sliced out, if any
+            if kept is not None and at is not None:
+                kept = kept.select(axes.split().index("T"), at).clone()  # the slice alone, not a view
             self.stages.append(
                 Stage(
                     full,
@@ -75,14 +84,31 @@ class Recorder:
                     tuple(row.shape),
                     summary(row),
                     kept,
-                    self.at if sliced else None,
+                    at,
                 )
             )
 
         return record
 
 
-def record_norm(record: Callable[..., None], name: str, norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+class Recordable(nn.Module):
+    """A module that hands the stages of its forward pass to a recorder while recording() is on."""
+
+    record: Record | None = None  # set by recording() for one forward pass
+
+    def _rec(self, name: str, value: torch.Tensor, axes: str, op: str, kind: str | None = None) -> None:
+        """Hand one stage to the recorder; nothing while recording is off. kind: the module class to
+        name when it is not this module's own (e.g. "Embedding" for a stage of the model's wte)."""
+        if self.record is not None:
+            self.record(name, value, axes, op, kind)
+
+    def _rec_norm(self, name: str, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Hand over the stages of this module's norm `name` (a submodule), which gave out for x."""
+        if self.record is not None:
+            record_norm(self.record, name, getattr(self, name), x, out)
+
+
+def record_norm(record: Record, name: str, norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
     """A norm's input statistics (what it divides by, and subtracts for LayerNorm) and its output.
 
     The statistics describe the input; the output is the norm module's own.
@@ -99,11 +125,11 @@ def record_norm(record: Callable[..., None], name: str, norm: nn.Module, x: torc
 
 @contextmanager
 def recording(model: nn.Module, recorder: Recorder) -> Iterator[Recorder]:
-    """Within the block, every module with a `record` attribute hands its stages to the recorder."""
-    scoped = [m for _, m in model.named_modules() if hasattr(m, "record")]
+    """Within the block, every Recordable module of model hands its stages to the recorder."""
+    scoped = [m for _, m in model.named_modules() if isinstance(m, Recordable)]
     try:
         for prefix, module in model.named_modules():
-            if hasattr(module, "record"):
+            if isinstance(module, Recordable):
                 module.record = recorder.scoped(prefix, module)
         yield recorder
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptlab.data.batch import Batch
+from gptlab.data.batch import Batch, pad_rows
 from gptlab.data.corpora import SkipReport
 from gptlab.errors import GptlabError
 from gptlab.posttrain.records import PreferencePair
@@ -71,13 +71,9 @@ def held_out(n: int, count: int, seed: int) -> tuple[list[int], list[int]]:
 
 def collate(rows: list[Example]) -> Batch:
     """Right-padded inputs, targets and loss mask (B, L-1) for examples of length <= L."""
-    width = max(len(r.ids) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r.ids)] = torch.tensor(r.ids)
-        mask[i, : len(r.trained)] = torch.tensor(r.trained)
-    return Batch(ids[:, :-1], ids[:, 1:], mask[:, 1:])
+    ids, _ = pad_rows([r.ids for r in rows])
+    trained, _ = pad_rows([r.trained for r in rows], fill=False, dtype=torch.bool)  # padding is never trained
+    return Batch(ids[:, :-1], ids[:, 1:], trained[:, 1:])
 
 
 def pair_batch(pairs: list[tuple[Example, Example]]) -> Batch:

@@ -61,7 +61,7 @@ def read_poems(paths: list[str], report: SkipReport) -> list[Poem]:
         ):
             report.skip("poem without 'paragraphs' (a non-empty list of strings)")
         else:
-            author = record.get("author") if isinstance(record.get("author"), str) else ""
+            author = record["author"] if isinstance(record.get("author"), str) else ""
             poems.append(Poem(record["title"].strip(), author, [p for p in record["paragraphs"] if p.strip()]))
     if not poems:
         raise GptlabError(f"no usable poem records in {', '.join(paths)} ({'; '.join(report.lines()) or 'empty'})")

@@ -8,14 +8,16 @@ assistant turn. Preference records: {"prompt": ..., "chosen": ..., "rejected": .
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gptlab.data.corpora import SkipReport
 from gptlab.errors import GptlabError
 from gptlab.posttrain.template import ROLES, Message
+
+Item = TypeVar("Item")  # what one record parses to
 
 
 @dataclass
@@ -96,8 +98,10 @@ def read_preferences(path: str | Path, report: SkipReport) -> list[PreferencePai
     return _read(path, report, preference, "preference")
 
 
-def _read(path: str | Path, report: SkipReport, parse, what: str) -> list:  # type: ignore[no-untyped-def]
-    out = []
+def _read(
+    path: str | Path, report: SkipReport, parse: Callable[[Any], tuple[Item | None, str]], what: str
+) -> list[Item]:
+    out: list[Item] = []
     for record in json_lines(path, report):
         item, why = parse(record)
         if item is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from gptlab.config import ModelConfig, PosttrainConfig, RunConfig, TrainConfig, apply_overrides
+from gptlab.config import ModelConfig, PosttrainConfig, RunConfig, Stage, TrainConfig, apply_overrides
 from gptlab.errors import GptlabError
 from gptlab.posttrain.session import SESSIONS
 from gptlab.runs import read_config
@@ -30,11 +30,15 @@ STAGE_DEFAULTS = {
 }
 
 
-def start_config(stage: str, base: str | Path, data: str | Path, overrides: list[str]) -> RunConfig:
+def start_config(stage: Stage, base: str | Path, data: str | Path, overrides: list[str]) -> RunConfig:
     """The config of a new post-training run: the base run's model, this stage's training defaults,
     then the user's key=value overrides (training and posttrain fields; the model's shape is the
     base's, only dropout may change)."""
     base_cfg = read_config(base)
+    if base_cfg.model.arch == "encdec":  # a conversation is one sequence, read by a decoder-only model
+        raise GptlabError(
+            f"{base} is an encoder–decoder run (arch=encdec); `gptlab {SESSIONS[stage].command}` takes a GPT run"
+        )
     data_path = Path(data).expanduser()
     if not data_path.is_file():
         raise GptlabError(f"data file not found: {data}")
@@ -56,7 +60,7 @@ def start_config(stage: str, base: str | Path, data: str | Path, overrides: list
 
 
 def posttrain(
-    stage: str,
+    stage: Stage,
     base: str | None,
     data: str | None,
     out: str | None,

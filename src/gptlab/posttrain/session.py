@@ -1,6 +1,7 @@
-"""Fine-tuning and alignment as training sessions: the trainer's loop (train/trainer.py) with
-records instead of a prepared dataset, the base run's weights as the start, and evaluation on
-held-out records (with answers to held-out prompts) instead of the pretraining splits.
+"""Fine-tuning and alignment as training sessions: the trainer's loop with its hooks overridden
+(train/trainer.TrainingSession): records instead of a prepared dataset, the base run's weights as
+the start, and evaluation on held-out records (with answers to held-out prompts) instead of the
+pretraining splits.
 
 sft: the language-model loss on the assistant's tokens only (the loss mask).
 dpo: DPO (posttrain/dpo.py) against a frozen copy of the starting point.
@@ -18,7 +19,6 @@ import torch
 
 from gptlab.data.batch import Batch
 from gptlab.data.corpora import SkipReport
-from gptlab.device import autocast
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.decoding import SamplingParams
@@ -30,9 +30,10 @@ from gptlab.posttrain.examples import RecordLoader, collate, encode_example, enc
 from gptlab.posttrain.grow import load_grown
 from gptlab.posttrain.records import read_instructions, read_preferences
 from gptlab.posttrain.template import END, ChatTemplate, Message, add_chat_tokens
+from gptlab.precision import autocast
 from gptlab.runs import TOKENIZER, load_run
 from gptlab.tokenizers import load_tokenizer
-from gptlab.train.trainer import _Training
+from gptlab.train.trainer import TrainingSession
 
 DATA_DESCRIPTION = "data_meta.json"
 EVAL_ROWS = 32  # records per forward pass when evaluating
@@ -47,7 +48,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class PosttrainSession(_Training):
+class PosttrainSession(TrainingSession):
     """One fine-tuning (sft) or alignment (dpo) session of the training loop."""
 
     reads_prepared_dataset = False

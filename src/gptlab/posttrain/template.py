@@ -11,6 +11,7 @@ assistant says (its text and its <|end|>): the loss mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import Tokenizer
@@ -33,11 +34,11 @@ class Message:
 def add_chat_tokens(tokenizer: Tokenizer) -> WithSpecialTokens:
     """tokenizer with the chat markers appended after its vocabulary (as it is if it has them)."""
     if has_chat_tokens(tokenizer):
-        return tokenizer  # type: ignore[return-value]
+        return tokenizer
     return WithSpecialTokens(tokenizer, CHAT_TOKENS)
 
 
-def has_chat_tokens(tokenizer: Tokenizer) -> bool:
+def has_chat_tokens(tokenizer: Tokenizer) -> TypeGuard[WithSpecialTokens]:
     """Whether this tokenizer carries the chat template's markers (a fine-tuned run's does)."""
     return isinstance(tokenizer, WithSpecialTokens) and all(t in tokenizer.added for t in CHAT_TOKENS)
 
@@ -51,7 +52,7 @@ class ChatTemplate:
                 "this model has no chat template (it is a base model); fine-tune it first "
                 "with `gptlab finetune --from RUN --data FILE --out RUN2`"
             )
-        self.tokenizer: WithSpecialTokens = tokenizer  # type: ignore[assignment]
+        self.tokenizer = tokenizer
         self.end_id = self.tokenizer.token_id(END)
         self.role_ids = {role: self.tokenizer.token_id(m) for role, m in MARKERS.items()}
         self._roles_by_id = {i: r for r, i in self.role_ids.items()}
@@ -80,7 +81,8 @@ class ChatTemplate:
     def decode(self, ids: list[int]) -> list[Message]:
         """The conversation in ids (inverse of encode; an unfinished last turn is kept as it is)."""
         messages: list[Message] = []
-        role, body = None, []
+        role: str | None = None
+        body: list[int] = []
         for i in ids:
             if i in self._roles_by_id:
                 role, body = self._roles_by_id[i], []

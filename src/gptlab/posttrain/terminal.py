@@ -13,6 +13,7 @@ import sys
 from gptlab.device import pick_device
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
+from gptlab.model.gpt import GPT
 from gptlab.posttrain.template import END, ChatTemplate, Message
 from gptlab.runs import load_run
 
@@ -29,6 +30,8 @@ def chat(
     """Talk with run until Ctrl-D or Ctrl-C (max_tokens 0: up to the context window)."""
     loaded = load_run(run, pick_device(device))
     template = ChatTemplate(loaded.tokenizer)  # refuses a base run with one line
+    model = loaded.model
+    assert isinstance(model, GPT)  # chat tokens come from finetune, which takes only GPT runs
     block = loaded.config.model.block_size
     SamplingParams(max_tokens or block, temperature, top_p=top_p, seed=seed).validate()
     history = [Message("system", system)] if system else []
@@ -53,7 +56,7 @@ def chat(
             )
             print("model> ", end="", flush=True)
             answer = ""
-            for steps in generate_steps(loaded.model, loaded.tokenizer, [ids], params):
+            for steps in generate_steps(model, loaded.tokenizer, [ids], params):
                 answer += steps[0].text
                 print(steps[0].text, end="", flush=True)
             print(flush=True)

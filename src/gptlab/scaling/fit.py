@@ -117,6 +117,6 @@ def compute_optimal(
     """(N, predicted loss) of the compute-optimal model at `budget` FLOPs, searched on a fine log grid
     of sizes within n_range; tokens D = budget / flops_per_token(N) (the model family's own FLOPs)."""
     grid = np.exp(np.linspace(math.log(n_range[0]), math.log(n_range[1]), 2000))
-    losses = law.loss(grid, budget / flops_per_token(grid))
+    losses = np.asarray(law.loss(grid, budget / flops_per_token(grid)))
     i = int(np.argmin(losses))
     return float(grid[i]), float(losses[i])

@@ -1,39 +1,66 @@
-"""POST /v1/completions: a request's prompts x n sequences submitted to the model service, answered
-whole or streamed as server-sent events. A client that leaves (streaming or not) cancels them."""
+"""POST /v1/completions: OpenAI's legacy completions, plus top_k and repetition_penalty.
+
+A request's prompts x n sequences go to the model service and come back whole or streamed as server-sent
+events; a client that leaves (streaming or not) cancels them. OpenAI features gptlab does not have
+(suffix, best_of, logit_bias, presence and frequency penalties) are refused unless set to their do-nothing
+values. A prompt may be text or token ids; `echo` returns the prompt before the completion, with its
+tokens' logprobs when asked (what lm-evaluation-harness scores loglikelihoods with).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
+import codecs
 import math
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import Field
 
 from gptlab.errors import GptlabError
 from gptlab.inference.decoding import Event
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
-from gptlab.inference.score import score_tokens
+from gptlab.inference.score import TokenScore, score_tokens
 from gptlab.runs import LoadedRun
-from gptlab.serve.errors import ERROR_RESPONSES, read_json
-from gptlab.serve.openai import (
+from gptlab.serve.errors import ERROR_RESPONSES, APIError
+from gptlab.serve.requests import (
     MAX_CHARS_PER_POSITION,
-    APIError,
-    CompletionRequest,
-    choice,
-    completion,
-    echo_logprobs,
-    parse_request,
+    MAX_SEQUENCES,
+    Job,
+    SamplingRequest,
+    answer,
+    parse_body,
     sampling_params,
 )
-from gptlab.serve.service import Generation, ModelService, Overloaded
+from gptlab.tokenizers import Tokenizer
 
+MAX_PROMPTS = 16  # prompts in one request
 router = APIRouter()
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions body (OpenAI's legacy completions, plus top_k and repetition_penalty)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] = ""  # text(s), or token ids (one list per prompt)
+    max_tokens: int = Field(16, ge=0)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, ge=1e-3, le=100)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt(s) as a list: each a text or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
+
+    def new_tokens(self, run: LoadedRun) -> int:
+        return self.max_tokens
 
 
 @router.post(
@@ -52,58 +79,56 @@ router = APIRouter()
 )
 async def completions(request: Request) -> Any:
     """OpenAI's legacy completions (plus top_k and repetition_penalty), whole or streamed."""
-    app = request.app
-    req, rows, prompt_tokens = _read(app, await request.body())
-    job = _Job(app, req, rows, prompt_tokens)
-    request.state.tokens = job.counts
-    if req.stream:
-        return StreamingResponse(job.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await whole_unless_gone(request, job.whole(), job.gen)
+    run: LoadedRun = request.app.state.run
+    req = parse_body(await request.body(), CompletionRequest, request.app)
+    prompts = _prompt_ids(run, req)
+    params = sampling_params(
+        req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(), req.seed
+    )
+    rows = [ids for ids in prompts for _ in range(req.n)]  # choice index = prompt index * n + j, as OpenAI
+    job = Job(request, rows, params, sum(map(len, prompts)), with_probs=req.logprobs is not None)
+    return await answer(
+        request, job, req.stream, lambda: _whole(job, req, run, prompts), lambda: _chunks(job, req, run)
+    )
 
 
-async def whole_unless_gone(request: Request, whole: Awaitable[dict[str, Any]], gen: Generation) -> Response:
-    """The whole (non-streamed) response, unless the client leaves first: then its sequences are
-    cancelled at the next scheduler step, and nobody reads the 499 (nginx's "client closed request")."""
-    collect = asyncio.ensure_future(whole)
-    gone = asyncio.ensure_future(_disconnected(request))
-    await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
-    gone.cancel()
-    if not collect.done():  # the client left: stop generating for it
-        gen.cancel()
-        collect.cancel()
-        return Response(status_code=499)
-    return JSONResponse(collect.result())
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone away."""
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.1)
-
-
-def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], int]:
-    """Parse and check a request; its token rows (each prompt n times) and its prompt token count."""
-    req = parse_request(read_json(body), app.state.max_tokens_limit)
-    if req.model is not None and req.model != app.state.model_id:
-        raise APIError(
-            404,
-            f"model '{req.model}' is not served here (this server has '{app.state.model_id}')",
-            "model",
-            code="model_not_found",
-        )
-    run: LoadedRun = app.state.run
+def _prompt_ids(run: LoadedRun, req: CompletionRequest) -> list[list[int]]:
+    """Refuse what this route cannot do; each prompt's ids (text encoded, ids checked) otherwise."""
+    if req.echo and req.stream:
+        raise APIError(400, "'echo' is not supported with 'stream' (ask for the whole response)", "echo")
+    unsupported = {
+        "suffix": req.suffix is not None,
+        "logit_bias": bool(req.logit_bias),
+        "presence_penalty": req.presence_penalty != 0,
+        "frequency_penalty": req.frequency_penalty != 0,
+        "best_of": req.best_of not in (None, req.n),
+    }
+    for name, used in unsupported.items():
+        if used:
+            raise APIError(400, f"'{name}' is not supported by this server", name)
+    prompts = req.prompts()
+    if not prompts or len(prompts) > MAX_PROMPTS:
+        raise APIError(400, f"prompt must be a string, token ids, or a list of 1 to {MAX_PROMPTS} of them", "prompt")
+    if len(prompts) * req.n > MAX_SEQUENCES:
+        raise APIError(400, f"{len(prompts)} prompts x n={req.n} is more than {MAX_SEQUENCES} sequences", "n")
     if run.config.model.arch != "gpt":  # completions continue a prompt: a decoder-only model's job
         raise APIError(
             400,
             f"this run is an encoder–decoder (arch={run.config.model.arch}); completions need a "
             "decoder-only GPT run (use `gptlab sample RUN --source TEXT`)",
         )
-    block_size = run.config.model.block_size
-    encoded = []
-    for i, prompt in enumerate(req.prompts()):
-        if isinstance(prompt, list):  # token ids, as lm-evaluation-harness sends them
-            encoded.append(_checked_ids(run, prompt, i))
-            continue
+    return [_ids(run, prompt, i) for i, prompt in enumerate(prompts)]
+
+
+def _ids(run: LoadedRun, prompt: str | list[int], i: int) -> list[int]:
+    """Prompt i's ids: text encoded, or token ids (as lm-evaluation-harness sends them) checked against
+    the vocabulary; either refused when it does not fit the context."""
+    vocab, block_size = run.tokenizer.vocab_size, run.config.model.block_size
+    if isinstance(prompt, list):
+        if not prompt or any(not 0 <= t < vocab for t in prompt):
+            raise APIError(400, f"prompt {i}: token ids must be 1 or more, each in 0..{vocab - 1}", "prompt")
+        ids = prompt
+    else:
         if len(prompt) > MAX_CHARS_PER_POSITION * block_size:
             raise APIError(
                 400,
@@ -115,23 +140,6 @@ def _read(app: Any, body: bytes) -> tuple[CompletionRequest, list[list[int]], in
             ids = prompt_ids(run.tokenizer, prompt)
         except GptlabError as exc:
             raise APIError(400, f"prompt {i}: {exc}", "prompt") from None
-        if len(ids) > block_size:
-            raise APIError(
-                400,
-                f"prompt {i} is {len(ids)} tokens; this model reads at most {block_size}",
-                "prompt",
-                code="context_length_exceeded",
-            )
-        encoded.append(ids)
-    rows = [ids for ids in encoded for _ in range(req.n)]  # choice index = prompt index * n + j, as OpenAI
-    return req, rows, sum(len(ids) for ids in encoded)
-
-
-def _checked_ids(run: LoadedRun, ids: list[int], i: int) -> list[int]:
-    """A prompt given as token ids, refused unless every id is in the vocabulary and they fit the context."""
-    vocab, block_size = run.tokenizer.vocab_size, run.config.model.block_size
-    if not ids or any(not 0 <= t < vocab for t in ids):
-        raise APIError(400, f"prompt {i}: token ids must be 1 or more, each in 0..{vocab - 1}", "prompt")
     if len(ids) > block_size:
         raise APIError(
             400,
@@ -142,106 +150,97 @@ def _checked_ids(run: LoadedRun, ids: list[int], i: int) -> list[int]:
     return ids
 
 
-def submit(service: ModelService, rows: list[list[int]], req: CompletionRequest) -> Generation:
-    """Submit a request's sequences (sequence i draws with seed + i, the engine's rule); 503 when full."""
-    params = sampling_params(
-        req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(), req.seed
-    )
-    try:
-        return service.submit(rows, params, with_probs=req.logprobs is not None)
-    except Overloaded as exc:
-        raise APIError(
-            503, f"the server is busy ({exc}); retry shortly", kind="server_overloaded", headers={"Retry-After": "1"}
-        ) from None
+async def _whole(job: Job, req: CompletionRequest, run: LoadedRun, prompts: list[list[int]]) -> dict[str, Any]:
+    """The whole response object; with echo, each text starts with its prompt (and its logprobs with the
+    prompt tokens' own, as lm-evaluation-harness reads loglikelihoods)."""
+    tok, n, k = run.tokenizer, req.n, req.logprobs
+    texts = [p if isinstance(p, str) else tok.decode(p) for p in req.prompts()]
+    offsets = [len(texts[i // n]) for i in range(job.rows)]  # where each sequence's next token starts, in characters
+    logprobs: list[dict[str, Any]] = [_no_logprobs() for _ in range(job.rows)]
+    if req.echo and k is not None:
+        # Each prompt scored once, however many sequences continue it, between two scheduler steps.
+        scored = await job.service.call(lambda model: [score_tokens(model, ids, k) for ids in prompts])
+        echoed = [echo_logprobs(tok, scores, k) for scores in scored]
+        logprobs = [{key: list(values) for key, values in echoed[i // n].items()} for i in range(job.rows)]
+
+    def on_token(i: int, event: Event) -> None:
+        if k is None:
+            return
+        piece = _token_logprobs(tok, event, k)
+        for key in ("tokens", "token_logprobs", "top_logprobs"):
+            logprobs[i][key] += piece[key]
+        logprobs[i]["text_offset"].append(offsets[i])
+        offsets[i] += len(piece["tokens"][0])
+
+    generated, finish = await job.collect(on_token)
+    choices = [
+        _choice(
+            i, (texts[i // n] if req.echo else "") + generated[i], finish[i], logprobs[i] if k is not None else None
+        )
+        for i in range(job.rows)
+    ]
+    return job.reply("text_completion", choices, usage=True)
 
 
-class _Job:
-    """One request's generation, whole or as a stream of server-sent events."""
-
-    def __init__(self, app: Any, req: CompletionRequest, rows: list[list[int]], prompt_tokens: int):
-        self.run: LoadedRun = app.state.run
-        self.req, self.rows, self.prompt_tokens = req, rows, prompt_tokens
-        texts = [p if isinstance(p, str) else self.run.tokenizer.decode(p) for p in req.prompts()]
-        self.prompt_texts = [t for t in texts for _ in range(req.n)]
-        self.prompt_chars = [len(t) for t in self.prompt_texts]
-        self.service: ModelService = app.state.service
-        self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), app.state.model_id
-        self.gen = submit(app.state.service, rows, req)
-        self.counts = {"in": prompt_tokens, "out": 0}  # read by the request log
-
-    def _logprobs(self, event: Event) -> dict[str, Any]:
-        """OpenAI's logprobs for one token, under the distribution at the request's temperature."""
-        tok = self.run.tokenizer
-        top = top_candidates(tok, event.probs, self.req.logprobs or 0)
-        return {
-            "tokens": [tok.id_to_piece(event.token)],
-            "token_logprobs": [_log(float(event.probs[event.token]))],
-            "top_logprobs": [{c.piece: _log(c.prob) for c in top}],
-        }
-
-    async def _echoed(self, row: list[int]) -> dict[str, Any]:
-        """The prompt's own logprobs (echo), scored by the model service between two steps."""
-        k = self.req.logprobs or 0
-        scores = await self.service.call(lambda model: score_tokens(model, row, k))
-        return echo_logprobs(self.run.tokenizer, scores, k)
-
-    async def whole(self) -> dict[str, Any]:
-        """The whole response object; with echo, each text starts with its prompt (and its logprobs
-        with the prompt tokens' own, as lm-evaluation-harness reads loglikelihoods)."""
-        echo = self.req.echo
-        texts = list(self.prompt_texts) if echo else [""] * len(self.rows)
-        finish = ["length"] * len(self.rows)
-        logprobs = [
-            await self._echoed(row)
-            if echo and self.req.logprobs is not None
-            else {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-            for row in self.rows
-        ]
-        offsets = list(self.prompt_chars)  # where each sequence's next token starts, in characters
-        async for i, event in self.gen:
-            texts[i] += event.text
-            finish[i] = event.finish or finish[i]
-            if event.token is None:
-                continue
-            self.counts["out"] += 1
-            if self.req.logprobs is not None:
-                lp, piece_lp = logprobs[i], self._logprobs(event)
-                for key in ("tokens", "token_logprobs", "top_logprobs"):
-                    lp[key] += piece_lp[key]
-                lp["text_offset"].append(offsets[i])
-                offsets[i] += len(piece_lp["tokens"][0])
-        choices = [
-            choice(i, texts[i], finish[i], logprobs[i] if self.req.logprobs is not None else None)
-            for i in range(len(self.rows))
-        ]
-        generated = self.counts["out"]
-        usage = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": generated,
-            "total_tokens": self.prompt_tokens + generated,
-        }
-        return completion(self.id, self.created, self.model, choices, usage)
-
-    async def events(self) -> AsyncIterator[str]:
-        """Server-sent events: one chunk per token with text (and each sequence's finish), then [DONE].
-        If the client leaves, the response is cancelled here and so is the generation."""
-        try:
-            async for i, event in self.gen:
-                self.counts["out"] += event.token is not None
-                with_lp = self.req.logprobs is not None and event.token is not None
-                if not (event.text or event.finish or with_lp):
-                    continue
-                logprobs = self._logprobs(event) if with_lp else None
-                yield _sse(
-                    completion(self.id, self.created, self.model, [choice(i, event.text, event.finish, logprobs)])
-                )
-            yield "data: [DONE]\n\n"
-        finally:
-            self.gen.cancel()  # a no-op once every sequence has finished
+async def _chunks(job: Job, req: CompletionRequest, run: LoadedRun) -> Any:
+    """One chunk per token with text (and each sequence's finish); with logprobs, one per token."""
+    async for i, event in job:
+        with_lp = req.logprobs is not None and event.token is not None
+        if event.text or event.finish or with_lp:
+            logprobs = _token_logprobs(run.tokenizer, event, req.logprobs or 0) if with_lp else None
+            yield job.reply("text_completion", [_choice(i, event.text, event.finish, logprobs)])
 
 
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+def _choice(index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    """One entry of a response's "choices"."""
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _no_logprobs() -> dict[str, Any]:
+    return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+
+def _token_logprobs(tokenizer: Tokenizer, event: Event, k: int) -> dict[str, Any]:
+    """OpenAI's logprobs for one generated token, under the distribution at the request's temperature."""
+    top = top_candidates(tokenizer, event.probs, k)
+    return {
+        "tokens": [tokenizer.id_to_piece(event.token)],
+        "token_logprobs": [_log(float(event.probs[event.token]))],
+        "top_logprobs": [{c.piece: _log(c.prob) for c in top}],
+    }
+
+
+def echo_logprobs(tokenizer: Tokenizer, scores: list[TokenScore], k: int) -> dict[str, Any]:
+    """OpenAI's logprobs for an echoed prompt: each token's piece, its logprob (null for the first,
+    which nothing predicts), its top-k alternatives, and where it starts in the echoed text."""
+    return {
+        "tokens": [tokenizer.id_to_piece(s.id) for s in scores],
+        "token_logprobs": [s.logprob for s in scores],
+        "top_logprobs": [
+            None if s.logprob is None else {tokenizer.id_to_piece(i): lp for i, lp in s.top[:k]} for s in scores
+        ],
+        "text_offset": text_offsets(tokenizer, [s.id for s in scores]),
+    }
+
+
+def text_offsets(tokenizer: Tokenizer, ids: list[int]) -> list[int]:
+    """Where each token starts in the text of ids, in characters: len(decode(ids[:i])) for every i.
+
+    One pass over the tokens' bytes through an incremental UTF-8 decoder: a character split across
+    tokens counts as the replacement character that decoding the prefix shows, until it completes.
+    A tokenizer whose text is not its tokens' bytes joined (an imported Hugging Face one may strip or
+    add spaces) is asked for each prefix instead.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    offsets, pieces, chars = [], [], 0
+    for t in ids:
+        held = decoder.getstate()[0]  # at most 3 bytes of an unfinished character: what the prefix ends with
+        offsets.append(chars + len(held.decode("utf-8", errors="replace")))
+        pieces.append(decoder.decode(tokenizer.token_bytes(t)))
+        chars += len(pieces[-1])
+    if "".join(pieces) + decoder.decode(b"", final=True) != tokenizer.decode(ids):
+        return [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
+    return offsets
 
 
 def _log(p: float) -> float:

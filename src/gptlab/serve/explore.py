@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gptlab.errors import GptlabError
 from gptlab.inference.probs import top_candidates
+from gptlab.model.embedding_map import nearest_neighbours, pca_2d
+from gptlab.model.introspect import attention_maps
 from gptlab.runs import LoadedRun
-from gptlab.serve.errors import PAGE_ERROR_RESPONSES
-from gptlab.serve.openai import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, APIError, sampling_params
-from gptlab.serve.service import ModelService, Overloaded
+from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
+from gptlab.serve.requests import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, Job, sampling_params
+from gptlab.serve.service import ModelService
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -98,17 +100,23 @@ async def _one_token(
     """One token drawn by the model service's sampler (temperature 0: greedy) and the distribution
     at the temperature (0 shows it at 1)."""
     params = sampling_params(1, temperature, seed=seed)  # APIError 400 naming a bad setting
+    job = Job(request, [ids], params, with_probs=True)  # APIError 503 when the queue is full
     try:
-        gen = _service(request).submit([ids], params, with_probs=True)
-    except Overloaded as exc:
-        raise APIError(503, f"the server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
-    try:
-        async for _, event in gen:
+        async for _, event in job:
             if event.token is not None:
                 return event.token, event.probs
     finally:
-        gen.cancel()
+        job.cancel()
     raise APIError(503, "the server stopped before answering")
+
+
+async def _embedding_map(request: Request) -> tuple[torch.Tensor, list[float]]:
+    """The token embeddings' 2-D PCA (points (V, 2), explained variance), computed once per served run:
+    the weights do not change while served."""
+    state = request.app.state
+    if getattr(state, "embedding_map", None) is None:
+        state.embedding_map = await _service(request).call(lambda model: pca_2d(model.wte.weight))
+    return state.embedding_map
 
 
 @router.get("/", include_in_schema=False)
@@ -184,7 +192,7 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     if body.layer >= m.n_layer or body.head >= m.n_head:
         raise HTTPException(400, f"layer must be < {m.n_layer} and head < {m.n_head}")
     ids = _window(run, _encode(run, body.text))
-    maps = await _service(request).attention(ids)
+    maps = await _service(request).call(lambda model: attention_maps(model, ids))
     weights = maps[body.layer, body.head]
     return {
         "tokens": [_token(run, i) for i in ids],
@@ -200,7 +208,7 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
 async def embeddings(request: Request) -> dict[str, Any]:
     """Every token as a point of the 2-D PCA projection of the token embedding matrix."""
     run = _run(request)
-    points, explained = await _service(request).embedding_map()
+    points, explained = await _embedding_map(request)
     return {
         "explained": explained,
         "points": [{**_token(run, i), "x": round(x, 5), "y": round(y, 5)} for i, (x, y) in enumerate(points.tolist())],
@@ -215,5 +223,5 @@ async def neighbours(
     run = _run(request)
     if token_id >= run.config.model.vocab_size:
         raise HTTPException(400, f"id must be < vocab_size={run.config.model.vocab_size}")
-    near = await _service(request).neighbours(token_id, k)
+    near = await _service(request).call(lambda model: nearest_neighbours(model.wte.weight, token_id, k))
     return {"token": _token(run, token_id), "neighbours": [{**_token(run, i), "cosine": round(c, 5)} for i, c in near]}

@@ -26,8 +26,6 @@ import torch
 
 from gptlab.inference.decoding import Event, SamplingParams
 from gptlab.inference.scheduler import Scheduler, Sequence
-from gptlab.model.embedding_map import nearest_neighbours, pca_2d
-from gptlab.model.introspect import attention_maps
 from gptlab.runs import LoadedRun
 from gptlab.serve.metrics import Metrics
 
@@ -93,7 +91,6 @@ class ModelService:
         self._incoming: deque[Sequence] = deque()
         self._calls: deque[tuple[Callable[[Any], Any], concurrent.futures.Future]] = deque()
         self._stopping = False
-        self._pca: tuple[torch.Tensor, list[float]] | None = None
         # Events of the current step per Generation, handed to the event loops once per step: one
         # wake-up of a loop per step, not one per token.
         self._outbox: dict[Generation, list[tuple[int, Event]]] = {}
@@ -130,21 +127,6 @@ class ModelService:
             self._calls.append((fn, future))
             self._cond.notify()
         return await asyncio.wrap_future(future)
-
-    async def attention(self, ids: list[int]) -> torch.Tensor:
-        """Attention weights (n_layer, n_head, T, T) over the last block_size of ids."""
-        return await self.call(lambda model: attention_maps(model, ids))
-
-    async def embedding_map(self) -> tuple[torch.Tensor, list[float]]:
-        """The token embeddings' 2-D PCA (points (V, 2), explained variance), computed once: weights
-        do not change while served."""
-        if self._pca is None:
-            self._pca = await self.call(lambda model: pca_2d(model.wte.weight))
-        return self._pca
-
-    async def neighbours(self, token_id: int, k: int) -> list[tuple[int, float]]:
-        """The k tokens whose embeddings are closest to token_id's by cosine similarity."""
-        return await self.call(lambda model: nearest_neighbours(model.wte.weight, token_id, k))
 
     @property
     def running(self) -> int:

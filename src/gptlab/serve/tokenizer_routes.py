@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gptlab.errors import GptlabError
-from gptlab.serve.openai import APIError
+from gptlab.serve.errors import APIError
 from gptlab.tokenizers import Tokenizer
 
 router = APIRouter()

@@ -8,30 +8,46 @@ dataset or run directory holding one, reuses that tokenizer as it is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from gptlab.errors import GptlabError
-from gptlab.tokenizers.base import Tokenizer, load_tokenizer
+from gptlab.tokenizers.base import Tokenizer
 from gptlab.tokenizers.bpe import BPETokenizer
 from gptlab.tokenizers.char import CharTokenizer
 from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
+from gptlab.tokenizers.kinds import BASE_KINDS
 from gptlab.tokenizers.pretrained import ENCODINGS, PretrainedTokenizer
 from gptlab.tokenizers.special import WithSpecialTokens
 
 # kind name (tokenizer.json's "kind") -> class; a class builds itself with .train(texts) or .from_dict(data).
-# huggingface: an imported checkpoint's tokenizer.json, kept as it is (gptlab import); special: any of
-# these with chat tokens added after its vocabulary (gptlab finetune).
-KINDS: dict[str, type[Tokenizer]] = {
-    "char": CharTokenizer,
-    "bpe": BPETokenizer,
-    "tiktoken": PretrainedTokenizer,
-    "huggingface": HuggingFaceTokenizer,
-    "special": WithSpecialTokens,
-}
+# special: any of the base kinds with chat tokens added after its vocabulary (gptlab finetune).
+KINDS: dict[str, type[Tokenizer]] = {**BASE_KINDS, "special": WithSpecialTokens}
 TRAINED = ("char", "bpe")
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Read a tokenizer file written by Tokenizer.save."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptlabError(f"tokenizer file not found: {p}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GptlabError(f"tokenizer file {p} is not valid JSON: {exc}") from None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind is None and isinstance(data, dict) and "model" in data and "added_tokens" in data:
+        # A Hugging Face tokenizer.json (an exported or downloaded checkpoint's), used as it is.
+        return HuggingFaceTokenizer.from_file(p)
+    if kind not in KINDS:
+        raise GptlabError(f"tokenizer file {p} has unknown kind {kind!r}")
+    try:
+        return KINDS[kind].from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GptlabError(f"tokenizer file {p} is corrupt ({type(exc).__name__}: {exc})") from None
 
 
 def _saved(spec: str) -> Path | None:

@@ -1,12 +1,12 @@
-"""The one small interface every tokenizer kind implements (text <-> ids), and its file format.
+"""The one small interface every tokenizer kind implements (text <-> ids).
 
 A tokenizer is saved as one JSON file (`tokenizer.json`) beside a dataset or run, whose "kind"
-field says which class loads it. This package never imports torch.
+field says which class loads it (the package's KINDS and load_tokenizer). This package never
+imports torch.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 
 
@@ -39,6 +38,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild this tokenizer, as JSON-able data (with a "kind" key)."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        """Rebuild from to_dict() output (KeyError, TypeError or ValueError when it is malformed)."""
 
     @property
     def special_tokens(self) -> dict[str, int]:
@@ -65,28 +69,3 @@ class Tokenizer(ABC):
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically."""
         atomic_write_json(path, self.to_dict())
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Read a tokenizer file written by Tokenizer.save."""
-    from gptlab.tokenizers import KINDS
-
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"tokenizer file not found: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GptlabError(f"tokenizer file {p} is not valid JSON: {exc}") from None
-    kind = data.get("kind") if isinstance(data, dict) else None
-    if kind is None and isinstance(data, dict) and "model" in data and "added_tokens" in data:
-        # A Hugging Face tokenizer.json (an exported or downloaded checkpoint's), used as it is.
-        from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
-
-        return HuggingFaceTokenizer.from_file(p)
-    if kind not in KINDS:
-        raise GptlabError(f"tokenizer file {p} has unknown kind {kind!r}")
-    try:
-        return KINDS[kind].from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GptlabError(f"tokenizer file {p} is corrupt ({type(exc).__name__}: {exc})") from None

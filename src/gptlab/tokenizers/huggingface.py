@@ -43,7 +43,8 @@ class HuggingFaceTokenizer(Tokenizer):
         return self.to_dict()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["tokenizer"], int(state.get("vocab_size", 0)), state.get("eos_token"))
+        rebuilt = HuggingFaceTokenizer.from_dict(state)
+        self.__dict__.update(rebuilt.__dict__)
 
     @classmethod
     def from_file(cls, path: str | Path, vocab_size: int = 0) -> HuggingFaceTokenizer:

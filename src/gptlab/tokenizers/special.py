@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from gptlab.errors import GptlabError
 from gptlab.tokenizers.base import Tokenizer
+from gptlab.tokenizers.kinds import BASE_KINDS
 
 
 class WithSpecialTokens(Tokenizer):
@@ -24,7 +27,8 @@ class WithSpecialTokens(Tokenizer):
         if isinstance(base, WithSpecialTokens):  # add to the innermost tokenizer: one layer only
             added = [*base.added, *[t for t in added if t not in base.added]]
             base = base.base
-        self.base, self.added = base, list(added)
+        self.base: Tokenizer = base
+        self.added: list[str] = list(added)
         if len(set(self.added)) != len(self.added) or not all(self.added):
             raise GptlabError(f"special tokens must be distinct non-empty strings: {self.added}")
         self._first = base.vocab_size
@@ -33,12 +37,10 @@ class WithSpecialTokens(Tokenizer):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WithSpecialTokens:
         """Rebuild from to_dict() output."""
-        from gptlab.tokenizers import KINDS
-
         base = data["base"]
-        if not isinstance(base, dict) or base.get("kind") not in KINDS or base.get("kind") == cls.kind:
+        if not isinstance(base, dict) or base.get("kind") not in BASE_KINDS:  # one layer only: never "special"
             raise ValueError(f"base tokenizer of unknown kind {base.get('kind') if isinstance(base, dict) else base!r}")
-        return cls(KINDS[base["kind"]].from_dict(base), data["added"])
+        return cls(BASE_KINDS[base["kind"]].from_dict(base), data["added"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "base": self.base.to_dict(), "added": self.added}
@@ -62,12 +64,13 @@ class WithSpecialTokens(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.base.encode(text)
 
-    def encode_array(self, text: str):  # type: ignore[no-untyped-def]
+    def encode_array(self, text: str) -> np.ndarray:
         return self.base.encode_array(text)
 
     def decode(self, ids: Iterable[int]) -> str:
         # Runs of base ids decode together (a character split over byte-level tokens stays whole).
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
         for i in ids:
             if i >= self._first:
                 if run:

@@ -17,11 +17,12 @@ import torch
 
 from gptlab.config import RunConfig, build_config
 from gptlab.data.batch import Batch
-from gptlab.device import configure_backends, pick_device, precision_for, synchronize
+from gptlab.device import configure_backends, pick_device, synchronize
 from gptlab.errors import GptlabError
 from gptlab.model import build_model
 from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.presets import CHAR_VOCAB
+from gptlab.precision import precision_for
 from gptlab.train.distributed import Ranks
 from gptlab.train.perf import device_peak, mfu
 from gptlab.train.step import StepRunner, compile_by_default, make_runner

@@ -37,8 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import json_text
-from gptlab.model import build_model
-from gptlab.model.gpt import GPT
+from gptlab.model import Model, build_model
 from gptlab.runs import (
     STATE_JSON,
     STATE_PT,
@@ -107,7 +106,7 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def save_checkpoint(
     run: str | Path,
-    model: GPT,
+    model: Model,
     optimizer: RoleOptimizer,
     state: TrainState,
     scaler: torch.amp.GradScaler | None = None,
@@ -118,15 +117,16 @@ def save_checkpoint(
     """Write weights, optimizer/RNG state and the train state as one new checkpoint set and make it
     current (on rank 0), keeping the newest `keep` sets.
 
-    model is the GPT itself (sharded in place when sharded=True), never a DDP or compile wrapper.
+    model is the model itself (sharded in place when sharded=True), never a DDP or compile wrapper.
     """
     run = Path(run)
     if sharded:
         # A forward pass without backward (evaluation, sampling) leaves the root's parameters
         # gathered; put every module back to its shards so parameters match the optimizer's.
         for module in model.modules():
-            if hasattr(module, "reshard"):
-                module.reshard()
+            reshard = getattr(module, "reshard", None)  # fully_shard adds it to the modules it shards
+            if reshard is not None:
+                reshard()
     optim_state = get_optimizer_state_dict(model, optimizer.optimizers, options=_FULL)
     if sharded:
         full = get_model_state_dict(model, options=_FULL)  # gathered onto rank 0's CPU
@@ -151,13 +151,17 @@ def save_checkpoint(
     publish_checkpoint(run, state.step, write, keep)
 
 
-def load_weights_for_resume(run: str | Path, model: GPT) -> int:
+def load_weights_for_resume(run: str | Path, model: Model) -> int:
     """Load the checkpoint's weights into an unwrapped model (before DDP or FSDP); return their step."""
     return load_weights(model, _resume_dir(run) / WEIGHTS)
 
 
 def load_checkpoint(
-    run: str | Path, model: GPT, optimizer: RoleOptimizer, weights_step: int, scaler: torch.amp.GradScaler | None = None
+    run: str | Path,
+    model: Model,
+    optimizer: RoleOptimizer,
+    weights_step: int,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> TrainState:
     """Restore optimizer, scaler and RNG state in place (weights were loaded by load_weights_for_resume);
     return the train state. Every rank reads the files; FSDP ranks keep their shard of the optimizer state."""
@@ -166,7 +170,9 @@ def load_checkpoint(
         state = read_state(run)
         blob = torch.load(_resume_dir(run) / STATE_PT, map_location="cpu", weights_only=True)
         # Kernel choices (fused, foreach) belong to this device, not to the one that saved.
-        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+        kernels: list[dict[str, Any]] = [
+            {k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups
+        ]
         set_optimizer_state_dict(
             model, optimizer.optimizers, blob["optimizer"], options=StateDictOptions(full_state_dict=True)
         )

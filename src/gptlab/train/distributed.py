@@ -17,6 +17,7 @@ from torch import nn
 
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
+from gptlab.model.layers import Block
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device, fsdp: bool) -> nn
     """The module to train: DDP around the model, or the model sharded in place (FSDP).
 
     FSDP shards each Transformer block as a unit (its parameters are gathered just before it
-    runs and freed after), then the root (embeddings, tied unembedding, final norm).
+    runs and freed after): the GPT's blocks, or the encoder's and the decoder's; then the root
+    (embeddings, tied unembedding, final norms).
     """
     if fsdp:
         if not ranks.distributed:
@@ -94,7 +96,7 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device, fsdp: bool) -> nn
             )
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.blocks:
+        for block in [m for m in model.modules() if isinstance(m, Block)]:
             fully_shard(block)
         fully_shard(model)
         return model

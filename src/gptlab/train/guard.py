@@ -8,10 +8,10 @@ the loss that led to it looked fine. Hence this check right before saving.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
+
+from gptlab.train.optim import RoleOptimizer
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -19,13 +19,12 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def _optimizers(optimizer: object) -> Iterator[torch.optim.Optimizer]:
+def _optimizers(optimizer: RoleOptimizer | torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
     # A composite optimizer (one torch optimizer per parameter role) exposes its parts.
-    parts = getattr(optimizer, "optimizers", None)
-    yield from (parts if parts is not None else [optimizer])
+    return optimizer.optimizers if isinstance(optimizer, RoleOptimizer) else [optimizer]
 
 
-def first_nonfinite(model: nn.Module, optimizer: object) -> str | None:
+def first_nonfinite(model: nn.Module, optimizer: RoleOptimizer | torch.optim.Optimizer) -> str | None:
     """The name of the first parameter or optimizer-state tensor holding a NaN or an infinity on
     this rank, or None when everything a checkpoint would save is finite."""
     for name, param in model.named_parameters():
@@ -33,14 +32,14 @@ def first_nonfinite(model: nn.Module, optimizer: object) -> str | None:
             return f"weight {name}"
     names = {id(p): n for n, p in model.named_parameters()}
     for opt in _optimizers(optimizer):
-        for param, state in getattr(opt, "state", {}).items():
+        for tensor, state in opt.state.items():
             for key, value in state.items():
                 if (
                     torch.is_tensor(value)
                     and value.is_floating_point()
                     and not bool(torch.isfinite(_local(value)).all())
                 ):
-                    return f"optimizer state {key} of {names.get(id(param), 'a parameter')}"
+                    return f"optimizer state {key} of {names.get(id(tensor), 'a parameter')}"
     return None
 
 

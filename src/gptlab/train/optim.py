@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gptlab.config import TrainConfig
+from gptlab.model import Model
 from gptlab.train.muon import make_muon
 
 
@@ -79,7 +80,7 @@ class RoleOptimizer:
         )
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool = False) -> RoleOptimizer:
+def build_optimizer(model: Model, cfg: TrainConfig, device: torch.device, fused: bool = False) -> RoleOptimizer:
     """The optimizer cfg.optimizer names, over model's parameters grouped by role.
 
     Vectors are never decayed: shrinking a norm's gain or a bias toward zero does not regularise the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -14,7 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gptlab.config import TrainConfig
 from gptlab.data.batch import Batch
-from gptlab.device import autocast, fused_adamw, precision_for
+from gptlab.device import fused_adamw
+from gptlab.model import Model
+from gptlab.precision import autocast, precision_for
 from gptlab.train.distributed import Ranks, wrap
 from gptlab.train.optim import RoleOptimizer, build_optimizer
 
@@ -71,8 +74,9 @@ class StepRunner:
         accumulate locally, so accumulation costs no extra communication."""
         if isinstance(self.wrapped, DistributedDataParallel):
             return contextlib.nullcontext() if last else self.wrapped.no_sync()
-        if hasattr(self.raw, "set_requires_gradient_sync"):  # FSDP (fully_shard)
-            self.raw.set_requires_gradient_sync(last)
+        set_sync = getattr(self.raw, "set_requires_gradient_sync", None)  # FSDP (fully_shard adds it)
+        if set_sync is not None:
+            set_sync(last)
         return contextlib.nullcontext()
 
     def step(self, next_batch: Callable[[], Batch], lr_factor: float) -> torch.Tensor:
@@ -106,7 +110,7 @@ class StepRunner:
 
 
 def make_runner(
-    raw: nn.Module, tcfg: TrainConfig, ranks: Ranks, device: torch.device, objective: Objective | None = None
+    raw: Model, tcfg: TrainConfig, ranks: Ranks, device: torch.device, objective: Objective | None = None
 ) -> StepRunner:
     """Distribute (DDP or FSDP), maybe compile, and build the optimizer around a model on device
     (objective: what each micro-step minimises; the language-model loss unless given).
@@ -116,7 +120,8 @@ def make_runner(
     """
     if tcfg.fsdp:
         wrap(raw, ranks, device, fsdp=True)
-    base = torch.compile(raw) if compile_by_default(tcfg.compile, device) else raw
+    # torch.compile of a module gives a module (OptimizedModule); its annotation says only "a callable".
+    base = cast(nn.Module, torch.compile(raw)) if compile_by_default(tcfg.compile, device) else raw
     wrapped = base if tcfg.fsdp else wrap(base, ranks, device, fsdp=False)
     optimizer = build_optimizer(raw, tcfg, device, fused=fused_adamw(device))
     return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip, objective)

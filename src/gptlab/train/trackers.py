@@ -61,13 +61,14 @@ class WandbTracker:
             import wandb
         except ImportError:
             raise GptlabError("logger='wandb' needs the wandb package: pip install 'gptlab[wandb]'") from None
+        mode: Any = os.environ.get("WANDB_MODE", "offline")  # any string: wandb checks it (the except below)
         try:
             self.run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "gptlab"),
                 name=run.resolve().name,
                 dir=str(run),
                 config=config,
-                mode=os.environ.get("WANDB_MODE", "offline"),
+                mode=mode,
                 reinit="create_new",
             )
         except Exception as exc:  # wandb raises its own error types (no login, bad mode, no network)

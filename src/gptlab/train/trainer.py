@@ -29,7 +29,7 @@ import torch
 from gptlab.config import RunConfig
 from gptlab.data.loader import Dataset, batch_loader
 from gptlab.data.units import bits_per
-from gptlab.device import autocast, configure_backends, precision_for
+from gptlab.device import configure_backends
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
 from gptlab.inference.generate import complete
@@ -37,6 +37,7 @@ from gptlab.inference.pair_sample import pair_sample
 from gptlab.locks import LOCK_FILE, lock_dataset_for_reading, lock_run
 from gptlab.model import build_model
 from gptlab.model.accounting import describe, flops_per_token
+from gptlab.precision import autocast, precision_for
 from gptlab.runs import CONFIG, TOKENIZER, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
@@ -184,19 +185,20 @@ def train(
     run_dir: str | Path,
     resume: bool = False,
     max_steps: int | None = None,
-    session: type[_Training] | None = None,
+    session: type[TrainingSession] | None = None,
 ) -> TrainResult:
     """Train a model into run_dir (a new run from cfg, or resume the run already there).
 
     The writer (rank 0) holds the run directory exclusively and the dataset shared (locks.py) for
     the whole session, and first clears what a killed writer left half-written. session: the kind
-    of training (pretraining by default; posttrain/session.py for fine-tuning and alignment)."""
+    of training, a TrainingSession (pretraining by default; posttrain/session.py for fine-tuning and
+    alignment)."""
     run = Path(run_dir)
     writer = int(os.environ.get("RANK", "0")) == 0  # before setup: only rank 0 writes the run
     created = not run.exists()
     held = [lock_run(run, create=not resume)] if writer else []
     try:
-        kind = session or _Training
+        kind = session or TrainingSession
         cfg = _resolve_config(cfg, run, resume, max_steps, kind.command)
         if writer:
             if kind.reads_prepared_dataset:
@@ -218,8 +220,34 @@ def train(
             lock.release()
 
 
-class _Training:
-    """One training session: everything built, then loop() until max_steps or an interrupt."""
+class TrainingSession:
+    """One training session: everything built, then loop() until max_steps or an interrupt.
+
+    This class is pretraining. Another kind of training (fine-tuning and alignment in
+    posttrain/session.py, and next RL) is a subclass that keeps the loop, its checkpoints, resume,
+    metrics and progress, and overrides some of the HOOKS, which say what it trains on and how:
+
+        data:       load_data (sets self.tokenizer and cfg.model.vocab_size), train_loader,
+                    write_data_description (rank 0), check_dataset
+        weights:    start_weights (a new run's weights; a resume loads its checkpoint instead)
+        objective:  objective (what each micro-step minimises), evaluate_and_sample
+        kind:       command (the command that resumes such a run), reads_prepared_dataset
+
+    They run in this order: load_data (no model yet), start_weights (self.model built), objective,
+    train_loader, write_data_description; then, in the loop, evaluate_and_sample and check_dataset
+    (with self.state and, on rank 0, self.metrics). Every hook may read cfg, tcfg (cfg.train), run,
+    resume, ranks, device and main (rank 0); say() prints on rank 0.
+    """
+
+    HOOKS = (
+        "load_data",
+        "start_weights",
+        "objective",
+        "train_loader",
+        "write_data_description",
+        "evaluate_and_sample",
+        "check_dataset",
+    )
 
     def __init__(self, cfg: RunConfig, run: Path, resume: bool, ranks: Ranks, device: torch.device):
         self.cfg, self.run, self.resume, self.ranks, self.device = cfg, run, resume, ranks, device
@@ -272,7 +300,7 @@ class _Training:
         )
         self.progress = Progress(self.state.step, tcfg.max_steps, tcfg.log_interval) if self.main else None
 
-    # --- what pretraining does; post-training sessions (posttrain/session.py) override these ---
+    # --- the hooks: what pretraining does; other sessions (posttrain/session.py) override these ---
 
     command = "train"  # the command that resumes this kind of run
     reads_prepared_dataset = True  # held shared (locks.py) while training
