@@ -64,11 +64,13 @@ def generate_steps(
             scheduler.step()
             # A sequence whose prompt went in this step also decodes in it: a new list for its second token.
             events: list[Event] = []
+            in_events: set[int] = set()
             for event in out:
-                if any(e.seq == event.seq for e in events):
+                if event.seq in in_events:
                     yield events
-                    events = []
+                    events, in_events = [], set()
                 events.append(event)
+                in_events.add(event.seq)
             if events:
                 yield events
             out.clear()

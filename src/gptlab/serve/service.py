@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 
 from gptlab.inference.decoding import Event, SamplingParams
-from gptlab.inference.scheduler import Scheduler, Sequence
+from gptlab.inference.scheduler import PREFILL_CHUNK, Scheduler, Sequence
 from gptlab.runs import LoadedRun
 from gptlab.serve.metrics import Metrics
 
@@ -78,7 +78,7 @@ class ModelService:
         run: LoadedRun,
         max_batch: int = 16,
         max_waiting: int = 256,
-        prefill_chunk: int = 128,
+        prefill_chunk: int = PREFILL_CHUNK,
         metrics: Metrics | None = None,
     ):
         if max_batch < 1 or max_waiting < 0 or prefill_chunk < 1:
