@@ -61,7 +61,9 @@ def test_products_apply_inside_the_block_only():
     model = torch.nn.Sequential(Linear(8, 8), torch.nn.ReLU(), Linear(8, 3))
     x = torch.randn(5, 8)
     plain = model(x)
-    with row_invariant_products(model):
+    products = row_invariant_products(model)
+    assert products is not None
+    with products:
         assert all(m.product is not None for m in model if isinstance(m, Linear))
         torch.testing.assert_close(model(x), plain)
     assert all(m.product is None for m in model if isinstance(m, Linear))
@@ -73,9 +75,10 @@ def test_the_copies_follow_the_weights():
     model = torch.nn.Sequential(Linear(8, 8))
     x = torch.randn(3, 8)
     first = row_invariant_products(model)
-    assert row_invariant_products(model) is first  # weights unchanged: the copies are reused
+    assert first is not None and row_invariant_products(model) is first  # weights unchanged: the copies are reused
     with torch.no_grad():
         model[0].weight.mul_(2)  # an optimizer step between two generations
-    with row_invariant_products(model) as products:
-        assert products is not first
+    again = row_invariant_products(model)
+    assert again is not None and again is not first
+    with again:
         torch.testing.assert_close(model(x), x @ model[0].weight.t() + model[0].bias)

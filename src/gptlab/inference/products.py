@@ -123,12 +123,16 @@ class RowInvariantProducts:
 _made: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, RowInvariantProducts]] = weakref.WeakKeyDictionary()
 
 
-def row_invariant_products(model: torch.nn.Module) -> RowInvariantProducts:
-    """The model's row-invariant products: the transposed copies are made anew when its weights have
-    changed since the last ones (an optimizer step between two rollouts: every in-place change bumps a
-    tensor's version), kept with the model otherwise, so repeated generations do not copy them again."""
+def row_invariant_products(model: torch.nn.Module) -> RowInvariantProducts | None:
+    """The model's row-invariant products: the copies are made anew when its weights have changed
+    since the last ones (an optimizer step between two rollouts: every in-place change bumps a
+    tensor's version), kept with the model otherwise, so repeated generations do not copy them again.
+    None for weights that are not plain tensors (sharded by FSDP, whole only inside a forward pass):
+    such a model decodes with its own products, without the batch guarantee."""
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     tensors = [t for m in linears for t in (m.weight, m.bias) if t is not None]
+    if any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors):
+        return None
     state = (torch.get_num_threads(), *((t.data_ptr(), t._version) for t in tensors))
     made = _made.get(model)
     if made is None or made[0] != state:

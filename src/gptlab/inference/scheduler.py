@@ -20,6 +20,7 @@ sequence's slot and feeds its whole window again, in one piece: the numbers of a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import torch
 from gptlab.inference import decoding
 from gptlab.inference.decoding import Event, SamplingParams, SequenceState
 from gptlab.inference.kv_cache import SlotCache
-from gptlab.inference.products import RowInvariantProducts, row_invariant_products
+from gptlab.inference.products import row_invariant_products
 from gptlab.model import Model
 from gptlab.tokenizers import Tokenizer
 
@@ -83,7 +84,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.on_token = on_token  # metrics hook
-        self.products: RowInvariantProducts | None = None  # made at the first decode step (prefill needs none)
+        # The decode steps' row-invariant products, made at the first one (prefill needs none).
+        self._products: contextlib.AbstractContextManager | None = None
         self._turn = 0  # round robin over sequences with a prompt to prefill
 
     def has_work(self) -> bool:
@@ -134,9 +136,9 @@ class Scheduler:
             self._chosen([seq], logits)
 
     def _decode(self, seqs: list[Sequence]) -> None:
-        if self.products is None:
-            self.products = row_invariant_products(self.model)
-        with self.products:
+        if self._products is None:
+            self._products = row_invariant_products(self.model) or contextlib.nullcontext()
+        with self._products:
             logits = self._forward([s.slot for s in seqs], [s.pending for s in seqs])
         self._chosen(seqs, logits)
 
