@@ -6,9 +6,10 @@ row 0 one float32 result for M=1, another for M=2..15 and another from 16 up (2.
 the row count: a sequence decoded alone and the same sequence among others would get different
 logits. Two products keep each row's bits whatever the batch:
 - MKL's product with the weight packed once (torch.ops.mkl._mkl_linear, the fast path of torch's own
-  inference freezing): the same bits for every M from 1 (from 2 for 128x65) to 32 at least, and as
-  fast as F.linear's single-row kernel alone. With gpt2-small's 48 block matrices read from memory,
-  per decode step: 25.2 ms at M=1 (F.linear 24.5), 37.4 at M=8 (F.linear 61.9), 44.8 at M=16 (64.5).
+  inference freezing): the same bits for every M from 1 to 32 at least (from 2 for a 128x65 head,
+  and for some 128-wide layers on two threads), and as fast as F.linear's single-row kernel alone.
+  With gpt2-small's 48 block matrices read from memory, per decode step: 25.2 ms at M=1 (F.linear
+  24.5), 37.4 at M=8 (F.linear 61.9), 44.8 at M=16 (64.5).
 - the product with the weight transposed once into a contiguous copy, x @ Wt, the same bits for
   every M from 2 to 1,100 (a few shapes split again on two threads, e.g. K=3072, N=768 from M=512
   up); it repacks the weight at every call: 36.6 ms at M=2 on the matrices above, where the weights
