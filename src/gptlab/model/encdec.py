@@ -21,7 +21,7 @@ from torch import nn
 from gptlab.config import ModelConfig
 from gptlab.model.ends import LanguageModel
 from gptlab.model.gpt import ModelCache, Role, init_weights, roles_by_name
-from gptlab.model.layers import Attention, Block, make_norm
+from gptlab.model.layers import Attention, Block, as_blocks, make_norm
 from gptlab.model.loss import lm_loss
 
 # Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
@@ -56,11 +56,12 @@ class EncoderDecoder(LanguageModel):
 
     def attention_layers(self) -> list[Attention]:
         """Every attention module: the encoder's, then each decoder block's self- and cross-attention."""
-        return [b.attn for b in self.encoder] + [a for b in self.decoder for a in (b.attn, b.cross)]
+        encoder, decoder = as_blocks(self.encoder), as_blocks(self.decoder)
+        return [b.attn for b in encoder] + [a for b in decoder for a in (b.attn, _cross(b))]
 
     def decoder_self_attention(self) -> list[Attention]:
         """The decoder's self-attention modules, the ones a KV cache serves, first layer first."""
-        return [b.attn for b in self.decoder]
+        return [b.attn for b in as_blocks(self.decoder)]
 
     def _check_length(self, n: int, what: str) -> None:
         if n > self.config.block_size:
@@ -77,7 +78,7 @@ class EncoderDecoder(LanguageModel):
 
     def cross_keys_values(self, memory: torch.Tensor) -> CrossKV:
         """Every decoder layer's cross-attention keys and values of one encoder output."""
-        return [block.cross.keys_values(memory) for block in self.decoder]
+        return [_cross(block).keys_values(memory) for block in as_blocks(self.decoder)]
 
     def decode(
         self,
@@ -117,6 +118,12 @@ class EncoderDecoder(LanguageModel):
         cross-entropy over the targets that are not model.loss.IGNORE."""
         logits = self.decode(idx, self.encode(source, source_mask), source_mask)
         return logits, (lm_loss(logits, targets) if targets is not None else None)
+
+
+def _cross(block: Block) -> Attention:
+    """A decoder block's cross-attention (every decoder block has one)."""
+    assert block.cross is not None
+    return block.cross
 
 
 def _key_mask(source_mask: torch.Tensor | None) -> torch.Tensor | None:
