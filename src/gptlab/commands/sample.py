@@ -90,7 +90,8 @@ def _print_probs(
             counts[s.seq] += 1
             texts[s.seq] += s.text
             finish[s.seq] = s.finish or finish[s.seq]
-            chosen = {"id": s.token, "piece": tokenizer.id_to_piece(s.token), "prob": float(s.probs[s.token])}
+            piece, prob = tokenizer.id_to_piece(s.token), float(s.probs[s.token])
+            chosen = {"id": s.token, "piece": piece, "prob": prob}
             cands = top_candidates(tokenizer, s.probs, k)
             if as_json:
                 print(
@@ -109,8 +110,7 @@ def _print_probs(
                 where = f"[{s.seq + 1}] " if num_samples > 1 else ""
                 shown = " | ".join(f"{_quote(c.piece)} {c.prob:.2%}" for c in cands)
                 print(
-                    f"{where}step {counts[s.seq]}: {_quote(chosen['piece'])} ({chosen['prob']:.2%})  "
-                    f"candidates: {shown}",
+                    f"{where}step {counts[s.seq]}: {_quote(piece)} ({prob:.2%})  candidates: {shown}",
                     flush=True,
                 )
     for i in range(num_samples):

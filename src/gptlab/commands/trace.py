@@ -10,6 +10,7 @@ from typing import Any
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.inference.trace import Trace, at_position, finite, trace_ids
+from gptlab.model.gpt import GPT
 from gptlab.runs import load_run
 
 
@@ -33,7 +34,9 @@ def trace_prompt(run: str, prompt: str, position: int | None = None, k: int = 10
         raise GptlabError(
             f"--position {position} is out of range: the prompt has {len(ids)} tokens (0..{len(ids) - 1})"
         )
-    return trace_ids(loaded.model, loaded.tokenizer, ids, position, k, only_position=True)
+    model = loaded.model
+    assert isinstance(model, GPT)  # an encoder–decoder run was refused above
+    return trace_ids(model, loaded.tokenizer, ids, position, k, only_position=True)
 
 
 def trace_json(trace: Trace) -> dict[str, Any]:

@@ -26,14 +26,14 @@ def pair_rows(
 ) -> tuple[list[int], list[int], list[int], int]:
     """(source ids, decoder inputs, next-token targets, index of the first target that counts)
     of one pair for arch; the source list is empty for gpt."""
-    source, target = [int(i) for i in source], [int(i) for i in target]
+    src, tgt = [int(i) for i in source], [int(i) for i in target]
     if arch == "encdec":
-        seq = [sep] + target + [sep]
-        return source[:block_size], seq[:-1][:block_size], seq[1:][:block_size], 0
+        seq = [sep] + tgt + [sep]
+        return src[:block_size], seq[:-1][:block_size], seq[1:][:block_size], 0
     # A source that fills the window would leave no target to learn from: keep room for one.
-    source = source[: block_size - 1]
-    seq = (source + [sep] + target + [sep])[: block_size + 1]
-    return [], seq[:-1], seq[1:], len(source)
+    src = src[: block_size - 1]
+    seq = (src + [sep] + tgt + [sep])[: block_size + 1]
+    return [], seq[:-1], seq[1:], len(src)
 
 
 def collate(rows: list[tuple[list[int], list[int], list[int], int]]) -> Batch:
@@ -71,7 +71,7 @@ class PairLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The random generator's state (JSON-able)."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved state_dict()."""

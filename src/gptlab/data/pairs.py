@@ -94,12 +94,13 @@ def prepare_pairs(
     pairs = []
     for record in iter_records(specs, report):
         values = [record.get(f) if isinstance(record, dict) else None for f in FIELDS]
-        if not all(isinstance(v, str) for v in values):
+        texts = [v for v in values if isinstance(v, str)]
+        if len(texts) < len(FIELDS):
             report.skip("record without string 'source' and 'target' fields")
-        elif not all(v.strip() for v in values):
+        elif not all(t.strip() for t in texts):
             report.skip("record with an empty source or target")
         else:
-            pairs.append(tuple(values))
+            pairs.append(tuple(texts))
     if not pairs:
         detail = "; ".join(report.lines()) or "no records"
         raise GptlabError(f"{' '.join(specs)} holds no source/target pairs ({detail})")

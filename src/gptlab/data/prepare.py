@@ -217,7 +217,9 @@ def _second_pass(
 ) -> dict[str, dict[str, Any]]:
     """Encode every chunk into its split's shards; returns the per-split statistics."""
     separator = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode(CHAR_SEPARATOR)
-    stats = {s: {"files": [], "tokens": 0, "documents": 0, "chars": 0, "bytes": 0} for s in SPLITS}
+    stats: dict[str, dict[str, Any]] = {
+        s: {"files": [], "tokens": 0, "documents": 0, "chars": 0, "bytes": 0} for s in SPLITS
+    }
     writers = {s: ShardWriter(staging, s, dtype, shard_tokens) for s in SPLITS}
     batches: dict[str, Batch] = {s: [] for s in SPLITS}
     batch_chars = dict.fromkeys(SPLITS, 0)

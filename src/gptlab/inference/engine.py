@@ -16,7 +16,7 @@ import torch
 from gptlab.inference.decoding import Event, SamplingParams
 from gptlab.inference.scheduler import Scheduler
 from gptlab.inference.scheduler import Sequence as Scheduled
-from gptlab.model.gpt import GPT
+from gptlab.model import Model
 from gptlab.tokenizers import Tokenizer
 
 # SamplingParams and Event are the decoding core's; named here too for callers of generate_steps.
@@ -35,7 +35,7 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def generate_steps(
-    model: GPT,
+    model: Model,
     tokenizer: Tokenizer | None,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
@@ -43,7 +43,8 @@ def generate_steps(
     with_probs: bool = False,
     end: int | None = None,
 ) -> Iterator[list[Event]]:
-    """Generate continuations of several prompts (token ids) together, yielding each step's Events.
+    """Generate continuations of several prompts (token ids) together with a decoder-only model (an
+    encoder–decoder writes through inference/seq2seq.py), yielding each step's Events.
 
     Sequence i draws with params.seed + i. Each step yields one Event per sequence that chose a token
     in it; a sequence's last Event carries its finish reason ("stop": a stop string, or the end token

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
-from gptlab.model.gpt import GPT
+from gptlab.model import Model
 from gptlab.tokenizers import Tokenizer
 
 
@@ -19,7 +19,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
 
 def complete(
-    model: GPT,
+    model: Model,
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int,

@@ -21,7 +21,7 @@ from torch import nn
 from gptlab.config import ModelConfig
 from gptlab.model.ends import LanguageModel
 from gptlab.model.gpt import Role, init_weights, roles_by_name
-from gptlab.model.layers import Attention, AttentionCache, Block, CacheLayout, cache_layout, make_norm
+from gptlab.model.layers import Attention, AttentionCache, Block, CacheLayout, as_blocks, cache_layout, make_norm
 from gptlab.model.loss import lm_loss
 
 # Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
@@ -56,12 +56,13 @@ class EncoderDecoder(LanguageModel):
 
     def attention_layers(self) -> list[Attention]:
         """Every attention module: the encoder's, then each decoder block's self- and cross-attention."""
-        return [b.attn for b in self.encoder] + [a for b in self.decoder for a in (b.attn, b.cross)]
+        encoder, decoder = as_blocks(self.encoder), as_blocks(self.decoder)
+        return [b.attn for b in encoder] + [a for b in decoder for a in (b.attn, _cross(b))]
 
     def cache_layout(self, capacity: int | None = None) -> CacheLayout:
         """The shape of a KV cache for the decoder's self-attention, the only attention it serves (the
         encoder runs once per source; cross-attention keys come from cross_keys_values)."""
-        layers = [b.attn for b in self.decoder]
+        layers = [b.attn for b in as_blocks(self.decoder)]
         return cache_layout(layers, self.config.block_size, self.cache_can_slide, self.wte.weight.device, capacity)
 
     def _check_length(self, n: int, what: str) -> None:
@@ -79,7 +80,7 @@ class EncoderDecoder(LanguageModel):
 
     def cross_keys_values(self, memory: torch.Tensor) -> CrossKV:
         """Every decoder layer's cross-attention keys and values of one encoder output."""
-        return [block.cross.keys_values(memory) for block in self.decoder]
+        return [_cross(block).keys_values(memory) for block in as_blocks(self.decoder)]
 
     def decode(
         self,
@@ -119,6 +120,12 @@ class EncoderDecoder(LanguageModel):
         cross-entropy over the targets that are not model.loss.IGNORE."""
         logits = self.decode(idx, self.encode(source, source_mask), source_mask)
         return logits, (lm_loss(logits, targets) if targets is not None else None)
+
+
+def _cross(block: Block) -> Attention:
+    """A decoder block's cross-attention (every decoder block has one)."""
+    assert block.cross is not None
+    return block.cross
 
 
 def _key_mask(source_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -25,6 +25,7 @@ from gptlab.model.record import Recordable
 class LanguageModel(Recordable):
     """A Transformer language model's ends: ids in, logits out; subclasses put the blocks between."""
 
+    config: ModelConfig
     wte: nn.Embedding
     rotary: Rotary | None
     drop: nn.Dropout

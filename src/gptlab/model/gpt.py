@@ -22,14 +22,14 @@ from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.ends import LanguageModel
-from gptlab.model.layers import AttentionCache, Block, CacheLayout, CausalSelfAttention, cache_layout
+from gptlab.model.layers import AttentionCache, Block, CacheLayout, CausalSelfAttention, as_blocks, cache_layout
 from gptlab.model.loss import lm_loss
 
 # What each parameter is for; an optimizer gives each role its own update rule and learning rate.
 Role = Literal["embedding", "head", "matrix", "vector"]
 
 
-def init_weights(model: nn.Module, residual_branches: Callable[[str], int]) -> None:
+def init_weights(model: LanguageModel, residual_branches: Callable[[str], int]) -> None:
     """GPT-2's initialisation of a model made of these layers (GPT and encoder–decoder alike): normal
     weights (std 0.02), zero biases, and the residual projections scaled down by the number of branches
     that add into the residual stream (residual_branches(name) per block x n_layer), or zero."""
@@ -105,7 +105,7 @@ class GPT(LanguageModel):
 
     def attention_layers(self) -> list[CausalSelfAttention]:
         """Every attention module, first layer first."""
-        return [block.attn for block in self.blocks]
+        return [block.attn for block in as_blocks(self.blocks)]
 
     def cache_layout(self, capacity: int | None = None) -> CacheLayout:
         """The shape of a KV cache for this model (capacity: block_size unless given)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,8 @@ class Rotary(Recordable):
     The angles are computed for the positions asked (per row), so a KV cache may keep going past
     block_size: keys keep the rotation they were stored with.
     """
+
+    inv_freq: torch.Tensor
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
@@ -162,6 +164,8 @@ class Attention(Recordable):
         memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.cross:
+            if memory is None:
+                raise ValueError("cross-attention needs memory: the encoder's output or its keys_values()")
             q = self._heads(self.q(x))
             k, v = memory if isinstance(memory, tuple) else self.keys_values(memory)
             # No rotation: a target position and a source position are not on one axis.
@@ -172,7 +176,7 @@ class Attention(Recordable):
         self._rec("q", q, "H T D", "q third of qkv [T×C], split into H heads of D channels")
         self._rec("k", k, "H T D", "k third of qkv [T×C], split into H heads of D channels")
         self._rec("v", v, "H T D", "v third of qkv [T×C], split into H heads of D channels")
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:  # both or neither (cfg.qk_norm)
             # QK-norm bounds the attention logits, so a high learning rate cannot blow up the softmax.
             q, k = self.q_norm(q), self.k_norm(k)
             self._rec("q_norm", q, "H T D", "q / rms · γ over D, per head (QK-norm)", "RMSNorm")
@@ -328,7 +332,7 @@ class Block(Recordable):
         self._rec_norm("ln_1", x, h)
         x = x + self.attn(h, rope, cache, mask=mask)
         self._rec("resid_attn", x, "T C", "x + attention: the residual stream after attention")
-        if self.cross is not None:
+        if self.cross is not None and self.ln_cross is not None:  # both or neither (a decoder block's)
             h = self.ln_cross(x)
             self._rec_norm("ln_cross", x, h)
             x = x + self.cross(h, memory=memory, mask=memory_mask)
@@ -338,3 +342,8 @@ class Block(Recordable):
         x = x + self.mlp(h)
         self._rec("resid_mlp", x, "T C", "x + MLP: the residual stream after the block")
         return x
+
+
+def as_blocks(modules: nn.ModuleList) -> list[Block]:
+    """The Blocks a ModuleList of them holds, typed as such (iterating a ModuleList yields plain Modules)."""
+    return cast("list[Block]", list(modules))

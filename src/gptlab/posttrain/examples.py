@@ -95,7 +95,7 @@ class RecordLoader:
 
     def next_batch(self) -> Batch:
         """The next batch_size records (an epoch's end moves on into the next epoch)."""
-        chosen = []
+        chosen: list[Any] = []
         while len(chosen) < self.batch_size:
             if self.pos == len(self._order):
                 self.epoch, self.pos = self.epoch + 1, 0

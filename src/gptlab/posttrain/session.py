@@ -24,9 +24,10 @@ from gptlab.fileio import atomic_write_json
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
 from gptlab.model import build_model
+from gptlab.model.gpt import GPT
 from gptlab.model.loss import lm_loss
 from gptlab.posttrain.dpo import DPOObjective, Preference
-from gptlab.posttrain.examples import RecordLoader, collate, encode_example, encode_pair, held_out, pair_batch
+from gptlab.posttrain.examples import Example, RecordLoader, collate, encode_example, encode_pair, held_out, pair_batch
 from gptlab.posttrain.grow import load_grown
 from gptlab.posttrain.records import read_instructions, read_preferences
 from gptlab.posttrain.template import END, ChatTemplate, Message, add_chat_tokens
@@ -73,9 +74,10 @@ class PosttrainSession(TrainingSession):
                 )
         self.report = SkipReport()
         block = self.cfg.model.block_size
+        items: list[Example] | list[tuple[Example, Example]]
         if self.dpo:
             pairs = read_preferences(post.data, self.report)
-            items = [e for p in pairs if (e := encode_pair(self.template, p, block, self.report)) is not None]
+            items = [ab for p in pairs if (ab := encode_pair(self.template, p, block, self.report)) is not None]
         else:
             conversations = read_instructions(post.data, self.report)
             items = [
@@ -157,6 +159,7 @@ class PosttrainSession(TrainingSession):
             with autocast(self.device):
                 logits, _ = self.model(batch.inputs)
             nats += lm_loss(logits, batch.loss_targets(), reduction="sum").item()
+            assert batch.loss_mask is not None  # collate always masks the prompt out
             count += int(batch.loss_mask.sum())
         return nats / max(count, 1)
 
@@ -204,7 +207,7 @@ class PosttrainSession(TrainingSession):
             )
         self._samples(step)
         self.model.train()
-        if self.main:
+        if self.metrics is not None:  # rank 0
             self.metrics.write(record)
         return {"train": record["eval_train_loss"], "val": record["val_loss"]}
 
@@ -215,14 +218,16 @@ class PosttrainSession(TrainingSession):
             return
         prompts = []
         for item in self.val_items[:n]:
-            example = item[0] if self.dpo else item
+            example = item[0] if isinstance(item, tuple) else item  # a DPO item is a (chosen, rejected) pair
             conversation = self.template.decode(example.ids)
             prompts.append([m for m in conversation if m.role != "assistant"] or [Message("user", "")])
         params = SamplingParams(
             tcfg.sample_tokens, tcfg.sample_temperature, tcfg.sample_top_k, stop=[END], seed=tcfg.seed + step
         )
         texts, ends = [""] * len(prompts), ["length"] * len(prompts)
-        for steps in generate_steps(self.model, self.tokenizer, [self.template.prompt(p) for p in prompts], params):
+        model = self.model
+        assert isinstance(model, GPT)  # posttrain/run.py refuses an encoder–decoder base
+        for steps in generate_steps(model, self.tokenizer, [self.template.prompt(p) for p in prompts], params):
             for s in steps:
                 texts[s.seq] += s.text
                 ends[s.seq] = s.finish or ends[s.seq]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 import math
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from pydantic import Field
@@ -57,7 +57,8 @@ class CompletionRequest(SamplingRequest):
         """The prompt(s) as a list: each a text or a list of token ids."""
         if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
             return [self.prompt]
-        return list(self.prompt)
+        # Texts, or id lists: pydantic's union makes every item the kind of the first.
+        return list(cast("list[str] | list[list[int]]", self.prompt))
 
     def new_tokens(self, run: LoadedRun) -> int:
         return self.max_tokens
@@ -202,10 +203,12 @@ def _no_logprobs() -> dict[str, Any]:
 
 def _token_logprobs(tokenizer: Tokenizer, event: Event, k: int) -> dict[str, Any]:
     """OpenAI's logprobs for one generated token, under the distribution at the request's temperature."""
-    top = top_candidates(tokenizer, event.probs, k)
+    token, probs = event.token, event.probs
+    assert token is not None and probs is not None  # a token's event, of a job asked for probs
+    top = top_candidates(tokenizer, probs, k)
     return {
-        "tokens": [tokenizer.id_to_piece(event.token)],
-        "token_logprobs": [_log(float(event.probs[event.token]))],
+        "tokens": [tokenizer.id_to_piece(token)],
+        "token_logprobs": [_log(float(probs[token]))],
         "top_logprobs": [{c.piece: _log(c.prob) for c in top}],
     }
 

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gptlab.errors import GptlabError
 from gptlab.inference.probs import top_candidates
 from gptlab.model.embedding_map import nearest_neighbours, pca_2d
+from gptlab.model.ends import LanguageModel
+from gptlab.model.gpt import GPT
 from gptlab.model.introspect import attention_maps
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
@@ -104,10 +106,23 @@ async def _one_token(
     try:
         async for _, event in job:
             if event.token is not None:
+                assert event.probs is not None  # asked for with_probs
                 return event.token, event.probs
     finally:
         job.cancel()
     raise APIError(503, "the server stopped before answering")
+
+
+def _token_embeddings(model: torch.nn.Module) -> torch.Tensor:
+    """The served model's token embedding matrix (V, C), in either architecture."""
+    assert isinstance(model, LanguageModel)
+    return model.wte.weight
+
+
+def _gpt_attention_maps(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    """Every layer and head's attention weights over ids, of a GPT (_encode refused an encoder–decoder run)."""
+    assert isinstance(model, GPT)
+    return attention_maps(model, ids)
 
 
 async def _embedding_map(request: Request) -> tuple[torch.Tensor, list[float]]:
@@ -115,7 +130,7 @@ async def _embedding_map(request: Request) -> tuple[torch.Tensor, list[float]]:
     the weights do not change while served."""
     state = request.app.state
     if getattr(state, "embedding_map", None) is None:
-        state.embedding_map = await _service(request).call(lambda model: pca_2d(model.wte.weight))
+        state.embedding_map = await _service(request).call(lambda model: pca_2d(_token_embeddings(model)))
     return state.embedding_map
 
 
@@ -177,7 +192,7 @@ async def step(body: StepRequest, request: Request) -> dict[str, Any]:
     drawn, probs = await _one_token(request, ids, body.temperature, body.seed)
     if body.mode == "greedy":
         drawn = int(probs.argmax())  # the top at any temperature
-    chosen = body.token_id if body.mode == "token" else drawn
+    chosen = body.token_id if body.mode == "token" and body.token_id is not None else drawn  # checked above
     return {
         "token": {**_token(run, chosen), "prob": float(probs[chosen])},
         "text": run.tokenizer.decode(ids + [chosen]),
@@ -192,7 +207,7 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     if body.layer >= m.n_layer or body.head >= m.n_head:
         raise HTTPException(400, f"layer must be < {m.n_layer} and head < {m.n_head}")
     ids = _window(run, _encode(run, body.text))
-    maps = await _service(request).call(lambda model: attention_maps(model, ids))
+    maps = await _service(request).call(lambda model: _gpt_attention_maps(model, ids))
     weights = maps[body.layer, body.head]
     return {
         "tokens": [_token(run, i) for i in ids],
@@ -223,5 +238,5 @@ async def neighbours(
     run = _run(request)
     if token_id >= run.config.model.vocab_size:
         raise HTTPException(400, f"id must be < vocab_size={run.config.model.vocab_size}")
-    near = await _service(request).call(lambda model: nearest_neighbours(model.wte.weight, token_id, k))
+    near = await _service(request).call(lambda model: nearest_neighbours(_token_embeddings(model), token_id, k))
     return {"token": _token(run, token_id), "neighbours": [{**_token(run, i), "cosine": round(c, 5)} for i, c in near]}

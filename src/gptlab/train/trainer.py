@@ -124,6 +124,7 @@ def estimate_loss(
                 batch = loader.next_batch()
             if i % world != ranks.rank:
                 continue
+            assert batch is not None  # drawn at i == 0 (eval_batches >= 1)
             on_device = batch.to(device)
             with autocast(device):
                 _, loss = model(on_device.inputs, on_device.loss_targets(), **on_device.model_inputs())
@@ -353,8 +354,9 @@ class TrainingSession:
         """Print on rank 0 only (through the progress bar once there is one)."""
         if not self.main:
             return
-        if getattr(self, "progress", None) is not None:
-            self.progress.write(text)
+        progress = getattr(self, "progress", None)  # none until __init__ has made it
+        if progress is not None:
+            progress.write(text)
         else:
             print(text, flush=True)
 
@@ -415,7 +417,7 @@ class TrainingSession:
             if self.main:
                 with open(self.run / "samples.txt", "a", encoding="utf-8") as f:
                     f.write(f"=== step {step} ===\n{prompt}{sample}\n\n")
-        if self.main:
+        if self.metrics is not None:  # rank 0
             self.metrics.write(record)
         return losses
 
@@ -474,6 +476,7 @@ class TrainingSession:
             self.peak.refine(tokens_per_sec * self.flops_per_token / self.ranks.world_size)
             record["mfu"] = mfu(tokens_per_sec, self.flops_per_token, self.peak.flops * self.ranks.world_size)
             extra = f" | {tokens_per_sec * self.flops_per_token / 1e9:,.1f} GFLOP/s, MFU {record['mfu']:.1%}"
+        assert self.metrics is not None and self.progress is not None  # log runs on rank 0 only
         self.metrics.write(record)
         eta = (self.tcfg.max_steps - step) * self.tokens_per_step / max(tokens_per_sec, 1e-9)
         self.progress.update(step, train_loss, tokens_per_sec, eta, extra)
@@ -523,8 +526,9 @@ class TrainingSession:
                     self.checkpoint()
         finally:
             self.loader.close()
-            if self.main:
+            if self.progress is not None:  # rank 0
                 self.progress.close()
+            if self.metrics is not None:
                 self.metrics.close()
         if interrupted:
             self.say(
