@@ -12,6 +12,7 @@ encoder–decoder) hands them here; nothing else chooses a token.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -23,6 +24,13 @@ from gptlab.errors import GptlabError
 from gptlab.inference.sampling import apply_repetition_penalty, probs_from_logits, sample_rows
 from gptlab.inference.text import TextStream
 from gptlab.tokenizers import Tokenizer
+
+log = logging.getLogger("gptlab.inference")
+# A stop string longer than this is refused: matching it costs its length per sequence (text.StopMatcher),
+# and no useful stop is longer.
+MAX_STOP_CHARS = 1000
+# Below this, top_p is greedy in effect; far below, it rounds to 0 in float32 and would filter out every token.
+MIN_TOP_P = 1e-6
 
 
 @dataclass
@@ -46,14 +54,17 @@ class SamplingParams:
             raise GptlabError(f"temperature={self.temperature} must be 0 (greedy) or at least 1e-06")
         if self.top_k < 0:
             raise GptlabError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
-        if not 0 < self.top_p <= 1:
-            raise GptlabError(f"top_p={self.top_p} must be in (0, 1]")
+        if not MIN_TOP_P <= self.top_p <= 1:
+            raise GptlabError(f"top_p={self.top_p} must be in [{MIN_TOP_P:g}, 1] (1 disables it)")
         if not 1e-3 <= self.repetition_penalty <= 1e3:  # beyond, penalised logits overflow float32
             raise GptlabError(f"repetition_penalty={self.repetition_penalty} must be in [0.001, 1000] (1 disables it)")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise GptlabError(f"seed={self.seed} must be in [0, 2**63)")
         if any(not s for s in self.stop):
             raise GptlabError("stop strings must not be empty")
+        longest = max(map(len, self.stop), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise GptlabError(f"stop strings must be at most {MAX_STOP_CHARS:,} characters (one is {longest:,})")
 
 
 def fresh_seed() -> int:
@@ -111,6 +122,11 @@ class SequenceState:
             self.seen[self.ids] = True
         return self.seen
 
+    def fail(self) -> Event:
+        """End the sequence without a token: its next token could not be chosen."""
+        self.finish = "error"
+        return Event(self.index, None, "", None, "error")
+
     def push(self, token: int, probs: torch.Tensor | None) -> Event:
         """Take the chosen token: its text, and whether the sequence ends with it."""
         self.generated += 1
@@ -138,22 +154,41 @@ class SequenceState:
 def step(states: Sequence[SequenceState], logits: torch.Tensor) -> list[Event]:
     """Each sequence's next token from its row of logits (B, V), drawn with its own settings and
     generator: the one place a token is chosen. Rows with the same settings are filtered together
-    (each row's numbers are the same as alone: the operations work row by row)."""
+    (each row's numbers are the same as alone: the operations work row by row). A row the sampler
+    fails on (say logits that are not numbers) ends alone with finish "error"; the others go on."""
     logits = logits.float().cpu()
-    tokens: list[int] = [0] * len(states)
-    probs: list[torch.Tensor | None] = [None] * len(states)
+    chosen: dict[int, tuple[int, torch.Tensor | None]] = {}
     groups: dict[tuple, list[int]] = {}
     for row, state in enumerate(states):
         p = state.params
         groups.setdefault((p.temperature, p.top_k, p.top_p, p.repetition_penalty), []).append(row)
-    for (temperature, top_k, top_p, penalty), rows in groups.items():
-        scores = logits if len(rows) == len(states) else logits[rows]
-        dist = probs_from_logits(scores, temperature) if any(states[r].with_probs for r in rows) else None
-        if penalty != 1.0:
-            seen = torch.stack([states[r].seen_mask(logits.size(-1)) for r in rows])
-            scores = apply_repetition_penalty(scores, seen, penalty)
-        chosen = sample_rows(scores, [states[r].generator for r in rows], temperature, top_k, top_p)
-        for i, (row, token) in enumerate(zip(rows, chosen.tolist())):
-            tokens[row] = token
-            probs[row] = dist[i] if dist is not None else None
-    return [state.push(token, p) for state, token, p in zip(states, tokens, probs)]
+    for settings, rows in groups.items():
+        # Generators are rewound on a failure, so a row retried alone draws what it would have drawn.
+        saved = [states[r].generator.get_state() for r in rows] if len(rows) > 1 else []
+        try:
+            chosen.update(_draw(states, rows, logits, settings))
+        except Exception:
+            for r, state in zip(rows, saved):
+                states[r].generator.set_state(state)
+            for r in rows:
+                try:
+                    chosen.update(_draw(states, [r], logits, settings))
+                except Exception:
+                    log.exception("sampling failed for one sequence; it ends with finish_reason 'error'")
+    return [state.push(*chosen[row]) if row in chosen else state.fail() for row, state in enumerate(states)]
+
+
+def _draw(
+    states: Sequence[SequenceState], rows: list[int], logits: torch.Tensor, settings: tuple
+) -> dict[int, tuple[int, torch.Tensor | None]]:
+    """The token (and distribution, when asked for) of each of rows, which share these settings."""
+    temperature, top_k, top_p, penalty = settings
+    scores = logits if len(rows) == len(states) else logits[rows]
+    dist = probs_from_logits(scores, temperature) if any(states[r].with_probs for r in rows) else None
+    if penalty != 1.0:
+        seen = torch.stack([states[r].seen_mask(logits.size(-1)) for r in rows])
+        scores = apply_repetition_penalty(scores, seen, penalty)
+    tokens = sample_rows(scores, [states[r].generator for r in rows], temperature, top_k, top_p)
+    return {
+        row: (token, dist[i] if dist is not None else None) for i, (row, token) in enumerate(zip(rows, tokens.tolist()))
+    }

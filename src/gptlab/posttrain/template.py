@@ -105,8 +105,19 @@ class ChatTemplate:
         dropped; refuses when even the last message alone does not fit."""
         system = messages[:1] if messages and messages[0].role == "system" else []
         rest = messages[len(system) :]
-        for start in range(len(rest)):
-            ids = self.prompt(system + rest[start:])
-            if len(ids) <= budget:
-                return ids, start
-        raise GptlabError(f"the last message does not fit in the model's context ({budget} tokens)")
+        # Each message is encoded once, newest first, until the budget is spent: the work is linear in
+        # what is kept, however many older messages are dropped.
+        ids = self.encode(system)[0]
+        turns: list[list[int]] = []
+        used = len(ids) + 1  # the assistant's marker that asks for the answer
+        for m in reversed(rest):
+            turn = self.encode([m])[0]
+            if used + len(turn) > budget:
+                break
+            turns.append(turn)
+            used += len(turn)
+        if not turns:
+            raise GptlabError(f"the last message does not fit in the model's context ({budget} tokens)")
+        for turn in reversed(turns):
+            ids += turn
+        return ids + [self.role_ids["assistant"]], len(rest) - len(turns)

@@ -37,7 +37,7 @@ from gptlab.serve.errors import install_error_handlers
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
-from gptlab.serve.middleware import RequestLog
+from gptlab.serve.middleware import BodyLimit, RequestLog
 from gptlab.serve.service import ModelService
 from gptlab.serve.tokenizer_routes import router as tokenizer_router
 from gptlab.serve.trace_api import router as trace_router
@@ -64,20 +64,16 @@ def create_app(
         yield
         service.stop()  # on shutdown: cancel every sequence, stop the model thread
 
-    # max_body_size: FastAPI answers 413 as soon as a body passes the cap (by Content-Length or while
-    # it arrives), before it is read into memory.
-    app = FastAPI(
-        title="gptlab",
-        description=f"Completions from the gptlab run {loaded.path}",
-        lifespan=lifespan,
-        max_body_size=max_body_bytes,
-    )
+    app = FastAPI(title="gptlab", description=f"Completions from the gptlab run {loaded.path}", lifespan=lifespan)
     app.state.run = loaded
     app.state.service = service
     app.state.model_id = Path(run_dir).resolve().name
     app.state.max_tokens_limit = max_tokens_limit
     app.state.max_body_bytes = max_body_bytes
     install_error_handlers(app)
+    # The body cap inside the request log, so that its 413s are logged and counted too. (Not FastAPI's
+    # max_body_size: a 413 it decides from Content-Length is plain text, not our JSON error.)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestLog, metrics=metrics)
 
     @app.get("/health")

@@ -18,9 +18,11 @@ from gptlab.errors import GptlabError
 from gptlab.posttrain.template import END, ChatTemplate, Message, has_chat_tokens
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import ERROR_RESPONSES, APIError
-from gptlab.serve.requests import Job, SamplingRequest, answer, parse_body, sampling_params
+from gptlab.serve.requests import Job, SamplingRequest, answer, off_loop, parse_request, sampling_params
 
 router = APIRouter()
+MAX_MESSAGES = 1000  # one conversation's messages
+MAX_CONVERSATION_CHARS = 1_000_000  # all of its messages' text together
 
 
 class ChatMessage(BaseModel):
@@ -36,7 +38,7 @@ class ChatMessage(BaseModel):
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions body (the sampling fields gptlab has)."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)  # the newer name of max_tokens
 
@@ -50,7 +52,7 @@ class ChatRequest(SamplingRequest):
 async def chat_completions(request: Request) -> Any:
     """OpenAI's chat completions, whole or streamed."""
     app, run = request.app, request.app.state.run
-    req = parse_body(await request.body(), ChatRequest, app)
+    req = await parse_request(request, ChatRequest)
     if not has_chat_tokens(run.tokenizer):
         raise APIError(
             400,
@@ -58,15 +60,25 @@ async def chat_completions(request: Request) -> Any:
             "use /v1/completions, or fine-tune it with `gptlab finetune` first",
             "messages",
         )
-    try:
-        # Keep the latest turns that leave room for at least one answer token in the window.
-        messages = [Message(m.role, m.content) for m in req.messages]
-        ids, _ = ChatTemplate(run.tokenizer).prompt_within(messages, run.config.model.block_size - 1)
-    except GptlabError as exc:
-        raise APIError(400, str(exc), "messages", code="context_length_exceeded") from None
+    chars = sum(len(m.content) for m in req.messages)
+    if chars > MAX_CONVERSATION_CHARS:
+        raise APIError(
+            400, f"the messages hold {chars:,} characters; at most {MAX_CONVERSATION_CHARS:,} are accepted", "messages"
+        )
+    ids = await off_loop(_prompt, run, req.messages)
     params = sampling_params(req.new_tokens(run), req.temperature, 0, req.top_p, 1.0, [*req.stops(), END], req.seed)
     job = Job(request, [ids] * req.n, params, id_prefix="chatcmpl")
     return await answer(request, job, req.stream, lambda: _whole(job), lambda: _chunks(job))
+
+
+def _prompt(run: LoadedRun, messages: list[ChatMessage]) -> list[int]:
+    """The prompt of the latest turns that leave room for at least one answer token in the window."""
+    try:
+        turns = [Message(m.role, m.content) for m in messages]
+        ids, _ = ChatTemplate(run.tokenizer).prompt_within(turns, run.config.model.block_size - 1)
+        return ids
+    except GptlabError as exc:
+        raise APIError(400, str(exc), "messages", code="context_length_exceeded") from None
 
 
 async def _whole(job: Job) -> dict[str, Any]:

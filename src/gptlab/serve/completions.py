@@ -29,7 +29,8 @@ from gptlab.serve.requests import (
     Job,
     SamplingRequest,
     answer,
-    parse_body,
+    off_loop,
+    parse_request,
     sampling_params,
 )
 from gptlab.tokenizers import Tokenizer
@@ -81,8 +82,8 @@ class CompletionRequest(SamplingRequest):
 async def completions(request: Request) -> Any:
     """OpenAI's legacy completions (plus top_k and repetition_penalty), whole or streamed."""
     run: LoadedRun = request.app.state.run
-    req = parse_body(await request.body(), CompletionRequest, request.app)
-    prompts = _prompt_ids(run, req)
+    req = await parse_request(request, CompletionRequest)
+    prompts = await off_loop(_prompt_ids, run, req)
     params = sampling_params(
         req.max_tokens, req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.stops(), req.seed
     )

@@ -77,10 +77,18 @@ def read_json(body: bytes) -> Any:
     """A request body's JSON, or APIError 400 saying why not."""
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of more digits than Python converts
         raise APIError(400, f"malformed JSON body: {exc}") from None
     except RecursionError:
         raise APIError(400, "malformed JSON body: nested too deeply") from None
+
+
+def too_large_response(path: str, max_bytes: int) -> JSONResponse:
+    """The 413 of a body over the server's cap, in the error form of the route asked for."""
+    message = f"request body larger than the {max_bytes:,} bytes this server accepts"
+    if path.startswith("/api/"):
+        return JSONResponse({"detail": message}, status_code=413)
+    return JSONResponse(APIError(413, message, code="request_too_large").body(), status_code=413)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -94,10 +102,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(413)
     async def too_large(request: Request, exc: Exception) -> JSONResponse:
-        message = f"request body larger than the {request.app.state.max_body_bytes:,} bytes this server accepts"
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": message}, status_code=413)
-        return JSONResponse(APIError(413, message, code="request_too_large").body(), status_code=413)
+        return too_large_response(request.url.path, request.app.state.max_body_bytes)
 
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:

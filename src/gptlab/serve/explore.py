@@ -24,7 +24,7 @@ from gptlab.model.gpt import GPT
 from gptlab.model.introspect import attention_maps
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
-from gptlab.serve.requests import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, Job, sampling_params
+from gptlab.serve.requests import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, Job, off_loop, sampling_params
 from gptlab.serve.service import ModelService
 
 STATIC = Path(__file__).parent / "static"
@@ -171,7 +171,7 @@ def info(request: Request) -> dict[str, Any]:
 async def next_token(body: NextRequest, request: Request) -> dict[str, Any]:
     """The prompt's tokens and the top-k candidates for the next token at the given temperature."""
     run = _run(request)
-    ids = _encode(run, body.text)
+    ids = await off_loop(_encode, run, body.text)
     _, probs = await _one_token(request, ids, body.temperature, None)
     candidates = top_candidates(run.tokenizer, probs, body.k)
     return {
@@ -186,7 +186,7 @@ async def next_token(body: NextRequest, request: Request) -> dict[str, Any]:
 async def step(body: StepRequest, request: Request) -> dict[str, Any]:
     """Append one token to the text: the most likely, a sample at the temperature, or a chosen id."""
     run = _run(request)
-    ids = _encode(run, body.text)
+    ids = await off_loop(_encode, run, body.text)
     if body.mode == "token" and (body.token_id is None or not 0 <= body.token_id < run.config.model.vocab_size):
         raise HTTPException(400, f"mode 'token' needs a token_id in [0, {run.config.model.vocab_size})")
     drawn, probs = await _one_token(request, ids, body.temperature, body.seed)
@@ -206,7 +206,7 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     m = run.config.model
     if body.layer >= m.n_layer or body.head >= m.n_head:
         raise HTTPException(400, f"layer must be < {m.n_layer} and head < {m.n_head}")
-    ids = _window(run, _encode(run, body.text))
+    ids = _window(run, await off_loop(_encode, run, body.text))
     maps = await _service(request).call(lambda model: _gpt_attention_maps(model, ids))
     weights = maps[body.layer, body.head]
     return {

@@ -1,7 +1,7 @@
 """The one request layer under the HTTP routes: every route that needs the model is parse -> submit ->
 format, and each of those is written here once.
 
-    req = parse_body(await request.body(), ChatRequest, request.app)  # 400 naming the field, 404 another model
+    req = await parse_request(request, ChatRequest)                   # 400 naming the field, 404 another model
     job = Job(request, rows, sampling_params(...))                    # 503 with Retry-After when the queue is full
     return await answer(request, job, req.stream, whole, chunks)      # JSON, or server-sent events ending in [DONE]
 
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import GptlabError
-from gptlab.inference.decoding import Event, SamplingParams
+from gptlab.inference.decoding import MAX_STOP_CHARS, Event, SamplingParams
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import APIError, read_json
 from gptlab.serve.service import Overloaded
@@ -38,6 +38,7 @@ MAX_TEMPERATURE = 2.0  # as OpenAI; the page's routes share it
 MAX_SEED = 2**62
 
 R = TypeVar("R", bound="SamplingRequest")
+T = TypeVar("T")
 
 
 class SamplingRequest(BaseModel):
@@ -88,12 +89,26 @@ def parse_body(body: bytes, schema: type[R], app: Any) -> R:
             code="model_not_found",
         )
     stops = req.stops()
-    if len(stops) > MAX_STOP or any(not s for s in stops):
-        raise APIError(400, f"stop must be up to {MAX_STOP} non-empty strings", "stop")
+    if len(stops) > MAX_STOP or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise APIError(
+            400, f"stop must be up to {MAX_STOP} non-empty strings of at most {MAX_STOP_CHARS:,} characters", "stop"
+        )
     limit, asked = app.state.max_tokens_limit, req.new_tokens(app.state.run)
     if asked > limit:
         raise APIError(400, f"max_tokens={asked} is more than this server allows ({limit})", "max_tokens")
     return req
+
+
+async def parse_request(request: Request, schema: type[R]) -> R:
+    """parse_body of this request's body, in a worker thread: a large body's JSON and validation never
+    hold the event loop (/health and the streams being sent go on meanwhile)."""
+    return await off_loop(parse_body, await request.body(), schema, request.app)
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a worker thread: CPU work of a request (parsing, tokenizing a long prompt or
+    conversation) that must not stall the event loop every request shares."""
+    return await asyncio.to_thread(fn, *args)
 
 
 def sampling_params(

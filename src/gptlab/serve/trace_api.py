@@ -20,6 +20,7 @@ from gptlab.errors import GptlabError
 from gptlab.inference.trace import TraceRecord, record_trace, view_stage
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES
 from gptlab.serve.explore import _encode, _window
+from gptlab.serve.requests import off_loop
 
 # A gpt2-small-shaped record holds about 36 MB of grids (12 blocks of sampled heatmaps, every head kept),
 # a tutorial-sized one well under 1 MB: the last few prompts fit, a much larger model's is not kept.
@@ -80,7 +81,7 @@ async def trace(body: TraceRequest, request: Request) -> dict[str, Any]:
     """Every stage of one forward pass over the context window (name, module, operation, shape,
     statistics), the architecture, the top next tokens, and one stage's tensor as a sampled heatmap."""
     run, service = request.app.state.run, request.app.state.service
-    ids = _window(run, _encode(run, body.text))
+    ids = _window(run, await off_loop(_encode, run, body.text))
     record = await _records(request).get(
         (tuple(ids), body.k), lambda: service.call(lambda model: record_trace(model, run.tokenizer, ids, body.k))
     )
