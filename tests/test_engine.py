@@ -175,3 +175,54 @@ def test_show_probs_first_step_is_the_shared_distribution(model):
 def test_bad_sampling_settings_are_refused(field, value, needle):
     with pytest.raises(GptlabError, match=needle):
         SamplingParams(**{field: value}).validate()
+
+
+def _first_stop_cut(text: str, stops: list[str]) -> str | None:
+    """The reference: text cut before the earliest stop string that has completed in it, or None."""
+    ends = [(text.find(s) + len(s), s) for s in stops if s in text]
+    if not ends:
+        return None
+    end = min(e for e, _ in ends)  # the stop that completes first ends the sequence
+    return text[: min(text.find(s) for e, s in ends if s in text[:end])]
+
+
+def test_stop_strings_match_the_reference_on_random_texts():
+    """Every stop string is read by a linear matcher; what it shows and where it stops must be what a
+    scan of the whole text for every stop string gives, however the stops overlap themselves."""
+    import random
+
+    rng = random.Random(0)
+    tok = CharTokenizer("ab")
+    for _ in range(500):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 3))]
+        text = "".join(rng.choice("ab") for _ in range(rng.randint(1, 20)))
+        stream, shown, stopped = TextStream(tok, stops), "", False
+        for i, char in enumerate(text):
+            piece, stopped = stream.push(tok.encode(char)[0])
+            shown += piece
+            if stopped:
+                assert shown == _first_stop_cut(text[: i + 1], stops), (stops, text)
+                break
+            assert _first_stop_cut(text[: i + 1], stops) is None
+            # Held back: exactly the longest tail that is a proper prefix of some stop string.
+            held = max((n for s in stops for n in range(1, len(s)) if text[: i + 1].endswith(s[:n])), default=0)
+            assert shown == text[: i + 1 - held], (stops, text)
+        if not stopped:
+            assert shown + stream.finish()[0] == text
+
+
+def test_long_stop_strings_are_refused_and_a_bad_row_ends_alone():
+    with pytest.raises(GptlabError, match="stop strings must be at most 1,000 characters"):
+        SamplingParams(stop=["x" * 1001]).validate()
+    with pytest.raises(GptlabError, match="top_p=1e-46"):  # rounds to 0 in float32: no token would be left
+        SamplingParams(top_p=1e-46).validate()
+    from gptlab.inference import decoding
+
+    params = SamplingParams(5, temperature=0.9, top_p=0.9, seed=3)
+    logits = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    alone = decoding.step([decoding.SequenceState([1], params)], logits[:1])[0]
+    bad = logits.clone()
+    bad[1] = float("nan")  # say an imported model's NaN weights: the sampler cannot draw from this row
+    events = decoding.step([decoding.SequenceState([1], params), decoding.SequenceState([1], params, 1)], bad)
+    assert events[0].token == alone.token and events[0].finish is None  # drawn as alone, with the same generator
+    assert events[1].token is None and events[1].finish == "error"

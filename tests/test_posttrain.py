@@ -251,3 +251,16 @@ def test_a_session_that_overrides_the_weights_and_objective_hooks_trains_from_an
     assert records[0]["step"] == 0 and records[0]["val_loss"] == pytest.approx(uniform, abs=1e-5)  # its weights
     first_step = next(r for r in records if r.get("step") == 1 and "train_loss" in r)
     assert first_step["train_loss"] == pytest.approx(0.5 * uniform, abs=1e-5)  # its objective
+
+
+def test_a_long_history_is_encoded_once_per_kept_turn(char, monkeypatch):
+    """Thousands of tiny messages cost the turns that fit, never one encoding of the conversation per
+    dropped turn (which was quadratic in the messages)."""
+    template = ChatTemplate(add_chat_tokens(char))
+    history = [Message("system", "be brief")] + [Message("user", "詩") for _ in range(5000)]
+    calls = []
+    encode = template.tokenizer.encode
+    monkeypatch.setattr(template.tokenizer, "encode", lambda text: calls.append(text) or encode(text))
+    ids, dropped = template.prompt_within(history, 40)
+    assert len(ids) <= 40 and len(calls) < 20
+    assert template.prompt(history[:1] + history[1 + dropped :]) == ids  # the same prompt as encoding the kept turns

@@ -201,6 +201,13 @@ def test_chat_in_the_terminal_streams_and_leaves_on_end_of_input(sft, runs, caps
     talk = cli_in_process(capsys, "chat", sft[0], "--max-tokens", "5", "--seed", "1", "--device", "cpu")
     assert talk.returncode == 0, talk.stderr
     assert talk.stdout.count("model> ") == 2 and talk.stderr == ""
+    # A line with a character the tokenizer lacks is reported in one line; the session and its turns go on.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("帝京\n☃\n秦川\n"))
+    again = cli_in_process(capsys, "chat", sft[0], "--max-tokens", "5", "--seed", "1", "--device", "cpu")
+    assert again.returncode == 0 and again.stdout == talk.stdout  # the same two answers, as without the bad line
+    assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr and "not sent" in again.stderr
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert_clean_error(cli_in_process(capsys, "chat", sft[0], "--top-p", "1e-46", "--device", "cpu"), "top_p")
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert_clean_error(cli_in_process(capsys, "chat", runs / "base", "--device", "cpu"), "no chat template")
 

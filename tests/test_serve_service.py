@@ -167,6 +167,11 @@ def test_cheap_routes_and_short_requests_do_not_wait_behind_long_ones(server):
         ("/api/step", '{"text": "a", "mode": "sample", "seed": 18446744073709551616}', None),
         ("/api/attention", '{"text": "a", "layer": NaN}', None),
         ("/api/next", "[" * 1000 + "]" * 1000, None),
+        ("/v1/completions", '{"prompt": "a", "top_p": 1e-46}', "top_p"),  # rounds to 0 in float32
+        ("/v1/completions", '{"prompt": "a", "top_p": 1e-7, "stream": true}', "top_p"),
+        ("/v1/completions", '{"prompt": "a", "stop": "' + "x" * 1001 + '"}', "stop"),
+        ("/v1/completions", '{"prompt": "a", "max_tokens": ' + "9" * 5000 + "}", None),  # past int()'s digit limit
+        ("/api/next", '{"text": "a", "k": ' + "9" * 5000 + "}", None),
     ],
 )
 def test_malformed_settings_are_400_not_500(server, path, body, param):
@@ -184,6 +189,13 @@ def test_oversized_bodies_are_refused_unread(server):
         server.base + "/v1/completions", content=big, headers={"content-type": "application/json"}, timeout=TIMEOUT
     )
     assert r.status_code == 413  # refused by its Content-Length, before a byte of it is read
+    assert r.json()["error"]["code"] == "request_too_large"  # the JSON error the docs promise, not plain text
+    r = httpx.post(
+        server.base + "/api/next", content=big, headers={"content-type": "application/json"}, timeout=TIMEOUT
+    )
+    assert r.status_code == 413 and r.json()["detail"].startswith("request body larger than")
+    r = httpx.post(server.base + "/no/such/route", content=big, timeout=TIMEOUT)  # no route reads it: still JSON
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     # Without a Content-Length (chunked), the body is counted as it arrives.
     for path in ("/v1/completions", "/api/next"):
         r = httpx.post(

@@ -2,7 +2,8 @@
 
 Each answer streams as it is generated and ends at the model's end-of-turn (or max_tokens). The
 whole conversation is the prompt of the next answer; when it outgrows the context window, the
-oldest turns are dropped (a system message, if given, stays). Ctrl-D (end of input) or Ctrl-C
+oldest turns are dropped (a system message, if given, stays). A line the tokenizer cannot read is
+reported in one line and left out; the conversation goes on. Ctrl-D (end of input) or Ctrl-C
 leaves cleanly; Ctrl-C during an answer also leaves.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from gptlab.device import pick_device
+from gptlab.errors import GptlabError
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
 from gptlab.model.gpt import GPT
@@ -47,7 +49,12 @@ def chat(
             if not text.strip():
                 continue
             history.append(Message("user", text))
-            ids, dropped = template.prompt_within(history, block - 1)
+            try:
+                ids, dropped = template.prompt_within(history, block - 1)
+            except GptlabError as exc:  # a character the tokenizer lacks: say so, keep the conversation
+                history.pop()
+                print(f"error: {exc} (the line was not sent; try another)", file=sys.stderr, flush=True)
+                continue
             if dropped:
                 history = history[:1] + history[1 + dropped :] if system else history[dropped:]
                 print(f"(the {dropped} oldest message(s) no longer fit in the context and are left out)")
