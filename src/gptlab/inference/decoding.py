@@ -168,8 +168,8 @@ def step(states: Sequence[SequenceState], logits: torch.Tensor) -> list[Event]:
         try:
             chosen.update(_draw(states, rows, logits, settings))
         except Exception:
-            for r, state in zip(rows, saved):
-                states[r].generator.set_state(state)
+            for r, generator_state in zip(rows, saved):
+                states[r].generator.set_state(generator_state)
             for r in rows:
                 try:
                     chosen.update(_draw(states, [r], logits, settings))
