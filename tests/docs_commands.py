@@ -5,7 +5,8 @@ Which lines are commands. In every ```bash, ```sh, ```shell and ```console block
 `&&`, `||` and `;` into parts, and at `|` or a redirection the rest of a part is dropped. A part is a
 command when it starts with (after any NAME=value assignments, which it runs with):
 
-    gptlab ...                   run for real, in this process, on a tiny budget (below)
+    gptlab ...                   run for real, in this process, on a tiny budget (below); also
+                                 .venv/bin/gptlab ... and python -m gptlab ...
     gptlab serve ...             started on a free port, asked GET /health once, stopped
     make TARGET ...              parsed: `make -n TARGET ...` in the checkout must succeed
     python benchmarks/X.py ...   parsed: X.py must answer --help, listing every option the line uses
@@ -179,11 +180,19 @@ def _parts(text: str) -> list[list[str]]:
     return [p for p in parts if p]
 
 
-def _is_command(words: list[str]) -> bool:
-    head = words[0] if words else ""
-    if head in ("gptlab", "make", "torchrun"):
-        return True
-    return head in ("python", "python3") and len(words) > 1 and words[1].startswith("benchmarks/")
+def _command(words: list[str]) -> list[str] | None:
+    """words as a command this module checks (`.venv/bin/gptlab` and `python -m gptlab` read as
+    `gptlab`), or None."""
+    if not words:
+        return None
+    if Path(words[0]).name == "gptlab":
+        return ["gptlab", *words[1:]]
+    python = Path(words[0]).name in ("python", "python3")
+    if python and words[1:3] == ["-m", "gptlab"]:
+        return ["gptlab", *words[3:]]
+    if python and len(words) > 1 and words[1].startswith("benchmarks/"):
+        return ["python", *words[1:]]
+    return words if words[0] in ("make", "torchrun") else None
 
 
 def page_commands(path: Path, root: Path) -> list[Command]:
@@ -197,8 +206,9 @@ def page_commands(path: Path, root: Path) -> list[Command]:
                 while words and re.match(r"^[A-Za-z_]\w*=", words[0]):
                     key, _, value = words.pop(0).partition("=")
                     env[key] = value
-                if _is_command(words):
-                    found.append(Command(str(path.relative_to(root)), number, words, env, help_only))
+                command = _command(words)
+                if command:
+                    found.append(Command(str(path.relative_to(root)), number, command, env, help_only))
     return found
 
 
@@ -382,6 +392,7 @@ def _benchmark_help(argv: list[str], root: Path) -> str | None:
     saved_argv, saved_path = sys.argv, list(sys.path)
     try:
         sys.argv = [str(script), *argv[2:], "--help"]
+        sys.path.insert(0, str(script.parent))  # as `python benchmarks/X.py` does
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             runpy.run_path(str(script), run_name="__main__")
         return f"{argv[1]} --help did not exit"

@@ -27,16 +27,17 @@ DOCS = ROOT / "docs"
 HOOKS = DOCS / "hooks"
 NOT_PAGES = (HOOKS,)  # mkdocs.yml exclude_docs: the build's code
 GENERATED = ["reference/commands", "reference/http-api"]
-# Images the pages may show, committed (a build must not depend on a test run): the page-*.png are
-# the screenshots test_page_browser.py and test_trace_page.py save in test-artifacts/ (a run of 30
-# steps); loss.png is `gptlab plot` of 300 steps of a 2-layer, 64-wide char model on tinyshakespeare.
+# Images the pages may show, committed (a build must not depend on a test run): the page-*.png are the
+# screenshots test_page_browser.py (next-token, attention, embeddings) and test_trace_page.py
+# (page-trace-attention, and page-trace: its page-trace-probs.png) save in test-artifacts/ from a run of
+# 30 steps; train-loss.png is `gptlab plot` of 300 steps of a 2-layer, 64-wide char model on tinyshakespeare.
 ASSETS = [
     "page-next-token.png",
     "page-attention.png",
     "page-embeddings.png",
+    "page-trace.png",
     "page-trace-attention.png",
-    "page-trace-probs.png",
-    "loss.png",
+    "train-loss.png",
 ]
 
 
@@ -96,13 +97,13 @@ def test_every_benchmark_has_a_page():
         assert page.is_file(), f"benchmarks/{script.name} has no page {page.relative_to(ROOT)}"
 
 
-def _help(args: list[str]) -> str:
-    """What `gptlab ARGS --help` prints with 100 columns, as the reference is written."""
+def _help(args: list[str], columns: str) -> str:
+    """What `gptlab ARGS --help` prints on a terminal this many columns wide."""
     from gptlab.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit):
-        mp.setenv("COLUMNS", "100")
+        mp.setenv("COLUMNS", columns)
         main([*args, "--help"])
     return out.getvalue()
 
@@ -111,13 +112,13 @@ def test_command_reference_says_what_help_says(site: Path):
     from gptlab.cli import build_parser
 
     sys.path.insert(0, str(HOOKS))
-    from cli_reference import _subcommands
+    from cli_reference import USAGE_COLUMNS, _subcommands
 
     texts = {lang: (DOCS / f"reference/commands{lang}.md").read_text(encoding="utf-8") for lang in ("", ".zh")}
     stack = [([], build_parser())]
     while stack:
         words, parser = stack.pop()
-        shown = _help(words)
+        shown = _help(words, USAGE_COLUMNS)
         usage = shown.split("\n\n")[0].strip()
         options = {o for action in parser._actions for o in action.option_strings}
         for lang, text in texts.items():

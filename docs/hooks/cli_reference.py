@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterator
 
-USAGE_COLUMNS = "100"  # argparse wraps usage lines to $COLUMNS; fixed, so the page does not depend on a terminal
+USAGE_COLUMNS = "80"  # argparse wraps usage at $COLUMNS: fixed here, and narrow enough for the page
 
 TEXT = {
     "en": {
