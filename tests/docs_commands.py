@@ -237,11 +237,28 @@ def _value(argv: list[str], option: str) -> str | None:
     return None
 
 
-def _capped(argv: list[str], option: str, most: int) -> list[str]:
-    """argv with option's value at most `most` (set to it when absent)."""
-    value = _value(argv, option)
+def _capped(args: list[str], option: str, most: int) -> list[str]:
+    """args with option's value at most `most` (set to it when absent)."""
+    value = _value(args, option)
     keep = value is not None and value.isdigit() and int(value) <= most
-    return argv if keep else [*_without(argv, option), option, str(most)]
+    return args if keep else _options(_without(args, option), option, str(most))
+
+
+def _options(args: list[str], *options: str) -> list[str]:
+    """args with options put right after the command's name(s), where they cannot split a run of
+    positional words."""
+    head = 2 if args[0] == "bench" else 1
+    return [*args[:head], *options, *args[head:]]
+
+
+_SETTING = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def _settings(args: list[str], settings: list[str]) -> list[str]:
+    """args with KEY=VALUE settings after the ones already there (argparse reads one run of them), or
+    at the end; being later, they win."""
+    last = max((i for i, word in enumerate(args) if _SETTING.match(word)), default=len(args) - 1)
+    return [*args[: last + 1], *settings, *args[last + 1 :]]
 
 
 def budget(args: list[str]) -> list[str]:
@@ -249,24 +266,23 @@ def budget(args: list[str]) -> list[str]:
     if not args or "-h" in args or "--help" in args:
         return args
     command = args[0]
-    if command == "train" and "--resume" not in args:
-        return [*_without(args, "--max-steps"), *TRAIN_BUDGET]
+    if command in ("train", "finetune", "align") and "--resume" in args:
+        return _options(_without(args, "--max-steps"), "--max-steps", "3")  # the fixtures stop at 2
     if command == "train":
-        return [*_without(args, "--max-steps"), "--max-steps", "3"]  # the fixtures stop at 2
-    if command in ("finetune", "align") and "--resume" not in args:
-        return [*_without(args, "--max-steps", "--epochs"), *POSTTRAIN_BUDGET]
+        return _settings(_without(args, "--max-steps"), TRAIN_BUDGET)
     if command in ("finetune", "align"):
-        return [*_without(args, "--max-steps", "--epochs"), "--max-steps", "3"]
+        return _settings(_without(args, "--max-steps", "--epochs"), POSTTRAIN_BUDGET)
     if command == "sample":
         return _capped(args, "--max-new-tokens", MAX_TOKENS)
     if command == "chat":
         return _capped(args, "--max-tokens", MAX_TOKENS)
     if command == "prepare":
-        return [*_without(args, "--workers"), "--workers", "1"]
+        return _options(_without(args, "--workers"), "--workers", "1")
     if command == "bench":
-        return [*_without(args, "--steps", "--warmup"), "--steps", "1", "--warmup", "0", "batch_size=2"]
+        shorter = _options(_without(args, "--steps", "--warmup"), "--steps", "1", "--warmup", "0")
+        return _settings(shorter, ["batch_size=2"])
     if command == "serve":
-        return [*_without(args, "--port"), "--port", "0"]
+        return _options(_without(args, "--port"), "--port", "0")
     return args
 
 
