@@ -25,6 +25,11 @@ from test_page_browser import ARTIFACTS, browser  # noqa: F401 (the headless chr
 
 DOCS = ROOT / "docs"
 HOOKS = DOCS / "hooks"
+sys.path.insert(0, str(HOOKS))  # the generators of the reference pages, as the build hook imports them
+
+from cli_reference import USAGE_COLUMNS, subcommands  # noqa: E402
+from http_reference import tiny_run  # noqa: E402
+
 NOT_PAGES = (HOOKS,)  # mkdocs.yml exclude_docs: the build's code
 GENERATED = ["reference/commands", "reference/http-api"]
 # Images the pages may show, committed (a build must not depend on a test run): the page-*.png are the
@@ -110,9 +115,6 @@ def _help(args: list[str], columns: str) -> str:
 def test_command_reference_says_what_help_says(site: Path):
     from gptlab.cli import build_parser
 
-    sys.path.insert(0, str(HOOKS))
-    from cli_reference import USAGE_COLUMNS, _subcommands
-
     texts = {lang: (DOCS / f"reference/commands{lang}.md").read_text(encoding="utf-8") for lang in ("", ".zh")}
     stack = [([], build_parser())]
     while stack:
@@ -124,14 +126,11 @@ def test_command_reference_says_what_help_says(site: Path):
             assert usage in text, f"commands{lang}.md lacks the usage of `gptlab {' '.join(words)}`:\n{usage}"
             missing = sorted(o for o in options if f"`{o}" not in text and f", {o}" not in text)
             assert not missing, f"commands{lang}.md lacks {missing} of `gptlab {' '.join(words)}`"
-        stack += [([*words, name], sub) for name, _, sub in _subcommands(parser)]
+        stack += [([*words, name], sub) for name, _, sub in subcommands(parser)]
 
 
 def test_http_reference_lists_every_route_of_the_server(site: Path, tmp_path: Path):
     from gptlab.serve.app import create_app
-
-    sys.path.insert(0, str(HOOKS))
-    from http_reference import tiny_run
 
     app = create_app(tiny_run(tmp_path), device="cpu")
     try:

@@ -28,7 +28,6 @@ TEXT = {
         "commands": "Commands",
         "examples": "Examples (from `gptlab --help`):",
         "header": "| Argument | Default | Description |",
-        "subcommands": "Subcommands",
     },
     "zh": {
         "title": "命令参考",
@@ -40,7 +39,6 @@ TEXT = {
         "commands": "命令一览",
         "examples": "示例（摘自 `gptlab --help`）：",
         "header": "| 参数 | 默认值 | 说明 |",
-        "subcommands": "子命令",
     },
 }
 
@@ -65,7 +63,7 @@ def usage(parser: argparse.ArgumentParser) -> str:
         return parser.format_usage().strip()
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
     """(name, one-line help, parser) of each subcommand of parser, in the order they were added."""
     found = []
     for action in parser._actions:
@@ -147,7 +145,7 @@ def _section(parser: argparse.ArgumentParser, one_line: str, level: int, text: d
     if parser.description:
         lines += [escape(" ".join(parser.description.split())), ""]
     lines += _arguments_table(parser, text["header"])
-    for _, help_, sub in _subcommands(parser):
+    for _, help_, sub in subcommands(parser):
         lines += _section(sub, help_, level + 1, text)
     return lines
 
@@ -170,12 +168,12 @@ def render(parser: argparse.ArgumentParser, lang: str) -> str:
         "",
         f"## {text['commands']} {{#commands}}",
         "",
-        *[f"- [`{name}`](#{_anchor(sub.prog)}): {escape(help_)}" for name, help_, sub in _subcommands(parser)],
+        *[f"- [`{name}`](#{_anchor(sub.prog)}): {escape(help_)}" for name, help_, sub in subcommands(parser)],
         "",
     ]
     lines += _arguments_table(parser, text["header"])
     if parser.epilog:
         lines += [text["examples"], "", "```text", parser.epilog.strip(), "```", ""]
-    for _, help_, sub in _subcommands(parser):
+    for _, help_, sub in subcommands(parser):
         lines += _section(sub, help_, 2, text)
     return "\n".join(lines).rstrip() + "\n"
