@@ -162,6 +162,56 @@ def test_every_image_a_page_shows_exists():
 
 # --- every command the docs show runs ---------------------------------------------------------
 
+SAMPLE_PAGE = """# A page
+
+```bash
+gptlab prepare shakespeare --out data/shakespeare-char   # a comment
+gptlab train --data data/shakespeare-char \\
+    --out runs/demo && gptlab plot runs/demo | tee log.txt
+pip install gptlab
+N=2 python benchmarks/engine.py --quick
+```
+
+<!-- docs-test: help-only -->
+```console
+$ torchrun --nproc_per_node=8 -m gptlab train --data D --out R
+step 1 | loss 4.2
+```
+
+```text
+gptlab not-a-command
+```
+
+```sh
+gptlab sample runs/demo --prompt "ROMEO:"  # docs-test: help-only
+```
+"""
+
+
+def test_commands_are_found_as_a_reader_would_type_them(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text(SAMPLE_PAGE, encoding="utf-8")
+    found = [(c.line, c.argv, c.env, c.help_only) for c in page_commands(page, tmp_path)]
+    assert found == [
+        (4, ["gptlab", "prepare", "shakespeare", "--out", "data/shakespeare-char"], {}, False),
+        (5, ["gptlab", "train", "--data", "data/shakespeare-char", "--out", "runs/demo"], {}, False),
+        (5, ["gptlab", "plot", "runs/demo"], {}, False),
+        (8, ["python", "benchmarks/engine.py", "--quick"], {"N": "2"}, False),
+        (13, ["torchrun", "--nproc_per_node=8", "-m", "gptlab", "train", "--data", "D", "--out", "R"], {}, True),
+        (22, ["gptlab", "sample", "runs/demo", "--prompt", "ROMEO:"], {}, True),
+    ]
+
+
+def test_a_failing_command_is_reported_with_its_page_and_line(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# A page\n\n```bash\ngptlab info --list\ngptlab info --preset no-such-preset\n```\n", encoding="utf-8"
+    )
+    workspace = Workspace(tmp_path / "unused", tmp_path / "cache")  # the page names none of its paths
+    failures = run_page(page_commands(page, tmp_path), workspace, tmp_path / "work", ROOT)
+    assert len(failures) == 1 and failures[0].startswith("page.md:5: `gptlab info --preset no-such-preset` exited 1")
+    assert "no-such-preset" in failures[0].splitlines()[-1]  # the command's own error line follows
+
 
 @pytest.fixture(scope="session")
 def docs_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
