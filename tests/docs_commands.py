@@ -164,6 +164,7 @@ _DROP = {"|", ">", ">>", "<", "2>", ">&", "<<", "|&"}
 
 def _parts(text: str) -> list[list[str]]:
     """The words of each part of a shell line (cut at && || ; &, each ending at a pipe or redirection)."""
+    text = re.sub(r"(?<=\s)\d+(?=>)", "", text)  # `2>file`: the lexer would keep the 2 as a word
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     lexer.commenters = "#"

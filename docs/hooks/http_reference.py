@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ TEXT = {
             "[`gptlab serve`](commands.md#serve)."
         ),
         "routes": "Routes",
+        "table": "| Route | What it does |",
         "body": "Request body",
         "query": "Query parameters",
         "path": "Path parameters",
@@ -47,6 +49,7 @@ TEXT = {
             "`/docs` 给出同一份模式。启动方法见 [`gptlab serve`](commands.md#serve)。"
         ),
         "routes": "路由一览",
+        "table": "| 路由 | 作用 |",
         "body": "请求体",
         "query": "查询参数",
         "path": "路径参数",
@@ -214,9 +217,13 @@ def _number(value: Any) -> str:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
+
+
+def _gist(op: dict[str, Any]) -> str:
+    """What an operation does in a few words: the first sentence of its docstring, else its summary."""
+    flat = " ".join((op.get("description") or op.get("summary") or "").split())
+    return re.split(r"(?<=[.:;])\s", flat, maxsplit=1)[0].rstrip(".:;")
 
 
 def _operation(method: str, path: str, op: dict[str, Any], schemas: _Schemas, text: dict[str, str]) -> list[str]:
@@ -263,12 +270,9 @@ def render(schema: dict[str, Any], hidden: list[tuple[str, str]], lang: str) -> 
         "",
         f"## {text['routes']} {{#routes}}",
         "",
-        "| | |",
+        text["table"],
         "| --- | --- |",
-        *[
-            f"| [`{m.upper()} {p}`](#{anchor(m, p)}) | {escape(' '.join((op.get('summary') or '').split()))} |"
-            for m, p, op in operations
-        ],
+        *[f"| [`{m.upper()} {p}`](#{anchor(m, p)}) | {escape(_gist(op))} |" for m, p, op in operations],
         "",
     ]
     for method, path, op in operations:
