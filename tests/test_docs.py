@@ -29,6 +29,7 @@ sys.path.insert(0, str(HOOKS))  # the generators of the reference pages, as the 
 
 from cli_reference import USAGE_COLUMNS, subcommands  # noqa: E402
 from http_reference import tiny_run  # noqa: E402
+from reference import generated_pages  # noqa: E402 (what the build hook writes into docs/)
 
 NOT_PAGES = (HOOKS,)  # mkdocs.yml exclude_docs: the build's code
 GENERATED = ["reference/commands", "reference/http-api"]
@@ -112,10 +113,10 @@ def _help(args: list[str], columns: str) -> str:
     return out.getvalue()
 
 
-def test_command_reference_says_what_help_says(site: Path):
+def test_command_reference_says_what_help_says():
     from gptlab.cli import build_parser
 
-    texts = {lang: (DOCS / f"reference/commands{lang}.md").read_text(encoding="utf-8") for lang in ("", ".zh")}
+    texts = {lang: generated_pages()[f"reference/commands{lang}.md"] for lang in ("", ".zh")}
     stack = [([], build_parser())]
     while stack:
         words, parser = stack.pop()
@@ -129,7 +130,7 @@ def test_command_reference_says_what_help_says(site: Path):
         stack += [([*words, name], sub) for name, _, sub in subcommands(parser)]
 
 
-def test_http_reference_lists_every_route_of_the_server(site: Path, tmp_path: Path):
+def test_http_reference_lists_every_route_of_the_server(tmp_path: Path):
     from gptlab.serve.app import create_app
 
     app = create_app(tiny_run(tmp_path), device="cpu")
@@ -138,7 +139,7 @@ def test_http_reference_lists_every_route_of_the_server(site: Path, tmp_path: Pa
     finally:
         app.state.service.stop()
     for lang in ("", ".zh"):
-        text = (DOCS / f"reference/http-api{lang}.md").read_text(encoding="utf-8")
+        text = generated_pages()[f"reference/http-api{lang}.md"]
         for path, item in schema["paths"].items():
             for method in item:
                 assert f"## {method.upper()} {path} " in text, f"http-api{lang}.md lacks {method.upper()} {path}"
