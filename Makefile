@@ -15,7 +15,7 @@ DEMO_ZH_RUN ?= runs/demo-zh
 DEMO_ZH_PRESET ?= cpu-modern
 DEMO_ZH_PROMPT ?= 春夜喜雨
 
-.PHONY: demo demo-zh npm test lint install dev browser clean poem-data finetune-zh align-zh chat-zh
+.PHONY: demo demo-zh npm test lint install dev browser clean poem-data finetune-zh align-zh chat-zh docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,docs]'
+	touch $@
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -43,18 +47,21 @@ demo: install
 
 # The page's tests drive a real headless browser: Debian's chromium and its chromedriver, installed
 # once with apt-get (as root, or through sudo without a password); where that cannot be done, one
-# line says what to install.
+# line says what to install. A Chinese font too (4 MB), so the docs site's Chinese pages show
+# characters in the screenshots, not empty boxes.
 browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
-	need="make test needs chromium and chromedriver for the page's browser tests"; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; \
+		then exit 0; fi; \
+	need="make test needs chromium, chromedriver and fonts-wqy-microhei for the browser tests"; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 		echo "$$need: no apt-get here, install them with your package manager" >&2; exit 1; fi; \
 	if [ "$$(id -u)" -eq 0 ]; then as_root=""; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then as_root=sudo; \
-	else echo "$$need: run 'sudo apt-get install chromium chromium-driver' once (not root, no sudo here)" >&2; exit 1; fi; \
-	echo "installing chromium and chromedriver (apt-get) for the page's browser tests"; \
+	else echo "$$need: run 'sudo apt-get install chromium chromium-driver fonts-wqy-microhei' once (not root, no sudo here)" >&2; \
+		exit 1; fi; \
+	echo "installing chromium, chromedriver and a Chinese font (apt-get) for the browser tests"; \
 	$$as_root apt-get update -qq >/dev/null && \
-	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null
 
 
 # The Tang poems (chinese-poetry@2.0.1 on the npm registry, fetched once, then cached) with the
@@ -100,12 +107,23 @@ chat-zh: install
 
 # Static checks (rules in pyproject.toml): lint, formatting and types (mypy over src/), before any test runs.
 lint: dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks docs/hooks
 	$(BIN)/mypy
 
+# pytest includes tests/test_docs.py: the strict site build, both languages, every command the docs show.
 test: dev browser lint
 	$(BIN)/python -m pytest -q
 
+# The documentation site, offline: docs/ -> site/ (any warning, broken link or missing page fails the
+# build); the command and HTTP references are generated from the code first (docs/hooks/reference.py).
+# docs-serve previews it at http://127.0.0.1:8001 and rebuilds on every change.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+docs: $(VENV)/.docs-installed
+	$(MKDOCS) build --strict
+
+docs-serve: $(VENV)/.docs-installed
+	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:8001
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .mypy_cache

@@ -14,6 +14,7 @@ errors, and the server's peak resident memory. The last line is a JSON object wi
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -158,6 +159,7 @@ def load(base: str, clients: int, requests: int, max_tokens: int) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help says what it does
     figures: dict = {
         "load_before": os.getloadavg()[0],
         "torch": torch.__version__,
