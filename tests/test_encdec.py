@@ -16,7 +16,7 @@ from gptlab.data.couplets import write_couplets
 from gptlab.data.loader import Dataset
 from gptlab.data.pair_loader import PairLoader
 from gptlab.data.pairs import prepare_pairs, read_pairs
-from gptlab.inference.engine import SamplingParams
+from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.seq2seq import generate_targets
 from gptlab.model import build_model
 from gptlab.model.accounting import count_params

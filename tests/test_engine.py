@@ -5,7 +5,8 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
-from gptlab.inference.engine import Decoder, SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.inference.probs import next_token_probs
 from gptlab.inference.sampling import apply_repetition_penalty, sample_rows
 from gptlab.inference.text import TextStream
@@ -61,25 +62,36 @@ def test_greedy_matches_full_recomputation_past_block_size(model, use_cache):
     assert finish == ["length"] * 3
 
 
-def test_cached_logits_equal_recomputed_logits_every_step(model):
-    decoder = Decoder(model, [[3, 1, 4, 1, 5], [9]])
-    with torch.no_grad():
-        for _ in range(2 * BLOCK):
-            logits = decoder.logits()
-            full = torch.cat([model(torch.tensor([row[-BLOCK:]]))[0][:, -1] for row in decoder.rows])
-            torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-4)
-            decoder.append(logits.argmax(-1).tolist())
+@torch.no_grad()
+def test_cached_distributions_equal_recomputed_ones_every_step(model):
+    rows = [[3, 1, 4, 1, 5], [9]]
+    params = SamplingParams(2 * BLOCK, temperature=0)
+    for steps in generate_steps(model, None, [list(r) for r in rows], params, with_probs=True):
+        for s in steps:
+            full = torch.softmax(model(torch.tensor([rows[s.seq][-BLOCK:]]))[0][0, -1], -1)
+            torch.testing.assert_close(s.probs, full, atol=1e-5, rtol=1e-4)
+            rows[s.seq].append(s.token)
+
+
+def run_with_probs(model, prompts, params, **options):
+    tokens, probs = [[] for _ in prompts], [[] for _ in prompts]
+    for steps in generate_steps(model, None, prompts, params, with_probs=True, **options):
+        for s in steps:
+            tokens[s.seq].append(s.token)
+            probs[s.seq].append(s.probs)
+    return tokens, probs
 
 
 def test_finished_rows_leave_the_batch_without_disturbing_the_others(model):
-    decoder = Decoder(model, [[1, 2], [3, 4, 5], [6]])
-    with torch.no_grad():
-        decoder.logits()
-        decoder.append([7, 8, 9])
-        decoder.keep([0, 2])
-        logits = decoder.logits()
-        full = torch.cat([model(torch.tensor([row]))[0][:, -1] for row in ([1, 2, 7], [6, 9])])
-    torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-4)
+    prompts, params = [[1, 2], [3, 4, 5], [6]], SamplingParams(12, temperature=0)
+    free, free_probs = run_with_probs(model, prompts, params)
+    end = free[0][1]  # the first sequence ends at its second token
+    ended, ended_probs = run_with_probs(model, prompts, params, end=end)
+    assert ended[0] == free[0][: free[0].index(end) + 1]
+    assert max(len(t) for t in ended) > len(ended[0])  # others went on without it
+    for i in range(len(prompts)):  # the same tokens and distributions, to the last bit, until each ends
+        n = len(ended[i])
+        assert ended[i] == free[i][:n] and all(torch.equal(a, b) for a, b in zip(ended_probs[i], free_probs[i]))
 
 
 def test_seeded_sampling_is_reproducible_with_and_without_cache_and_batched(model):
@@ -97,11 +109,11 @@ def test_seeded_sampling_is_reproducible_with_and_without_cache_and_batched(mode
 
 
 def test_generated_tokens_stay_inside_top_k_and_top_p_sets(model):
-    decoder = Decoder(model, [[5, 6]])
+    ids = [5, 6]
     gens = [torch.Generator().manual_seed(3)]
     with torch.no_grad():
         for _ in range(40):
-            logits = decoder.logits()
+            logits = model(torch.tensor([ids[-BLOCK:]]))[0][:, -1]
             probs = torch.softmax(logits[0] / 2.0, -1)
             top5 = set(torch.topk(logits[0], 5).indices.tolist())
             order = torch.argsort(probs, descending=True)
@@ -109,7 +121,7 @@ def test_generated_tokens_stay_inside_top_k_and_top_p_sets(model):
             nucleus = set(order[before < 0.5].tolist())
             assert int(sample_rows(logits, gens, 2.0, top_k=5)[0]) in top5
             assert int(sample_rows(logits, gens, 2.0, top_p=0.5)[0]) in nucleus
-            decoder.append([int(sample_rows(logits, gens, 2.0)[0])])
+            ids.append(int(sample_rows(logits, gens, 2.0)[0]))
 
 
 def test_repetition_penalty_lowers_only_tokens_already_seen():

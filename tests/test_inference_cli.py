@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi.testclient import TestClient
 
 from conftest import assert_clean_error, run_cli
 from gptlab.cli import main
-from gptlab.config import build_config
+from gptlab.config import ModelConfig, build_config
 from gptlab.data.prepare import prepare
+from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.probs import next_token_probs
+from gptlab.inference.seq2seq import generate_targets
+from gptlab.model import build_model
 from gptlab.runs import load_run
+from gptlab.serve.app import create_app
 from gptlab.train.trainer import train
 
 TINY = [
@@ -86,6 +91,36 @@ def test_seeded_samples_batch_reproducibly(capsys, run_dir):
     # Sample 2 of a batch seeded 7 is the sample seed 8 gives alone.
     alone = cli(capsys, "sample", run_dir, "--prompt", "A", "--max-new-tokens", "40", "--seed", "8")
     assert samples[1].split("\n", 1)[1] == alone.stdout
+
+
+def test_sample_gives_the_servers_tokens_for_the_same_seed(capsys, run_dir):
+    args = ["sample", run_dir, "--prompt", "First", "--max-new-tokens", "60", "--seed", "7", "--num-samples", "3"]
+    args += ["--temperature", "1"]
+    printed = cli(capsys, *args).stdout
+    samples = [s.split("\n", 1)[1][:-1] for s in printed.split("--- sample ")[1:]]
+    body = {"prompt": "First", "max_tokens": 60, "seed": 7, "n": 3, "temperature": 1.0}
+    with TestClient(create_app(run_dir, device="cpu")) as client:
+        served = client.post("/v1/completions", json=body).json()["choices"]
+    assert ["First" + c["text"] for c in served] == samples  # one character per token: the same tokens
+
+
+def test_every_caller_chooses_its_tokens_through_the_one_core(capsys, run_dir, monkeypatch):
+    from gptlab.inference import decoding
+
+    calls = []
+    real = decoding.step
+    monkeypatch.setattr(decoding, "step", lambda states, logits: calls.append(len(states)) or real(states, logits))
+    cli(capsys, "sample", run_dir, "--prompt", "A", "--max-new-tokens", "3", "--num-samples", "2")
+    assert sum(calls) == 6, "gptlab sample"
+    calls.clear()
+    with TestClient(create_app(run_dir, device="cpu")) as client:
+        assert client.post("/v1/completions", json={"prompt": "A", "max_tokens": 3, "n": 2}).status_code == 200
+    assert sum(calls) == 6, "the model service"
+    calls.clear()
+    torch.manual_seed(0)
+    encdec = build_model(ModelConfig(arch="encdec", vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    generate_targets(encdec, 0, [3, 4, 5], SamplingParams(3, seed=1), num_samples=2)
+    assert calls, "the encoder-decoder"
 
 
 def test_stop_string_ends_the_sample(capsys, run_dir):

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.config import ModelConfig
-from gptlab.inference.engine import Decoder
-from gptlab.inference.kv_cache import KVCache
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
+from gptlab.inference.kv_cache import KVCache, SlotCache
 from gptlab.model import build_model
 
 BLOCK = 8
@@ -50,18 +51,21 @@ def sliding_window_reference(model, ids: list[int], window: int) -> torch.Tensor
     return model.head(x[:, -1])
 
 
+def greedy_steps(model, prompts, n):
+    """Each step's (sequence, token, distribution) of greedy decoding through the engine."""
+    steps = generate_steps(model, None, prompts, SamplingParams(n, temperature=0), with_probs=True)
+    return [[(s.seq, s.token, s.probs) for s in step] for step in steps]
+
+
 @torch.no_grad()
 def test_rope_cache_slides_past_block_size_one_token_per_step():
     model = model_of("rope")
-    assert model.cache_can_slide
+    assert model.cache_layout().can_slide
     wide = count_wide_forwards(model)
-    decoder = Decoder(model, [[1, 2, 3]])
     ids = [1, 2, 3]
-    for step in range(3 * BLOCK):
-        logits = decoder.logits()
-        assert torch.allclose(logits[0], sliding_window_reference(model, ids, BLOCK)[0], atol=1e-4), step
-        token = int(logits.argmax())
-        decoder.append([token])
+    for step, [(_, token, probs)] in enumerate(greedy_steps(model, [list(ids)], 3 * BLOCK)):
+        expected = torch.softmax(sliding_window_reference(model, ids, BLOCK)[0], -1)
+        assert torch.allclose(probs, expected, atol=1e-5), step
         ids.append(token)
     assert wide == [3]  # the prompt's prefill, then one token per step, far past block_size
 
@@ -69,12 +73,9 @@ def test_rope_cache_slides_past_block_size_one_token_per_step():
 @torch.no_grad()
 def test_learned_positions_recompute_the_window_once_full():
     model = model_of("learned")
-    assert not model.cache_can_slide
+    assert not model.cache_layout().can_slide
     wide = count_wide_forwards(model)
-    decoder = Decoder(model, [[1, 2, 3]])
-    for _ in range(BLOCK + 3):
-        decoder.append([int(decoder.logits().argmax())])
-    decoder.logits()
+    greedy_steps(model, [[1, 2, 3]], BLOCK + 4)
     assert wide[0] == 3 and len(wide) > 1 and all(w == BLOCK for w in wide[1:])
 
 
@@ -83,24 +84,69 @@ def test_learned_positions_recompute_the_window_once_full():
 def test_rows_of_different_lengths_decode_as_if_alone(position):
     model = model_of(position)
     prompts = [[5], [1, 2, 3, 4, 5, 6], [7, 8, 9]]
-    together = Decoder(model, prompts)
-    alone = [Decoder(model, [p]) for p in prompts]
-    for _ in range(4):
-        batch = together.logits()
-        for row, decoder in enumerate(alone):
-            assert torch.allclose(batch[row], decoder.logits()[0], atol=1e-5)
-        tokens = batch.argmax(-1).tolist()
-        together.append(tokens)
-        for decoder, token in zip(alone, tokens):
-            decoder.append([token])
+    together = greedy_steps(model, prompts, 2 * BLOCK)
+    for i, prompt in enumerate(prompts):
+        alone = [step[0][1:] for step in greedy_steps(model, [prompt], 2 * BLOCK)]
+        mine = [s[1:] for step in together for s in step if s[0] == i]
+        assert [t for t, _ in mine] == [t for t, _ in alone]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(mine, alone))  # to the last bit
 
 
 def test_cache_tracks_each_rows_length_and_refuses_overflow():
     model = model_of("learned")
-    cache = KVCache.for_model(model, 2)
+    cache = KVCache(model.cache_layout(), 2)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3], [4, 0, 0]]), cache=cache, lengths=torch.tensor([3, 1]))
     assert cache.seen.tolist() == [3, 1]
     assert cache.positions(1).tolist() == [[3], [1]]
     with pytest.raises(ValueError, match="exceeds block_size"):
-        KVCache.for_model(model, 1, capacity=BLOCK + 1)
+        model.cache_layout(capacity=BLOCK + 1)
+
+
+FEEDS = [3, 2, 1, 1, 1]  # a prefill, a later chunk, then one token at a time: 8 tokens, the whole block
+
+
+def _feed_contiguous(model, rows):
+    """Logits of each row's last token after each feed, through one KVCache (rows fed together)."""
+    cache, out, done = KVCache(model.cache_layout(), len(rows)), [], 0
+    for n in FEEDS:
+        x = torch.tensor([row[done : done + n] for row in rows])
+        out.append(model(x, cache=cache)[0][:, -1])
+        done += n
+    return out
+
+
+def _feed_slotted(model, rows):
+    """The same through a SlotCache, each row in another slot than its index, rows reordered per feed."""
+    cache, out, done = SlotCache(model.cache_layout(), len(rows) + 1), [], 0
+    slots = list(range(len(rows), 0, -1))  # row i in slot len-i: never its own index
+    for step, n in enumerate(FEEDS):
+        order = list(range(len(rows)))[:: 1 if step % 2 else -1]
+        cache.select([slots[i] for i in order])
+        logits = model(torch.tensor([rows[i][done : done + n] for i in order]), cache=cache)[0][:, -1]
+        out.append(logits[torch.tensor(order).argsort()])
+        done += n
+    return out
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("position", ["learned", "rope"])
+@pytest.mark.parametrize("feed", [_feed_contiguous, _feed_slotted], ids=["contiguous", "slotted"])
+def test_both_caches_attend_as_the_cache_free_forward(position, feed):
+    model = model_of(position)
+    rows = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]]
+    full = model(torch.tensor(rows))[0]  # (B, T, V): every position's logits without a cache
+    ends = torch.tensor(FEEDS).cumsum(0) - 1
+    for got, end in zip(feed(model, rows), ends.tolist()):
+        torch.testing.assert_close(got, full[:, end], atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_storage_grows_with_the_context_not_to_it():
+    model = model_of("rope")
+    layout = model.cache_layout(capacity=1000)
+    for cache in (KVCache(layout, 2), SlotCache(layout, 2)):
+        if isinstance(cache, SlotCache):
+            cache.select([0, 1])
+        model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=cache)
+        assert cache.k[0].size(2) < 1000  # short contexts do not pay for the whole capacity

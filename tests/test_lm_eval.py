@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import cli_env
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.interop.export import export_run
 from gptlab.model.loss import IGNORE
 from gptlab.runs import load_run

@@ -205,6 +205,25 @@ def test_chat_in_the_terminal_streams_and_leaves_on_end_of_input(sft, runs, caps
     assert_clean_error(cli_in_process(capsys, "chat", runs / "base", "--device", "cpu"), "no chat template")
 
 
+def test_chat_and_the_sessions_samples_choose_through_the_one_core(sft, runs, tmp_path, capsys, monkeypatch):
+    from gptlab.inference import decoding
+
+    calls = []
+    real = decoding.step
+    monkeypatch.setattr(decoding, "step", lambda states, logits: calls.append(len(states)) or real(states, logits))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("帝京\n"))
+    talk = cli_in_process(capsys, "chat", sft[0], "--max-tokens", "3", "--seed", "1", "--device", "cpu")
+    assert talk.returncode == 0, talk.stderr
+    assert calls, "chat chose its tokens elsewhere"
+    calls.clear()
+    args = ["--max-steps", "2", *SFT_ARGS[2:]]
+    tuned = cli_in_process(
+        capsys, "finetune", "--from", runs / "base", "--data", runs / "sft.jsonl", "--out", tmp_path / "t", *args
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    assert calls, "the session's samples chose their tokens elsewhere"
+
+
 @pytest.fixture(scope="module")
 def server(sft, tmp_path_factory):
     """`gptlab serve` on the fine-tuned run, in its own process; yields its base URL."""

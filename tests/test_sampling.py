@@ -1,7 +1,8 @@
 import torch
 
 from gptlab.config import ModelConfig
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.inference.generate import complete
 from gptlab.inference.sampling import filter_logits, sample_rows
 from gptlab.inference.text import StreamDecoder

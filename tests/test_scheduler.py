@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from gptlab.config import ModelConfig
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
+from gptlab.inference.scheduler import Scheduler, Sequence
 from gptlab.model import build_model
-from gptlab.serve.scheduler import Scheduler, Sequence
 from gptlab.tokenizers import CharTokenizer
 
 TEXT = "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak."
@@ -56,11 +57,7 @@ def _run(model, tokenizer, requests, max_batch=12, chunk=8, start_at=None):
                         probs[i].append(event.probs)
                     done[i] = done[i] or event.finish is not None
 
-                sched.add(
-                    Sequence(
-                        tokenizer.encode(prompt), params, tokenizer, tokenizer.vocab_size, BLOCK, sink, with_probs=True
-                    )
-                )
+                sched.add(Sequence(tokenizer.encode(prompt), params, 0, tokenizer, sink, with_probs=True))
         sched.step()
         step += 1
         assert step < 10_000
@@ -85,7 +82,19 @@ OTHERS = [  # eight requests with other settings and lengths, some longer than t
 ]
 
 
-@pytest.mark.parametrize("variant", [{}, {"position": "rope", "norm": "rmsnorm"}], ids=["learned", "rope"])
+MODERN = {
+    "position": "rope",
+    "norm": "rmsnorm",
+    "qk_norm": True,
+    "mlp": "swiglu",
+    "tie_embeddings": False,
+    "logit_softcap": 15.0,
+}
+
+
+@pytest.mark.parametrize(
+    "variant", [{}, {"position": "rope", "norm": "rmsnorm"}, MODERN], ids=["learned", "rope", "modern"]
+)
 def test_tokens_are_the_same_alone_and_batched_with_others(tokenizer, variant):
     model = _model(tokenizer, **variant)
     # A prompt longer than a prefill chunk, a continuation past the block (the window slides or is
@@ -118,14 +127,7 @@ def test_cancelled_sequences_leave_and_free_their_slot(tokenizer):
     sched = Scheduler(model, 2, prefill_chunk=8)
     events = {0: [], 1: [], 2: []}
     seqs = [
-        Sequence(
-            tokenizer.encode("First"),
-            SamplingParams(1000, seed=i),
-            tokenizer,
-            tokenizer.vocab_size,
-            BLOCK,
-            events[i].append,
-        )
+        Sequence(tokenizer.encode("First"), SamplingParams(1000, seed=i), 0, tokenizer, events[i].append)
         for i in range(3)
     ]
     for seq in seqs:
@@ -141,3 +143,23 @@ def test_cancelled_sequences_leave_and_free_their_slot(tokenizer):
         sched.step()
     assert len(events[0]) == cancelled_at  # nothing more for the cancelled one
     assert seqs[2] in sched.running and len(events[2]) >= 3  # it took the freed slot
+
+
+def test_neighbours_of_the_same_length_and_settings_are_computed_together_without_changing_a_bit(tokenizer):
+    # Sequences side by side at the same length share one attention call per layer, and sequences
+    # with the same settings one sampling filter: each still gets exactly what it gets alone.
+    model = _model(tokenizer, position="rope", norm="rmsnorm")
+    requests = [("First", SamplingParams(30, temperature=1.0, top_k=10, seed=s)) for s in range(4)]
+    together = _run(model, tokenizer, requests)
+    assert len({tuple(ids) for ids, _ in together}) == 4
+    for i, request in enumerate(requests):
+        assert _same(_run(model, tokenizer, [request])[0], together[i])
+
+
+def test_a_crowd_larger_than_the_probed_rows_changes_nobody(tokenizer):
+    # 20 sequences decode together: their products go in chunks (inference/products.py).
+    model = _model(tokenizer)
+    crowd = [(TEXT[i : i + 3 + i % 5], SamplingParams(30, temperature=1.0, seed=i)) for i in range(20)]
+    together = _run(model, tokenizer, crowd, max_batch=24)
+    for i in (0, 17):
+        assert _same(_run(model, tokenizer, [crowd[i]])[0], together[i])

@@ -19,7 +19,8 @@ from conftest import assert_clean_error, cli_env
 from gptlab.cli import main
 from gptlab.config import build_config
 from gptlab.data.prepare import prepare
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.inference.probs import next_token_probs
 from gptlab.inference.score import score_tokens
 from gptlab.runs import load_run

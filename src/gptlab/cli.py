@@ -278,7 +278,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _run_sample(args: argparse.Namespace) -> None:
     from gptlab.commands.sample import print_samples
-    from gptlab.inference.engine import SamplingParams
+    from gptlab.inference.decoding import SamplingParams
 
     params = SamplingParams(
         args.max_new_tokens,

@@ -9,10 +9,12 @@ from collections.abc import Iterator
 
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
-from gptlab.inference.engine import SamplingParams, Step, generate_steps
+from gptlab.inference.decoding import Event, SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
 from gptlab.inference.seq2seq import translate
+from gptlab.model.encdec import EncoderDecoder
 from gptlab.runs import load_run
 from gptlab.tokenizers import Tokenizer
 
@@ -45,7 +47,7 @@ def print_samples(
     if as_json and not show_probs:
         raise GptlabError("--json goes with --show-probs K (it prints one object per step)")
     loaded = load_run(run, pick_device(device))
-    if loaded.config.model.arch == "encdec":
+    if isinstance(loaded.model, EncoderDecoder):
         raise GptlabError(f"{run} is an encoder–decoder run (arch=encdec): give it a source with --source TEXT")
     ids = prompt_ids(loaded.tokenizer, prompt)  # refuses unknown characters before printing anything
     steps = generate_steps(
@@ -61,7 +63,7 @@ def _header(i: int, num_samples: int) -> str:
     return f"--- sample {i + 1}/{num_samples} ---\n" if num_samples > 1 else ""
 
 
-def _print_text(steps: Iterator[list[Step]], prompt: str, num_samples: int) -> None:
+def _print_text(steps: Iterator[list[Event]], prompt: str, num_samples: int) -> None:
     texts = [""] * num_samples
     out = sys.stdout
     out.write(_header(0, num_samples) + prompt)
@@ -79,15 +81,17 @@ def _print_text(steps: Iterator[list[Step]], prompt: str, num_samples: int) -> N
 
 
 def _print_probs(
-    steps: Iterator[list[Step]], tokenizer: Tokenizer, prompt: str, num_samples: int, k: int, as_json: bool
+    steps: Iterator[list[Event]], tokenizer: Tokenizer, prompt: str, num_samples: int, k: int, as_json: bool
 ) -> None:
     texts, finish, counts = [""] * num_samples, ["length"] * num_samples, [0] * num_samples
     for step in steps:
         for s in step:
+            assert s.token is not None and s.probs is not None  # generate_steps gives both here
             counts[s.seq] += 1
             texts[s.seq] += s.text
             finish[s.seq] = s.finish or finish[s.seq]
-            chosen = {"id": s.token, "piece": tokenizer.id_to_piece(s.token), "prob": float(s.probs[s.token])}
+            piece, prob = tokenizer.id_to_piece(s.token), float(s.probs[s.token])
+            chosen = {"id": s.token, "piece": piece, "prob": prob}
             cands = top_candidates(tokenizer, s.probs, k)
             if as_json:
                 print(
@@ -106,8 +110,7 @@ def _print_probs(
                 where = f"[{s.seq + 1}] " if num_samples > 1 else ""
                 shown = " | ".join(f"{_quote(c.piece)} {c.prob:.2%}" for c in cands)
                 print(
-                    f"{where}step {counts[s.seq]}: {_quote(chosen['piece'])} ({chosen['prob']:.2%})  "
-                    f"candidates: {shown}",
+                    f"{where}step {counts[s.seq]}: {_quote(piece)} ({prob:.2%})  candidates: {shown}",
                     flush=True,
                 )
     for i in range(num_samples):
@@ -137,7 +140,7 @@ def print_translations(
             f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated in one batch)"
         )
     loaded = load_run(run, pick_device(device))
-    if loaded.config.model.arch != "encdec":
+    if not isinstance(loaded.model, EncoderDecoder):
         raise GptlabError(
             f"{run} is a decoder-only GPT (arch={loaded.config.model.arch}): it continues a --prompt; "
             "--source is for encoder–decoder runs (arch=encdec)"

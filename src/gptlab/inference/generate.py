@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
-
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
+from gptlab.model import Model
 from gptlab.tokenizers import Tokenizer
 
 
@@ -19,7 +19,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
 
 def complete(
-    model: torch.nn.Module,
+    model: Model,
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int,

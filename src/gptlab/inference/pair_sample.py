@@ -4,32 +4,28 @@ the first training pair's where there is no val split)."""
 
 from __future__ import annotations
 
-import torch
-
 from gptlab.config import TrainConfig
 from gptlab.data.loader import Dataset
 from gptlab.data.pairs import read_pairs, separator_id
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
+from gptlab.inference.seq2seq import generate_targets
+from gptlab.model import Model
+from gptlab.model.encdec import EncoderDecoder
 from gptlab.tokenizers import Tokenizer
 
 
-def write_target(model: torch.nn.Module, tokenizer: Tokenizer, source_ids: list[int], params: SamplingParams) -> str:
+def write_target(model: Model, tokenizer: Tokenizer, source_ids: list[int], params: SamplingParams) -> str:
     """The target a model writes for source ids: an encoder–decoder reads the source and writes until
     its end token; a decoder-only GPT continues "source [sep]" until the next separator."""
     sep = separator_id(tokenizer)
-    if model.config.arch == "encdec":
-        from gptlab.inference.seq2seq import generate_targets
-
+    if isinstance(model, EncoderDecoder):
         return tokenizer.decode(generate_targets(model, sep, source_ids, params)[0])
-    written = []
-    for steps in generate_steps(model, None, [list(source_ids) + [sep]], params):
-        if steps[0].token == sep:  # the target's end
-            break
-        written.append(steps[0].token)
-    return tokenizer.decode(written)
+    steps = generate_steps(model, None, [list(source_ids) + [sep]], params, end=sep)  # sep: the target's end
+    return tokenizer.decode([t for s in steps if (t := s[0].token) is not None and t != sep])
 
 
-def pair_sample(model: torch.nn.Module, dataset: Dataset, tcfg: TrainConfig, step: int) -> tuple[str, str]:
+def pair_sample(model: Model, dataset: Dataset, tcfg: TrainConfig, step: int) -> tuple[str, str]:
     """(what the model read, what it wrote): "SOURCE -> " and the target it writes for it."""
     split = "val" if dataset.splits.get("val", {}).get("pairs") else "train"
     # Cut as training cuts sources (data/pair_loader.py), so a long one is read, not refused.

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gptlab.inference.engine import Decoder, eval_mode
-from gptlab.inference.sampling import probs_from_logits
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
+from gptlab.model.gpt import GPT
 from gptlab.tokenizers import Tokenizer
 
 
@@ -23,15 +24,16 @@ class Candidate:
     prob: float  # probability under the distribution it came from
 
 
-def next_token_probs(model: torch.nn.Module, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
+def next_token_probs(model: GPT, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
     """Softmax over the vocabulary for the token after ids (the last block_size of them), shape (V,).
 
     temperature 0 is treated as 1 here: greedy decoding still picks from this distribution's top.
-    It is the engine's own prefill, so the first step of `sample --show-probs` gives the same numbers.
+    It is the engine's own first step, so `sample --show-probs` and the server give the same numbers.
     """
-    with eval_mode(model):
-        logits = Decoder(model, [ids]).logits()[0]
-    return probs_from_logits(logits, temperature)
+    steps = generate_steps(model, None, [ids], SamplingParams(1, temperature), with_probs=True)
+    (event,) = [e for step in steps for e in step]
+    assert event.probs is not None  # asked for with_probs
+    return event.probs
 
 
 def top_candidates(tokenizer: Tokenizer, probs: torch.Tensor, k: int) -> list[Candidate]:

@@ -20,8 +20,8 @@ from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.ends import LanguageModel
-from gptlab.model.gpt import ModelCache, Role, init_weights, roles_by_name
-from gptlab.model.layers import Attention, Block, as_blocks, make_norm
+from gptlab.model.gpt import Role, init_weights, roles_by_name
+from gptlab.model.layers import Attention, AttentionCache, Block, CacheLayout, as_blocks, cache_layout, make_norm
 from gptlab.model.loss import lm_loss
 
 # Per-layer cross-attention keys and values of one encoded source (Attention.keys_values).
@@ -59,9 +59,11 @@ class EncoderDecoder(LanguageModel):
         encoder, decoder = as_blocks(self.encoder), as_blocks(self.decoder)
         return [b.attn for b in encoder] + [a for b in decoder for a in (b.attn, _cross(b))]
 
-    def decoder_self_attention(self) -> list[Attention]:
-        """The decoder's self-attention modules, the ones a KV cache serves, first layer first."""
-        return [b.attn for b in as_blocks(self.decoder)]
+    def cache_layout(self, capacity: int | None = None) -> CacheLayout:
+        """The shape of a KV cache for the decoder's self-attention, the only attention it serves (the
+        encoder runs once per source; cross-attention keys come from cross_keys_values)."""
+        layers = [b.attn for b in as_blocks(self.decoder)]
+        return cache_layout(layers, self.config.block_size, self.cache_can_slide, self.wte.weight.device, capacity)
 
     def _check_length(self, n: int, what: str) -> None:
         if n > self.config.block_size:
@@ -85,7 +87,7 @@ class EncoderDecoder(LanguageModel):
         idx: torch.Tensor,
         memory: torch.Tensor | CrossKV,
         source_mask: torch.Tensor | None = None,
-        cache: ModelCache | None = None,
+        cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) of the target ids idx (B, T) attending to memory: the encoder's output, or
         its cross_keys_values(). With a cache, idx continues the targets stored in it and only the last

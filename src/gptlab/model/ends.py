@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.layers import Rotary, make_norm
+from gptlab.model.layers import Linear, Rotary, make_norm
 from gptlab.model.record import Recordable
 
 
@@ -30,7 +30,7 @@ class LanguageModel(Recordable):
     rotary: Rotary | None
     drop: nn.Dropout
     ln_f: nn.Module
-    lm_head: nn.Linear
+    lm_head: Linear
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -53,7 +53,7 @@ class LanguageModel(Recordable):
         """The final norm and the unembedding, tied to the token embedding when the config says so."""
         cfg = self.config
         self.ln_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             # Tied unembedding: the same matrix maps ids to vectors and vectors to logits (fewer
             # parameters, and it trains the rows of rare tokens through both uses).

@@ -6,34 +6,27 @@
               -> (logit soft-cap) -> logits (B,T,V)                                     (ends.py)
 
 Positions are given per row (inference feeds rows of different lengths); training uses 0..T-1.
-Inference passes a KV cache (inference/kv_cache.py): each layer's keys and values are kept, so a new
-token only computes its own and attends to the stored ones.
+Inference passes a KV cache (layers.AttentionCache, laid out by cache_layout(); implementations in
+inference/kv_cache.py): each layer's keys and values are kept, so a new token only computes its own and
+attends to the stored ones.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.ends import LanguageModel
-from gptlab.model.layers import AttentionCache, Block, CausalSelfAttention, as_blocks
+from gptlab.model.layers import AttentionCache, Block, CacheLayout, CausalSelfAttention, as_blocks, cache_layout
 from gptlab.model.loss import lm_loss
 
 # What each parameter is for; an optimizer gives each role its own update rule and learning rate.
 Role = Literal["embedding", "head", "matrix", "vector"]
-
-
-class ModelCache(AttentionCache, Protocol):
-    """A KV cache as the model sees it: per-row positions of the tokens fed next, and advancing."""
-
-    def positions(self, T: int) -> torch.Tensor: ...
-
-    def advance(self, lengths: torch.Tensor) -> None: ...
 
 
 def init_weights(model: LanguageModel, residual_branches: Callable[[str], int]) -> None:
@@ -114,13 +107,18 @@ class GPT(LanguageModel):
         """Every attention module, first layer first."""
         return [block.attn for block in as_blocks(self.blocks)]
 
+    def cache_layout(self, capacity: int | None = None) -> CacheLayout:
+        """The shape of a KV cache for this model (capacity: block_size unless given)."""
+        device = self.wte.weight.device
+        return cache_layout(self.attention_layers(), self.config.block_size, self.cache_can_slide, device, capacity)
+
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
         positions: torch.Tensor | None = None,
-        cache: ModelCache | None = None,
+        cache: AttentionCache | None = None,
         lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) for ids (B, T); with targets, also the mean next-token cross-entropy
@@ -143,7 +141,7 @@ class GPT(LanguageModel):
         logits = self.head(x)
         return logits, (lm_loss(logits, targets) if targets is not None else None)
 
-    def _forward_cached(self, idx: torch.Tensor, cache: ModelCache, lengths: torch.Tensor | None) -> torch.Tensor:
+    def _forward_cached(self, idx: torch.Tensor, cache: AttentionCache, lengths: torch.Tensor | None) -> torch.Tensor:
         B, T = idx.shape
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=idx.device)

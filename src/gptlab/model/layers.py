@@ -15,6 +15,8 @@ with its bias term (x · W + b); the recorder drops it for a layer without biase
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 import torch
@@ -27,6 +29,19 @@ from gptlab.model.record import Recordable
 # The norms' epsilon (added to the variance before dividing), a fact export and import check against.
 LAYERNORM_EPS = 1e-5  # torch's LayerNorm default, and GPT-2's layer_norm_epsilon
 RMSNORM_EPS = 1e-6  # RMSNorm, the residual stream's and QK-norm's (transformers' Llama and Qwen3 default)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, whose product an inference engine may take over while it decodes (`product`, set and
+    cleared by inference/products.py, which gives every row the same result whatever the batch).
+    Unset, as in training, it is nn.Linear exactly."""
+
+    product: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.product is not None:
+            return self.product(x)
+        return super().forward(x)
 
 
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -68,12 +83,41 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class AttentionCache(Protocol):
-    """What attention needs of a KV cache (inference/kv_cache.py): store a layer's new keys and values,
-    get back every key and value a query may attend to, with the mask that says which."""
+    """What the model asks of a KV cache (implementations: inference/kv_cache.py): the positions of the
+    tokens fed next, each attention layer's output over the stored keys and values plus the new ones,
+    and, after all layers, how many real tokens each row gained."""
 
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    def positions(self, T: int) -> torch.Tensor: ...
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+    def advance(self, lengths: torch.Tensor) -> None: ...
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The shape of a KV cache for a model's cached attention layers (its decoder's self-attention)."""
+
+    n_layer: int
+    n_head: int
+    head_dim: int
+    capacity: int  # positions kept per row
+    can_slide: bool  # whether a full row may overwrite its oldest entry and go on (RoPE)
+    device: torch.device
+
+
+def cache_layout(
+    layers: list[Attention], block_size: int, can_slide: bool, device: torch.device, capacity: int | None = None
+) -> CacheLayout:
+    """The layout of a cache serving these attention layers (capacity: block_size unless given)."""
+    capacity = capacity or block_size
+    if capacity <= 0:
+        raise ValueError(f"cache capacity {capacity} must be > 0")
+    if not can_slide and capacity > block_size:
+        raise ValueError(
+            f"cache capacity {capacity} exceeds block_size={block_size}, past which learned positions do not exist"
+        )
+    return CacheLayout(len(layers), layers[0].n_head, layers[0].head_dim, capacity, can_slide, device)
 
 
 class Attention(Recordable):
@@ -89,15 +133,15 @@ class Attention(Recordable):
         self.head_dim = cfg.head_dim
         if cross:
             # Queries and keys/values read different sequences, so they are separate matmuls.
-            self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-            self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
+            self.q = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+            self.kv = Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
             self.split_matrices = {"kv.weight": 2}
         else:
-            self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+            self.qkv = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
             # q, k and v are three matrices side by side: an optimizer that treats matrices whole (Muon)
             # takes them apart.
             self.split_matrices = {"qkv.weight": 3}
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -181,16 +225,9 @@ class Attention(Recordable):
         if cache is None or self.cross:
             # Fused kernel (flash attention where available); is_causal masks the future.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal, dropout_p=dropout_p)
-        elif hasattr(cache, "attend"):
-            # A cache that attends row by row itself (serve/'s batch of rows of different lengths,
-            # each computed exactly as it would be alone).
-            y = cache.attend(self.layer, q, k, v)
         else:
-            k, v, mask = cache.update(self.layer, k, v)
-            # mask None: a prefill from position 0 (plain causal) or one token that may see every key.
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout_p
-            )
+            # Inference: the cache stores the new keys and values and attends over all its rows may see.
+            y = cache.attend(self.layer, q, k, v)
         self._rec("weighted", y, "H T D", "weights [H×T×T] · v [H×T×D]")
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         self._rec("heads", y, "T C", "the H heads' [T×D] side by side")
@@ -240,9 +277,9 @@ class MLP(Recordable):
         self.kind = cfg.mlp
         hidden = mlp_hidden(cfg)
         # SwiGLU's gate and value come from one matmul (twice as wide), split in forward.
-        self.fc = nn.Linear(cfg.n_embd, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
+        self.fc = Linear(cfg.n_embd, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
         self.split_matrices = {"fc.weight": 2} if cfg.mlp == "swiglu" else {}
-        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.proj = Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ from gptlab.data.batch import Batch
 from gptlab.data.corpora import SkipReport
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.model import build_model
 from gptlab.model.gpt import GPT
 from gptlab.model.loss import lm_loss

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 
 from gptlab.device import pick_device
-from gptlab.inference.engine import SamplingParams, generate_steps
+from gptlab.inference.decoding import SamplingParams
+from gptlab.inference.engine import generate_steps
 from gptlab.model.gpt import GPT
 from gptlab.posttrain.template import END, ChatTemplate, Message
 from gptlab.runs import load_run

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from gptlab.errors import GptlabError
+from gptlab.inference.decoding import Event
 from gptlab.inference.generate import prompt_ids
 from gptlab.inference.probs import top_candidates
 from gptlab.inference.score import TokenScore, score_tokens
@@ -31,7 +32,6 @@ from gptlab.serve.requests import (
     parse_body,
     sampling_params,
 )
-from gptlab.serve.service import Event
 from gptlab.tokenizers import Tokenizer
 
 MAX_PROMPTS = 16  # prompts in one request

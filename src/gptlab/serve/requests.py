@@ -16,7 +16,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -24,10 +23,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptlab.errors import GptlabError
-from gptlab.inference.engine import SamplingParams
+from gptlab.inference.decoding import Event, SamplingParams
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import APIError, read_json
-from gptlab.serve.service import Event, Overloaded
+from gptlab.serve.service import Overloaded
 
 # A prompt longer than this many characters per context position is surely too long: refuse it
 # before spending time encoding it (no tokenizer makes 100 characters into one token).
@@ -122,7 +121,7 @@ def sampling_params(
 
 class Job:
     """One request's sequences in the model service: submitted together (sequence i draws with seed + i,
-    as the engine does), counted for the request log, read as (index, Event) pairs, cancelled when the
+    the decoding core's rule), counted for the request log, read as (index, Event) pairs, cancelled when the
     client leaves. A full waiting queue is APIError 503 with Retry-After."""
 
     def __init__(
@@ -136,9 +135,8 @@ class Job:
     ):
         app = request.app
         self.service = app.state.service
-        seeded = [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(len(rows))]
         try:
-            self.gen = self.service.submit(list(zip(rows, seeded)), with_probs=with_probs)
+            self.gen = self.service.submit(rows, params, with_probs=with_probs)
         except Overloaded as exc:
             raise APIError(
                 503,

@@ -1,12 +1,12 @@
 """The one model service: everything the HTTP routes ask of the model goes through here.
 
-One thread owns the model. It runs the continuous-batching scheduler (serve/scheduler.py) and,
+One thread owns the model. It runs the continuous-batching scheduler (inference/scheduler.py) and,
 between two scheduler steps, any exclusive call a route needs (attention maps, embeddings, and
 later scoring or a trace). The event loop never runs model code, so /health and cheap routes
 never wait behind generation.
 
-    gen = service.submit([(ids, SamplingParams(...)), ...], with_probs=False)  # Overloaded when full
-    async for index, event in gen: ...     # a scheduler.Event per token; a sequence's last has a finish
+    gen = service.submit([ids, ...], SamplingParams(...), with_probs=False)  # Overloaded when full
+    async for index, event in gen: ...     # a decoding.Event per token; a sequence's last has a finish
     gen.cancel()                           # frees its rows at the next step (client gone)
     result = await service.call(fn)        # fn(model) alone on the model, between two steps
 """
@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 import torch
 
-from gptlab.inference.engine import SamplingParams
+from gptlab.inference.decoding import Event, SamplingParams
+from gptlab.inference.scheduler import PREFILL_CHUNK, Scheduler, Sequence
 from gptlab.runs import LoadedRun
 from gptlab.serve.metrics import Metrics
-from gptlab.serve.scheduler import Event, Scheduler, Sequence
 
 T = TypeVar("T")
 log = logging.getLogger("gptlab.serve")
@@ -47,9 +47,9 @@ class Generation:
         self.service = service
         self.seqs: list[Sequence] = []
 
-    def sink(self, index: int) -> Callable[[Event], None]:
-        """Where the model thread sends sequence index's events (delivered after each step)."""
-        return lambda event: self.service._post(self, (index, event))
+    def sink(self, event: Event) -> None:
+        """Where the model thread sends its sequences' events (delivered after each step)."""
+        self.service._post(self, (event.seq, event))
 
     def deliver(self, items: list[tuple[int, Event]]) -> None:
         """On the route's event loop: hand over events."""
@@ -78,7 +78,7 @@ class ModelService:
         run: LoadedRun,
         max_batch: int = 16,
         max_waiting: int = 256,
-        prefill_chunk: int = 128,
+        prefill_chunk: int = PREFILL_CHUNK,
         metrics: Metrics | None = None,
     ):
         if max_batch < 1 or max_waiting < 0 or prefill_chunk < 1:
@@ -99,26 +99,23 @@ class ModelService:
 
     # --- for the routes ---
 
-    def submit(self, rows: list[tuple[list[int], SamplingParams]], with_probs: bool = False) -> Generation:
-        """Queue sequences (each its prompt ids, of which the last block_size are read, and its settings),
-        all or none; call it on the event loop that will consume them. Raises Overloaded when the
-        waiting queue is full, gptlab.errors.GptlabError for settings that make no sense."""
-        cfg = self.run.config.model
+    def submit(self, prompts: list[list[int]], params: SamplingParams, with_probs: bool = False) -> Generation:
+        """Queue one request's sequences (each prompt's ids, of which the last block_size are read;
+        sequence i draws with params.seed + i), all or none; call it on the event loop that will consume
+        them. Raises Overloaded when the waiting queue is full, gptlab.errors.GptlabError for settings
+        that make no sense."""
+        params.validate()
         gen = Generation(self)
-        for i, (ids, params) in enumerate(rows):
-            gen.seqs.append(
-                Sequence(ids, params, self.run.tokenizer, cfg.vocab_size, cfg.block_size, gen.sink(i), with_probs)
-            )
+        gen.seqs = [Sequence(ids, params, i, self.run.tokenizer, gen.sink, with_probs) for i, ids in enumerate(prompts)]
         with self._cond:
             if self._stopping:
                 raise Overloaded("the server is shutting down")
             free = max(0, self.max_batch - self.running)
-            if self.waiting + len(rows) > self.max_waiting + free:
+            if self.waiting + len(prompts) > self.max_waiting + free:
                 raise Overloaded(f"{self.waiting} sequences are already waiting for the model")
             self._incoming.extend(gen.seqs)
             self._cond.notify()
-        for seq in gen.seqs:
-            self.metrics.tokens_in.inc(seq.prompt_tokens)
+        self.metrics.tokens_in.inc(sum(len(ids) for ids in prompts))
         return gen
 
     async def call(self, fn: Callable[[torch.nn.Module], T]) -> T:
@@ -198,7 +195,7 @@ class ModelService:
             self.metrics.running.set(len(self.scheduler.running))
             self.metrics.waiting.set(self.waiting)
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting) + list(self._incoming):
-            seq.sink(Event(None, "", None, "cancelled"))
+            seq.sink(Event(seq.index, None, "", None, "cancelled"))
         self._flush()
         for _, future in self._calls:
             future.cancel()
