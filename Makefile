@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DATA ?= data/shakespeare-char
 DEMO_RUN ?= runs/demo
-# The modern recipe (README "The modern recipe"); DEMO_PRESET=cpu-tiny trains the classic one.
+# The modern recipe (docs/benchmarks/recipe_race.md); DEMO_PRESET=cpu-tiny trains the classic one.
 DEMO_PRESET ?= cpu-modern
 DEMO_ZH_DATA ?= data/tang-poems-char
 DEMO_ZH_RUN ?= runs/demo-zh
@@ -82,7 +82,7 @@ npm:
 		$$as_root apt-get update -qq && \
 		$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
 
-# After pretraining (README "After pretraining"): poem records -> instruction and preference JSONL,
+# After pretraining (docs/tutorial/tang-poems.md): poem records -> instruction and preference JSONL,
 # then the Chinese demo run fine-tuned (title -> poem) and aligned with DPO (five-character poems).
 # Run `make demo-zh` first; POEMS is the built-in tang-poems, or any file of {title, author, paragraphs} records.
 POEMS ?= tang-poems

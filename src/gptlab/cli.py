@@ -192,8 +192,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps. "
         "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
         "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
-        "optimizer=muon schedule=wsd (README: Commands, train). arch=encdec trains the "
-        "encoder–decoder on a dataset of pairs (`prepare --pairs`; README: Encoder–decoder).",
+        "optimizer=muon schedule=wsd (docs: reference/configuration.md). arch=encdec trains the "
+        "encoder–decoder on a dataset of pairs (`prepare --pairs`; docs: concepts/model.md).",
     )
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")
     p.add_argument("--out", help="run directory to write")
@@ -742,7 +742,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-# After pretraining (README "After pretraining"): data, fine-tuning, alignment, chat.
+# After pretraining (docs/concepts/training.md): data, fine-tuning, alignment, chat.
 COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_chat]
 
 

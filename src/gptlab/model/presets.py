@@ -12,7 +12,7 @@ CHAR_VOCAB = 65
 
 # The modern recipe (speedrun lineage): rotary positions, RMSNorm, QK-norm, ReLU² MLP, an untied
 # zero-initialised head, Muon for the hidden matrices and AdamW for the rest, warm-up–stable–decay.
-# Calibrated on the CPU with benchmarks/recipe_race.py (README "The modern recipe").
+# Calibrated on the CPU with benchmarks/recipe_race.py (docs/benchmarks/recipe_race.md).
 MODERN_MODEL: dict[str, Any] = {
     "position": "rope",
     "norm": "rmsnorm",

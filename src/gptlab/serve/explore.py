@@ -2,8 +2,8 @@
 
 It reads two attributes of the app it is included in: `app.state.run` (a runs.LoadedRun, for its
 tokenizer and config) and `app.state.service` (the ModelService: every model call, every draw,
-with the same validation, sampler and limits as /v1). Endpoints are documented in the README
-("The page").
+with the same validation, sampler and limits as /v1). Endpoints are documented in the HTTP API
+reference (docs/reference/http-api.md, from the OpenAPI schema) and in docs/concepts/serving.md.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from gptlab.train.distributed import Ranks, wrap
 from gptlab.train.optim import RoleOptimizer, build_optimizer
 
 # compile=auto on CPU: off. Measured with benchmarks/train_throughput.py on the 2-core development
-# machine (README "Benchmarks"): compiled steps ran 1.04-1.5x as fast on cpu-small and 0.72-0.93x
+# machine (docs/benchmarks/train_throughput.md): compiled steps ran 1.04-1.5x as fast on cpu-small and 0.72-0.93x
 # on tutorial, after 4-8 s of compilation (minutes when the machine was busy) and only with a C++
 # toolchain at hand: no gain to default to. Long CPU runs can still ask for compile=on.
 COMPILE_ON_CPU = False

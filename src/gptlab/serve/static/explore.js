@@ -1,5 +1,5 @@
 // The exploration page: prompt -> tokens -> next-token distribution, stepping, attention, embeddings.
-// Plain JS talking to the JSON endpoints under /api (documented in the README); no libraries.
+// Plain JS talking to the JSON endpoints under /api (documented in docs/concepts/serving.md); no libraries.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
