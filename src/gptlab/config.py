@@ -79,6 +79,7 @@ class ModelConfig:
         ):
             if getattr(self, name) > most:
                 _bad(name, getattr(self, name), f"must be at most {most:,}")
+        _fits_64_bits(self)
         if self.vocab_size < 0:
             _bad("vocab_size", self.vocab_size, "must be >= 0 (0 means: from the tokenizer)")
         if self.n_embd % self.n_head:
@@ -178,6 +179,7 @@ class TrainConfig:
             )
         if not 0 <= self.seed < 2**32:  # numpy and torch generators take it (plus rank and step offsets)
             _bad("seed", self.seed, "must be in [0, 2**32)")
+        _fits_64_bits(self)
 
 
 Stage = Literal["", "sft", "dpo"]
@@ -206,6 +208,7 @@ class PosttrainConfig:
             _bad("epochs", self.epochs, f"must be at most {MAX_EPOCHS:,}")
         if self.beta <= 0:
             _bad("beta", self.beta, "must be > 0")
+        _fits_64_bits(self)
 
 
 @dataclass
@@ -324,7 +327,14 @@ def _check_types(section: Any) -> None:
             _bad(name, value, f"is not a valid {kind.__name__}")
         elif kind is float and not math.isfinite(value):
             _bad(name, value, "is not a finite number")
-        elif kind is int and not -INT_LIMIT < value < INT_LIMIT:
+
+
+def _fits_64_bits(section: Any) -> None:
+    """Every integer field fits a signed 64-bit integer (numpy, torch): checked after the fields' own ranges,
+    whose messages say more."""
+    for name, kind in _field_types(section).items():
+        value = getattr(section, name)
+        if kind is int and not -INT_LIMIT < value < INT_LIMIT:
             _bad(name, value, "is out of range (more than 64 bits)")
 
 
