@@ -36,7 +36,10 @@ LAYER = re.compile(r"^(transformer\.h|model\.layers)\.0\.")
 def inside(src: Path, name: str) -> Path:
     """src/name resolved, refused unless it stays inside src: a checkpoint names only its own files
     (no absolute path, no '..', no link out)."""
-    path = (src / name).resolve()
+    try:
+        path = (src / name).resolve()
+    except (ValueError, OSError) as exc:  # a NUL byte in the name, a loop of links
+        raise GptlabError(f"{src} names {name!r}, which is no file name: {exc}") from None
     if not path.is_relative_to(src.resolve()):
         raise GptlabError(
             f"{src} names {name!r}, which lies outside it; only files inside the checkpoint directory are read "
