@@ -287,7 +287,7 @@ def test_import_refuses_what_gptlab_cannot_express(bpe, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     proc = cli_in_process(capsys, "import", tmp_path, "--out", tmp_path / "run")
     assert proc.returncode == 1 and "no config.json" in proc.stderr
-    for broken, why in ((["a list"], "not a JSON object"), ({"model_type": "llama"}, "no usable 'hidden_size'")):
+    for broken, why in ((["a list"], "not a JSON object"), ({"model_type": "llama"}, "has no hidden_size")):
         (src / "config.json").write_text(json.dumps(broken))
         proc = cli_in_process(capsys, "import", src, "--out", tmp_path / "run")
         assert proc.returncode == 1 and why in proc.stderr and len(proc.stderr.splitlines()) == 1

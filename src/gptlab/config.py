@@ -6,6 +6,7 @@ override on the command line, applied in that order. `validate()` names the bad 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,13 @@ Switch = Literal["auto", "on", "off"]
 Logger = Literal["none", "tensorboard", "wandb"]
 
 MAX_BLOCK_SIZE = 1 << 20  # context length: far beyond any model gptlab trains
+# Bounds far beyond any model there is (the largest have ~130 layers, ~16k wide, ~260k tokens), so that a
+# mistyped or hostile number is refused by name instead of asking for terabytes.
+MAX_LAYERS = 10_000
+MAX_WIDTH = 1 << 18
+MAX_VOCAB = 1 << 32  # a dataset stores token ids as uint32 at most
+MAX_EPOCHS = 1_000_000
+INT_LIMIT = 1 << 63  # every integer field fits a signed 64-bit integer (numpy, torch)
 
 
 @dataclass
@@ -63,6 +71,15 @@ class ModelConfig:
         """Refuse impossible shapes with a message naming the field."""
         _check_types(self)
         _positive(self, "block_size", "n_layer", "n_head", "n_embd", "rope_base")
+        for name, most in (
+            ("block_size", MAX_BLOCK_SIZE),  # its position table alone would not fit in memory
+            ("n_layer", MAX_LAYERS),
+            ("n_embd", MAX_WIDTH),
+            ("vocab_size", MAX_VOCAB),
+        ):
+            if getattr(self, name) > most:
+                _bad(name, getattr(self, name), f"must be at most {most:,}")
+        _fits_64_bits(self)
         if self.vocab_size < 0:
             _bad("vocab_size", self.vocab_size, "must be >= 0 (0 means: from the tokenizer)")
         if self.n_embd % self.n_head:
@@ -73,8 +90,6 @@ class ModelConfig:
             _bad("dropout", self.dropout, "must be in [0, 1)")
         if self.logit_softcap < 0:
             _bad("logit_softcap", self.logit_softcap, "must be >= 0 (0 is off)")
-        if self.block_size > MAX_BLOCK_SIZE:  # its position table alone would not fit in memory
-            _bad("block_size", self.block_size, f"must be at most {MAX_BLOCK_SIZE:,}")
 
 
 @dataclass
@@ -164,6 +179,7 @@ class TrainConfig:
             )
         if not 0 <= self.seed < 2**32:  # numpy and torch generators take it (plus rank and step offsets)
             _bad("seed", self.seed, "must be in [0, 2**32)")
+        _fits_64_bits(self)
 
 
 Stage = Literal["", "sft", "dpo"]
@@ -188,8 +204,11 @@ class PosttrainConfig:
         for name in ("epochs", "held_out", "sample_prompts"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "must be >= 0")
+        if self.epochs > MAX_EPOCHS:
+            _bad("epochs", self.epochs, f"must be at most {MAX_EPOCHS:,}")
         if self.beta <= 0:
             _bad("beta", self.beta, "must be > 0")
+        _fits_64_bits(self)
 
 
 @dataclass
@@ -266,13 +285,15 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
                 return False
             _bad(name, value, "is not a boolean (true/false)")
         try:
-            return kind(float(text)) if kind is int and "e" in text else kind(text)
+            value = float(text) if kind is int and "e" in text else kind(text)  # 1e6 steps
         except ValueError:
             _bad(name, value, f"is not a valid {kind.__name__}")
+        if kind is float:
+            return value
     if kind is bool and not isinstance(value, bool):
         _bad(name, value, "is not a boolean (true/false)")
     if kind is int and isinstance(value, float):
-        if not value.is_integer():
+        if not value.is_integer():  # 2.5, and also inf and nan
             _bad(name, value, "is not a whole number")
         return int(value)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -286,7 +307,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
 
 
 def _check_types(section: Any) -> None:
-    """Every field holds a value of its declared type (a choice among the allowed ones), whoever set it."""
+    """Every field holds a value of its declared type (a choice among the allowed ones), whoever set it:
+    a float is finite (NaN passes every comparison a range check makes), an integer fits 64 bits."""
     for name, kind in _field_types(section).items():
         value = getattr(section, name)
         args = get_args(kind)
@@ -299,9 +321,21 @@ def _check_types(section: Any) -> None:
             if value not in choices:
                 _bad(name, value, f"must be one of: {', '.join(map(str, choices))}")
         elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
+            if abs(value) >= INT_LIMIT:
+                _bad(name, value, "is out of range")
         elif not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
             _bad(name, value, f"is not a valid {kind.__name__}")
+        elif kind is float and not math.isfinite(value):
+            _bad(name, value, "is not a finite number")
+
+
+def _fits_64_bits(section: Any) -> None:
+    """Every integer field fits a signed 64-bit integer (numpy, torch): checked after the fields' own ranges,
+    whose messages say more."""
+    for name, kind in _field_types(section).items():
+        value = getattr(section, name)
+        if kind is int and not -INT_LIMIT < value < INT_LIMIT:
+            _bad(name, value, "is out of range (more than 64 bits)")
 
 
 def _set_field(section: Any, key: str, value: Any, where: str) -> None:

@@ -39,6 +39,7 @@ from safetensors.torch import load_model, save_model
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError, describe_os_error
 from gptlab.fileio import atomic_write
+from gptlab.jsonfile import MiB, read_json
 from gptlab.model import Model, build_model
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 
@@ -65,11 +66,12 @@ def read_config(run: str | Path) -> RunConfig:
     path = Path(run)
     if not (path / CONFIG).is_file():
         raise GptlabError(f"{path} is not a gptlab run (no {CONFIG}); train one with `gptlab train`")
+    data = read_json(path / CONFIG, 1 * MiB)
     try:
-        cfg = RunConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+        cfg = RunConfig.from_dict(data)
         cfg.validate()  # a hand-edited or damaged file must not reach the model
         return cfg
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, RecursionError) as exc:
+    except (AttributeError, TypeError) as exc:  # not an object, or a section that is not one
         raise GptlabError(f"{path / CONFIG} is corrupt: {exc}") from None
     except GptlabError as exc:
         raise GptlabError(f"{path / CONFIG} is invalid: {exc}") from None

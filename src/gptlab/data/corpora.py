@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import io
 import itertools
-import json
 import os
 import re
 import shutil
@@ -24,13 +23,16 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptlab.errors import GptlabError
+from gptlab.jsonfile import parse_json
 
 TEXT_SUFFIXES = (".txt", ".md")
 RECORD_SUFFIXES = (".jsonl", ".json")
@@ -149,6 +151,16 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
         raise GptlabError(f"cannot read {path}: {exc}") from None
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """What reading a file can raise, as one line: a truncated or corrupt .gz (EOFError, zlib.error,
+    BadGzipFile) or a failing disk."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error) as exc:
+        raise GptlabError(f"cannot read {path}: {exc}") from None
+
+
 def _decoded_blocks(path: Path) -> Iterator[str]:
     """The file as UTF-8 text in blocks of READ_BYTES, BOM dropped, CRLF as LF; undecodable or
     binary content is an error naming the file and the byte offset."""
@@ -156,10 +168,8 @@ def _decoded_blocks(path: Path) -> Iterator[str]:
     offset, first, held = 0, True, ""
     with _open_binary(path) as fh:
         while True:
-            try:
+            with _reading(path):
                 raw = fh.read(READ_BYTES)
-            except (OSError, EOFError) as exc:
-                raise GptlabError(f"cannot read {path}: {exc}") from None
             buffered = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(raw, final=not raw)
@@ -232,16 +242,13 @@ def _file_records(path: Path) -> Iterator[Any]:
         yield from _jsonl_records(path)
         return
     # A .json file is one JSON value: it is parsed whole (use .jsonl for large corpora).
-    with _open_binary(path) as fh:
+    with _open_binary(path) as fh, _reading(path):
         raw = fh.read()
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise GptlabError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise GptlabError(f"{path} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise GptlabError(f"{path} is JSON nested too deeply to read (records must be shallow objects)") from None
+    data = parse_json(raw, str(path))
     yield from (data if isinstance(data, list) else [data])
 
 
@@ -279,7 +286,7 @@ def _record_docs(
 def _jsonl_records(path: Path) -> Iterator[Any]:
     """One JSON value per non-blank line, read line by line."""
     offset = 0
-    with _open_binary(path) as fh:
+    with _open_binary(path) as fh, _reading(path):
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -290,12 +297,7 @@ def _jsonl_records(path: Path) -> Iterator[Any]:
             offset += len(raw)
             if not line.strip():
                 continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GptlabError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from None
-            except RecursionError:
-                raise GptlabError(f"{path} line {lineno} is JSON nested too deeply to read") from None
+            yield parse_json(line, f"{path} line {lineno}")
 
 
 def hf_texts(spec: str, report: SkipReport, text_field: str) -> Iterator[tuple[str, Iterator[str]]]:

@@ -11,6 +11,7 @@ three expresses (a logit soft-cap, RoPE with LayerNorm, ...) is refused with the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gptlab.config import Mlp, ModelConfig
@@ -114,62 +115,94 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[
 
 def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """The gptlab ModelConfig that computes what a transformers config.json describes, or one
-    clear error naming what gptlab cannot express."""
+    clear error naming what gptlab cannot express (or the field that holds the wrong kind of value)."""
     arch = hf.get("model_type")
-    if arch not in CLASSES:
+    if not isinstance(arch, str) or arch not in CLASSES:
         raise GptlabError(f"cannot import model_type={arch!r} (supported: {', '.join(CLASSES)})")
+    cfg = _gpt2_config(hf) if arch == "gpt2" else _rope_config(hf, arch)
     try:
-        return _gpt2_config(hf) if arch == "gpt2" else _rope_config(hf, arch)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a field missing or of the wrong kind
-        raise GptlabError(f"cannot import {arch}: config.json has no usable {exc}") from None
+        cfg.validate()
+    except GptlabError as exc:
+        raise GptlabError(f"cannot import {arch}: config.json gives {exc}") from None
+    return cfg
+
+
+_MISSING = object()
+
+
+def _field(hf: dict[str, Any], key: str, default: Any, kind: type, what: str, arch: Any = None) -> Any:
+    """hf[key] (default where absent; no default: required), refused unless it is exactly a kind:
+    a JSON 64.9, "64" or true is not a layer count, and transformers would not read it as one."""
+    value, arch = hf.get(key, default), arch or hf.get("model_type")
+    if value is _MISSING:
+        raise GptlabError(f"cannot import {arch}: config.json has no {key}")
+    ok = isinstance(value, kind) and (isinstance(value, bool) == (kind is bool))
+    if kind is float:  # a whole number is a number; a boolean is not
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise GptlabError(f"cannot import {arch}: {key}={value!r} is not {what}")
+    return float(value) if kind is float else value
+
+
+def _int(hf: dict[str, Any], key: str, default: Any = _MISSING) -> int:
+    return _field(hf, key, default, int, "a whole number")
+
+
+def _bool(hf: dict[str, Any], key: str, default: Any = _MISSING) -> bool:
+    return _field(hf, key, default, bool, "true or false")
 
 
 def _need(hf: dict[str, Any], key: str, wanted: Any, default: Any, why: str) -> None:
     """Refuse hf unless hf[key] (default: what transformers assumes when the key is absent) is wanted."""
     value = hf.get(key, default)
-    if value != wanted and not (
-        isinstance(wanted, float) and isinstance(value, (int, float)) and abs(value - wanted) <= 1e-12
-    ):
+    if isinstance(wanted, float):
+        same = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value - wanted) <= 1e-12
+    else:  # the same value of the same kind: true is not 1
+        same = type(value) is type(wanted) and value == wanted
+    if not same:
         raise GptlabError(f"cannot import {hf.get('model_type')}: {key}={value!r} ({why})")
 
 
 def _gpt2_config(hf: dict[str, Any]) -> ModelConfig:
     act = hf.get("activation_function", "gelu_new")
-    if act not in GPT2_ACTS_IN:
+    if not isinstance(act, str) or act not in GPT2_ACTS_IN:
         raise GptlabError(f"cannot import gpt2: activation_function={act!r} (gptlab has {', '.join(GPT2_ACTS_IN)})")
-    n_embd = int(hf.get("n_embd", 768))
     _need(hf, "n_inner", None, None, "gptlab's GELU MLP is 4 x n_embd wide")  # None means 4x
     _need(hf, "layer_norm_epsilon", LAYERNORM_EPS, 1e-5, f"gptlab's LayerNorm uses eps={LAYERNORM_EPS}")
     _need(hf, "scale_attn_weights", True, True, "gptlab scales attention by 1/sqrt(head size)")
     _need(hf, "scale_attn_by_inverse_layer_idx", False, False, "gptlab does not scale by layer")
     return ModelConfig(
-        vocab_size=int(hf.get("vocab_size", 50257)),
-        block_size=int(hf.get("n_positions", 1024)),
-        n_layer=int(hf.get("n_layer", 12)),
-        n_head=int(hf.get("n_head", 12)),
-        n_embd=n_embd,
+        vocab_size=_int(hf, "vocab_size", 50257),
+        block_size=_int(hf, "n_positions", 1024),
+        n_layer=_int(hf, "n_layer", 12),
+        n_head=_int(hf, "n_head", 12),
+        n_embd=_int(hf, "n_embd", 768),
         dropout=0.0,
         bias=True,
         position="learned",
         norm="layernorm",
         mlp=GPT2_ACTS_IN[act],
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        tie_embeddings=_bool(hf, "tie_word_embeddings", True),
     )
 
 
 def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
-    n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    n_embd, n_head = _int(hf, "hidden_size"), _int(hf, "num_attention_heads")
+    if n_head <= 0:
+        raise GptlabError(f"cannot import {arch}: num_attention_heads={n_head} must be > 0")
     _need(hf, "num_key_value_heads", n_head, n_head, "gptlab has no grouped-query attention")
     _need(hf, "rms_norm_eps", RMSNORM_EPS, 1e-6, f"gptlab's RMSNorm uses eps={RMSNORM_EPS}")
     rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+    if not isinstance(rope, dict):
+        raise GptlabError(f"cannot import {arch}: rope_parameters={rope!r} is not an object")
     if (rope.get("rope_type") or rope.get("type") or "default") != "default" or hf.get("rope_scaling"):
         raise GptlabError(f"cannot import {arch}: RoPE scaling {rope} (gptlab has plain RoPE)")
     act = hf.get("hidden_act", "silu")
     acts: dict[str, Mlp] = {"silu": "swiglu", "relu": "relu2"}
-    mlp = acts.get(act)
+    mlp = acts.get(act) if isinstance(act, str) else None
     if mlp is None:
         raise GptlabError(f"cannot import {arch}: hidden_act={act!r} (gptlab has silu for SwiGLU, relu for ReLU²)")
-    bias = bool(hf.get("attention_bias", False))
+    bias = _bool(hf, "attention_bias", False)
     if arch == "llama":
         _need(hf, "mlp_bias", bias, False, "gptlab's bias switch covers attention and MLP together")
     elif bias:
@@ -179,19 +212,19 @@ def _rope_config(hf: dict[str, Any], arch: str) -> ModelConfig:
     if arch == "qwen3" and hf.get("use_sliding_window"):
         raise GptlabError("cannot import qwen3: use_sliding_window=true (gptlab attends to the whole context)")
     cfg = ModelConfig(
-        vocab_size=int(hf["vocab_size"]),
-        block_size=int(hf.get("max_position_embeddings", 2048)),
-        n_layer=int(hf["num_hidden_layers"]),
+        vocab_size=_int(hf, "vocab_size"),
+        block_size=_int(hf, "max_position_embeddings", 2048),
+        n_layer=_int(hf, "num_hidden_layers"),
         n_head=n_head,
         n_embd=n_embd,
         dropout=0.0,
         bias=bias,
         position="rope",
-        rope_base=float(rope.get("rope_theta", 10000.0)),
+        rope_base=_field(rope, "rope_theta", 10000.0, float, "a finite number", arch),
         norm="rmsnorm",
         qk_norm=arch == "qwen3",
         mlp=mlp,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=_bool(hf, "tie_word_embeddings", False),
     )
     _need(hf, "head_dim", cfg.head_dim, cfg.head_dim, "gptlab's head size is hidden_size / heads")
     _need(

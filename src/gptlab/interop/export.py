@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from gptlab.errors import GptlabError
@@ -79,7 +80,10 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     staging.mkdir()
     try:
         weights = hf_state_dict(model)
-        save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        try:
+            save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        except SafetensorError as exc:  # the library's own type for a failed write (a full disk, say)
+            raise GptlabError(f"cannot write {out / 'model.safetensors'}: {str(exc).splitlines()[0]}") from None
         write = {
             "config.json": hf_config(cfg.model, eot, eot),
             "generation_config.json": generation,

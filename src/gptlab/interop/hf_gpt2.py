@@ -6,6 +6,8 @@ torch's Linear. Which configs have a GPT-2 twin is decided in architectures.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from gptlab.config import ModelConfig
@@ -23,6 +25,8 @@ BLOCK_NAMES = {
     "mlp.proj": "mlp.c_proj",
 }
 PREFIX = "transformer."
+# Buffers that older GPT-2 checkpoints carry beside the weights: the causal mask, computed, not learned.
+BUFFERS = r"transformer\.h\.\d+\.attn\.(bias|masked_bias)"
 
 
 def _pairs(cfg: ModelConfig) -> list[tuple[str, str, bool]]:
@@ -51,15 +55,29 @@ def to_gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {hf: (ours[mine].t() if transposed else ours[mine]).contiguous() for mine, hf, transposed in _pairs(cfg)}
 
 
+def with_prefix(theirs: dict[str, Any]) -> dict[str, Any]:
+    """GPT-2's names as GPT2LMHeadModel has them: a bare GPT2Model checkpoint lacks the 'transformer.' prefix."""
+    if any(k.startswith(PREFIX) for k in theirs):
+        return theirs
+    return {(k if k == "lm_head.weight" else PREFIX + k): v for k, v in theirs.items()}
+
+
 def from_gpt2_state_dict(cfg: ModelConfig, theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """GPT-2 weights (with or without the 'transformer.' prefix) under our names, for cfg."""
-    if not any(k.startswith(PREFIX) for k in theirs):  # a bare GPT2Model checkpoint
-        theirs = {(k if k == "lm_head.weight" else PREFIX + k): v for k, v in theirs.items()}
+    theirs = with_prefix(theirs)
     ours = {}
     for mine, hf, transposed in _pairs(cfg):
         if hf not in theirs:
             raise GptlabError(f"the checkpoint has no {hf}")
         ours[mine] = (theirs[hf].t() if transposed else theirs[hf]).contiguous()
     if cfg.tie_embeddings:
+        check_tied(theirs, ours["wte.weight"])
         ours["lm_head.weight"] = ours["wte.weight"]
     return ours
+
+
+def check_tied(theirs: dict[str, torch.Tensor], embedding: torch.Tensor) -> None:
+    """A tied model's stored head must be its embedding: a different one would be dropped unseen."""
+    head = theirs.get("lm_head.weight")
+    if head is not None and not torch.equal(head, embedding):
+        raise GptlabError("tie_word_embeddings is true, but the checkpoint's lm_head.weight differs from its embedding")

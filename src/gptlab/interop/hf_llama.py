@@ -11,7 +11,11 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
+from gptlab.interop.hf_gpt2 import check_tied
 from gptlab.model.gpt import GPT
+
+# Buffers that some Llama checkpoints carry beside the weights: RoPE's frequencies, computed, not learned.
+BUFFERS = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
 
 
 def _norms(cfg: ModelConfig, i: int) -> list[tuple[str, str]]:
@@ -62,6 +66,8 @@ def from_llama_state_dict(cfg: ModelConfig, theirs: dict[str, torch.Tensor]) -> 
         return theirs[name]
 
     ours = {"wte.weight": get("model.embed_tokens.weight"), "ln_f.weight": get("model.norm.weight")}
+    if cfg.tie_embeddings:
+        check_tied(theirs, ours["wte.weight"])
     ours["lm_head.weight"] = ours["wte.weight"] if cfg.tie_embeddings else get("lm_head.weight")
     kinds = ("weight", "bias") if cfg.bias else ("weight",)
     for i in range(cfg.n_layer):

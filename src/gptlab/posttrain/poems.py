@@ -118,6 +118,8 @@ def convert(
     Returns the number of records written to each, and what was skipped."""
     if not instructions and not preferences:
         raise GptlabError("poem-data needs --instructions FILE and/or --preferences FILE")
+    if not 0 <= seed < 2**32:  # numpy's generators take no negative seed
+        raise GptlabError(f"--seed {seed} must be in [0, 2**32)")
     report = SkipReport()
     poems = read_poems(paths, report)
     written: dict[str, int] = {}

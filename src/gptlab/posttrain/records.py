@@ -7,7 +7,6 @@ assistant turn. Preference records: {"prompt": ..., "chosen": ..., "rejected": .
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 
 from gptlab.data.corpora import SkipReport
 from gptlab.errors import GptlabError
+from gptlab.jsonfile import parse_json
 from gptlab.posttrain.template import ROLES, Message
 
 Item = TypeVar("Item")  # what one record parses to
@@ -44,8 +44,8 @@ def json_lines(path: str | Path, report: SkipReport) -> Iterator[Any]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
+                yield parse_json(line, "a line")
+            except GptlabError:  # not JSON, nested too deep, a lone surrogate, NaN
                 report.skip("line that is not valid JSON")
 
 

@@ -8,16 +8,16 @@ dataset or run directory holding one, reuses that tokenizer as it is.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from gptlab.errors import GptlabError
+from gptlab.jsonfile import read_json
 from gptlab.tokenizers.base import Tokenizer
 from gptlab.tokenizers.bpe import BPETokenizer
 from gptlab.tokenizers.char import CharTokenizer
-from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
+from gptlab.tokenizers.huggingface import MAX_TOKENIZER_BYTES, HuggingFaceTokenizer
 from gptlab.tokenizers.kinds import BASE_KINDS
 from gptlab.tokenizers.pretrained import ENCODINGS, PretrainedTokenizer
 from gptlab.tokenizers.special import WithSpecialTokens
@@ -32,12 +32,9 @@ TOKENIZER_FILE = "tokenizer.json"
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Read a tokenizer file written by Tokenizer.save."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"tokenizer file not found: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GptlabError(f"tokenizer file {p} is not valid JSON: {exc}") from None
+    if not p.exists():
+        raise GptlabError(f"tokenizer file not found: {p}")
+    data = read_json(p, MAX_TOKENIZER_BYTES)
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind is None and isinstance(data, dict) and "model" in data and "added_tokens" in data:
         # A Hugging Face tokenizer.json (an exported or downloaded checkpoint's), used as it is.

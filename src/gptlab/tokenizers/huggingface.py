@@ -11,7 +11,10 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 
 from gptlab.errors import GptlabError
+from gptlab.jsonfile import MiB, read_json_object
 from gptlab.tokenizers.base import Tokenizer
+
+MAX_TOKENIZER_BYTES = 256 * MiB  # the largest vocabularies' files are ~35 MB
 
 
 class HuggingFaceTokenizer(Tokenizer):
@@ -51,17 +54,11 @@ class HuggingFaceTokenizer(Tokenizer):
         """Load a Hugging Face tokenizer.json, with the end-of-text token that the tokenizer_config.json
         beside it names (eos_token), if any."""
         path = Path(path)
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise GptlabError(f"cannot read the tokenizer {path}: {exc}") from None
+        spec = read_json_object(path, MAX_TOKENIZER_BYTES)
         eos = None
         config = path.parent / "tokenizer_config.json"
         if config.is_file():
-            try:
-                eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
-            except (OSError, ValueError, AttributeError):
-                eos = None
+            eos = read_json_object(config).get("eos_token")
             eos = eos.get("content") if isinstance(eos, dict) else eos
         return cls(spec, vocab_size, eos if isinstance(eos, str) else None)
 
@@ -70,10 +67,36 @@ class HuggingFaceTokenizer(Tokenizer):
         return self._vocab
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        # The library raises a bare Exception for a character it has no token for (a vocabulary without an
+        # unknown token) and TypeError for a str that is not Unicode text (a lone surrogate).
+        except Exception as exc:
+            raise GptlabError(self._cannot_encode(text, exc)) from None
+
+    def _cannot_encode(self, text: str, exc: Exception) -> str:
+        """One line naming what in text this tokenizer cannot encode."""
+        lone = sorted({c for c in text if "\ud800" <= c <= "\udfff"})
+        if lone:
+            shown = ", ".join(f"U+{ord(c):04X}" for c in lone[:5])
+            return f"the text holds {len(lone)} lone surrogate(s) ({shown}), which is not Unicode text"
+        unknown = []
+        for c in sorted(set(text)):
+            try:
+                self.hf.encode(c, add_special_tokens=False)
+            except Exception:
+                unknown.append(c)
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            return f"{len(unknown)} character(s) are not in this tokenizer's vocabulary: {shown}"
+        return f"this tokenizer cannot encode the text: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=False)
+        ids = list(ids)
+        bad = next((i for i in ids if not 0 <= i < self._vocab), None)
+        if bad is not None:
+            raise GptlabError(f"token id {bad} is not in this tokenizer's {self._vocab:,} ids")
+        return self.hf.decode(ids, skip_special_tokens=False)
 
     @property
     def special_tokens(self) -> dict[str, int]:
