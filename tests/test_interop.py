@@ -175,7 +175,7 @@ def test_export_never_writes_over_an_existing_directory(tiny_run, tmp_path, caps
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
     proc = cli_in_process(capsys, "export", tiny_run, "--out", taken)
-    assert proc.returncode == 1 and "already exists" in proc.stderr
+    assert proc.returncode == 1 and "non-empty directory" in proc.stderr
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
 
 

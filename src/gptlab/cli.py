@@ -746,6 +746,10 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_chat]
 
 
+# Where running out of memory is the model's size: the error says what to shrink.
+TRAINING_COMMANDS = ("train", "finetune", "align", "bench", "sweep")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The gptlab argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -777,7 +781,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)  # output piped into e.g. `head`, which stopped reading
     except (OSError, MemoryError) as exc:
         # The machine refused (read-only directory, full disk, out of memory): one line, as promised.
-        print(f"gptlab: error: {describe_os_error(exc)}", file=sys.stderr)
+        training = args.command in TRAINING_COMMANDS
+        print(f"gptlab: error: {describe_os_error(exc, training)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("gptlab: interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from gptlab.data.corpora import SkipReport
 from gptlab.errors import GptlabError
+from gptlab.fileio import bounded_lines
 from gptlab.posttrain.template import ROLES, Message
 
 Item = TypeVar("Item")  # what one record parses to
@@ -35,7 +36,7 @@ def json_lines(path: str | Path, report: SkipReport) -> Iterator[Any]:
     if not p.is_file():
         raise GptlabError(f"data file not found: {p}")
     with open(p, "rb") as fh:
-        for raw in fh:
+        for raw in bounded_lines(fh, p):
             try:
                 line = raw.decode("utf-8-sig")
             except UnicodeDecodeError:
