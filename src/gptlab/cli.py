@@ -712,7 +712,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="train settings for continued pretraining, right after DIR (lr=1e-4 max_steps=200 ...)",
+        help="train settings for continued pretraining (lr=1e-4 max_steps=200 ...)",
     )
     p.set_defaults(func=_run_import)
 
@@ -746,6 +746,25 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_chat]
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand's parser: options and positional words in any order, as users write them
+    (`train --data D --out R n_layer=2 --max-steps 2 eval_interval=1`), through argparse's
+    intermixed parsing. A parser with subcommands of its own (bench) parses as argparse does."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Options first, then the positional words wherever they stood."""
+        nested = any(a.nargs == argparse.PARSER for a in self._get_positional_actions())
+        if self._parsing or nested:  # parse_known_intermixed_args calls back in here for each pass
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
 # Where running out of memory is the model's size: the error says what to shrink.
 TRAINING_COMMANDS = ("train", "finetune", "align", "bench", "sweep")
 
@@ -759,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"gptlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     for add in COMMANDS:
         add(sub)
     return parser

@@ -70,9 +70,10 @@ def json_text(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def bounded_lines(fh: IO[bytes], name: str | Path, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]:
-    """The lines of a binary file, each with its newline; a line longer than limit bytes is refused
-    in one line naming the file and the line, before more of it is read."""
+def bounded_lines(fh: IO[bytes], name: str | Path, limit: int | None = None) -> Iterator[bytes]:
+    """The lines of a binary file, each with its newline; a line longer than limit bytes (default
+    MAX_LINE_BYTES) is refused in one line naming the file and the line, before more of it is read."""
+    limit = limit or MAX_LINE_BYTES
     lineno = 0
     while line := fh.readline(limit + 1):
         lineno += 1
