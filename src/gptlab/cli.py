@@ -746,7 +746,15 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_chat]
 
 
-class IntermixedParser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors print whatever was typed (an undecodable byte in an
+    argument arrives as a lone surrogate, which a strict stream cannot write: it is shown escaped)."""
+
+    def _print_message(self, message: str, file=None) -> None:  # type: ignore[override]
+        super()._print_message(message and message.encode("utf-8", "backslashreplace").decode("utf-8"), file)
+
+
+class IntermixedParser(Parser):
     """A subcommand's parser: options and positional words in any order, as users write them
     (`train --data D --out R n_layer=2 --max-steps 2 eval_interval=1`), through argparse's
     intermixed parsing. A parser with subcommands of its own (bench) parses as argparse does."""
@@ -771,7 +779,7 @@ TRAINING_COMMANDS = ("train", "finetune", "align", "bench", "sweep")
 
 def build_parser() -> argparse.ArgumentParser:
     """The gptlab argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gptlab",
         description="Pretrain GPT-style language models from raw text, and put them to use.",
         epilog=EXAMPLES,
@@ -784,6 +792,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """An error message as the one line it promises to be: a newline or other control character the
+    user typed (in a path, a prompt, an override) is shown escaped, as is a lone surrogate."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `gptlab` console script."""
     parser = build_parser()
@@ -794,14 +809,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except GptlabError as exc:
-        print(f"gptlab: error: {exc}", file=sys.stderr)
+        print(f"gptlab: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:
         sys.exit(0)  # output piped into e.g. `head`, which stopped reading
     except (OSError, MemoryError) as exc:
         # The machine refused (read-only directory, full disk, out of memory): one line, as promised.
         training = args.command in TRAINING_COMMANDS
-        print(f"gptlab: error: {describe_os_error(exc, training)}", file=sys.stderr)
+        print(f"gptlab: error: {one_line(describe_os_error(exc, training))}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("gptlab: interrupted", file=sys.stderr)
