@@ -750,7 +750,7 @@ class Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage errors print whatever was typed (an undecodable byte in an
     argument arrives as a lone surrogate, which a strict stream cannot write: it is shown escaped)."""
 
-    def _print_message(self, message: str, file=None) -> None:  # type: ignore[override]
+    def _print_message(self, message: str, file=None) -> None:
         super()._print_message(message and message.encode("utf-8", "backslashreplace").decode("utf-8"), file)
 
 
@@ -761,7 +761,7 @@ class IntermixedParser(Parser):
 
     _parsing = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         """Options first, then the positional words wherever they stood."""
         nested = any(a.nargs == argparse.PARSER for a in self._get_positional_actions())
         if self._parsing or nested:  # parse_known_intermixed_args calls back in here for each pass

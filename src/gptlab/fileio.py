@@ -7,6 +7,7 @@ in one line instead of filling memory.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -70,7 +71,7 @@ def json_text(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def bounded_lines(fh: IO[bytes], name: str | Path, limit: int | None = None) -> Iterator[bytes]:
+def bounded_lines(fh: IO[bytes] | io.BufferedIOBase, name: str | Path, limit: int | None = None) -> Iterator[bytes]:
     """The lines of a binary file, each with its newline; a line longer than limit bytes (default
     MAX_LINE_BYTES) is refused in one line naming the file and the line, before more of it is read."""
     limit = limit or MAX_LINE_BYTES

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +36,7 @@ def _inside(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-Inputs = list[tuple[str, "str | Path | None"]]  # what a command reads: (how the user named it, its path)
+Inputs = Sequence[tuple[str, "str | Path | None"]]  # what a command reads: (how the user named it, its path)
 
 
 def _existing(inputs: Inputs) -> list[tuple[str, Path]]:

@@ -345,8 +345,8 @@ class TrainingSession:
             preset = PRESETS.get(self.cfg.preset, {}).get("train", {}).get("sample_prompt")
             if self.resume or tcfg.sample_prompt != preset:
                 raise
-        start = next((s[:16] for s in self.dataset.shards("train") if len(s)), [])
-        fallback = self.tokenizer.decode([int(i) for i in start])[:1]
+        start: list[int] = next((s[:16].tolist() for s in self.dataset.shards("train") if len(s)), [])
+        fallback = self.tokenizer.decode(start)[:1]
         try:
             self.tokenizer.encode(fallback)
         except GptlabError:
