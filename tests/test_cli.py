@@ -148,7 +148,7 @@ def bad_inputs(tmp_path):
             ["train", "--data", "{data}", "--out", "{tmp}/r", "n_embd=100", "n_head=3"],
             ["n_embd=100 is not divisible by n_head=3"],
         ),
-        (["train", "--data", "{tmp}", "--out", "{tmp}/r"], ["not a prepared dataset"]),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/../r"], ["not a prepared dataset"]),
         (["train", "--data", "{data}", "--out", "{tmp}/r", "sample_prompt=ROMEO ✓"], ["'✓'"]),
         (["sample", "{tmp}", "--prompt", "hi"], ["is not a gptlab run"]),
         (["train", "--resume", "{tmp}"], ["not a resumable gptlab run"]),

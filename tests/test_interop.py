@@ -131,7 +131,8 @@ def test_char_and_bpe_tokenizer_json_give_the_same_ids_in_the_tokenizers_library
             ids = theirs.encode(sample, add_special_tokens=False).ids
             assert ids == ours.encode(sample) == auto(sample).input_ids, name
             assert theirs.decode(ids) == sample == auto.decode(ids)
-    assert tokenizer_config(char, 32).get("eos_token") is None  # a char vocabulary has no end-of-text
+    # A char vocabulary has no end-of-text token: the newline its documents are separated by ends a text.
+    assert AutoTokenizer.from_pretrained(tmp_path / "char", local_files_only=True).eos_token_id == char.encode("\n")[0]
 
 
 def test_export_of_a_trained_run_through_the_cli(tiny_run, tmp_path, capsys):
@@ -175,7 +176,7 @@ def test_export_never_writes_over_an_existing_directory(tiny_run, tmp_path, caps
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
     proc = cli_in_process(capsys, "export", tiny_run, "--out", taken)
-    assert proc.returncode == 1 and "already exists" in proc.stderr
+    assert proc.returncode == 1 and "non-empty directory" in proc.stderr
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
 
 

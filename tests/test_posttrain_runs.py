@@ -185,7 +185,7 @@ def test_bad_post_training_input_is_one_clear_line(runs, sft, tmp_path, capsys):
     base = runs / "base"
     cases = [
         (["finetune", "--from", base, "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "x"], "not found"),
-        (["finetune", "--from", base, "--data", runs / "sft.jsonl", "--out", base], "base run"),
+        (["finetune", "--from", base, "--data", runs / "sft.jsonl", "--out", base], "what this command reads (--from"),
         (["finetune", "--from", base, "--data", runs / "sft.jsonl", "--out", tmp_path / "y", "n_layer=3"], "model"),
         (["align", "--from", base, "--data", runs / "sft.jsonl", "--out", tmp_path / "z"], "no usable preference"),
         (["align", "--resume", sft[0]], "not a `gptlab align` run"),

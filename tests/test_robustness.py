@@ -88,7 +88,7 @@ def test_partial_last_metrics_line_is_tolerated(run_copy, capsys):
 
 def test_prepare_refuses_to_write_into_a_run(run_copy, shakespeare_txt, capsys):
     before = (run_copy / "tokenizer.json").read_bytes()
-    assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", run_copy), "is a training run")
+    assert_clean_error(cli_in_process(capsys, "prepare", shakespeare_txt, "--out", run_copy), "not a dataset directory")
     assert (run_copy / "tokenizer.json").read_bytes() == before
 
 

@@ -712,7 +712,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="train settings for continued pretraining, right after DIR (lr=1e-4 max_steps=200 ...)",
+        help="train settings for continued pretraining (lr=1e-4 max_steps=200 ...)",
     )
     p.set_defaults(func=_run_import)
 
@@ -746,19 +746,57 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_chat]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors print whatever was typed (an undecodable byte in an
+    argument arrives as a lone surrogate, which a strict stream cannot write: it is shown escaped)."""
+
+    def _print_message(self, message: str, file=None) -> None:
+        super()._print_message(message and message.encode("utf-8", "backslashreplace").decode("utf-8"), file)
+
+
+class IntermixedParser(Parser):
+    """A subcommand's parser: options and positional words in any order, as users write them
+    (`train --data D --out R n_layer=2 --max-steps 2 eval_interval=1`), through argparse's
+    intermixed parsing. A parser with subcommands of its own (bench) parses as argparse does."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Options first, then the positional words wherever they stood."""
+        nested = any(a.nargs == argparse.PARSER for a in self._get_positional_actions())
+        if self._parsing or nested:  # parse_known_intermixed_args calls back in here for each pass
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
+# Where running out of memory is the model's size: the error says what to shrink.
+TRAINING_COMMANDS = ("train", "finetune", "align", "bench", "sweep")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The gptlab argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gptlab",
         description="Pretrain GPT-style language models from raw text, and put them to use.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"gptlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     for add in COMMANDS:
         add(sub)
     return parser
+
+
+def one_line(message: str) -> str:
+    """An error message as the one line it promises to be: a newline or other control character the
+    user typed (in a path, a prompt, an override) is shown escaped, as is a lone surrogate."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -771,13 +809,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except GptlabError as exc:
-        print(f"gptlab: error: {exc}", file=sys.stderr)
+        print(f"gptlab: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:
         sys.exit(0)  # output piped into e.g. `head`, which stopped reading
     except (OSError, MemoryError) as exc:
         # The machine refused (read-only directory, full disk, out of memory): one line, as promised.
-        print(f"gptlab: error: {describe_os_error(exc)}", file=sys.stderr)
+        training = args.command in TRAINING_COMMANDS
+        print(f"gptlab: error: {one_line(describe_os_error(exc, training))}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("gptlab: interrupted", file=sys.stderr)

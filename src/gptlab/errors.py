@@ -8,10 +8,14 @@ class GptlabError(Exception):
     """A problem with the user's input (path, corpus, config, run, prompt...), with a readable message."""
 
 
-def describe_os_error(exc: BaseException) -> str:
-    """One line for an error the operating system raised: what it refused and where."""
+TRAINING_MEMORY_HINT = "try a smaller model, batch_size or block_size"
+
+
+def describe_os_error(exc: BaseException, training: bool = False) -> str:
+    """One line for an error the operating system raised: what it refused and where. Running out of
+    memory comes with advice on the model's size only where a model is being trained (training)."""
     if isinstance(exc, MemoryError):
-        return "out of memory (try a smaller model, batch_size or block_size)"
+        return f"out of memory ({TRAINING_MEMORY_HINT})" if training else "out of memory"
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc) or type(exc).__name__
         where = f"{exc.filename}: " if exc.filename else ""

@@ -77,6 +77,19 @@ def read_config(run: str | Path) -> RunConfig:
         raise GptlabError(f"{path / CONFIG} is invalid: {exc}") from None
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """Whether path is a gptlab run (its config.json holds a model and a train section), whole or
+    half-written: the kind of directory train, finetune, align and import may write into."""
+    config = Path(path) / CONFIG
+    try:
+        if not config.is_file() or config.stat().st_size > 1 << 20:  # a run's config is a few KB
+            return False
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("model"), dict) and isinstance(data.get("train"), dict)
+
+
 def save_weights(model: Model, path: str | Path, step: int) -> None:
     """Write model.safetensors atomically (tied weights stored once)."""
     atomic_write(path, lambda tmp: write_weights(model, tmp, step))

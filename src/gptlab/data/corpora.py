@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.errors import GptlabError
+from gptlab.fileio import bounded_lines
 from gptlab.jsonfile import parse_json
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -40,6 +41,7 @@ BUILTIN = ("shakespeare", "tang-poems")
 HF_PREFIX = "hf:"
 READ_BYTES = 1 << 20  # text files are read this many bytes at a time
 CHUNK_CHARS = 1 << 20  # and handed on in chunks of about this many characters
+MAX_JSON_BYTES = 256 << 20  # a .json file (one value, parsed whole) larger than this is refused
 
 
 @dataclass
@@ -241,9 +243,13 @@ def _file_records(path: Path) -> Iterator[Any]:
     if _inner_suffix(path) == ".jsonl":
         yield from _jsonl_records(path)
         return
-    # A .json file is one JSON value: it is parsed whole (use .jsonl for large corpora).
+    # A .json file is one JSON value: it is parsed whole (use .jsonl for large corpora), so its size is bounded.
     with _open_binary(path) as fh, _reading(path):
-        raw = fh.read()
+        raw = fh.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise GptlabError(
+            f"{path} is larger than {MAX_JSON_BYTES:,} bytes, and a .json file is read whole: write it as .jsonl"
+        )
     try:
         raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -287,7 +293,7 @@ def _jsonl_records(path: Path) -> Iterator[Any]:
     """One JSON value per non-blank line, read line by line."""
     offset = 0
     with _open_binary(path) as fh, _reading(path):
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in enumerate(bounded_lines(fh, path), start=1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:

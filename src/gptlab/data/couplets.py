@@ -21,6 +21,7 @@ from typing import Any
 from gptlab.data.corpora import SkipReport, iter_records
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write
+from gptlab.outputs import check_output_file
 
 SENTENCE_END = re.compile(r"(?<=[。！？；])")
 COMMA = "，"
@@ -70,6 +71,7 @@ def iter_couplets(specs: list[str], report: SkipReport) -> Iterator[list[tuple[s
 def write_couplets(specs: list[str], out: str | Path) -> CoupletResult:
     """Write out as JSONL {"source": first line, "target": second line}, one couplet a line
     (atomically: an existing file is replaced only once the new one is complete)."""
+    check_output_file(out, [("the poems", spec) for spec in specs])
     report, count, poems = SkipReport(), 0, 0
     lines: list[str] = []
     for pairs in iter_couplets(specs, report):

@@ -89,7 +89,7 @@ def prepare_pairs(
     """Build a pairs dataset directory from record files of {"source": str, "target": str}; returns
     its meta and what was skipped."""
     check_kind(tokenizer_kind)
-    out = check_dataset_options(out_dir, val_fraction, tokenizer_kind, tokenizer_options)
+    out = check_dataset_options(out_dir, val_fraction, tokenizer_kind, tokenizer_options, specs)
     report = SkipReport()
     pairs = []
     for record in iter_records(specs, report):

@@ -26,9 +26,10 @@ import numpy as np
 from gptlab.data.corpora import Chunk, SkipReport, iter_chunks
 from gptlab.data.encode import Batch, OrderedEncoder
 from gptlab.data.progress import ByteProgress
-from gptlab.data.publish import SPLITS, TOKENIZER_FILE, dataset_id, publish, staged_dataset
+from gptlab.data.publish import SPLITS, TOKENIZER_FILE, dataset_id, is_dataset_dir, publish, staged_dataset
 from gptlab.data.shards import ShardWriter
 from gptlab.errors import GptlabError
+from gptlab.outputs import check_output_dir
 from gptlab.tokenizers import Tokenizer, build_tokenizer, check_kind, needs_training
 
 META_FORMAT = 1
@@ -65,19 +66,23 @@ def split_documents(lengths: Any, val_fraction: float, seed: int) -> np.ndarray:
 
 
 def check_dataset_options(
-    out_dir: str | Path, val_fraction: float, tokenizer_kind: str, tokenizer_options: dict[str, Any] | None
+    out_dir: str | Path,
+    val_fraction: float,
+    tokenizer_kind: str,
+    tokenizer_options: dict[str, Any] | None,
+    specs: list[str],
 ) -> Path:
-    """The checks every dataset build makes before any work (text or pairs); returns the out directory."""
+    """The checks every dataset build makes before any work (text or pairs); returns the out directory.
+    The corpora (specs) and a tokenizer given as a path are inputs, which out must not touch (outputs.py)."""
     if not 0 <= val_fraction < 1:
         raise GptlabError(f"val_fraction={val_fraction} must be in [0, 1)")
     if tokenizer_options and tokenizer_kind != "bpe":
         raise GptlabError(f"{', '.join(tokenizer_options)} applies to the bpe tokenizer, not {tokenizer_kind}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GptlabError(f"--out {out} exists and is not a directory")
-    if any((out / name).exists() for name in ("config.json", "model.safetensors", "checkpoints")):
-        # Its tokenizer.json belongs to the trained weights: replacing it would break the run.
-        raise GptlabError(f"--out {out} is a training run, not a dataset directory; choose another --out")
+    inputs = [("the corpus", spec) for spec in specs] + [
+        ("--tokenizer", tokenizer_kind.partition(":")[2] or tokenizer_kind)
+    ]
+    check_output_dir(out, inputs, "a dataset directory", is_dataset_dir)
     return out
 
 
@@ -100,7 +105,7 @@ def prepare(
         raise GptlabError(f"workers={workers} and shard_tokens={shard_tokens} must be at least 1")
     if tokenizer_options and not needs_training(tokenizer_kind):
         raise GptlabError(f"{', '.join(tokenizer_options)} cannot be set for the pretrained {tokenizer_kind}")
-    out = check_dataset_options(out_dir, val_fraction, tokenizer_kind, tokenizer_options)
+    out = check_dataset_options(out_dir, val_fraction, tokenizer_kind, tokenizer_options, specs)
     with staged_dataset(out) as staging:
         return _prepare_staged(
             specs,

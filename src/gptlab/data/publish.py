@@ -35,6 +35,15 @@ SPLITS = ("train", "val")
 DATA_FILE_PATTERNS = ("{split}.bin", "{split}-[0-9]*.bin", "{split}.*.bin")
 
 
+def is_dataset_dir(path: Path) -> bool:
+    """Whether path holds a dataset, whole or half-written: nothing but a dataset's own files
+    (meta.json, tokenizer.json, the splits' data files, a build's staging, the lock file)."""
+    names = {"meta.json", TOKENIZER_FILE, LOCK_FILE}
+    patterns = [pattern.format(split=split) for split in SPLITS for pattern in DATA_FILE_PATTERNS]
+    patterns.append(f"{STAGING_PREFIX}*")
+    return all(entry.name in names or any(entry.match(p) for p in patterns) for entry in path.iterdir())
+
+
 @contextmanager
 def staged_dataset(out: Path) -> Iterator[Path]:
     """Lock out (created if missing) for a dataset build and yield an empty staging directory inside

@@ -7,14 +7,13 @@
     DIR/tokenizer_config.json     so that AutoTokenizer loads it as it is
     DIR/README.md                 the model card: training data and figures from the run
 
-The directory is written beside DIR under a temporary name and renamed into place whole.
+The directory is written beside DIR under a temporary name and renamed into place whole; what a
+killed export left there is swept by the next one (outputs.staged_directory).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,12 +21,14 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from gptlab.errors import GptlabError
+from gptlab.fileio import plain_mode
 from gptlab.interop.architectures import hf_architecture, hf_config
 from gptlab.interop.hf_gpt2 import to_gpt2_state_dict
 from gptlab.interop.hf_llama import to_llama_state_dict
-from gptlab.interop.hf_tokenizer import to_hf_tokenizer, tokenizer_config
+from gptlab.interop.hf_tokenizer import end_of_text_id, to_hf_tokenizer, tokenizer_config
 from gptlab.interop.model_card import model_card
 from gptlab.model.gpt import GPT
+from gptlab.outputs import check_output_dir, staged_directory
 from gptlab.runs import load_run
 
 FORMATS = ("hf",)
@@ -59,31 +60,28 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     if fmt not in FORMATS:
         raise GptlabError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
     out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise GptlabError(f"--out {out} already exists; choose a new directory")
+    check_output_dir(out, [("RUN", run)])  # a new or empty directory only: an export is never merged into another
     loaded = load_run(run, "cpu")
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     arch = hf_architecture(cfg.model)  # refuses what no architecture expresses, before anything is written
     assert isinstance(model, GPT)  # hf_architecture refused arch=encdec
-    eot = tok.eot_id
+    eot = end_of_text_id(tok)
     generation = {
         "bos_token_id": eot,
         "eos_token_id": eot,
+        "pad_token_id": eot,
         "do_sample": True,
         "temperature": cfg.train.sample_temperature,
         "top_k": cfg.train.sample_top_k,
         "max_length": cfg.model.block_size,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.export-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_directory(out, "export") as staging:
         weights = hf_state_dict(model)
         try:
             save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
         except SafetensorError as exc:  # the library's own type for a failed write (a full disk, say)
             raise GptlabError(f"cannot write {out / 'model.safetensors'}: {str(exc).splitlines()[0]}") from None
+        plain_mode(staging / "model.safetensors")  # safetensors writes it 0600
         write = {
             "config.json": hf_config(cfg.model, eot, eot),
             "generation_config.json": generation,
@@ -94,9 +92,4 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf") -> Path:
         to_hf_tokenizer(tok).save(str(staging / "tokenizer.json"))
         params = sum(p.numel() for p in model.parameters())
         (staging / "README.md").write_text(model_card(loaded, arch, params), encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # an empty directory the user made for it
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -16,6 +16,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from gptlab.data.prepare import CHAR_SEPARATOR
 from gptlab.errors import GptlabError
 from gptlab.tokenizers import CharTokenizer, HuggingFaceTokenizer, PretrainedTokenizer, Tokenizer
 from gptlab.tokenizers.bpe import byte_to_char
@@ -36,9 +37,20 @@ def to_hf_tokenizer(tokenizer: Tokenizer) -> HFTokenizer:
     )
 
 
+def end_of_text_id(tokenizer: Tokenizer) -> int | None:
+    """The id that ends a text in an export: the tokenizer's end-of-text token, or, for the char
+    tokenizer, which has none, the newline its datasets separate documents with (a blank line).
+    Tools such as lm-eval need one (as the prefix of a text scored from its start)."""
+    if tokenizer.eot_id is not None:
+        return tokenizer.eot_id
+    if isinstance(tokenizer, CharTokenizer) and CHAR_SEPARATOR[0] in tokenizer.chars:
+        return tokenizer.chars.index(CHAR_SEPARATOR[0])
+    return None
+
+
 def eos_token(tokenizer: Tokenizer) -> str | None:
-    """The end-of-text token's text, where the tokenizer has one."""
-    eot = tokenizer.eot_id
+    """The text of the token that ends a text (end_of_text_id), where the tokenizer has one."""
+    eot = end_of_text_id(tokenizer)
     if eot is None:
         return None
     # An imported tokenizer may end text with an ordinary token (not in special_tokens): its own text.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from gptlab.interop.architectures import model_config_from_hf
 from gptlab.interop.export import hf_state_dict
 from gptlab.jsonfile import MiB, read_json_object
 from gptlab.model import Model, build_model
-from gptlab.runs import CONFIG, TOKENIZER, WEIGHTS, publish_checkpoint, write_weights
+from gptlab.outputs import check_output_dir, staged_directory
+from gptlab.runs import CONFIG, TOKENIZER, WEIGHTS, current_checkpoint, is_run_dir, publish_checkpoint, write_weights
 from gptlab.tokenizers.huggingface import HuggingFaceTokenizer
 
 INDEX = "model.safetensors.index.json"
@@ -155,8 +155,8 @@ def import_checkpoint(
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
         raise GptlabError(f"{src} is not a transformers checkpoint directory (no config.json)")
-    if out.exists() and any(out.iterdir()):
-        raise GptlabError(f"--out {out} already exists; choose a new run directory")
+    # A run without a checkpoint (an import killed before this one staged its output) may be replaced.
+    check_output_dir(out, [("DIR", src), ("--data", data)], "a gptlab run without a checkpoint", _replaceable)
     hf = read_json_object(inside(src, "config.json"), 1 * MiB)
     cfg = RunConfig(model=model_config_from_hf(hf), preset="imported")
     apply_overrides(cfg, [o if o.startswith("train.") else f"train.{o}" for o in overrides or []])
@@ -184,25 +184,27 @@ def import_checkpoint(
     if data is not None:
         cfg.data = str(Path(data).resolve())
         state = _fresh_training_state(model, cfg, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        tokenizer.save(out / TOKENIZER)
-        (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Written beside out and renamed into place whole: nothing half-imported is left to look like a run.
+    with staged_directory(out, "import", replace=True) as staging:
+        tokenizer.save(staging / TOKENIZER)
+        (staging / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if state is None:  # weights only: enough to sample, evaluate, serve and export
 
             def weights_only(directory: Path) -> list[str]:
                 write_weights(model, directory / WEIGHTS, 0)
                 return [WEIGHTS]
 
-            publish_checkpoint(out, 0, weights_only)
+            publish_checkpoint(staging, 0, weights_only)
         else:
             from gptlab.train.checkpoint import save_checkpoint
 
-            save_checkpoint(out, model, state[1], state[0])
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # nothing half-imported is left to look like a run
-        raise
+            save_checkpoint(staging, model, state[1], state[0])
     return out
+
+
+def _replaceable(path: Path) -> bool:
+    """A run directory holding no checkpoint, which an import may replace."""
+    return is_run_dir(path) and current_checkpoint(path) is None
 
 
 def _fresh_training_state(model: Model, cfg: RunConfig, tokenizer: HuggingFaceTokenizer):

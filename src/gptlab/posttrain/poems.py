@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,12 @@ import numpy as np
 from gptlab.data.corpora import SkipReport, iter_records
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
+from gptlab.outputs import check_distinct, check_output_file
 
 DEFAULT_TEMPLATE = "請用以下題目寫一首詩：{title}"
+MAX_FIELD_WIDTH = 1000  # a {title:>N} pads every prompt to N characters: a few lines' worth at most
+# The width in a format spec: [[fill]align][sign][z][#][0][width]...
+_WIDTH = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)", re.S)
 # Chinese (full-width) and ASCII punctuation that ends a line of verse.
 _PUNCTUATION = re.compile(r"[，。！？；、,.!?;:：\s]+")
 
@@ -66,6 +71,26 @@ def read_poems(paths: list[str], report: SkipReport) -> list[Poem]:
     if not poems:
         raise GptlabError(f"no usable poem records in {', '.join(paths)} ({'; '.join(report.lines()) or 'empty'})")
     return poems
+
+
+def check_template(template: str) -> None:
+    """Refuse, before any poem is read, a template whose output is not bounded by its text and the
+    poem's: a field width ({title:>99999999}) would make every prompt that long, and a width taken
+    from another field ({title:{author}}) is one the poems choose."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise GptlabError(f"prompt template {template!r} is not usable: {exc}") from None
+    for _, name, spec, _ in fields:
+        if name is None or not spec:
+            continue
+        if "{" in spec:
+            raise GptlabError(f"prompt template {template!r}: a format spec may not hold another field")
+        width = _WIDTH.match(spec)
+        if width and width.group(1) and int(width.group(1)) > MAX_FIELD_WIDTH:
+            raise GptlabError(
+                f"prompt template {template!r}: field width {int(width.group(1)):,} is over {MAX_FIELD_WIDTH:,}"
+            )
 
 
 def instruction_prompt(poem: Poem, template: str = DEFAULT_TEMPLATE) -> str:
@@ -120,6 +145,11 @@ def convert(
         raise GptlabError("poem-data needs --instructions FILE and/or --preferences FILE")
     if not 0 <= seed < 2**32:  # numpy's generators take no negative seed
         raise GptlabError(f"--seed {seed} must be in [0, 2**32)")
+    check_template(template)
+    check_distinct({"--instructions": instructions, "--preferences": preferences})
+    for flag, path in (("--instructions", instructions), ("--preferences", preferences)):
+        if path:
+            check_output_file(path, [("the poems", p) for p in paths], flag)
     report = SkipReport()
     poems = read_poems(paths, report)
     written: dict[str, int] = {}

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from gptlab.data.corpora import SkipReport
 from gptlab.errors import GptlabError
+from gptlab.fileio import bounded_lines
 from gptlab.jsonfile import parse_json
 from gptlab.posttrain.template import ROLES, Message
 
@@ -35,7 +36,7 @@ def json_lines(path: str | Path, report: SkipReport) -> Iterator[Any]:
     if not p.is_file():
         raise GptlabError(f"data file not found: {p}")
     with open(p, "rb") as fh:
-        for raw in fh:
+        for raw in bounded_lines(fh, p):
             try:
                 line = raw.decode("utf-8-sig")
             except UnicodeDecodeError:

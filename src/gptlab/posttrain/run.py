@@ -87,7 +87,5 @@ def posttrain(
         return train(None, resume, resume=True, max_steps=max_steps, session=SESSIONS[stage])
     if not (base and data and out):
         raise GptlabError(f"{command} needs --from RUN --data FILE --out RUN2 (or --resume RUN2)")
-    if Path(out).resolve() == Path(base).resolve():
-        raise GptlabError(f"--out {out} is the base run: {command} never writes into the run it starts from")
     cfg = start_config(stage, base, data, overrides + ([f"max_steps={max_steps}"] if max_steps is not None else []))
     return train(cfg, out, session=SESSIONS[stage])

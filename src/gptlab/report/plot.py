@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write
+from gptlab.outputs import check_output_file
 from gptlab.report.history import RunHistory, read_history
 
 LOSS_PNG = "loss.png"
@@ -88,8 +89,7 @@ def write_loss_plot(runs: Sequence[str | Path], out: str | Path | None = None) -
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise GptlabError(f"--out {out}: unsupported image type (use {', '.join(FORMATS)})")
-    if out.is_dir():
-        raise GptlabError(f"--out {out} is a directory; name an image file")
+    check_output_file(out, [("RUN", run) for run in runs])
     fig = loss_figure([read_history(run) for run in runs])
     atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt))
     return out

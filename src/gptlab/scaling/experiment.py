@@ -20,6 +20,7 @@ from typing import Any
 
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_json
+from gptlab.outputs import check_output_dir
 
 DEFAULT_SIZES = "1x32,2x48,2x64,3x96,4x128"
 DEFAULT_BUDGETS = "2.5e11,5e11,1e12"
@@ -86,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("runs/scaling_law"),
         help=f"where {POINTS}, {SUMMARY} and {PLOT} go (default runs/scaling_law)",
     )
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """Whether path holds nothing but what a sweep writes (its points, summary and plot, and the
+    temporary files of their atomic writes): the one kind of directory a sweep writes into."""
+    return all(entry.name in (POINTS, SUMMARY, PLOT) or entry.match(".*.tmp") for entry in path.iterdir())
 
 
 def _options(args: argparse.Namespace) -> tuple[list, list[float], Any, Any]:
@@ -159,8 +166,7 @@ def _sweep(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise GptlabError(f"--out {out} exists and is not a directory")
+    check_output_dir(out, [("--corpus", args.corpus)], "a sweep's directory", is_sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     points_file = out / POINTS
     print(

@@ -21,6 +21,7 @@ import numpy as np
 
 from gptlab.config import ModelConfig, RunConfig, build_config
 from gptlab.errors import GptlabError
+from gptlab.fileio import bounded_lines
 from gptlab.model.accounting import count_params, flops_per_token
 
 # Parameters that scale with the vocabulary or the context (token and position embeddings, an
@@ -147,6 +148,7 @@ def steps_for(setup: Setup, size: Sizing, budget: float) -> int:
 
 def run_point(setup: Setup, shape: Shape, budget: float, run_dir: Path, role: str = "fit") -> dict[str, Any]:
     """Train one shape at one budget through the trainer; the point's record (val loss, N, D, C)."""
+    from gptlab.train.metrics import read_metrics
     from gptlab.train.trainer import train
 
     size = sizing(setup, shape)
@@ -160,7 +162,7 @@ def run_point(setup: Setup, shape: Shape, budget: float, run_dir: Path, role: st
     started = time.perf_counter()
     result = train(setup.config(shape, steps), run_dir)
     wall = time.perf_counter() - started
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     last = [r for r in records if "val_loss" in r][-1]
     tokens = last["tokens_seen"]
     return {
@@ -202,11 +204,12 @@ def read_points(path: Path, signature: dict[str, Any]) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     points = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("setup") == signature and "val_loss" in record:
-            points.append(record)
+    with open(path, "rb") as fh:
+        for line in bounded_lines(fh, path):
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(record, dict) and record.get("setup") == signature and "val_loss" in record:
+                points.append(record)
     return points

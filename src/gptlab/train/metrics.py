@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gptlab.fileio import atomic_write_text
+from gptlab.fileio import atomic_write_text, bounded_lines
 
 
 class MetricsLog:
@@ -47,12 +47,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if not p.exists():
         return []
     records = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            # A run killed mid-write (or still writing) can end in a partial line: it holds nothing whole.
-            continue
+    with open(p, "rb") as fh:
+        for line in bounded_lines(fh, p):
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                # A run killed mid-write (or still writing) can end in a partial line: it holds nothing whole.
+                continue
     return records
 
 

@@ -37,8 +37,10 @@ from gptlab.inference.pair_sample import pair_sample
 from gptlab.locks import LOCK_FILE, lock_dataset_for_reading, lock_run
 from gptlab.model import build_model
 from gptlab.model.accounting import describe, flops_per_token
+from gptlab.model.presets import PRESETS
+from gptlab.outputs import check_output_dir
 from gptlab.precision import autocast, precision_for
-from gptlab.runs import CONFIG, TOKENIZER, read_config, remove_stale_temporaries, weights_path
+from gptlab.runs import CONFIG, TOKENIZER, is_run_dir, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
 from gptlab.train import distributed
 from gptlab.train.checkpoint import (
@@ -157,8 +159,6 @@ def _resolve_config(
         raise GptlabError(
             f"{run} already holds a run; resume it with `gptlab {command} --resume {run}` or choose another --out"
         )
-    if run.exists() and not run.is_dir():
-        raise GptlabError(f"--out {run} exists and is not a directory")
     return cfg
 
 
@@ -196,10 +196,16 @@ def train(
     alignment)."""
     run = Path(run_dir)
     writer = int(os.environ.get("RANK", "0")) == 0  # before setup: only rank 0 writes the run
+    kind = session or TrainingSession
+    if not resume and cfg is not None:  # before the lock creates anything (outputs.py: the one rule)
+        reads = [
+            ("--data", cfg.data if kind.reads_prepared_dataset else cfg.posttrain.data),
+            ("--from", cfg.posttrain.base),
+        ]
+        check_output_dir(run, reads, "a gptlab run", is_run_dir)
     created = not run.exists()
     held = [lock_run(run, create=not resume)] if writer else []
     try:
-        kind = session or TrainingSession
         cfg = _resolve_config(cfg, run, resume, max_steps, kind.command)
         if writer:
             if kind.reads_prepared_dataset:
@@ -323,9 +329,33 @@ class TrainingSession:
             )
         cfg.model.vocab_size = self.tokenizer.vocab_size
         if self.tcfg.sample_tokens and self.dataset.kind == "text":  # pairs sample a held-out source instead
-            self.tokenizer.encode(self.tcfg.sample_prompt)  # refuse an unencodable prompt before any work
+            self._check_sample_prompt()
         if self.dataset.splits["val"]["tokens"]:  # a val split, where there is one, must fit a window too
             batch_loader(self.dataset, "val", self.tcfg.batch_size, cfg.model.block_size, seed=0, arch=cfg.model.arch)
+
+    def _check_sample_prompt(self) -> None:
+        """Refuse a sample prompt the tokenizer cannot encode before any work, unless it is the
+        preset's own (the English "ROMEO:" on a Chinese corpus): a newcomer's first command must
+        work, so the prompt then becomes the start of the dataset's text, and the run says so."""
+        tcfg = self.tcfg
+        try:
+            self.tokenizer.encode(tcfg.sample_prompt)
+            return
+        except GptlabError:
+            preset = PRESETS.get(self.cfg.preset, {}).get("train", {}).get("sample_prompt")
+            if self.resume or tcfg.sample_prompt != preset:
+                raise
+        start: list[int] = next((s[:16].tolist() for s in self.dataset.shards("train") if len(s)), [])
+        fallback = self.tokenizer.decode(start)[:1]
+        try:
+            self.tokenizer.encode(fallback)
+        except GptlabError:
+            fallback = ""  # an empty prompt starts from a document boundary
+        self.say(
+            f"note: the preset's sample prompt {tcfg.sample_prompt!r} is not in this tokenizer's vocabulary; "
+            f"samples start from {fallback!r}, the dataset's first character (sample_prompt=TEXT chooses another)"
+        )
+        tcfg.sample_prompt = fallback
 
     def start_weights(self) -> int:
         """Weights of a new run: pretraining keeps the fresh initialisation. Returns their step."""
