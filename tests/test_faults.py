@@ -194,7 +194,9 @@ def test_a_held_run_lock_refuses_train_and_leaves_no_empty_directory(tmp_path, c
         assert_clean_error(train(capsys, char_dataset, run, 3), "in use")
     assert [p.name for p in run.iterdir()] == [".gptlab.lock"]  # untouched
     # A new run refused for another reason does not leave an empty directory behind.
-    assert_clean_error(train(capsys, tmp_path, tmp_path / "new", 3), "not a prepared dataset")
+    not_data = tmp_path / "notes"  # a directory, but no prepared dataset
+    not_data.mkdir()
+    assert_clean_error(train(capsys, not_data, tmp_path / "new", 3), "not a prepared dataset")
     assert not (tmp_path / "new").exists()
 
 
@@ -283,7 +285,7 @@ def nested_json(tmp_path):
         (["sample", "{run}", "--temperature", "1e-40"], ["temperature="]),
         (["sample", "{run}", "--repetition-penalty", "1e-300"], ["repetition_penalty="]),
         (["sample", "{run}", "--num-samples", str(10**12)], ["num_samples="]),
-        (["prepare", "{tmp}/nested.json", "--out", "{tmp}/d"], ["nested too deeply"]),
+        (["prepare", "{tmp}/nested.json", "--out", "{tmp}/d"], ["nested deeper than"]),
         (["train", "--resume", "{run}", "--max-steps", "3"], ["below the step", "(4)"]),
     ],
 )

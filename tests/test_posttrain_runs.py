@@ -298,3 +298,17 @@ def test_a_base_run_answers_400_saying_it_has_no_chat_template(server, runs):
         chat.chat.completions.create(model="sft", messages=[])
     with pytest.raises(openai.BadRequestError, match="unknown field"):
         chat.chat.completions.create(model="sft", messages=[{"role": "user", "content": "x"}], logit_bias={"1": 1})
+
+
+def test_a_chat_error_says_context_length_only_when_the_context_is_what_overflowed(server, sft):
+    import httpx
+
+    def error(content: str) -> dict:
+        r = httpx.post(server + "/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 400, r.text
+        return r.json()["error"]
+
+    unknown = error("☃")  # a character the tokenizer lacks: a bad message, not a long one
+    assert unknown["param"] == "messages" and unknown["code"] != "context_length_exceeded"
+    too_long = error("帝" * 10_000)  # far past the tiny model's window
+    assert too_long["code"] == "context_length_exceeded" and "does not fit" in too_long["message"]

@@ -101,14 +101,16 @@ def test_crlf_bom_and_multibyte_characters_across_blocks(tmp_path, monkeypatch):
 
 def test_undecodable_bytes_are_reported_with_their_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(corpora, "READ_BYTES", 10)
-    (tmp_path / "good.txt").write_text("fine text\n")
-    (tmp_path / "bad.txt").write_bytes("é".encode() * 20 + b"\xff tail")
+    src = tmp_path / "corpus"  # beside --out: a command never writes inside what it reads
+    src.mkdir()
+    (src / "good.txt").write_text("fine text\n")
+    (src / "bad.txt").write_bytes("é".encode() * 20 + b"\xff tail")
     with pytest.raises(GptlabError, match=r"bad.txt is not UTF-8 text \(undecodable byte at offset 40\)"):
-        prepare([str(tmp_path)], tmp_path / "out", progress=False)
-    (tmp_path / "bad.txt").unlink()
-    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "\xe4\xb8"}\n')
+        prepare([str(src)], tmp_path / "out", progress=False)
+    (src / "bad.txt").unlink()
+    (src / "bad.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "\xe4\xb8"}\n')
     with pytest.raises(GptlabError, match="bad.jsonl line 2 is not UTF-8"):
-        prepare([str(tmp_path)], tmp_path / "out", progress=False)
+        prepare([str(src)], tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "meta.json").exists()
 
 

@@ -8,6 +8,10 @@ class GptlabError(Exception):
     """A problem with the user's input (path, corpus, config, run, prompt...), with a readable message."""
 
 
+class ContextTooLong(GptlabError):
+    """A prompt that does not fit in the model's context (the server's `context_length_exceeded`)."""
+
+
 TRAINING_MEMORY_HINT = "try a smaller model, batch_size or block_size"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from gptlab.errors import GptlabError
+from gptlab.errors import ContextTooLong, GptlabError
 from gptlab.tokenizers import Tokenizer
 from gptlab.tokenizers.special import WithSpecialTokens
 
@@ -117,7 +117,7 @@ class ChatTemplate:
             turns.append(turn)
             used += len(turn)
         if not turns:
-            raise GptlabError(f"the last message does not fit in the model's context ({budget} tokens)")
+            raise ContextTooLong(f"the last message does not fit in the model's context ({budget} tokens)")
         for turn in reversed(turns):
             ids += turn
         return ids + [self.role_ids["assistant"]], len(rest) - len(turns)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gptlab.errors import GptlabError
+from gptlab.errors import ContextTooLong, GptlabError
 from gptlab.posttrain.template import END, ChatTemplate, Message, has_chat_tokens
 from gptlab.runs import LoadedRun
 from gptlab.serve.errors import ERROR_RESPONSES, APIError
@@ -77,8 +77,10 @@ def _prompt(run: LoadedRun, messages: list[ChatMessage]) -> list[int]:
         turns = [Message(m.role, m.content) for m in messages]
         ids, _ = ChatTemplate(run.tokenizer).prompt_within(turns, run.config.model.block_size - 1)
         return ids
-    except GptlabError as exc:
+    except ContextTooLong as exc:
         raise APIError(400, str(exc), "messages", code="context_length_exceeded") from None
+    except GptlabError as exc:  # e.g. a character the tokenizer lacks
+        raise APIError(400, str(exc), "messages") from None
 
 
 async def _whole(job: Job) -> dict[str, Any]:
