@@ -274,3 +274,41 @@ def test_bad_serve_options_are_one_clear_line(capsys, run_dir, flag, value, mess
         main(["serve", str(run_dir), "--port", "0", flag, str(value)])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_events_are_handed_over_together_yet_none_waits_past_its_end(run_dir, monkeypatch):
+    """The model thread hands events to the event loop in batches (serve/service.py FLUSH_EVERY); a
+    sequence's last event, and everything before it, still arrives at once, and in order."""
+    import asyncio
+
+    from gptlab.inference.decoding import SamplingParams
+    from gptlab.runs import load_run
+    from gptlab.serve import service as service_module
+
+    monkeypatch.setattr(service_module, "FLUSH_EVERY", 3600.0)  # only an end or an idle batch flushes
+    svc = service_module.ModelService(load_run(run_dir, "cpu"))
+    wakeups = []
+    real_deliver = service_module.Generation.deliver
+    monkeypatch.setattr(
+        service_module.Generation, "deliver", lambda gen, items: (wakeups.append(len(items)), real_deliver(gen, items))
+    )
+
+    async def both() -> tuple[list, list]:
+        endless = svc.submit([[1, 2, 3]], SamplingParams(10_000, seed=1))
+        short = svc.submit([[1, 2, 3]], SamplingParams(12, seed=2))
+        got = await asyncio.wait_for(_collect(short), 60)  # ends while the other goes on
+        endless.cancel()
+        rest = await asyncio.wait_for(_collect(endless), 60)
+        return got, rest
+
+    try:
+        short_events, endless_events = asyncio.run(both())
+    finally:
+        svc.stop()
+    assert [e.token is not None for e in short_events] == [True] * 12 and short_events[-1].finish == "length"
+    assert endless_events[-1].finish == "cancelled"
+    assert max(wakeups) > 1  # a flush carried several steps' events at once
+
+
+async def _collect(gen) -> list:
+    return [event async for _, event in gen]
