@@ -205,25 +205,31 @@ class Lesson:
 
     def train(self, ids: list[int], steps: int = 1, lr: float | None = None) -> dict[str, Any]:
         """steps trainer steps on the window ids, with the table before the first and after the last: the
-        report `gptlab step --json` prints and /api/train-step answers."""
+        report `gptlab step --json` prints and /api/train-step answers. lr: the hidden matrices' rate for
+        every step; None: each step the schedule's (default_lr), and the report's lr is the first step's."""
         if not 1 <= steps <= MAX_STEPS:
             raise GptlabError(f"steps={steps} must be in 1..{MAX_STEPS}")
-        if lr is None:
-            lr = self.default_lr()
-        elif not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        if lr is not None and not (math.isfinite(lr) and 0 < lr <= MAX_LR):
             raise GptlabError(f"lr={lr} must be a number in (0, {MAX_LR:g}]")
         data = torch.tensor([ids], device=self.device)
         batch = Batch(data[:, :-1], data[:, 1:])
         before = self.table(ids)
         losses: list[float] = []
+        first_lr = lr if lr is not None else self.default_lr()
         started = time.perf_counter()
         for _ in range(steps):
-            loss, grad_by_layer, grad_by_role, update_by_role = self.step_batch(batch, lr)
+            # No rate given: each step takes the schedule's, as the trainer's steps do.
+            loss, grad_by_layer, grad_by_role, update_by_role = self.step_batch(
+                batch, lr if lr is not None else self.default_lr()
+            )
             if not math.isfinite(loss):
-                raise GptlabError(f"the loss became {loss} at lr={lr:g}; reset and take a smaller lr")
+                raise GptlabError(f"the loss became {loss}; reset and take a smaller lr")
             losses.append(loss)
         step_ms = (time.perf_counter() - started) * 1000
         after = self.table(ids)
+        broken = [a["loss"] for a in after if not math.isfinite(a["loss"])]
+        if broken:  # the last update broke the weights (and NaN or infinity has no JSON)
+            raise GptlabError(f"after the update a target's loss is {broken[0]}; reset and take a smaller lr")
         positions = [
             {
                 "index": i,
@@ -248,7 +254,7 @@ class Lesson:
             "grad_norm_by_layer": grad_by_layer,
             "grad_norm_by_role": grad_by_role,
             "update_norm_by_role": update_by_role,
-            "lr": lr,
+            "lr": first_lr,
             "step_ms": step_ms,
             "trained_steps": self.trained_steps,
             "run_step": self.run_step,
