@@ -258,3 +258,23 @@ def test_decoding_goes_on_while_a_lesson_step_runs(run):
         still_training = holder.lock.locked()  # served while the step ran: it runs off the event loop
         long_step.join()
         assert still_training
+
+
+def test_a_run_without_optimizer_state_steps_with_a_fresh_optimizer(tmp_path, run, capsys):
+    # As an imported run, or one written before checkpoints held the optimizer: the weights alone.
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare)
+    for state in bare.glob("checkpoints/*/train_state.*"):
+        state.unlink()
+    proc = cli_in_process(capsys, "step", bare, "--text", TEXT, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the run keeps no optimizer state" in proc.stdout
+
+
+def test_an_encoder_decoder_run_is_refused_in_one_line(tmp_path, run, capsys):
+    other = tmp_path / "encdec"
+    shutil.copytree(run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["arch"] = "encdec"
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert_clean_error(cli_in_process(capsys, "step", other, "--text", TEXT, "--device", "cpu"), "encoder–decoder")
