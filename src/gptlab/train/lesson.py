@@ -10,8 +10,9 @@ role from train/optim.py, the trainer's learning-rate rule) on one window of tex
 
 Repeated steps on the same window memorise it (its loss falls toward 0); reset() goes back to the run's
 weights and optimizer state. The copy keeps its own dropout random stream (the checkpoint's), so its steps
-neither disturb nor depend on other users of torch's global generator, and one step from a checkpoint is
-bit for bit the step `gptlab train --resume` takes next on the same batch.
+neither disturb nor depend on other users of torch's global CPU generator (a CUDA model's dropout draws from
+the device's own), and on a CPU one step from a checkpoint is bit for bit the step `gptlab train --resume`
+takes next on the same batch.
 """
 
 from __future__ import annotations
@@ -144,17 +145,19 @@ class Lesson:
         """One optimizer step exactly as the trainer takes it, at lr for the hidden matrices (other roles
         keep their ratio). Returns the loss it trained on, the gradient's norm by layer and by role (before
         clipping), and the update's norm by role."""
-        grad_sq: dict[str, float] = {}
+        grad_sq: dict[str, torch.Tensor] = {}  # kept on the device: one wait at the end, not one per tensor
         params = dict(self.model.named_parameters())
 
         def record(name: str):
             def hook(p: torch.Tensor) -> None:
-                grad_sq[name] = float(p.grad.detach().float().pow(2).sum()) if p.grad is not None else 0.0
+                if p.grad is not None:
+                    grad_sq[name] = p.grad.detach().float().pow(2).sum()
 
             return hook
 
         handles = [p.register_post_accumulate_grad_hook(record(n)) for n, p in params.items() if p.requires_grad]
         before = {n: p.detach().clone() for n, p in params.items()}
+        scale = self.runner.scaler.get_scale() if self.runner.scaler else 1.0  # float16 scales the gradients
         self.model.train()
         try:
             with torch.random.fork_rng(devices=[]):
@@ -165,13 +168,12 @@ class Lesson:
             for handle in handles:
                 handle.remove()
         self.trained_steps += 1
-        scale = self.runner.scaler.get_scale() if self.runner.scaler else 1.0  # float16 scales the gradients
         by_layer: dict[str, float] = {}
         by_role: dict[str, float] = {}
         update: dict[str, float] = {}
         for name, p in params.items():  # in the model's order: along the data's path, embedding first
             role, layer = self.roles[name], layer_of(name)
-            sq = grad_sq.get(name, 0.0) / scale**2
+            sq = float(grad_sq[name]) / scale**2 if name in grad_sq else 0.0
             by_layer[layer] = by_layer.get(layer, 0.0) + sq
             by_role[role] = by_role.get(role, 0.0) + sq
             update[role] = update.get(role, 0.0) + float((p.detach() - before[name]).float().pow(2).sum())
