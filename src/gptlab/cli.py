@@ -20,6 +20,7 @@ examples:
   gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300
   gptlab eval runs/demo
   gptlab trace runs/demo --prompt "ROMEO:" --position 3
+  gptlab step runs/demo --text "ROMEO: But soft" --steps 5
   gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
   gptlab plot runs/demo && gptlab report runs/demo
