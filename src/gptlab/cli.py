@@ -391,7 +391,7 @@ def _add_step(sub: argparse._SubParsersAction) -> None:
         help="print one JSON object: loss_before, loss_after, losses, positions, grad_norm_by_layer, "
         "grad_norm_by_role, update_norm_by_role, lr",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="where the copy trains: auto (default), cpu, cuda or mps")
     p.set_defaults(func=_run_step)
 
 
