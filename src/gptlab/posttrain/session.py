@@ -256,6 +256,10 @@ class RewardSession(PosttrainSession):
 
     def objective(self) -> RewardObjective:
         self.__dict__.pop("_base_model", None)  # read once for the start weights; not needed after
+        if not self.cfg.model.tie_embeddings:
+            # A reward never reads the unembedding: frozen, it stays out of the optimizer and out of
+            # DDP's gradient exchange (which refuses a parameter that gets no gradient).
+            self.model.lm_head.weight.requires_grad_(False)
         return self.reward_objective
 
     @torch.no_grad()
