@@ -209,6 +209,7 @@ def test_bad_reward_input_is_one_clear_line(poems, rm, tmp_path, capsys):
         ),
         (["reward", "--resume", base], "not a `gptlab reward` run"),
         (["poem-data", poems / "poems.jsonl", "--verse-pairs", poems / "poems.jsonl"], "poems"),
+        (["export", rm[0], "--format", "hf", "--out", tmp_path / "hf"], "reward_head"),
     ]
     for args, needle in cases:
         assert_clean_error(cli_in_process(capsys, *args), needle)

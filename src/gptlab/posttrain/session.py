@@ -122,7 +122,7 @@ class PosttrainSession(TrainingSession):
         """The base run's model, read once: the start of the weights and, for DPO, the reference."""
         return load_run(self.cfg.posttrain.base, self.device).model
 
-    def objective(self) -> DPOObjective | None:
+    def objective(self) -> DPOObjective | RewardObjective | None:
         # Called after start_weights (or a resume): the base model read once serves both, then goes.
         base = self._base_model if self.dpo else None
         self.__dict__.pop("_base_model", None)
