@@ -217,6 +217,19 @@ def test_bad_reward_input_is_one_clear_line(poems, rm, tmp_path, capsys):
         load_reward_model(base)
 
 
+def test_two_ddp_ranks_train_a_reward_model_as_one_process_with_double_accumulation(poems, rm, tmp_path):
+    from test_distributed import torchrun
+
+    common = ["--data", poems / "pairs.jsonl", "--max-steps", "2", "batch_size=4", "eval_interval=2", "held_out=8"]
+    common += ["log_interval=1", "lr=3e-3", "device=cpu"]
+    assert gptlab("reward", "--from", poems / "base", "--out", tmp_path / "one", *common, "grad_accum=2") == 0
+    two = torchrun("reward", "--from", str(poems / "base"), "--out", str(tmp_path / "two"), *map(str, common))
+    assert two.returncode == 0, two.stderr
+    for key in ("train_loss", "val_loss", "pair_accuracy"):
+        one, both = metrics(tmp_path / "one", key), metrics(tmp_path / "two", key)
+        assert sorted(one) == sorted(both) and all(both[s] == pytest.approx(one[s], rel=1e-5) for s in one), key
+
+
 def test_an_untied_unembedding_stays_frozen_in_a_reward_model(poems, rm, tmp_path):
     # The reward never reads lm_head: it must get no update (and so no gradient for DDP to wait for).
     cfg = build_config(
