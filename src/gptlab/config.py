@@ -61,6 +61,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # unembedding shares the token embedding's matrix
     zero_init: bool = False  # output projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off
+    reward_head: bool = False  # a scalar head on the final norm: a reward model (`gptlab reward`)
 
     @property
     def head_dim(self) -> int:
@@ -90,6 +91,8 @@ class ModelConfig:
             _bad("dropout", self.dropout, "must be in [0, 1)")
         if self.logit_softcap < 0:
             _bad("logit_softcap", self.logit_softcap, "must be >= 0 (0 is off)")
+        if self.reward_head and self.arch != "gpt":
+            _bad("reward_head", self.reward_head, "needs arch=gpt (a reward model reads one sequence)")
 
 
 @dataclass
@@ -182,17 +185,17 @@ class TrainConfig:
         _fits_64_bits(self)
 
 
-Stage = Literal["", "sft", "dpo"]
+Stage = Literal["", "sft", "dpo", "rm"]
 
 
 @dataclass
 class PosttrainConfig:
-    """After pretraining: instruction fine-tuning (sft) or preference alignment (dpo); empty for a
-    pretraining run."""
+    """After pretraining: instruction fine-tuning (sft), preference alignment (dpo) or a reward model
+    (rm); empty for a pretraining run."""
 
-    stage: Stage = ""  # "": pretraining; sft: `gptlab finetune`; dpo: `gptlab align`
+    stage: Stage = ""  # "": pretraining; sft: `gptlab finetune`; dpo: `gptlab align`; rm: `gptlab reward`
     base: str = ""  # the run it starts from (read, never written)
-    data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo)
+    data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo, rm)
     epochs: float = 0.0  # > 0: max_steps is this many passes over the training records
     held_out: int = 64  # records kept out of training for evaluation (at most a tenth of them)
     sample_prompts: int = 2  # held-out prompts answered at each evaluation

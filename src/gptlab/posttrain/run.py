@@ -27,6 +27,8 @@ _COMMON = {
 STAGE_DEFAULTS = {
     "sft": {**_COMMON, "batch_size": 16, "max_steps": 300, "lr": 3e-4, "min_lr": 3e-5},
     "dpo": {**_COMMON, "batch_size": 8, "max_steps": 200, "lr": 5e-5, "min_lr": 5e-6},
+    # A reward model's head starts from nothing: a larger rate than DPO's; no samples to write.
+    "rm": {**_COMMON, "batch_size": 8, "max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "sample_tokens": 0},
 }
 
 
@@ -43,10 +45,11 @@ def start_config(stage: Stage, base: str | Path, data: str | Path, overrides: li
     if not data_path.is_file():
         raise GptlabError(f"data file not found: {data}")
     cfg = RunConfig(model=base_cfg.model, preset=base_cfg.preset, data=base_cfg.data)
+    cfg.model.reward_head = stage == "rm"  # a reward model is the base's transformer with a scalar head
     cfg.train = TrainConfig(device=base_cfg.train.device, seed=base_cfg.train.seed)
     apply_overrides(cfg, STAGE_DEFAULTS[stage])
     cfg.posttrain = PosttrainConfig(stage=stage, base=str(Path(base).resolve()), data=str(data_path.resolve()))
-    shape = {f.name for f in fields(ModelConfig)} - {"dropout"}
+    shape = {f.name for f in fields(ModelConfig)} - {"dropout"}  # reward_head too: the stage sets it
     for item in overrides:
         key = item.partition("=")[0].strip().lstrip("-").replace("-", "_")
         if key.removeprefix("model.") in shape or key.removeprefix("posttrain.") in ("stage", "base"):
@@ -68,7 +71,7 @@ def posttrain(
     overrides: list[str],
     max_steps: int | None = None,
 ) -> TrainResult:
-    """Start (base, data, out) or resume (resume) a fine-tuning (sft) or alignment (dpo) run."""
+    """Start (base, data, out) or resume (resume) a fine-tuning (sft), alignment (dpo) or reward-model (rm) run."""
     command = SESSIONS[stage].command
     if resume:
         if base or data or out or overrides:
