@@ -361,6 +361,46 @@ def _run_trace(args: argparse.Namespace) -> None:
     print_trace(args.run, args.prompt.replace("\\n", "\n"), args.position, args.top, args.device, args.json)
 
 
+def _add_step(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "step",
+        help="take training steps on one window of text and show what they change",
+        description="Train a copy of the run's model on one window of text with the run's own optimizer "
+        "and learning-rate rule, exactly as `gptlab train` steps, and show for every position the target "
+        "token's probability before and after, the loss, the gradient's norm by layer and the update's "
+        "size by parameter role. Repeat steps to watch the model memorise the window. The run on disk is "
+        "never changed. A text longer than the context keeps its last block_size+1 tokens.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory (only read)")
+    p.add_argument(
+        "--text",
+        help="the window to train on (\\n is a newline); default: a random window of the run's validation data",
+    )
+    p.add_argument("--steps", type=int, default=1, metavar="N", help="steps to take on the window (1..100, default 1)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        help="learning rate of the hidden matrices (other roles keep their ratio); default: the run's schedule "
+        "at its step, or its peak lr once the schedule has ended",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: loss_before, loss_after, losses, positions, grad_norm_by_layer, "
+        "grad_norm_by_role, update_norm_by_role, lr",
+    )
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_step)
+
+
+def _run_step(args: argparse.Namespace) -> None:
+    from gptlab.commands.step import print_step
+
+    text = None if args.text is None else args.text.replace("\\n", "\n")
+    print_step(args.run, text, args.steps, args.lr, args.device, args.json)
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -732,6 +772,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_eval,
     _add_trace,
+    _add_step,
     _add_serve,
     _add_plot,
     _add_report,
