@@ -182,13 +182,18 @@ def save_kept_weights(model: Model, run: str | Path, step: int) -> None:
     atomic_write(path, write)
 
 
-def load_kept_model(run: str | Path, cfg: RunConfig, step: int, device: str | torch.device = "cpu") -> Model:
-    """The run's model with the weights it kept at `step`, in eval mode on device; a step it did not keep
-    is refused in one line that lists the kept ones."""
+def check_kept(run: str | Path, step: int) -> None:
+    """Refuse, in one line that lists the kept steps, a step whose weights the run did not keep."""
     if isinstance(step, bool) or not isinstance(step, int) or not history_file(run, step).is_file():
         kept = history_steps(run)
         listed = ", ".join(map(str, kept)) if kept else "none (train with history=true to keep them)"
-        raise GptlabError(f"step={step!r} is not kept in the history of {run}; kept steps: {listed}")
+        raise GptlabError(f"step={step!r} is not kept in this run's history; kept steps: {listed}")
+
+
+def load_kept_model(run: str | Path, cfg: RunConfig, step: int, device: str | torch.device = "cpu") -> Model:
+    """The run's model with the weights it kept at `step`, in eval mode on device; a step it did not keep
+    is refused in one line that lists the kept ones."""
+    check_kept(run, step)
     model = build_model(cfg.model)
     load_weights(model, history_file(run, step))
     return model.to(device).eval()

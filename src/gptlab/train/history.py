@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gptlab.config import RunConfig
 from gptlab.model.accounting import count_params
-from gptlab.runs import HISTORY
+from gptlab.runs import HISTORY, history_bytes, history_steps
 
 FIRST_KEPT = 50  # the first kept step after 0; each later one doubles it
 AUTO_MAX_PARAMS = 20_000_000  # history=auto keeps one below this (the series costs a few tens of MB)
@@ -63,3 +63,15 @@ def describe_history(cfg: RunConfig, run: str | Path | None = None) -> str:
         f"history: the weights at steps {steps} are kept{where} "
         f"(about {history_bytes_estimate(cfg) / 1e6:,.1f} MB; history={setting})"
     )
+
+
+def describe_kept(run: str | Path) -> list[str]:
+    """What a run's history holds: the kept steps and their size on disk (in bytes, exactly)."""
+    steps = history_steps(run)
+    if not steps:
+        return ["history: none kept (train with history=true to keep one)"]
+    size = history_bytes(run)
+    return [
+        f"history: {len(steps)} kept steps ({', '.join(map(str, steps))}) in {Path(run) / HISTORY}",
+        f"history disk cost: {size:,} bytes ({size / 1e6:,.1f} MB); `gptlab sample {run} --step N` samples one",
+    ]
