@@ -167,7 +167,7 @@ function drawHistory() {
   const prompt = document.createElement("span");
   prompt.textContent = more.text.slice(0, more.text.length - more.continuation.length);
   const added = document.createElement("b");
-  added.textContent = more.continuation;
+  added.textContent = visible(more.continuation);  // an untrained model's spaces and newlines show
   $("history-text").replaceChildren(prompt, added);
   $("history-text").dataset.step = step;
 }

@@ -105,8 +105,9 @@ function drawStage(data) {
   const s = data.stages[trace.stage], view = data.stage;
   const axes = `[${s.axes.replace(/ /g, "×")}]`;
   $("stage-title").textContent = `${trace.stage + 1} / ${data.stages.length}  ${s.name}  (${s.module})`;
-  $("stage-op").textContent = `${s.op} → ${axes}`;
-  const sizes = { op: withSizes(s.op, data.dims), shape: withSizes(axes, data.dims) };
+  const op = opText(s);  // walkthrough.js: the op in the page's language
+  $("stage-op").textContent = `${op} → ${axes}`;
+  const sizes = { op: withSizes(op, data.dims), shape: withSizes(axes, data.dims) };
   $("stage-sizes").textContent = `${sizes.op} → ${sizes.shape}`;
   const fmt = (v) => (v === null ? "—" : Number(v).toPrecision(4));
   const width = s.shape[s.shape.length - 1];

@@ -10,7 +10,7 @@
 // {C}, {T}, {H}, {D}, {F}, {V} are the model's live sizes.
 const CONCEPTS = {
   tokens: {
-    part: "tokens", formula: "text → ids [T]",
+    part: "tokens", formula: "ids = tokenizer(text)  [T]",
     en: ["Tokens", "The tokenizer cut your prompt into {T} tokens and replaced each by its id, its row number in a vocabulary of {V}. The model never sees characters, only these ids."],
     zh: ["词元", "分词器把提示切成 {T} 个词元，每个词元换成它的 id，也就是它在 {V} 个词元的词表里的行号。模型看不到字，只看到这些 id。"],
   },
@@ -70,7 +70,7 @@ const CONCEPTS = {
     zh: ["QK-norm", "每个头里的查询和键各做 RMS 归一化，它们的点积因此有界，即使学习率很大，softmax 也不会爆掉。"],
   },
   rope: {
-    part: "attention", formula: "(x₂ᵢ, x₂ᵢ₊₁) rotated by θ(t, i)",
+    part: "attention", formula: "(x₂ᵢ, x₂ᵢ₊₁) · R(θ(t, i))",
     en: ["RoPE: rotating q and k", "Each channel pair of q and k is rotated by its position's angle. After the rotation, the dot product of a query and a key depends only on how far apart their positions are."],
     zh: ["RoPE：旋转 q 和 k", "q 和 k 的每一对通道按所在位置的角度旋转。旋转之后，查询和键的点积只取决于两个位置相隔多远。"],
   },
@@ -80,12 +80,12 @@ const CONCEPTS = {
     zh: ["注意力得分", "每个查询和每个键做点积，再除以 √D（D = {D}），让数值保持在 softmax 好处理的范围。行是发问的位置，列是它看的位置。"],
   },
   mask: {
-    part: "attention", formula: "scores[r, c] = −∞  for c > r",
+    part: "attention", formula: "scores[r, c] = −∞  (c > r)",
     en: ["Causal mask", "A position may not look at the future: every score above the diagonal becomes −∞, which softmax turns into 0. This is what makes the model predict the next token from the ones before it."],
     zh: ["因果掩码", "一个位置不能看未来：对角线以上的得分都设为 −∞，softmax 之后变成 0。正因如此，模型是根据前面的词元预测下一个词元。"],
   },
   weights: {
-    part: "attention", formula: "w = softmax(scores)  (each row sums to 1)",
+    part: "attention", formula: "w = softmax(scores),  Σⱼ wᵢⱼ = 1",
     en: ["Attention weights", "Softmax turns each row of scores into weights, positive and summing to 1: how much each position listens to itself and to each earlier position."],
     zh: ["注意力权重", "softmax 把每一行得分变成权重，都为正、和为 1：每个位置听自己和前面每个位置多少。"],
   },
@@ -154,6 +154,11 @@ const CONCEPTS = {
     en: ["Soft-cap", "The logits pass through cap · tanh(logit / cap): bounded, so no token can become overwhelmingly certain."],
     zh: ["软上限", "logits 经过 cap · tanh(logit / cap)：有界，没有哪个词元能变得压倒性地确定。"],
   },
+  other: {
+    part: "", formula: "",
+    en: ["This stage", "A stage this walkthrough has no words for yet: its operation and numbers are on the right."],
+    zh: ["这个阶段", "这个阶段还没有说明：它的运算和数值在右边。"],
+  },
   softmax: {
     part: "softmax", formula: "p = e^logit / Σ e^logit",
     en: ["Softmax: the prediction", "The logits become probabilities, positive and summing to 1. The last row is the guess for the token after your prompt, the bars of the next-token view. In training, the loss is −log p of the true next token at every position (cross-entropy); backpropagation finds how every weight you have seen should move to raise p, and gradient descent moves them: see Train on this."],
@@ -161,7 +166,8 @@ const CONCEPTS = {
   },
 };
 
-// Which concept a stage is, from its name (its module path and the module's own name for it) and op.
+// Which concept a stage is, from its name (its module path and the module's own name for it) and op;
+// "other" for a stage no text was written for (tests/test_page_texts.py keeps every model's stages covered).
 function conceptOf(stage) {
   const parts = stage.name.split("."), last = parts[parts.length - 1];
   if (parts.includes("cross")) return "cross";
@@ -172,18 +178,18 @@ function conceptOf(stage) {
     const named = { qkv: "qkv", q: "split", k: "split", v: "split", q_norm: "qk_norm", k_norm: "qk_norm",
       q_rope: "rope", k_rope: "rope", scores: "scores", scores_masked: "mask", weights: "weights",
       weighted: "weighted", heads: "concat", proj: "attn_proj" };
-    return named[last] || "weighted";
+    return named[last] || "other";
   }
   if (parts.includes("mlp")) {
     const named = { fc: "fc", gelu: "gelu", gelu_tanh: "gelu", relu2: "relu2", gate: "swiglu_split",
       value: "swiglu_split", swiglu: "swiglu", proj: "mlp_proj" };
-    return named[last] || "fc";
+    return named[last] || "other";
   }
   if (last.startsWith("resid_")) return last === "resid_cross" ? "cross" : "residual";
   const named = { ids: "tokens", wte: "embedding", wpe: "position", wpe_source: "position", embed: "embed_sum",
     angles: "rope_angles", logits_raw: "logits", probs: "softmax" };
   if (last === "logits") return stage.op.includes("tanh") ? "softcap" : "logits";
-  return named[last] || "embed_sum";
+  return named[last] || "other";
 }
 
 // The diagram's component a stage lights: the concept's part, refined inside a block (which norm, which
@@ -258,6 +264,13 @@ function drawDiagram(data, index) {
   diagram.replaceChildren();
   path.forEach((el, i) => diagram.append(...(i ? [arrow(), el] : [el])));
   diagram.dataset.part = lit;
+}
+
+// The model's description of a stage's operation (English words, e.g. "softmax over each row (the keys)"),
+// or on the Chinese page, where it has English words, the concept's formula in its place.
+function opText(stage) {
+  const words = stage.op.replace(/\b(softmax|tanh)\b/g, "").match(/\b[a-z]{3,}\b/);
+  return i18n.lang === "en" || !words ? stage.op : CONCEPTS[conceptOf(stage)].formula;
 }
 
 const fmt4 = (x) => (x === null || x === undefined ? "—" : Number.isInteger(x) ? String(x) : Number(x).toPrecision(4));
