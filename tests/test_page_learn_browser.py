@@ -189,11 +189,13 @@ def _train(server, browser, wait) -> None:
     losses = browser.find_elements(By.CSS_SELECTOR, "#train-losses circle")
     assert len(losses) == 12  # eleven steps' losses and the loss after the last
     assert sum(math.log(r["after"]) for r in rows) > sum(math.log(r["before"]) for r in rows)
+    browser.set_window_size(1200, 1400)  # the whole table in the picture
     _shot(browser, "page-train")
     browser.find_element(By.ID, "lang").click()
     wait.until(lambda d: "损失" in d.find_element(By.ID, "train-summary").text)
     _shot(browser, "page-train-zh")
     browser.find_element(By.ID, "lang").click()
+    browser.set_window_size(1200, 1100)
     # Reset: the copy is the run's again, so the next step starts from the served model's probabilities.
     browser.find_element(By.ID, "train-reset").click()
     wait.until(lambda d: _settled(d) and _trained(d) == "0" and not _rows(d))

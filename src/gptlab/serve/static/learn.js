@@ -86,6 +86,15 @@ function drawLosses(svg, losses) {
     undefined)));
 }
 
+// A layer's or a parameter role's name as the server gives it ("block 0", "matrix"), in the page's language
+// when it is one of the names the trainer uses.
+function nameIn(name) {
+  const block = name.match(/^block (\d+)$/);
+  if (block) return t("train.block", { i: block[1] });
+  const key = `train.name.${name.replace(/[^a-z]+/g, "_")}`;
+  return key in TEXTS.en ? t(key) : name;
+}
+
 function drawNamedBars(svg, values, colour) {
   const entries = Object.entries(values), rowH = 18, labelW = 110, valueW = 70;
   const width = +svg.getAttribute("width"), most = Math.max(...entries.map(([, v]) => v), 0) || 1;
@@ -95,7 +104,7 @@ function drawNamedBars(svg, values, colour) {
     const g = svgElement("g", { transform: `translate(0, ${i * rowH})`, class: "named-bar" });
     g.dataset.name = name;
     g.dataset.value = v;
-    g.append(svgElement("text", { x: labelW - 6, y: 13, "text-anchor": "end" }, name),
+    g.append(svgElement("text", { x: labelW - 6, y: 13, "text-anchor": "end" }, nameIn(name)),
       svgElement("rect", { x: labelW, y: 3, height: rowH - 6, width: Math.max(1, v / most * (width - labelW - valueW)), fill: colour }),
       svgElement("text", { x: width - valueW + 4, y: 13 }, Number(v).toPrecision(3)));
     svg.append(g);
