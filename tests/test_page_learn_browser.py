@@ -249,3 +249,40 @@ def _bars_of(browser) -> list[tuple[int, float]]:
             "return Array.from(document.querySelectorAll('#history-bars .bar'), b => [b.dataset.id, b.dataset.prob])"
         )
     ]
+
+
+def test_page_speaks_the_browsers_language_and_remembers_the_switch(server, tmp_path):  # noqa: F811
+    """A browser that prefers Chinese gets the Chinese page; the switch's choice outlives a reload."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(server + "/")
+        wait.until(lambda d: "运行 tiny" in d.find_element(By.ID, "info").text)
+        assert driver.execute_script("return document.documentElement.lang") == "zh-CN"
+        assert driver.find_element(By.CSS_SELECTOR, '.tab[data-view="train"]').text == "在这上面训练"
+        driver.find_element(By.ID, "lang").click()
+        wait.until(lambda d: "run tiny" in d.find_element(By.ID, "info").text)
+        assert driver.find_element(By.CSS_SELECTOR, '.tab[data-view="train"]').text == "Train on this"
+        driver.refresh()  # the choice is remembered over the browser's preference
+        wait.until(lambda d: "run tiny" in d.find_element(By.ID, "info").text)
+        driver.get(server + "/?lang=zh")  # and the address chooses over both
+        wait.until(lambda d: "运行 tiny" in d.find_element(By.ID, "info").text)
+    finally:
+        driver.quit()
