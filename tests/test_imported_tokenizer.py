@@ -56,6 +56,7 @@ def test_commands_with_the_imported_tokenizer_are_one_line(run, bad, tmp_path, c
         ["sample", run, "--prompt", bad, "--max-new-tokens", "2"],
         ["tokenize", run, bad],
         ["trace", run, "--prompt", bad],
+        ["step", run, "--text", bad, "--device", "cpu"],  # an imported run: no optimizer state, a fresh one
     ):
         assert_clean_error(cli_in_process(capsys, *args), "tokenizer" if "Z" in bad else "surrogate")
     corpus = tmp_path / "corpus.txt"
@@ -79,3 +80,10 @@ def test_the_server_answers_400_not_500(run):
             r = client.post("/api/next", content=body, headers={"content-type": "application/json"})
             assert r.status_code == 400, r.text
         assert client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2}).status_code == 200
+
+
+def test_an_imported_run_takes_a_lesson_step_with_a_fresh_optimizer(run, capsys):
+    proc = cli_in_process(capsys, "step", run, "--text", TEXT, "--steps", "5", "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert "no optimizer state" in report["note"] and report["loss_after"] < report["loss_before"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -203,6 +205,7 @@ def test_the_page_trains_a_copy_and_resets_it(run):
             ({"text": TEXT, "steps": 0}, "steps=0"),
             ({"text": TEXT, "steps": 101}, "steps=101"),
             ({"text": TEXT, "lr": 0}, "lr=0"),
+            ({"text": "a" * 100 * 32 + "a"}, "at most 3,200"),
         ]:
             answer = client.post("/api/train-step", json=body)
             assert answer.status_code == 400 and needle in answer.json()["detail"], answer.text
@@ -222,3 +225,56 @@ def test_a_second_step_meanwhile_is_refused_with_503(run):
         finally:
             holder.lesson.lock.release()
         assert client.post("/api/train-step", json={"text": TEXT}).status_code == 200
+
+
+def test_the_default_rate_follows_the_runs_schedule(tmp_path, run):
+    # The same run, its schedule made cosine over 20 steps: at step 10 of 20 the rate is half the peak.
+    moved = tmp_path / "mid"
+    shutil.copytree(run, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["train"].update(schedule="cosine", warmup_steps=0, max_steps=20, min_lr=0.0)
+    (moved / "config.json").write_text(json.dumps(cfg))
+    lesson = Lesson(moved, CPU)
+    tcfg = read_config(moved).train
+    assert lesson.default_lr() == pytest.approx(0.5 * tcfg.lr)
+    report = lesson.train(lesson.window_of_text(TEXT), steps=2)
+    assert report["lr"] == lr_at(10, tcfg)  # the rate of the first of the steps
+    assert lesson.default_lr() == lr_at(12, tcfg)  # the next call goes on along the schedule
+
+
+def test_decoding_goes_on_while_a_lesson_step_runs(run):
+    with TestClient(create_app(run, device="cpu")) as client:
+        client.post("/api/train-step/reset")  # makes the holder
+        holder = client.app.state.lesson
+        long_step = threading.Thread(
+            target=client.post, args=("/api/train-step",), kwargs={"json": {"text": TEXT, "steps": 100}}
+        )
+        long_step.start()
+        while not holder.lock.locked() and long_step.is_alive():
+            time.sleep(0.01)
+        assert holder.lock.locked(), "the lesson step never started"
+        answer = client.post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 4, "temperature": 0})
+        assert answer.status_code == 200 and client.get("/health").status_code == 200
+        still_training = holder.lock.locked()  # served while the step ran: it runs off the event loop
+        long_step.join()
+        assert still_training
+
+
+def test_a_run_without_optimizer_state_steps_with_a_fresh_optimizer(tmp_path, run, capsys):
+    # As an imported run, or one written before checkpoints held the optimizer: the weights alone.
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare)
+    for state in bare.glob("checkpoints/*/train_state.*"):
+        state.unlink()
+    proc = cli_in_process(capsys, "step", bare, "--text", TEXT, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the run keeps no optimizer state" in proc.stdout
+
+
+def test_an_encoder_decoder_run_is_refused_in_one_line(tmp_path, run, capsys):
+    other = tmp_path / "encdec"
+    shutil.copytree(run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["arch"] = "encdec"
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert_clean_error(cli_in_process(capsys, "step", other, "--text", TEXT, "--device", "cpu"), "encoder–decoder")

@@ -10,8 +10,9 @@ role from train/optim.py, the trainer's learning-rate rule) on one window of tex
 
 Repeated steps on the same window memorise it (its loss falls toward 0); reset() goes back to the run's
 weights and optimizer state. The copy keeps its own dropout random stream (the checkpoint's), so its steps
-neither disturb nor depend on other users of torch's global generator, and one step from a checkpoint is
-bit for bit the step `gptlab train --resume` takes next on the same batch.
+neither disturb nor depend on other users of torch's global CPU generator (a CUDA model's dropout draws from
+the device's own), and on a CPU one step from a checkpoint is bit for bit the step `gptlab train --resume`
+takes next on the same batch.
 """
 
 from __future__ import annotations
@@ -144,17 +145,19 @@ class Lesson:
         """One optimizer step exactly as the trainer takes it, at lr for the hidden matrices (other roles
         keep their ratio). Returns the loss it trained on, the gradient's norm by layer and by role (before
         clipping), and the update's norm by role."""
-        grad_sq: dict[str, float] = {}
+        grad_sq: dict[str, torch.Tensor] = {}  # kept on the device: one wait at the end, not one per tensor
         params = dict(self.model.named_parameters())
 
         def record(name: str):
             def hook(p: torch.Tensor) -> None:
-                grad_sq[name] = float(p.grad.detach().float().pow(2).sum()) if p.grad is not None else 0.0
+                if p.grad is not None:
+                    grad_sq[name] = p.grad.detach().float().pow(2).sum()
 
             return hook
 
         handles = [p.register_post_accumulate_grad_hook(record(n)) for n, p in params.items() if p.requires_grad]
         before = {n: p.detach().clone() for n, p in params.items()}
+        scale = self.runner.scaler.get_scale() if self.runner.scaler else 1.0  # float16 scales the gradients
         self.model.train()
         try:
             with torch.random.fork_rng(devices=[]):
@@ -165,13 +168,12 @@ class Lesson:
             for handle in handles:
                 handle.remove()
         self.trained_steps += 1
-        scale = self.runner.scaler.get_scale() if self.runner.scaler else 1.0  # float16 scales the gradients
         by_layer: dict[str, float] = {}
         by_role: dict[str, float] = {}
         update: dict[str, float] = {}
         for name, p in params.items():  # in the model's order: along the data's path, embedding first
             role, layer = self.roles[name], layer_of(name)
-            sq = grad_sq.get(name, 0.0) / scale**2
+            sq = float(grad_sq[name]) / scale**2 if name in grad_sq else 0.0
             by_layer[layer] = by_layer.get(layer, 0.0) + sq
             by_role[role] = by_role.get(role, 0.0) + sq
             update[role] = update.get(role, 0.0) + float((p.detach() - before[name]).float().pow(2).sum())
@@ -205,25 +207,31 @@ class Lesson:
 
     def train(self, ids: list[int], steps: int = 1, lr: float | None = None) -> dict[str, Any]:
         """steps trainer steps on the window ids, with the table before the first and after the last: the
-        report `gptlab step --json` prints and /api/train-step answers."""
+        report `gptlab step --json` prints and /api/train-step answers. lr: the hidden matrices' rate for
+        every step; None: each step the schedule's (default_lr), and the report's lr is the first step's."""
         if not 1 <= steps <= MAX_STEPS:
             raise GptlabError(f"steps={steps} must be in 1..{MAX_STEPS}")
-        if lr is None:
-            lr = self.default_lr()
-        elif not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        if lr is not None and not (math.isfinite(lr) and 0 < lr <= MAX_LR):
             raise GptlabError(f"lr={lr} must be a number in (0, {MAX_LR:g}]")
         data = torch.tensor([ids], device=self.device)
         batch = Batch(data[:, :-1], data[:, 1:])
         before = self.table(ids)
         losses: list[float] = []
+        first_lr = lr if lr is not None else self.default_lr()
         started = time.perf_counter()
         for _ in range(steps):
-            loss, grad_by_layer, grad_by_role, update_by_role = self.step_batch(batch, lr)
+            # No rate given: each step takes the schedule's, as the trainer's steps do.
+            loss, grad_by_layer, grad_by_role, update_by_role = self.step_batch(
+                batch, lr if lr is not None else self.default_lr()
+            )
             if not math.isfinite(loss):
-                raise GptlabError(f"the loss became {loss} at lr={lr:g}; reset and take a smaller lr")
+                raise GptlabError(f"the loss became {loss}; reset and take a smaller lr")
             losses.append(loss)
         step_ms = (time.perf_counter() - started) * 1000
         after = self.table(ids)
+        broken = [a["loss"] for a in after if not math.isfinite(a["loss"])]
+        if broken:  # the last update broke the weights (and NaN or infinity has no JSON)
+            raise GptlabError(f"after the update a target's loss is {broken[0]}; reset and take a smaller lr")
         positions = [
             {
                 "index": i,
@@ -248,7 +256,7 @@ class Lesson:
             "grad_norm_by_layer": grad_by_layer,
             "grad_norm_by_role": grad_by_role,
             "update_norm_by_role": update_by_role,
-            "lr": lr,
+            "lr": first_lr,
             "step_ms": step_ms,
             "trained_steps": self.trained_steps,
             "run_step": self.run_step,
