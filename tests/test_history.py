@@ -4,7 +4,9 @@ gives their exact size, `gptlab sample --step N` samples them, and the page's hi
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,3 +234,13 @@ def test_api_refuses_bad_steps_by_name(client, path, body, status, needle):
     got = client.post(path, json=body)
     assert got.status_code == status, got.text
     assert needle in str(got.json()["detail"])
+
+
+def test_both_demos_keep_a_history_and_say_how_to_open_the_page():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text(encoding="utf-8")
+    settings = dict(re.findall(r"^(DEMO_\w*PRESET) \?= (\S+)$", makefile, re.M))
+    # The Chinese demo's character vocabulary is the larger (about 7,000 characters of Tang poems): allow 3x.
+    for name, vocab in (("DEMO_PRESET", 65), ("DEMO_ZH_PRESET", 20_000)):
+        assert history_enabled(build_config(settings[name], None, [f"vocab_size={vocab}"])), name
+    for run in ("$(DEMO_RUN)", "$(DEMO_ZH_RUN)"):
+        assert f"gptlab serve {run}" in makefile and "http://127.0.0.1:8000/" in makefile
