@@ -244,3 +244,18 @@ def test_both_demos_keep_a_history_and_say_how_to_open_the_page():
         assert history_enabled(build_config(settings[name], None, [f"vocab_size={vocab}"])), name
     for run in ("$(DEMO_RUN)", "$(DEMO_ZH_RUN)"):
         assert f"gptlab serve {run}" in makefile and "http://127.0.0.1:8000/" in makefile
+
+
+def test_info_run_refuses_what_goes_with_a_preset(run, tmp_path, capsys):
+    assert_clean_error(cli_in_process(capsys, "info", "--run", run, "n_layer=3"), "--run", "--preset")
+    assert_clean_error(cli_in_process(capsys, "info", "--run", tmp_path), "is not a gptlab run")
+
+
+def test_a_history_that_cannot_be_written_stops_in_one_line(run, tmp_path):
+    from gptlab.runs import save_kept_weights
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "history").write_text("a file where the directory should be")
+    with pytest.raises(GptlabError, match="could not keep the weights of step 50"):
+        save_kept_weights(load_run(run).model, blocked, 50)
