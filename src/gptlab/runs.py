@@ -173,13 +173,18 @@ def save_kept_weights(model: Model, run: str | Path, step: int) -> None:
     """Keep the weights at `step` in the run's history (atomically; the same step written again, as by a
     resumed run replaying it, replaces the file)."""
     path = history_file(run, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: str) -> None:
         write_weights(model, tmp, step)
         plain_mode(tmp)  # safetensors makes its file private (0600)
 
-    atomic_write(path, write)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+    except (OSError, RuntimeError, SafetensorError) as exc:  # safetensors wraps the OS error
+        raise GptlabError(
+            f"could not keep the weights of step {step} in {path.parent}: {_write_failure(exc, Path(run))}"
+        ) from None
 
 
 def check_kept(run: str | Path, step: int) -> None:
