@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from test_page_browser import ARTIFACTS, _set, _settled, browser, server  # noqa: F401 (fixtures)
+from test_page_browser import ARTIFACTS, _set, _settled, browser, server, serving  # noqa: F401 (fixtures)
 
 PROMPT = "ROMEO:\nWhat"
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -286,3 +286,38 @@ def test_page_speaks_the_browsers_language_and_remembers_the_switch(server, tmp_
         wait.until(lambda d: "运行 tiny" in d.find_element(By.ID, "info").text)
     finally:
         driver.quit()
+
+
+def test_walkthrough_of_the_modern_recipe(browser, char_dataset, tmp_path):  # noqa: F811
+    """The demo's recipe (cpu-modern: RoPE, RMSNorm, QK-norm, ReLU², an untied head) walked in Chinese: each of
+    its own components explained where it acts, and named in the diagram."""
+    from gptlab.config import build_config
+    from gptlab.train.trainer import train
+
+    overrides = ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "batch_size=2", "max_steps=2"]
+    cfg = build_config("cpu-modern", None, [*overrides, "eval_interval=2", "eval_batches=1", "device=cpu"])
+    cfg.data = str(char_dataset)
+    run = tmp_path / "modern"
+    train(cfg, run)
+    with serving(run) as url:
+        stages = [s["name"] for s in _post(url + "/api/trace", {"text": PROMPT})["stages"]]
+        wait = WebDriverWait(browser, 60)
+        browser.get(url + "/?lang=zh")
+        wait.until(lambda d: "运行 modern" in d.find_element(By.ID, "info").text)
+        _set(browser, "prompt", PROMPT)
+        browser.find_element(By.CSS_SELECTOR, '.tab[data-view="trace"]').click()
+        wait.until(lambda d: _settled(d) and _walk(d)["index"] == "0")
+        diagram = browser.find_element(By.ID, "diagram").text
+        assert all(name in diagram for name in ("RoPE", "QK-norm", "ReLU²", "RMSNorm")), diagram
+        concepts = {}
+        for index, name in enumerate(stages):
+            if index:
+                browser.find_element(By.ID, "trace-next").click()
+            wait.until(lambda d, index=index: _settled(d) and _walk(d)["index"] == str(index))
+            walk = _walk(browser)
+            assert walk["concept"] != "other" and CJK.search(walk["text"]), name
+            concepts[name.split(".")[-1]] = walk
+        assert concepts["q_rope"]["concept"] == "rope" and "RoPE" in concepts["q_rope"]["title"]
+        assert concepts["angles"]["part"] == "embedding" and concepts["q_norm"]["concept"] == "qk_norm"
+        assert concepts["rmsnorm"]["concept"] == "rmsnorm" and concepts["relu2"]["part"] == "mlp"
+        assert "layernorm" not in {w["concept"] for w in concepts.values()}
