@@ -215,15 +215,16 @@ def test_the_page_trains_a_copy_and_resets_it(run):
 
 def test_a_second_step_meanwhile_is_refused_with_503(run):
     with TestClient(create_app(run, device="cpu")) as client:
-        holder = client.app.state  # made on first use; take its lock as a running step would
-        client.post("/api/train-step/reset")
-        holder.lesson.lock.acquire()
+        client.post("/api/train-step/reset")  # makes the holder
+        holder = client.app.state.lesson
+        holder.lock.acquire()  # as a running step holds it
         try:
-            answer = client.post("/api/train-step", json={"text": TEXT})
-            assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
-            assert "already running" in answer.json()["detail"]
+            for path in ("/api/train-step", "/api/train-step/reset"):
+                answer = client.post(path, json={"text": TEXT})
+                assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+                assert "already running" in answer.json()["detail"]
         finally:
-            holder.lesson.lock.release()
+            holder.lock.release()
         assert client.post("/api/train-step", json={"text": TEXT}).status_code == 200
 
 

@@ -20,6 +20,7 @@ examples:
   gptlab sample runs/demo --prompt "ROMEO:" --max-new-tokens 300
   gptlab eval runs/demo
   gptlab trace runs/demo --prompt "ROMEO:" --position 3
+  gptlab step runs/demo --text "ROMEO: But soft" --steps 5
   gptlab serve runs/demo --port 8000
   gptlab info --preset gpt2-small
   gptlab plot runs/demo && gptlab report runs/demo
@@ -403,7 +404,7 @@ def _add_step(sub: argparse._SubParsersAction) -> None:
         help="print one JSON object: loss_before, loss_after, losses, positions, grad_norm_by_layer, "
         "grad_norm_by_role, update_norm_by_role, lr",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="where the copy trains: auto (default), cpu, cuda or mps")
     p.set_defaults(func=_run_step)
 
 

@@ -188,22 +188,21 @@ class Lesson:
         with autocast(self.device):
             logits, _ = self.model(x)
         logp = F.log_softmax(logits[0].float(), dim=-1)
-        probs = logp.exp()
-        top_p, top_i = torch.topk(probs, min(TOP, probs.size(-1)), dim=-1)
-        rows = []
-        for i, target in enumerate(ids[1:]):
-            rows.append(
-                {
-                    "target": target,
-                    "p": float(probs[i, target]),
-                    "loss": float(-logp[i, target]),
-                    "top": [
-                        {"id": int(j), "piece": self.tokenizer.id_to_piece(int(j)), "prob": float(q)}
-                        for q, j in zip(top_p[i], top_i[i])
-                    ],
-                }
-            )
-        return rows
+        targets = torch.tensor(ids[1:], device=logp.device)
+        target_logp = logp.gather(1, targets[:, None])[:, 0]
+        top_logp, top_ids = torch.topk(logp, min(TOP, logp.size(-1)), dim=-1)
+        # One copy to Python per tensor, not one per number: a window has up to block_size positions.
+        # (exp in float32 for the target as for the top: the target's probability equals its entry in the top)
+        rows = zip(ids[1:], target_logp.exp().tolist(), target_logp.tolist(), top_logp.exp().tolist(), top_ids.tolist())
+        return [
+            {
+                "target": target,
+                "p": p,
+                "loss": -lp,
+                "top": [{"id": j, "piece": self.tokenizer.id_to_piece(j), "prob": q} for q, j in zip(probs, choices)],
+            }
+            for target, p, lp, probs, choices in rows
+        ]
 
     def train(self, ids: list[int], steps: int = 1, lr: float | None = None) -> dict[str, Any]:
         """steps trainer steps on the window ids, with the table before the first and after the last: the
