@@ -259,3 +259,12 @@ def test_a_history_that_cannot_be_written_stops_in_one_line(run, tmp_path):
     (blocked / "history").write_text("a file where the directory should be")
     with pytest.raises(GptlabError, match="could not keep the weights of step 50"):
         save_kept_weights(load_run(run).model, blocked, 50)
+
+
+def test_the_service_holds_the_last_two_kept_models_only(client):
+    from gptlab.serve.service import KEPT_MODELS
+
+    for step in (0, 50, 100, 0):
+        assert client.post("/api/next", json={"text": PROMPT, "k": 1, "step": step}).status_code == 200
+    # Memory stays bounded however far the slider travels; the most recently used are the ones kept.
+    assert KEPT_MODELS == 2 and list(client.app.state.service._kept) == [100, 0]
