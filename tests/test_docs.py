@@ -35,14 +35,21 @@ NOT_PAGES = (HOOKS,)  # mkdocs.yml exclude_docs: the build's code
 GENERATED = ["reference/commands", "reference/http-api"]
 # Images the pages may show, committed (a build must not depend on a test run): the page-*.png are the
 # screenshots test_page_browser.py (next-token, attention, embeddings) and test_trace_page.py
-# (page-trace-attention, and page-trace: its page-trace-probs.png) save in test-artifacts/ from a run of
-# 30 steps; train-loss.png is `gptlab plot` of 300 steps of a 2-layer, 64-wide char model on tinyshakespeare.
+# (page-trace-attention, and page-trace: its page-trace-probs.png) and test_page_learn_browser.py (page-walkthrough,
+# page-train, page-history and their -zh twins) save in test-artifacts/ from a run of 30 steps; train-loss.png is
+# `gptlab plot` of 300 steps of a 2-layer, 64-wide char model on tinyshakespeare.
 ASSETS = [
     "page-next-token.png",
     "page-attention.png",
     "page-embeddings.png",
     "page-trace.png",
     "page-trace-attention.png",
+    "page-walkthrough.png",
+    "page-walkthrough-zh.png",
+    "page-train.png",
+    "page-train-zh.png",
+    "page-history.png",
+    "page-history-zh.png",
     "train-loss.png",
 ]
 

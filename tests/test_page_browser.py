@@ -3,9 +3,11 @@ against `gptlab serve` started here on a free localhost port. Screenshots go to 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_run: Path):
     """`gptlab serve RUN` on 127.0.0.1, up within 60 s, always terminated."""
+    with serving(tiny_run) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(run: Path) -> Iterator[str]:
+    """`gptlab serve run` on a free localhost port, its URL once it answers (within 60 s); stopped after."""
     port = _free_port()
-    proc = popen_cli("serve", tiny_run, "--host", "127.0.0.1", "--port", str(port))
+    proc = popen_cli("serve", run, "--host", "127.0.0.1", "--port", str(port))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

@@ -276,6 +276,12 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="recompute the whole context every step (slow; same tokens as with the cache)",
     )
+    p.add_argument(
+        "--step",
+        type=int,
+        metavar="N",
+        help="sample from the weights the run kept at step N of its history (see `gptlab info --run RUN`)",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_sample)
 
@@ -299,7 +305,13 @@ def _run_sample(args: argparse.Namespace) -> None:
         if args.show_probs or args.json:
             raise GptlabError("--show-probs and --json go with --prompt, not --source")
         return print_translations(
-            args.run, args.source.replace("\\n", "\n"), params, args.num_samples, args.device, not args.no_cache
+            args.run,
+            args.source.replace("\\n", "\n"),
+            params,
+            args.num_samples,
+            args.device,
+            not args.no_cache,
+            args.step,
         )
     print_samples(
         args.run,
@@ -310,6 +322,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         args.show_probs,
         args.json,
         not args.no_cache,
+        args.step,
     )
 
 
@@ -612,8 +625,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         help="parameters, FLOPs and training memory of a preset, without training",
         description="Print a model's parameters (by place and by role), FLOPs per token and the "
         "memory one training step needs (weights, gradients, optimizer state, activations at "
-        "B x T), all read from the model built on the meta device (no memory used). With "
-        "--memory, also the largest batch that fits.",
+        "B x T), all read from the model built on the meta device (no memory used), and the history its "
+        "training would keep. With --memory, also the largest batch that fits; with --run RUN, a trained "
+        "run's model and the steps its history kept, with their size on disk.",
     )
     p.add_argument("--preset", default="cpu-tiny")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (char presets have none of their own)")
@@ -629,6 +643,11 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         help="device memory, e.g. 24GB or 80GiB: print the largest batch whose training step fits",
     )
     p.add_argument("--list", action="store_true", help="list the presets")
+    p.add_argument(
+        "--run",
+        metavar="RUN",
+        help="a trained run instead of a preset: its model, and the steps its history kept with their disk cost",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
     p.set_defaults(func=_run_info)
 
@@ -637,7 +656,18 @@ def _run_info(args: argparse.Namespace) -> None:
     from gptlab.config import build_config
     from gptlab.model.accounting import describe, describe_memory, parse_bytes
     from gptlab.model.presets import CHAR_VOCAB, PRESETS
+    from gptlab.train.history import describe_history, describe_kept
 
+    if args.run:
+        from gptlab.runs import read_config
+
+        if args.overrides or args.memory:
+            raise GptlabError(
+                "--run describes the run as it trained: KEY=VALUE overrides and --memory go with --preset"
+            )
+        for line in describe(read_config(args.run).model) + describe_kept(args.run):
+            print(line)
+        return
     if args.list:
         for name, values in PRESETS.items():
             m = values["model"]
@@ -659,7 +689,7 @@ def _run_info(args: argparse.Namespace) -> None:
             f"note: this preset takes its vocabulary from the dataset; assuming {CHAR_VOCAB} (tinyshakespeare's "
             "characters). Pass --vocab-size V to change it."
         )
-    for line in describe(cfg.model) + describe_memory(cfg, args.precision, memory):
+    for line in describe(cfg.model) + describe_memory(cfg, args.precision, memory) + [describe_history(cfg)]:
         print(line)
 
 

@@ -123,6 +123,9 @@ class TrainConfig:
     log_interval: int = 10
     checkpoint_interval: int = 500
     keep_checkpoints: int = 1  # complete checkpoint sets kept in RUN/checkpoints, the newest first
+    # Keep the weights at steps 0, 50, 100, 200, 400, ... and the last (RUN/history) for the page's slider
+    # and `sample --step`; None (auto): on below 20 M parameters, where the series costs a few tens of MB
+    history: bool | None = None
     sample_prompt: str = "\n"
     sample_tokens: int = 200
     sample_temperature: float = 0.8
@@ -270,7 +273,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     args = get_args(kind)
     if get_origin(kind) in (Union, UnionType) and type(None) in args:
         # An optional field: "none" (or TOML's absence of a value) clears it.
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        # "auto" too: an optional field's absence means "decide for me" (history=auto)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "", "auto")):
             return None
         (kind,) = [a for a in args if a is not type(None)]
     choices = _choices(kind)

@@ -7,6 +7,8 @@
         train_state.*      optimizer, RNG and data-order state for an exact resume (train/checkpoint.py)
         manifest.json      written last: each file's size and sha256 (a set without it is incomplete)
     RUN/checkpoints/latest.json   which set is current, replaced atomically once that set is whole
+    RUN/history/step_000050.safetensors   the weights kept at step 50 (train/history.py says which
+                           steps; written atomically, weights only), for the page's slider and --step
     RUN/metrics.jsonl      one JSON object per logged step
     RUN/samples.txt        continuations of the sample prompt taken during training
     RUN/.gptlab.lock       held (flock) by the process training the run (locks.py)
@@ -38,7 +40,7 @@ from safetensors.torch import load_model, save_model
 
 from gptlab.config import RunConfig
 from gptlab.errors import GptlabError, describe_os_error
-from gptlab.fileio import atomic_write
+from gptlab.fileio import atomic_write, plain_mode
 from gptlab.jsonfile import MiB, read_json
 from gptlab.model import Model, build_model
 from gptlab.tokenizers import Tokenizer, load_tokenizer
@@ -46,7 +48,9 @@ from gptlab.tokenizers import Tokenizer, load_tokenizer
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.json", "model.safetensors"
 STATE_PT, STATE_JSON = "train_state.pt", "train_state.json"
 CHECKPOINTS, LATEST, MANIFEST = "checkpoints", "latest.json", "manifest.json"
+HISTORY = "history"
 _SET = re.compile(r"step-(\d+)")
+_KEPT = re.compile(r"step_(\d+)\.safetensors")
 _STAGING, _REPLACED = ".staging-", ".replaced-"
 
 
@@ -120,9 +124,9 @@ def load_weights(model: Model, path: str | Path) -> int:
         raise GptlabError(f"corrupt checkpoint {path}: {str(exc).splitlines()[0]}") from None
 
 
-def load_run(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Config, tokenizer and weights of a run (the current checkpoint set, its checksums verified),
-    the model in eval mode on device."""
+def load_run(run: str | Path, device: str | torch.device = "cpu", step: int | None = None) -> LoadedRun:
+    """Config, tokenizer and weights of a run (the current checkpoint set, its checksums verified, or with
+    step the weights kept in its history at that step), the model in eval mode on device."""
     path = Path(run)
     cfg = read_config(path)
     tokenizer = load_tokenizer(path / TOKENIZER)
@@ -132,12 +136,72 @@ def load_run(run: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
             f"{path / TOKENIZER} is corrupt: vocab_size {tokenizer.vocab_size} does not match "
             f"the model's vocab_size={cfg.model.vocab_size} in {CONFIG}"
         )
+    if step is not None:
+        model = load_kept_model(path, cfg, step, device)
+        return LoadedRun(path, cfg, tokenizer, model, step)
     model = build_model(cfg.model)
     weights = weights_path(path)
     verify_files(weights.parent, [WEIGHTS])
-    step = load_weights(model, weights)
+    at = load_weights(model, weights)
     model.to(device).eval()
-    return LoadedRun(path, cfg, tokenizer, model, step)
+    return LoadedRun(path, cfg, tokenizer, model, at)
+
+
+# --- the history: weights kept at a thinned series of steps (train/history.py) ---------------------
+
+
+def history_file(run: str | Path, step: int) -> Path:
+    """Where the weights kept at `step` are (or would be)."""
+    return Path(run) / HISTORY / f"step_{step:06d}.safetensors"
+
+
+def history_steps(run: str | Path) -> list[int]:
+    """The steps whose weights a run keeps, in order ([] when it keeps none)."""
+    root = Path(run) / HISTORY
+    if not root.is_dir():
+        return []
+    found = (_KEPT.fullmatch(entry.name) for entry in root.iterdir())
+    return sorted(int(match.group(1)) for match in found if match)
+
+
+def history_bytes(run: str | Path) -> int:
+    """What a run's history costs on disk: the kept weights' total size in bytes."""
+    return sum(history_file(run, step).stat().st_size for step in history_steps(run))
+
+
+def save_kept_weights(model: Model, run: str | Path, step: int) -> None:
+    """Keep the weights at `step` in the run's history (atomically; the same step written again, as by a
+    resumed run replaying it, replaces the file)."""
+    path = history_file(run, step)
+
+    def write(tmp: str) -> None:
+        write_weights(model, tmp, step)
+        plain_mode(tmp)  # safetensors makes its file private (0600)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+    except (OSError, RuntimeError, SafetensorError) as exc:  # safetensors wraps the OS error
+        raise GptlabError(
+            f"could not keep the weights of step {step} in {path.parent}: {_write_failure(exc, Path(run))}"
+        ) from None
+
+
+def check_kept(run: str | Path, step: int) -> None:
+    """Refuse, in one line that lists the kept steps, a step whose weights the run did not keep."""
+    if isinstance(step, bool) or not isinstance(step, int) or not history_file(run, step).is_file():
+        kept = history_steps(run)
+        listed = ", ".join(map(str, kept)) if kept else "none (train with history=true to keep them)"
+        raise GptlabError(f"step={step!r} is not kept in this run's history; kept steps: {listed}")
+
+
+def load_kept_model(run: str | Path, cfg: RunConfig, step: int, device: str | torch.device = "cpu") -> Model:
+    """The run's model with the weights it kept at `step`, in eval mode on device; a step it did not keep
+    is refused in one line that lists the kept ones."""
+    check_kept(run, step)
+    model = build_model(cfg.model)
+    load_weights(model, history_file(run, step))
+    return model.to(device).eval()
 
 
 # --- checkpoint sets ------------------------------------------------------------------------------
@@ -333,7 +397,8 @@ def remove_stale_temporaries(run: str | Path) -> list[str]:
     owns them). Returns the names removed."""
     run = Path(run)
     removed = []
-    for pattern in (f"{CHECKPOINTS}/{_STAGING}*", f"{CHECKPOINTS}/{_REPLACED}*", f"{CHECKPOINTS}/.*.tmp", ".*.tmp"):
+    patterns = (f"{CHECKPOINTS}/{_STAGING}*", f"{CHECKPOINTS}/{_REPLACED}*", f"{CHECKPOINTS}/.*.tmp", ".*.tmp")
+    for pattern in (*patterns, f"{HISTORY}/.*.tmp"):
         for path in run.glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

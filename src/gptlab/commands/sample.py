@@ -30,12 +30,14 @@ def print_samples(
     show_probs: int = 0,
     as_json: bool = False,
     use_cache: bool = True,
+    step: int | None = None,
 ) -> None:
     """`gptlab sample`: num_samples continuations of prompt, generated in one batch.
 
     Plain: the first sample streams to stdout as it is generated, the others follow as they finish.
     show_probs K: after each token, the top K candidates with their probabilities; as_json: one
-    JSON object per step, then one per sample with its text.
+    JSON object per step, then one per sample with its text. step: the weights the run kept at that step
+    of its history instead of its own.
     """
     params.validate()
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
@@ -46,7 +48,7 @@ def print_samples(
         raise GptlabError(f"show_probs={show_probs} must be >= 0")
     if as_json and not show_probs:
         raise GptlabError("--json goes with --show-probs K (it prints one object per step)")
-    loaded = load_run(run, pick_device(device))
+    loaded = load_run(run, pick_device(device), step)
     if isinstance(loaded.model, EncoderDecoder):
         raise GptlabError(f"{run} is an encoder–decoder run (arch=encdec): give it a source with --source TEXT")
     ids = prompt_ids(loaded.tokenizer, prompt)  # refuses unknown characters before printing anything
@@ -131,15 +133,22 @@ def _quote(piece: str) -> str:
 
 
 def print_translations(
-    run: str, source: str, params: SamplingParams, num_samples: int = 1, device: str = "auto", use_cache: bool = True
+    run: str,
+    source: str,
+    params: SamplingParams,
+    num_samples: int = 1,
+    device: str = "auto",
+    use_cache: bool = True,
+    step: int | None = None,
 ) -> None:
-    """`gptlab sample RUN --source TEXT`: the target(s) an encoder–decoder run writes for TEXT."""
+    """`gptlab sample RUN --source TEXT`: the target(s) an encoder–decoder run writes for TEXT (with step:
+    its weights kept at that step)."""
     params.validate()
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
         raise GptlabError(
             f"num_samples={num_samples} must be in [1, {MAX_NUM_SAMPLES}] (they are generated in one batch)"
         )
-    loaded = load_run(run, pick_device(device))
+    loaded = load_run(run, pick_device(device), step)
     if not isinstance(loaded.model, EncoderDecoder):
         raise GptlabError(
             f"{run} is a decoder-only GPT (arch={loaded.config.model.arch}): it continues a --prompt; "

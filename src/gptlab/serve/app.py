@@ -36,6 +36,7 @@ from gptlab.serve.completions import router as completions_router
 from gptlab.serve.encdec_api import router as encdec_router
 from gptlab.serve.errors import install_error_handlers
 from gptlab.serve.explore import router as explore_router
+from gptlab.serve.history_api import router as history_router
 from gptlab.serve.lesson_api import router as lesson_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
@@ -96,6 +97,7 @@ def create_app(
     app.include_router(explore_router)  # the page at / and its JSON under /api/
     app.include_router(trace_router)  # the page's step-through view: /api/trace
     app.include_router(lesson_router)  # the page's "Train on this" view: /api/train-step (serve/lesson_api.py)
+    app.include_router(history_router)  # the page's history view: /api/history (explore.py's `step` fields)
     app.include_router(tokenizer_router)  # /tokenizer_info, /tokenize, /detokenize (lm-evaluation-harness)
     app.include_router(encdec_router)  # an encoder–decoder run's attention view
     app.include_router(chat_router)  # POST /v1/chat/completions (serve/chat.py)

@@ -8,8 +8,9 @@ reference (docs/reference/http-api.md, from the OpenAPI schema) and in docs/conc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -17,16 +18,18 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gptlab.errors import GptlabError
+from gptlab.inference.engine import generate_steps
 from gptlab.inference.probs import top_candidates
 from gptlab.model.embedding_map import nearest_neighbours, pca_2d
 from gptlab.model.ends import LanguageModel
 from gptlab.model.gpt import GPT
 from gptlab.model.introspect import attention_maps
-from gptlab.runs import LoadedRun
+from gptlab.runs import LoadedRun, check_kept
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
 from gptlab.serve.requests import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, Job, off_loop, sampling_params
 from gptlab.serve.service import ModelService
 
+T = TypeVar("T")
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
 
@@ -38,6 +41,7 @@ class NextRequest(BaseModel):
     text: str
     k: int = Field(10, ge=1, le=1000)
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
+    step: int | None = None  # the weights kept at this step of the run's history; None: the run's own
 
 
 class StepRequest(BaseModel):
@@ -58,6 +62,7 @@ class AttentionRequest(BaseModel):
     text: str
     layer: int = Field(0, ge=0)
     head: int = Field(0, ge=0)
+    step: int | None = None  # the weights kept at this step of the run's history; None: the run's own
 
 
 def _run(request: Request) -> LoadedRun:
@@ -87,6 +92,24 @@ def _encode(run: LoadedRun, text: str) -> list[int]:
         raise HTTPException(400, str(exc)) from None
 
 
+def check_step(run: LoadedRun, step: int | None) -> None:
+    """A 400 naming `step` (and listing the kept ones) when the run did not keep that step's weights."""
+    if step is not None:
+        try:
+            check_kept(run.path, step)
+        except GptlabError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+
+async def call_at(request: Request, fn: Callable[[torch.nn.Module], T], step: int | None) -> T:
+    """fn(model) on the model service's thread, with the weights kept at `step` (None: the run's own); a kept
+    file gone or damaged since check_step is a 400 too."""
+    try:
+        return await _service(request).call(fn, step=step)
+    except GptlabError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 def _token(run: LoadedRun, token_id: int) -> dict[str, Any]:
     return {"id": token_id, "piece": run.tokenizer.id_to_piece(token_id)}
 
@@ -111,6 +134,21 @@ async def _one_token(
     finally:
         job.cancel()
     raise APIError(503, "the server stopped before answering")
+
+
+async def _kept_probs(request: Request, ids: list[int], temperature: float, step: int) -> torch.Tensor:
+    """The next-token distribution of the weights kept at `step`, through the one decoding core on the
+    model thread (the scheduler serves the run's own weights only)."""
+    params = sampling_params(1, temperature)  # APIError 400 naming a bad setting
+
+    def first(model: torch.nn.Module) -> torch.Tensor:
+        assert isinstance(model, GPT)  # _encode refused an encoder–decoder run
+        for events in generate_steps(model, None, [ids], params, with_probs=True):
+            assert events[0].probs is not None  # asked for with_probs
+            return events[0].probs
+        raise AssertionError("one token was asked for")
+
+    return await call_at(request, first, step)
 
 
 def _token_embeddings(model: torch.nn.Module) -> torch.Tensor:
@@ -171,13 +209,18 @@ def info(request: Request) -> dict[str, Any]:
 async def next_token(body: NextRequest, request: Request) -> dict[str, Any]:
     """The prompt's tokens and the top-k candidates for the next token at the given temperature."""
     run = _run(request)
+    check_step(run, body.step)
     ids = await off_loop(_encode, run, body.text)
-    _, probs = await _one_token(request, ids, body.temperature, None)
+    if body.step is None:
+        _, probs = await _one_token(request, ids, body.temperature, None)
+    else:
+        probs = await _kept_probs(request, ids, body.temperature, body.step)
     candidates = top_candidates(run.tokenizer, probs, body.k)
     return {
         "tokens": [_token(run, i) for i in ids],
         "context": len(_window(run, ids)),
         "temperature": body.temperature,
+        "step": body.step,
         "candidates": [{"id": c.id, "piece": c.piece, "prob": c.prob} for c in candidates],
     }
 
@@ -206,13 +249,15 @@ async def attention(body: AttentionRequest, request: Request) -> dict[str, Any]:
     m = run.config.model
     if body.layer >= m.n_layer or body.head >= m.n_head:
         raise HTTPException(400, f"layer must be < {m.n_layer} and head < {m.n_head}")
+    check_step(run, body.step)
     ids = _window(run, await off_loop(_encode, run, body.text))
-    maps = await _service(request).call(lambda model: _gpt_attention_maps(model, ids))
+    maps = await call_at(request, lambda model: _gpt_attention_maps(model, ids), body.step)
     weights = maps[body.layer, body.head]
     return {
         "tokens": [_token(run, i) for i in ids],
         "layer": body.layer,
         "head": body.head,
+        "step": body.step,
         "n_layer": m.n_layer,
         "n_head": m.n_head,
         "weights": [[round(w, 5) for w in row] for row in weights.tolist()],

@@ -9,6 +9,7 @@ never wait behind generation.
     async for index, event in gen: ...     # a decoding.Event per token; a sequence's last has a finish
     gen.cancel()                           # frees its rows at the next step (client gone)
     result = await service.call(fn)        # fn(model) alone on the model, between two steps
+    result = await service.call(fn, step=50)  # the same with the weights the run kept at step 50
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 
 from gptlab.inference.decoding import Event, SamplingParams
 from gptlab.inference.scheduler import PREFILL_CHUNK, Scheduler, Sequence
-from gptlab.runs import LoadedRun
+from gptlab.model import Model
+from gptlab.runs import LoadedRun, load_kept_model
 from gptlab.serve.metrics import Metrics
 
 T = TypeVar("T")
@@ -36,6 +38,7 @@ log = logging.getLogger("gptlab.serve")
 # the GIL, so waking it after every step of a small model (~1 ms a step) cost one streaming client ~20%
 # of its tokens/s (benchmarks/engine.py); a step longer than this flushes every step, as before.
 FLUSH_EVERY = 0.004
+KEPT_MODELS = 2  # models of kept steps (the run's history) held in memory: the page's slider visits a few
 
 
 class Overloaded(Exception):
@@ -94,7 +97,8 @@ class ModelService:
         self.scheduler = Scheduler(run.model, max_batch, prefill_chunk, on_token=self._count_token)
         self._cond = threading.Condition()
         self._incoming: deque[Sequence] = deque()
-        self._calls: deque[tuple[Callable[[Any], Any], concurrent.futures.Future]] = deque()
+        self._calls: deque[tuple[Callable[[Any], Any], int | None, concurrent.futures.Future]] = deque()
+        self._kept: dict[int, Model] = {}  # step -> the model with its kept weights, least recently used first
         self._stopping = False
         # Events per Generation since the last flush, handed to the event loops together: one wake-up
         # of a loop per flush, not one per token.
@@ -124,13 +128,15 @@ class ModelService:
         self.metrics.tokens_in.inc(sum(len(ids) for ids in prompts))
         return gen
 
-    async def call(self, fn: Callable[[torch.nn.Module], T]) -> T:
-        """Run fn(model) in the model thread between two scheduler steps, with gradients off."""
+    async def call(self, fn: Callable[[torch.nn.Module], T], step: int | None = None) -> T:
+        """Run fn(model) in the model thread between two scheduler steps, with gradients off. With step,
+        fn gets the run's model with the weights kept at that step of its history instead (loaded on first
+        use, the last KEPT_MODELS kept in memory; gptlab.errors.GptlabError for a step not kept)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the model service has stopped")
-            self._calls.append((fn, future))
+            self._calls.append((fn, step, future))
             self._cond.notify()
         return await asyncio.wrap_future(future)
 
@@ -190,11 +196,11 @@ class ModelService:
                 self._incoming.clear()
             for seq in incoming:
                 self.scheduler.add(seq)
-            for fn, future in calls:
+            for fn, step, future in calls:
                 if future.set_running_or_notify_cancel():
                     try:
                         with torch.no_grad():
-                            future.set_result(fn(self.run.model))
+                            future.set_result(fn(self._model_at(step)))
                     except BaseException as exc:  # handed to the awaiting route, which reports it
                         future.set_exception(exc)
             try:
@@ -209,8 +215,21 @@ class ModelService:
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting) + list(self._incoming):
             seq.sink(Event(seq.index, None, "", None, "cancelled"))
         self._flush(force=True)
-        for _, future in self._calls:
+        for _, _, future in self._calls:
             future.cancel()
+
+    def _model_at(self, step: int | None) -> torch.nn.Module:
+        """The served model, or (step) the one with the weights kept at that step, from a small cache."""
+        if step is None:
+            return self.run.model
+        model = self._kept.pop(step, None)
+        if model is None:
+            device = next(self.run.model.parameters()).device
+            model = load_kept_model(self.run.path, self.run.config, step, device)
+        self._kept[step] = model  # now the most recently used
+        while len(self._kept) > KEPT_MODELS:
+            del self._kept[next(iter(self._kept))]
+        return model
 
     def _count_token(self, seq: Sequence, event: Event) -> None:
         now = time.perf_counter()

@@ -45,6 +45,7 @@ from gptlab.runs import (
     current_checkpoint,
     load_weights,
     publish_checkpoint,
+    save_kept_weights,
     write_weights,
 )
 from gptlab.train.optim import RoleOptimizer
@@ -120,22 +121,12 @@ def save_checkpoint(
     model is the model itself (sharded in place when sharded=True), never a DDP or compile wrapper.
     """
     run = Path(run)
-    if sharded:
-        # A forward pass without backward (evaluation, sampling) leaves the root's parameters
-        # gathered; put every module back to its shards so parameters match the optimizer's.
-        for module in model.modules():
-            reshard = getattr(module, "reshard", None)  # fully_shard adds it to the modules it shards
-            if reshard is not None:
-                reshard()
+    _reshard(model, sharded)
     optim_state = get_optimizer_state_dict(model, optimizer.optimizers, options=_FULL)
-    if sharded:
-        full = get_model_state_dict(model, options=_FULL)  # gathered onto rank 0's CPU
-        if is_main:
-            with torch.random.fork_rng(devices=[]):  # building a model draws an init: keep the dropout stream
-                model = build_model(model.config)
-            model.load_state_dict(full)
-    if not is_main:
+    whole = _whole(model, sharded, is_main)
+    if whole is None:  # not rank 0
         return
+    model = whole
     blob = {"step": state.step, "optimizer": optim_state, "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         blob["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -149,6 +140,40 @@ def save_checkpoint(
         return [WEIGHTS, STATE_PT, STATE_JSON]
 
     publish_checkpoint(run, state.step, write, keep)
+
+
+def _reshard(model: Model, sharded: bool) -> None:
+    """A forward pass without backward (evaluation, sampling) leaves an FSDP root's parameters gathered;
+    put every module back to its shards so parameters match the optimizer's."""
+    if not sharded:
+        return
+    for module in model.modules():
+        reshard = getattr(module, "reshard", None)  # fully_shard adds it to the modules it shards
+        if reshard is not None:
+            reshard()
+
+
+def _whole(model: Model, sharded: bool, is_main: bool) -> Model | None:
+    """The whole model on rank 0 (every rank calls: FSDP gathers the shards onto rank 0's CPU into a
+    fresh copy), None on the other ranks."""
+    if not sharded:
+        return model if is_main else None
+    full = get_model_state_dict(model, options=_FULL)
+    if not is_main:
+        return None
+    with torch.random.fork_rng(devices=[]):  # building a model draws an init: keep the dropout stream
+        whole = build_model(model.config)
+    whole.load_state_dict(full)
+    return whole
+
+
+def save_history(run: str | Path, model: Model, step: int, sharded: bool = False, is_main: bool = True) -> None:
+    """Keep the weights at `step` in the run's history (train/history.py); every rank calls (FSDP gathers),
+    rank 0 writes."""
+    _reshard(model, sharded)
+    whole = _whole(model, sharded, is_main)
+    if whole is not None:
+        save_kept_weights(whole, run, step)
 
 
 def load_weights_for_resume(run: str | Path, model: Model) -> int:

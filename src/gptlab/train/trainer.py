@@ -51,9 +51,11 @@ from gptlab.train.checkpoint import (
     load_weights_for_resume,
     read_state,
     save_checkpoint,
+    save_history,
 )
 from gptlab.train.distributed import Ranks, all_sum
 from gptlab.train.guard import divergence_message, first_nonfinite
+from gptlab.train.history import describe_history, history_enabled, is_kept
 from gptlab.train.metrics import MetricsLog, Progress
 from gptlab.train.optim import lr_at
 from gptlab.train.perf import device_peak, mfu
@@ -294,6 +296,7 @@ class TrainingSession:
             self.write_data_description()
         self.tokens_per_step = tcfg.batch_size * tcfg.grad_accum * ranks.world_size * cfg.model.block_size
         self.flops_per_token = flops_per_token(cfg.model)["train"]
+        self.keeps_history = history_enabled(cfg)
         self.peak = device_peak(device) if self.main else None
         self._announce()
         self.metrics = (
@@ -407,6 +410,8 @@ class TrainingSession:
             self.say(
                 f"peak: {self.peak.describe()} per process; {self.flops_per_token / 1e6:,.2f} MFLOP per token trained"
             )
+        if self.keeps_history:
+            self.say(describe_history(self.cfg, self.run))
 
     def evaluate_and_sample(self, step: int) -> dict[str, float]:
         """Losses on both splits and a sample (all ranks compute; rank 0 prints and writes)."""
@@ -491,6 +496,12 @@ class TrainingSession:
 
             refresh_loss_plot(self.run)  # RUN/loss.png follows the checkpoints; a plotting error only warns
 
+    def keep_weights(self, step: int) -> None:
+        """Keep the weights after `step` steps in the run's history when the series has that step (every
+        rank calls: FSDP gathers)."""
+        if self.keeps_history and is_kept(step, self.tcfg.max_steps):
+            save_history(self.run, self.model, step, sharded=self.tcfg.fsdp, is_main=self.main)
+
     def log(self, step: int, train_loss: float, lr: float, tokens_per_sec: float) -> None:
         """One metrics record and progress line, with model FLOP/s and MFU when the peak is known."""
         record = {
@@ -519,6 +530,7 @@ class TrainingSession:
         try:
             with _InterruptFlag() as interrupt:
                 if state.step == 0 and not self.resume:
+                    self.keep_weights(0)
                     last_eval = self.evaluate_and_sample(0)
                 window_start, window_tokens = time.perf_counter(), 0
                 stop = False
@@ -541,6 +553,7 @@ class TrainingSession:
                     state.elapsed_s += time.perf_counter() - t0
                     window_tokens += self.tokens_per_step
                     step, is_last = state.step, state.step == tcfg.max_steps
+                    self.keep_weights(step)
                     if self.main and (step % tcfg.log_interval == 0 or is_last):
                         now = time.perf_counter()
                         self.log(step, train_loss, lr, window_tokens / max(1e-9, now - window_start))

@@ -1,5 +1,6 @@
 // An encoder–decoder run's view: the decoder's self-attention and its cross-attention to the source,
-// side by side, for a source and target the user types. Takes over the page only for arch=encdec.
+// side by side, for a source and target the user types. Takes over the page only for arch=encdec (explore.js
+// writes the run's line; words from i18n.js's t).
 
 (() => {
   const el = (id) => document.getElementById(id);
@@ -54,17 +55,15 @@
     const src = data.source_tokens, tgt = data.target_tokens;
     const quote = (t) => JSON.stringify(t.piece);
     heatmap(el("encdec-self"), data.self, tgt, tgt, true,
-      (r, c) => `target ${r} ${quote(tgt[r])} attends to target ${c} ${quote(tgt[c])}: ` +
-        (c > r ? "0 (future)" : data.self[r][c].toFixed(4)));
+      (r, c) => t("encdec.self_cell", { r, rp: quote(tgt[r]), c, cp: quote(tgt[c]),
+        w: c > r ? t("attention.future") : data.self[r][c].toFixed(4) }));
     heatmap(el("encdec-cross"), data.cross, tgt, src, false,
-      (r, c) => `target ${r} ${quote(tgt[r])} attends to source ${c} ${quote(src[c])}: ${data.cross[r][c].toFixed(4)}`);
+      (r, c) => t("encdec.cross_cell", { r, rp: quote(tgt[r]), c, cp: quote(src[c]), w: data.cross[r][c].toFixed(4) }));
   }
 
   async function start() {
     const info = await (await fetch("/api/info")).json();
     if (info.arch !== "encdec") return;
-    el("info").textContent = `run ${info.run} · step ${info.step.toLocaleString()} · encoder–decoder, ` +
-      `${info.n_layer} + ${info.n_layer} layers, ${info.n_head} heads, ${info.n_embd} dims, ${info.vocab_size} tokens`;
     for (const id of ["prompt-panel", "view-next", "view-attention", "view-embeddings"]) el(id).hidden = true;
     document.querySelector("nav").hidden = true;
     el("prompt-panel").after(el("error"));  // errors stay visible with the prompt panel hidden

@@ -1,10 +1,13 @@
 // The exploration page: prompt -> tokens -> next-token distribution, stepping, attention, embeddings.
 // Plain JS talking to the JSON endpoints under /api (documented in docs/concepts/serving.md); no libraries.
+// Every word comes from i18n.js's t(); the train and history views live in learn.js, the step-through in
+// trace.js.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const state = { info: null, view: "next", seq: 0, tokens: [], embeddings: null, selected: null, neighbours: [] };
+const state = { info: null, view: "next", seq: 0, tokens: [], context: 0, next: null, embeddings: null, selected: null,
+  neighbours: [] };
 
 // Whitespace and control characters made visible, so a token like "\n" shows as something.
 function visible(piece) {
@@ -58,11 +61,12 @@ async function refresh() {
     const data = await api("/api/next", s);
     if (seq !== state.seq) return;
     showError(null);
-    state.tokens = data.tokens;
+    [state.tokens, state.context, state.next] = [data.tokens, data.context, [data, s]];
     drawTokens(data.tokens, data.context);
     drawBars(data, s);
     if (state.view === "attention") await refreshAttention();
     if (state.view === "trace") await refreshTrace();
+    if (state.view === "history") await refreshHistory();
   } catch (error) {
     if (seq !== state.seq) return;
     showError(error);
@@ -74,19 +78,19 @@ async function refresh() {
 function drawTokens(tokens, context) {
   const box = $("tokens");
   box.replaceChildren();
-  tokens.forEach((t, i) => {
+  tokens.forEach((tok, i) => {
     const chip = document.createElement("span");
     chip.className = "tok" + (i < tokens.length - context ? " outside" : "");
-    chip.title = `position ${i}, id ${t.id}`;
+    chip.title = t("prompt.chip", { i, id: tok.id });
     chip.innerHTML = "<span></span><small></small>";
-    chip.firstChild.textContent = visible(t.piece);
-    chip.lastChild.textContent = t.id;
+    chip.firstChild.textContent = visible(tok.piece);
+    chip.lastChild.textContent = tok.id;
     box.appendChild(chip);
   });
 }
 
-function drawBars(data, s) {
-  const svg = $("bars");
+// The top candidates as bars in svg (the next-token view's, or the history view's); clicking one appends it.
+function drawBars(data, s, svg = $("bars"), title = $("bars-title")) {
   const rows = data.candidates;
   const rowH = 26, labelW = 90, valueW = 70, width = svg.clientWidth || 800;
   const barMax = width - labelW - valueW;
@@ -94,10 +98,10 @@ function drawBars(data, s) {
   svg.setAttribute("height", Math.max(rowH, rows.length * rowH));
   svg.dataset.prompt = s.text;  // lets a reader (or a test) know which prompt is drawn
   const total = rows.reduce((sum, c) => sum + c.prob, 0);
-  $("bars-title").textContent = rows.length ?
-    `Next-token distribution: top ${rows.length} of ${state.info ? state.info.vocab_size : "?"} ` +
-    `at temperature ${s.temperature === 0 ? "1 (greedy picks the top)" : s.temperature}, together ${(100 * total).toFixed(1)}%` :
-    "Next-token distribution";
+  title.textContent = rows.length ?
+    t("next.title_top", { n: rows.length, vocab: state.info ? state.info.vocab_size : "?",
+      temperature: s.temperature === 0 ? t("next.greedy_temperature") : s.temperature, total: (100 * total).toFixed(1) }) :
+    t("next.title");
   rows.forEach((c, i) => {
     const g = document.createElementNS(SVG, "g");
     g.setAttribute("class", "bar");
@@ -108,8 +112,8 @@ function drawBars(data, s) {
       `<rect class="track" x="${labelW}" y="4" height="${rowH - 8}" width="${barMax}" fill="#f1f1f1"></rect>` +
       `<rect class="fill" x="${labelW}" y="4" height="${rowH - 8}" width="${Math.max(1, c.prob * barMax)}" fill="#3b6ea8"></rect>` +
       `<text x="${labelW + barMax + 6}" y="17"></text>`;
-    const [title, label, , , value] = g.children;
-    title.textContent = `id ${c.id}: click to append`;
+    const [tip, label, , , value] = g.children;
+    tip.textContent = t("next.bar_title", { id: c.id });
     label.textContent = `${visible(c.piece)} (${c.id})`;
     value.textContent = `${(100 * c.prob).toFixed(2)}%`;
     g.addEventListener("click", () => step({ mode: "token", token_id: c.id }));
@@ -144,8 +148,8 @@ async function refreshAttention() {
   }
 }
 
-function drawAttention(data) {
-  const canvas = $("attn");
+// A causal attention map (T x T) in canvas, with hover text in hover (the attention view's, or history's).
+function drawAttention(data, canvas = $("attn"), hover = $("attn-hover")) {
   const T = data.tokens.length;
   const cell = Math.max(3, Math.min(28, Math.floor(560 / T)));
   const margin = cell >= 10 ? 34 : 0;  // room for token labels when cells are big enough to read
@@ -185,8 +189,8 @@ function drawAttention(data) {
     const r = Math.floor((event.clientY - rect.top - margin) / cell);
     if (r < 0 || c < 0 || r >= T || c >= T) return;
     const piece = (i) => JSON.stringify(data.tokens[i].piece);
-    $("attn-hover").textContent = `position ${r} ${piece(r)} attends to ${c} ${piece(c)}: ` +
-      (c > r ? "0 (future)" : data.weights[r][c].toFixed(4));
+    hover.textContent = t("attention.cell", { row: r, rowPiece: piece(r), col: c, colPiece: piece(c),
+      weight: c > r ? t("attention.future") : data.weights[r][c].toFixed(4) });
   };
 }
 
@@ -196,9 +200,6 @@ async function loadEmbeddings() {
   if (state.embeddings) return drawEmbeddings();
   try {
     state.embeddings = await api("/api/embeddings");
-    const [a, b] = state.embeddings.explained;
-    $("emb-caption").textContent = `${state.embeddings.points.length} tokens projected on the embedding matrix's two ` +
-      `principal components (${(100 * a).toFixed(1)}% and ${(100 * b).toFixed(1)}% of the variance).`;
     drawEmbeddings();
   } catch (error) {
     showError(error);
@@ -218,6 +219,8 @@ function embeddingScale() {
 
 function drawEmbeddings() {
   const canvas = $("emb"), ctx = canvas.getContext("2d"), pts = state.embeddings.points;
+  const [a, b] = state.embeddings.explained;
+  $("emb-caption").textContent = t("embeddings.caption", { n: pts.length, a: (100 * a).toFixed(1), b: (100 * b).toFixed(1) });
   const at = embeddingScale();
   const near = new Set(state.neighbours.map((n) => n.id));
   const asText = pts.length <= 400;  // a small vocabulary is drawn as its tokens, a large one as dots
@@ -253,7 +256,8 @@ async function selectToken(id) {
     const data = await api(`/api/neighbours?id=${id}&k=10`);
     state.selected = id;
     state.neighbours = data.neighbours;
-    $("neighbours-title").textContent = `nearest to ${visible(data.token.piece)} (id ${id}), by cosine`;
+    state.neighboursOf = data.token;
+    drawNeighboursTitle();
     $("neighbours").replaceChildren(...data.neighbours.map((n) => {
       const li = document.createElement("li");
       li.textContent = `${visible(n.piece)}  (id ${n.id})  ${n.cosine.toFixed(3)}`;
@@ -265,15 +269,40 @@ async function selectToken(id) {
   }
 }
 
+function drawNeighboursTitle() {
+  if (!state.neighboursOf) return;
+  $("neighbours-title").textContent = t("embeddings.neighbours", { piece: visible(state.neighboursOf.piece), id: state.neighboursOf.id });
+}
+
 // ---- wiring ----
+
+function drawInfo() {
+  const i = state.info;
+  $("info").textContent = t(i.arch === "encdec" ? "info.encdec" : "info.line", { run: i.run, step: i.step.toLocaleString(),
+    layers: i.n_layer, heads: i.n_head, dims: i.n_embd, context: i.block_size, vocab: i.vocab_size, tokenizer: i.tokenizer });
+}
+
+// After a language switch: every text the scripts built is drawn again in the new language.
+function redrawInLanguage() {
+  if (!state.info) return;
+  drawInfo();
+  if (state.next) drawBars(...state.next);
+  drawTokens(state.tokens, state.context);
+  if (state.embeddings) drawEmbeddings();
+  drawNeighboursTitle();
+}
+
+const VIEWS = ["next", "attention", "embeddings", "trace", "train", "history"];
 
 function showView(view) {
   state.view = view;
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === view);
-  for (const name of ["next", "attention", "embeddings", "trace"]) $(`view-${name}`).hidden = name !== view;
+  for (const name of VIEWS) $(`view-${name}`).hidden = name !== view;
   if (view === "attention") refreshAttention();
   if (view === "trace") refreshTrace();
   if (view === "embeddings") loadEmbeddings();
+  if (view === "train") showTrain();
+  if (view === "history") refreshHistory();
 }
 
 async function start() {
@@ -283,9 +312,9 @@ async function start() {
     return showError(error);
   }
   const i = state.info;
+  document.addEventListener("gptlab:language", redrawInLanguage);
+  drawInfo();
   if (i.arch === "encdec") return;  // encdec.js shows this run's source -> target view instead
-  $("info").textContent = `run ${i.run} · step ${i.step.toLocaleString()} · ${i.n_layer} layers, ${i.n_head} heads, ` +
-    `${i.n_embd} dims, context ${i.block_size}, ${i.vocab_size} tokens (${i.tokenizer})`;
   fillSelect($("layer"), i.n_layer);
   fillSelect($("head"), i.n_head);
   let timer = null;
@@ -302,6 +331,7 @@ async function start() {
   $("layer").addEventListener("change", refreshAttention);
   $("head").addEventListener("change", refreshAttention);
   startTrace();  // trace.js: the step-through view's buttons and arrow keys
+  startLearn();  // learn.js: the train and history views' controls
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
   $("emb").addEventListener("mousemove", (event) => {
     const p = state.embeddings && pointAt(event);
@@ -315,7 +345,7 @@ async function start() {
     const text = $("emb-pick").value.replace(/\\n/g, "\n");
     const p = state.embeddings && state.embeddings.points.find((q) => q.piece === text);
     if (p) selectToken(p.id);
-    else showError(`no token ${JSON.stringify(text)} in the vocabulary`);
+    else showError(t("embeddings.unknown", { piece: JSON.stringify(text) }));
   });
   await refresh();
 }

@@ -1,7 +1,8 @@
 // The step-through view: one forward pass of the prompt, stage by stage (POST /api/trace).
 // The architecture is drawn from the modules the server reports; each stage sits in the module that
 // computed it. Choosing a stage (click, or the arrow keys) fetches that stage's tensor as a heatmap,
-// sampled on the server. Uses $, api, visible and showError from explore.js.
+// sampled on the server, and the walkthrough (walkthrough.js) explains it beside the diagram of the data's
+// path. Uses $, api, visible and showError from explore.js, t from i18n.js.
 "use strict";
 
 const trace = { stage: 0, head: 0, seq: 0, data: null };
@@ -104,15 +105,17 @@ function drawStage(data) {
   const s = data.stages[trace.stage], view = data.stage;
   const axes = `[${s.axes.replace(/ /g, "×")}]`;
   $("stage-title").textContent = `${trace.stage + 1} / ${data.stages.length}  ${s.name}  (${s.module})`;
-  $("stage-op").textContent = `${s.op} → ${axes}`;
-  $("stage-sizes").textContent = `${withSizes(s.op, data.dims)} → ${withSizes(axes, data.dims)}`;
+  const op = opText(s);  // walkthrough.js: the op in the page's language
+  $("stage-op").textContent = `${op} → ${axes}`;
+  const sizes = { op: withSizes(op, data.dims), shape: withSizes(axes, data.dims) };
+  $("stage-sizes").textContent = `${sizes.op} → ${sizes.shape}`;
   const fmt = (v) => (v === null ? "—" : Number(v).toPrecision(4));
-  $("stage-stats").textContent = `shape ${s.shape.join("×")} · mean ${fmt(s.stats.mean)} · std ${fmt(s.stats.std)} · ` +
-    `min ${fmt(s.stats.min)} · max ${fmt(s.stats.max)}` +
-    (view.rows.length < data.dims.T ? ` · ${view.rows.length} of ${data.dims.T} positions shown` : "") +
-    (s.axes.endsWith("V") ? ` · columns: the top ${view.columns.length} of ${data.dims.V} tokens` :
-      view.columns.length < s.shape[s.shape.length - 1] ?
-        ` · ${view.columns.length} of ${s.shape[s.shape.length - 1]} columns shown, evenly spaced` : "");
+  const width = s.shape[s.shape.length - 1];
+  $("stage-stats").textContent = t("trace.stats", { shape: s.shape.join("×"), mean: fmt(s.stats.mean),
+    std: fmt(s.stats.std), min: fmt(s.stats.min), max: fmt(s.stats.max) }) +
+    (view.rows.length < data.dims.T ? t("trace.rows_shown", { n: view.rows.length, T: data.dims.T }) : "") +
+    (s.axes.endsWith("V") ? t("trace.vocab_columns", { n: view.columns.length, V: data.dims.V }) :
+      view.columns.length < width ? t("trace.columns_shown", { n: view.columns.length, m: width }) : "");
   $("trace-head-label").hidden = !view.heads;
   if (view.heads) {
     fillSelect($("trace-head"), view.heads);
@@ -121,9 +124,10 @@ function drawStage(data) {
   const best = data.top[0];
   $("trace-top").dataset.id = best.id;
   $("trace-top").textContent = s.name === "probs" || s.name === "logits" ?
-    `most likely next token: ${visible(best.piece)} (id ${best.id}), ${(100 * best.prob).toFixed(2)}%` +
-    " (columns: the top candidates, as in the next-token panel)" : "";
+    t("trace.top", { piece: visible(best.piece), id: best.id, pct: (100 * best.prob).toFixed(2) }) : "";
   drawHeatmap(data, view);
+  drawDiagram(data, trace.stage);
+  drawWalk(data, trace.stage, sizes);
 }
 
 function drawHeatmap(data, view) {
@@ -166,10 +170,11 @@ function drawHeatmap(data, view) {
     const c = Math.floor((event.clientX - rect.left - left) / cellW), r = Math.floor((event.clientY - rect.top - top) / cellH);
     if (r < 0 || c < 0 || r >= rows || c >= cols) return;
     const p = view.rows[r], v = view.values[r][c], col = view.columns[c];
-    const what = view.kind === "attention" ? `attending to position ${col.label}` :
-      col.id !== undefined ? `token ${JSON.stringify(col.label)} (id ${col.id})` : `column ${col.label}`;
-    $("heat-hover").textContent = `position ${p} ${JSON.stringify(data.tokens[p].piece)}, ${what}: ` +
-      (v === null ? "−∞ (masked: the future)" : v);
+    const what = view.kind === "attention" ? t("trace.cell_attention", { col: col.label }) :
+      col.id !== undefined ? t("trace.cell_token", { piece: JSON.stringify(col.label), id: col.id }) :
+        t("trace.cell_column", { col: col.label });
+    $("heat-hover").textContent = t("trace.cell", { p, piece: JSON.stringify(data.tokens[p].piece), what,
+      value: v === null ? t("trace.masked") : v });
   };
 }
 
@@ -179,6 +184,7 @@ function startTrace() {
   $("trace-prev").addEventListener("click", () => goToStage(trace.stage - 1));
   $("trace-next").addEventListener("click", () => goToStage(trace.stage + 1));
   $("trace-head").addEventListener("change", () => { trace.head = +$("trace-head").value; refreshTrace(); });
+  document.addEventListener("gptlab:language", () => { if (trace.data) drawStage(trace.data); });
   document.addEventListener("keydown", (event) => {
     if (state.view !== "trace" || ["TEXTAREA", "INPUT", "SELECT"].includes(event.target.tagName)) return;
     if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
