@@ -117,7 +117,8 @@ lint: dev
 	$(BIN)/mypy
 
 # pytest includes tests/test_docs.py: the strict site build, both languages, every command the docs show.
-test: dev browser lint
+# npm brings node, which runs the page's walkthrough script in tests/test_page_texts.py.
+test: dev browser npm lint
 	$(BIN)/python -m pytest -q
 
 # The documentation site, offline: docs/ -> site/ (any warning, broken link or missing page fails the
