@@ -128,7 +128,7 @@ def estimate_loss(
                 continue
             assert batch is not None  # drawn at i == 0 (eval_batches >= 1)
             on_device = batch.to(device)
-            with autocast(device):
+            with autocast(device, cfg.train.precision):
                 _, loss = model(on_device.inputs, on_device.loss_targets(), **on_device.model_inputs())
             if i < n:
                 total += loss.item()
@@ -394,7 +394,9 @@ class TrainingSession:
         for line in describe(self.cfg.model):
             self.say(line)
         t, w = self.tcfg, self.ranks.world_size
-        how = precision_for(self.device).name + (", compiled" if compile_by_default(t.compile, self.device) else "")
+        precision = self.runner.precision
+        how = f"{precision_for(self.device, precision.name).name}, {precision.how}"
+        how += ", compiled" if compile_by_default(t.compile, self.device) else ""
         if w > 1:
             how += f", {w} processes, {'FSDP' if t.fsdp else 'DDP'}"
         self.say(f"optimizer {t.optimizer} ({self.runner.optimizer.describe()}), {t.schedule} schedule")
