@@ -90,3 +90,24 @@ def test_bf16_where_measured_faster_is_recorded_and_follows_the_fp32_loss_curve(
     assert bf16 != fp32  # bf16 products really ran
     assert fp32[-1] < fp32[0] - 0.5  # a curve that falls, followed step by step
     assert bf16 == pytest.approx(fp32, abs=0.05)
+
+
+def test_a_cpu_run_from_before_precision_resumes_in_fp32_without_measuring(char_dataset, tmp_path, monkeypatch):
+    from gptlab.train.trainer import train
+
+    cfg = build_config(
+        "cpu-tiny", None, TINY[:-4] + ["max_steps=2", "eval_interval=2", "sample_tokens=0", "device=cpu"]
+    )
+    cfg.data = str(char_dataset)
+    train(cfg, tmp_path / "run")
+    config = tmp_path / "run" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["train"]["precision"]  # as a run written before the field existed
+    config.write_text(json.dumps(saved))
+
+    def measure(shapes):
+        raise AssertionError("a resumed run keeps its precision")
+
+    monkeypatch.setattr(gptlab.precision, "time_products", measure)
+    train(None, tmp_path / "run", resume=True, max_steps=3)
+    assert json.loads(config.read_text())["train"]["precision"] == "fp32"

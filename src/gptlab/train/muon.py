@@ -159,23 +159,22 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         batches: dict[tuple, list] = {}  # matrices that can share one batched iteration
         for group in self.param_groups:
-            mu = group["momentum"]
+            mu, split, nesterov = group["momentum"], group["split"], group["nesterov"]
+            # What decides the iteration, once per group (the block shape and device join it per param).
+            how = (
+                getattr(torch, group["ns_dtype"]),
+                group["ns_steps"],
+                _frozen(group["ns_coefficients"]),
+                group["eps"],
+            )
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.lerp_(p.grad, 1 - mu)  # torch's form: an average of gradients, not a sum
-                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                blocks = update.reshape(group["split"], -1, p.size(1))
-                key = (
-                    blocks.shape[1:],
-                    p.device,
-                    getattr(torch, group["ns_dtype"]),
-                    group["ns_steps"],
-                    _frozen(group["ns_coefficients"]),
-                    group["eps"],
-                )
-                batches.setdefault(key, []).append((p, group, blocks))
+                update = p.grad.lerp(buf, mu) if nesterov else buf
+                blocks = update.reshape(split, -1, p.size(1))
+                batches.setdefault((blocks.shape[1:], p.device, *how), []).append((p, group, blocks))
         for (shape, _, dtype, steps, coefficients, eps), items in batches.items():
             stacked = torch.cat([blocks for _, _, blocks in items])
             ortho = newton_schulz(stacked, steps, coefficients, eps, dtype)

@@ -266,6 +266,10 @@ class TrainingSession:
         torch.manual_seed(tcfg.seed)
         self.model = build_model(cfg.model).to(device)
         weights_step = load_weights_for_resume(run, self.model) if resume else self.start_weights()
+        if resume and tcfg.precision == "auto" and device.type == "cpu":
+            # A CPU run records the precision it measured; one that says auto was written before
+            # precision existed (or on a GPU), when a CPU computed in fp32: it goes on so, measuring nothing.
+            tcfg.precision = "fp32"
         self.runner = make_runner(self.model, tcfg, ranks, device, self.objective())
         self.loader = PrefetchingLoader(
             self.train_loader(), ranks.rank, ranks.world_size, pin_memory=device.type == "cuda"
