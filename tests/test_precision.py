@@ -111,3 +111,24 @@ def test_a_cpu_run_from_before_precision_resumes_in_fp32_without_measuring(char_
     monkeypatch.setattr(gptlab.precision, "time_products", measure)
     train(None, tmp_path / "run", resume=True, max_steps=3)
     assert json.loads(config.read_text())["train"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize(("rank_zero_votes", "expected"), [(0.0, "fp32"), (1.0, "bf16")])
+def test_every_rank_takes_rank_zeros_choice(monkeypatch, rank_zero_votes, expected):
+    from gptlab.config import TrainConfig
+    from gptlab.train import step
+    from gptlab.train.distributed import Ranks
+
+    monkeypatch.setattr(gptlab.precision, "time_products", lambda shapes: (1.0, 0.2))  # this rank: bf16
+    sent = []
+
+    def all_sum(values, ranks, device):
+        sent.append(values)
+        return [rank_zero_votes + values[0]]
+
+    monkeypatch.setattr(step, "all_sum", all_sum)
+    model = build_model(build_config("cpu-small", None, ["vocab_size=65", "n_embd=32", "n_head=2"]).model)
+    tcfg = TrainConfig(batch_size=4)
+    choice = step.resolve_precision(model, tcfg, Ranks(rank=1, world_size=2), CPU)
+    assert sent == [[0.0]]  # a rank other than 0 votes nothing
+    assert choice.name == tcfg.precision == expected
