@@ -10,6 +10,9 @@
    loss after as many training seconds as the classic took in all.
 2. Tang poems (char tokenizer, whole poems held out for val): the modern recipe given 120 s and
    900 s of training (each its own run, its schedule fitted to its budget), val bits per character.
+3. The optimizer step of each recipe at the classic's shape, side by side: both built as the trainer
+   builds them (precision=auto included), timed in alternating rounds on random tokens;
+   modern_step_vs_classic is the ratio of their median step times (goal: at most 1.2).
 
 Every run is evaluated the same way: the same fixed val windows (--eval-batches x B x T tokens)
 every --eval-every steps; seconds are training-step time only (evaluation excluded), as the trainer
@@ -38,6 +41,7 @@ from gptlab.config import build_config  # noqa: E402
 from gptlab.data.prepare import prepare  # noqa: E402
 from gptlab.model.accounting import count_params  # noqa: E402
 from gptlab.model.presets import MODERN_MODEL, MODERN_TRAIN  # noqa: E402
+from gptlab.train.bench import setup_bench  # noqa: E402
 from gptlab.train.trainer import train  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -84,6 +88,29 @@ def step_seconds(preset: str, overrides: list[str], data: Path, root: Path, name
     return (evals[-1]["elapsed_s"] - evals[1]["elapsed_s"]) / 30
 
 
+def side_by_side_step_ms(rounds: int, steps: int = 10) -> dict:
+    """Median milliseconds per optimizer step of the classic and the modern recipe at the classic's
+    shape, timed in alternating rounds of `steps` steps (so a busy machine slows both alike)."""
+    setups = {
+        "classic": setup_bench("cpu-small", "cpu", "auto", CLASSIC_SHAPE),
+        "modern": setup_bench("cpu-small", "cpu", "auto", CLASSIC_SHAPE + modern_overrides()),
+    }
+    for setup in setups.values():
+        for _ in range(3):  # warm-up: allocator, kernels built for the shapes
+            setup.step()
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, setup in setups.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                setup.step()
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    precisions = {name: setup.runner.precision.name for name, setup in setups.items()}
+    print(f"step, side by side: classic {medians['classic']:.1f} ms, modern {medians['modern']:.1f} ms ({precisions})")
+    return {"ms": {name: round(ms, 1) for name, ms in medians.items()}, "precision": precisions}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script runs")
@@ -103,6 +130,7 @@ def main() -> None:
     # The same evaluation for every Shakespeare run: the same fixed windows (B=12, T=64).
     evaluation = [f"eval_batches={args.eval_batches}", "eval_batch_size=12"]
 
+    side_by_side = side_by_side_step_ms(rounds=3 if args.quick else 15)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shakespeare = root / "shakespeare"
@@ -178,6 +206,9 @@ def main() -> None:
         "modern_full_steps": full_steps,
         "modern_step_ms": round(per_step * 1000, 1),
         "classic_step_ms": round(classic_s / classic[-1]["step"] * 1000, 1),
+        "modern_step_vs_classic": round(side_by_side["ms"]["modern"] / side_by_side["ms"]["classic"], 2),
+        "step_ms_side_by_side": side_by_side["ms"],
+        "precision": side_by_side["precision"],
         # Bits per character of the val text, as the trainer logs them (tokens include the separators
         # between poems, so nats per token / ln 2 would not be per character).
         "tang_bpc_120s": round(tang_runs[tang_budgets[0]][-1]["val_bpc"], 3),

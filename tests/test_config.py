@@ -29,6 +29,9 @@ def test_round_trip_through_dict():
         (["bogus=1"], "unknown config field 'bogus'"),
         (["dropout=1.5"], "dropout"),
         (["noequals"], "key=value"),
+        (["muon_ns_steps=0"], "muon_ns_steps=0 must be in [1, 20]"),
+        (["muon_coeffs=cubic"], "muon_coeffs"),
+        (["precision=fp16"], "precision"),
     ],
 )
 def test_invalid_values_name_the_field(override, needle):

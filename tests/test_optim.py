@@ -110,11 +110,16 @@ def losses(run, key="train_loss"):
     return {r["step"]: r[key] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if key in r}
 
 
-def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(char_dataset, tmp_path, monkeypatch):
+# Muon's own options (Polar Express, NorMuon's second moment in the optimizer state, cautious decay).
+MUON_OPTIONS = ["muon_coeffs=polar", "muon_normalize=true", "cautious_wd=true", "weight_decay=0.1"]
+
+
+@pytest.mark.parametrize("extra", [[], MUON_OPTIONS], ids=["recipe", "muon-options"])
+def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(char_dataset, tmp_path, monkeypatch, extra):
     from gptlab.train import trainer
     from gptlab.train.metrics import MetricsLog
 
-    cfg = build_config("cpu-modern", None, MODERN_TINY)
+    cfg = build_config("cpu-modern", None, MODERN_TINY + extra)
     cfg.data = str(char_dataset)
     trainer.train(cfg, tmp_path / "straight")
 
@@ -126,7 +131,7 @@ def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(char
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
 
     monkeypatch.setattr(MetricsLog, "write", interrupt_at_4)
-    cfg = build_config("cpu-modern", None, MODERN_TINY)
+    cfg = build_config("cpu-modern", None, MODERN_TINY + extra)
     cfg.data = str(char_dataset)
     first = trainer.train(cfg, tmp_path / "resumed")
     assert first.interrupted and first.step < 10

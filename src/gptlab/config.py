@@ -24,6 +24,8 @@ Optimizer = Literal["adamw", "sgd", "muon"]
 Schedule = Literal["cosine", "wsd"]
 Switch = Literal["auto", "on", "off"]
 Logger = Literal["none", "tensorboard", "wandb"]
+MuonCoeffs = Literal["ns5", "polar"]
+PrecisionName = Literal["auto", "fp32", "bf16"]
 
 MAX_BLOCK_SIZE = 1 << 20  # context length: far beyond any model gptlab trains
 # Bounds far beyond any model there is (the largest have ~130 layers, ~16k wide, ~260k tokens), so that a
@@ -116,6 +118,14 @@ class TrainConfig:
     beta2: float = 0.99
     momentum: float = 0.0  # SGD only
     muon_momentum: float = 0.95  # Muon only (Nesterov)
+    # How Muon orthogonalises and applies its update (train/muon.py); the defaults are torch.optim.Muon's.
+    muon_coeffs: MuonCoeffs = "ns5"  # ns5: one fixed quintic every step; polar: the Polar Express schedule
+    muon_ns_steps: int = 5  # orthogonalisation iterations (polar: its first ones)
+    muon_normalize: bool = False  # NorMuon: each row of the update divided by its running RMS, norm kept
+    cautious_wd: bool = False  # Muon decays only the weights its update also moves toward zero
+    # How the CPU computes (precision.py): auto times fp32 and bf16 autocast at the model's own products
+    # at start-up and keeps the faster (recorded in the run's config); CUDA: auto is bf16 autocast.
+    precision: PrecisionName = "auto"
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250
     eval_batches: int = 20  # batches averaged for each of the train/val loss estimates
@@ -171,6 +181,8 @@ class TrainConfig:
         for name in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 _bad(name, getattr(self, name), "must be in [0, 1)")
+        if not 1 <= self.muon_ns_steps <= 20:
+            _bad("muon_ns_steps", self.muon_ns_steps, "must be in [1, 20]")
         if not 0 < self.decay_fraction <= 1:
             _bad("decay_fraction", self.decay_fraction, "must be in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):

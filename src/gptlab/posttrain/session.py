@@ -163,7 +163,7 @@ class PosttrainSession(TrainingSession):
         nats, count = 0.0, 0
         for i in range(0, len(items), EVAL_ROWS):
             batch = collate(items[i : i + EVAL_ROWS]).to(self.device)
-            with autocast(self.device):
+            with autocast(self.device, self.tcfg.precision):
                 logits, _ = self.model(batch.inputs)
             nats += lm_loss(logits, batch.loss_targets(), reduction="sum").item()
             assert batch.loss_mask is not None  # collate always masks the prompt out
@@ -177,7 +177,7 @@ class PosttrainSession(TrainingSession):
         for i in range(0, len(items), EVAL_ROWS):
             chunk = items[i : i + EVAL_ROWS]
             batch: Batch = pair_batch(chunk).to(self.device)
-            with autocast(self.device):
+            with autocast(self.device, self.tcfg.precision):
                 measured: Preference = self.dpo_objective.measure(self.model, batch)
             for key in sums:
                 sums[key] += getattr(measured, key).item() * len(chunk)

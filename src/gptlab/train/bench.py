@@ -86,7 +86,7 @@ def bench_train(
     peak = device_peak(dev)
     log(
         f"bench {preset}: {count_params(cfg.model).total:,} parameters, B={B} x accum {tcfg.grad_accum} x T={T}, "
-        f"{dev} {precision_for(dev).name}{', compiled' if bench.compiled else ''}; peak "
+        f"{dev} {precision_for(dev, bench.cfg.train.precision).name}{', compiled' if bench.compiled else ''}; peak "
         f"{peak.describe() if peak else 'unknown for this device'}"
     )
     for i in range(warmup):
@@ -111,7 +111,7 @@ def bench_train(
     return {
         "preset": preset,
         "device": str(dev),
-        "precision": precision_for(dev).name,
+        "precision": precision_for(dev, bench.cfg.train.precision).name,
         "compile": bench.compiled,
         "batch_size": B,
         "grad_accum": tcfg.grad_accum,

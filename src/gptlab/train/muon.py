@@ -1,23 +1,50 @@
 """Muon for the hidden matrices: momentum, then an orthogonalised update (Newton–Schulz).
 
 torch.optim.Muon runs its Newton–Schulz iteration in bfloat16, one matrix at a time: fast on a GPU,
-about 12x slower per step on CPUs without fast bfloat16 matrix products. This Muon gives the same
-update (momentum buffer, Nesterov form, normalisation, quintic coefficients, eps, lr adjustment) but
-runs the iteration in a chosen dtype (float32 on CPU), once per shape over a stack of all the
-same-shaped matrices, and can orthogonalise a fused q/k/v weight as its three blocks.
+and on CPUs with fast bfloat16 products (AMX), about 12x slower per step on CPUs without them. This
+Muon gives the same update (momentum buffer, Nesterov form, normalisation, quintic coefficients, eps,
+lr adjustment) but runs the iteration in a chosen dtype (the run's measured precision on CPU), once
+per shape over a stack of all the same-shaped matrices, and can orthogonalise a fused q/k/v weight as its three blocks.
+
+Beyond torch's, each off by default (the default update is torch's): Polar Express coefficients (a
+schedule of quintics, one per iteration, that reaches orthogonality in fewer steps), NorMuon's
+normalisation (each row of the update divided by its running RMS, the update's norm kept) and cautious
+weight decay (only weights the update also pushes toward zero are decayed).
 make_muon picks the library's optimizer or this one for a device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 # Keller Jordan's quintic coefficients and eps: the same numbers torch.optim.Muon uses.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# Polar Express (Amsel, Persson, Musco, Gower 2025): one quintic per iteration, each optimal for the
+# singular values the previous ones leave, computed for inputs scaled to spectral norm <= 1/1.02 (a
+# 2% safety margin, so POLAR_MARGIN divides the input too). The published 5-step schedule.
+POLAR_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_MARGIN = 1.02
+COEFFICIENTS = {"ns5": NS_COEFFICIENTS, "polar": POLAR_COEFFICIENTS}  # by their config name (muon_coeffs)
 EPS = 1e-7
+NORMALIZE_BETA2 = 0.95  # NorMuon's decay of each row's second moment (its paper's value)
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+
+def _schedule(coefficients: Sequence, steps: int) -> tuple[list, float]:
+    """(the (a, b, c) of each of `steps` iterations, the input's norm margin) for one triple (the same
+    every step, no margin) or a schedule (its first steps, the last repeated beyond it; POLAR_MARGIN)."""
+    if isinstance(coefficients[0], (int, float)):
+        return [tuple(coefficients)] * steps, 1.0
+    return [tuple(coefficients[min(i, len(coefficients) - 1)]) for i in range(steps)], POLAR_MARGIN
 
 
 def newton_schulz(
@@ -27,15 +54,17 @@ def newton_schulz(
 
     torch.optim.Muon's iteration, batched: scale each matrix by its Frobenius norm (so its spectral
     norm is at most 1), then `steps` quintic steps X <- aX + (bG + cG^2)X with G = X X^T, on the wide
-    orientation so G is the smaller Gram matrix. Singular values land in roughly [0.7, 1.2], not at 1.
+    orientation so G is the smaller Gram matrix. coefficients: one (a, b, c) for every step (singular
+    values land in roughly [0.7, 1.2], not at 1), or a schedule of them (POLAR_COEFFICIENTS).
     """
-    a, b, c = coefficients
+    schedule, margin = _schedule(coefficients, steps)
     x = x.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
+    norm = x.norm(dim=(-2, -1), keepdim=True)
+    x = x / (norm * margin if margin != 1.0 else norm).clamp(min=eps)
+    for a, b, c in schedule:
         gram = x @ x.mT
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
@@ -50,12 +79,26 @@ def adjusted_lr(lr: float, shape, adjust_lr_fn: str | None = None) -> float:
     return lr * math.sqrt(max(1.0, rows / cols))
 
 
+def normalize_rows(update: torch.Tensor, second_moment: torch.Tensor, beta2: float) -> torch.Tensor:
+    """NorMuon: each row of each block of update (N, A, B) divided by its running RMS, the blocks'
+    Frobenius norms kept. second_moment (N, A, 1), the rows' mean squares averaged over steps, is
+    updated in place. An orthogonalised update has rows of uneven size (a neuron's share); this evens
+    them out, as Adam does per weight, at the cost of one number per row."""
+    mean_square = update.square().mean(dim=-1, keepdim=True)
+    second_moment.lerp_(mean_square.to(second_moment.dtype), 1 - beta2)
+    scaled = update * second_moment.clamp(min=1e-10).rsqrt().to(update.dtype)
+    kept = update.norm(dim=(-2, -1), keepdim=True) / scaled.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-10)
+    return scaled * kept
+
+
 class Muon(torch.optim.Optimizer):
     """Muon over 2-D params, with the update of torch.optim.Muon (same hyper-parameter names).
 
-    Per group, beyond torch's: ns_dtype (the Newton–Schulz compute dtype; float32 is the fast one on
-    CPU, bfloat16 reproduces torch's numerics) and split (rows cut into `split` equal blocks, each
-    orthogonalised on its own: a fused q/k/v weight (3D, D) moves as three D x D weights would).
+    Per group, beyond torch's: ns_dtype (the Newton–Schulz compute dtype; bfloat16 reproduces torch's
+    numerics), split (rows cut into `split` equal blocks, each orthogonalised on its own: a fused q/k/v
+    weight (3D, D) moves as three D x D weights would), ns_coefficients (one triple, or a schedule such
+    as POLAR_COEFFICIENTS), normalize (NorMuon, normalize_rows) and cautious_wd (decay only where the
+    update has the weight's sign).
     """
 
     def __init__(
@@ -69,6 +112,9 @@ class Muon(torch.optim.Optimizer):
         ns_dtype: torch.dtype = torch.float32,
         adjust_lr_fn: str | None = None,
         split: int = 1,
+        ns_coefficients: Sequence = NS_COEFFICIENTS,
+        normalize: bool = False,
+        cautious_wd: bool = False,
     ):
         if lr < 0 or weight_decay < 0 or momentum < 0:
             raise ValueError(f"lr={lr}, weight_decay={weight_decay}, momentum={momentum} must be >= 0")
@@ -84,8 +130,11 @@ class Muon(torch.optim.Optimizer):
             ns_dtype=str(ns_dtype).removeprefix("torch."),
             adjust_lr_fn=adjust_lr_fn,
             split=split,
-            ns_coefficients=NS_COEFFICIENTS,
+            ns_coefficients=ns_coefficients,
             eps=EPS,
+            normalize=normalize,
+            normalize_beta2=NORMALIZE_BETA2,
+            cautious_wd=cautious_wd,
         )
         super().__init__(params, defaults)
 
@@ -110,51 +159,80 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         batches: dict[tuple, list] = {}  # matrices that can share one batched iteration
         for group in self.param_groups:
-            mu = group["momentum"]
+            mu, split, nesterov = group["momentum"], group["split"], group["nesterov"]
+            # What decides the iteration, once per group (the block shape and device join it per param).
+            how = (
+                getattr(torch, group["ns_dtype"]),
+                group["ns_steps"],
+                _frozen(group["ns_coefficients"]),
+                group["eps"],
+            )
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.lerp_(p.grad, 1 - mu)  # torch's form: an average of gradients, not a sum
-                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                blocks = update.reshape(group["split"], -1, p.size(1))
-                key = (
-                    blocks.shape[1:],
-                    p.device,
-                    getattr(torch, group["ns_dtype"]),
-                    group["ns_steps"],
-                    tuple(group["ns_coefficients"]),
-                    group["eps"],
-                )
-                batches.setdefault(key, []).append((p, group, blocks))
+                update = p.grad.lerp(buf, mu) if nesterov else buf
+                blocks = update.reshape(split, -1, p.size(1))
+                batches.setdefault((blocks.shape[1:], p.device, *how), []).append((p, group, blocks))
         for (shape, _, dtype, steps, coefficients, eps), items in batches.items():
             stacked = torch.cat([blocks for _, _, blocks in items])
             ortho = newton_schulz(stacked, steps, coefficients, eps, dtype)
             for (p, group, _), o in zip(items, ortho.split([b.size(0) for _, _, b in items])):
-                # The lr adjustment uses the block shape, not the param's: each block is the matrix
-                # orthogonalised, so (3D, D) split 3 gets a D x D block's lr (x1, not sqrt(3)), the
-                # same step three separate D x D weights would take.
-                lr = group["lr"]
-                p.mul_(1 - lr * group["weight_decay"])  # decoupled decay, unadjusted lr, as torch
-                p.add_(o.reshape(p.shape).to(p.dtype), alpha=-adjusted_lr(lr, shape, group["adjust_lr_fn"]))
+                self._apply(p, group, o, shape)
         return loss
 
+    def _apply(self, p: torch.Tensor, group: dict, o: torch.Tensor, shape) -> None:
+        """p moves by its orthogonalised blocks o (split, A, B): maybe normalised, after its decay."""
+        if group.get("normalize"):  # .get: groups of checkpoints written before these options
+            state = self.state[p]
+            if "second_moment" not in state:
+                state["second_moment"] = torch.zeros(o.shape[:-1] + (1,), dtype=torch.float32, device=p.device)
+            o = normalize_rows(o.float(), state["second_moment"], group["normalize_beta2"])
+        o = o.reshape(p.shape).to(p.dtype)
+        # The lr adjustment uses the block shape, not the param's: each block is the matrix
+        # orthogonalised, so (3D, D) split 3 gets a D x D block's lr (x1, not sqrt(3)), the
+        # same step three separate D x D weights would take.
+        lr, decay = group["lr"], group["weight_decay"]
+        if group.get("cautious_wd") and decay:
+            # Only where the step (-o) also shrinks the weight: decay then agrees with the loss.
+            p.sub_(p * (o * p > 0), alpha=lr * decay)
+        else:
+            p.mul_(1 - lr * decay)  # decoupled decay, unadjusted lr, as torch
+        p.add_(o, alpha=-adjusted_lr(lr, shape, group["adjust_lr_fn"]))
 
-def make_muon(param_groups, device: torch.device, **hyper) -> torch.optim.Optimizer:
+
+def _frozen(coefficients: Sequence) -> tuple:
+    """Coefficients as a hashable key (a checkpoint may hand them back as lists)."""
+    return tuple(tuple(c) if isinstance(c, (list, tuple)) else c for c in coefficients)
+
+
+def make_muon(
+    param_groups, device: torch.device, ns_dtype: torch.dtype | None = None, **hyper
+) -> torch.optim.Optimizer:
     """The one way to make Muon: the library's where it is fast, this module's where it is not.
 
     param_groups: params or group dicts (a group may set split). hyper: lr, momentum, nesterov,
-    weight_decay, ns_steps, adjust_lr_fn, accepted by both. On CUDA with no split group this returns
-    torch.optim.Muon (its bfloat16 iteration runs fast there); a split group needs this Muon, with a
-    bfloat16 iteration on CUDA. Elsewhere this Muon in float32, since bfloat16 matrix products are
-    slow on CPU and one batched float32 product per shape is what makes Muon pay there.
+    weight_decay, ns_steps, adjust_lr_fn, accepted by both, and this Muon's own (ns_coefficients,
+    normalize, cautious_wd). On CUDA with no split group and none of this Muon's own options this
+    returns torch.optim.Muon (its bfloat16 iteration runs fast there); otherwise this Muon, iterating
+    in ns_dtype: bfloat16 on CUDA, float32 elsewhere unless given (the run's measured precision: one
+    batched product per shape is what makes Muon pay on a CPU).
     """
     groups = list(param_groups)
     if not groups or not isinstance(groups[0], dict):
         groups = [{"params": groups}]
     splits = any(g.get("split", hyper.get("split", 1)) > 1 for g in groups)
-    if device.type == "cuda" and not splits:
-        hyper.pop("split", None)
+    # This Muon's own options, at values other than torch's update, need this Muon.
+    plain = (
+        _frozen(hyper.get("ns_coefficients", NS_COEFFICIENTS)) == NS_COEFFICIENTS
+        and not hyper.get("normalize")
+        and not hyper.get("cautious_wd")
+    )
+    if device.type == "cuda" and not splits and plain:
+        for k in ("ns_coefficients", "normalize", "cautious_wd", "split"):
+            hyper.pop(k, None)
         return torch.optim.Muon([{k: v for k, v in g.items() if k != "split"} for g in groups], **hyper)
-    ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if ns_dtype is None:
+        ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return Muon(groups, ns_dtype=ns_dtype, **hyper)

@@ -22,7 +22,7 @@ from torch import nn
 
 from gptlab.config import TrainConfig
 from gptlab.model import Model
-from gptlab.train.muon import make_muon
+from gptlab.train.muon import COEFFICIENTS, make_muon
 
 
 def role_lr(cfg: TrainConfig, role: str) -> float:
@@ -80,11 +80,14 @@ class RoleOptimizer:
         )
 
 
-def build_optimizer(model: Model, cfg: TrainConfig, device: torch.device, fused: bool = False) -> RoleOptimizer:
+def build_optimizer(
+    model: Model, cfg: TrainConfig, device: torch.device, fused: bool = False, ns_dtype: torch.dtype | None = None
+) -> RoleOptimizer:
     """The optimizer cfg.optimizer names, over model's parameters grouped by role.
 
     Vectors are never decayed: shrinking a norm's gain or a bias toward zero does not regularise the
     function, it only fights the normalisation. fused: AdamW's single-kernel update (device.fused_adamw).
+    ns_dtype: Muon's orthogonalisation dtype (None: make_muon's choice for the device).
     """
     roles = model.parameter_roles()
     params = dict(model.named_parameters())
@@ -119,6 +122,11 @@ def build_optimizer(model: Model, cfg: TrainConfig, device: torch.device, fused:
                     momentum=cfg.muon_momentum,
                     weight_decay=cfg.weight_decay,
                     nesterov=True,
+                    ns_steps=cfg.muon_ns_steps,
+                    ns_coefficients=COEFFICIENTS[cfg.muon_coeffs],
+                    normalize=cfg.muon_normalize,
+                    cautious_wd=cfg.cautious_wd,
+                    ns_dtype=ns_dtype,
                 )
             )
     if adam_groups:

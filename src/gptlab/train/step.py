@@ -17,8 +17,8 @@ from gptlab.config import TrainConfig
 from gptlab.data.batch import Batch
 from gptlab.device import fused_adamw
 from gptlab.model import Model
-from gptlab.precision import autocast, precision_for
-from gptlab.train.distributed import Ranks, wrap
+from gptlab.precision import DEVICE_DEFAULT, PrecisionChoice, autocast, choose_precision, precision_for, product_shapes
+from gptlab.train.distributed import Ranks, all_sum, wrap
 from gptlab.train.optim import RoleOptimizer, build_optimizer
 
 # compile=auto on CPU: off. Measured with benchmarks/train_throughput.py on the 2-core development
@@ -62,12 +62,14 @@ class StepRunner:
         grad_accum: int,
         grad_clip: float,
         objective: Objective | None = None,
+        precision: PrecisionChoice = DEVICE_DEFAULT,
     ):
         self.raw, self.wrapped, self.optimizer = raw, wrapped, optimizer
         self.objective = objective or language_model_objective
         self.device, self.grad_accum, self.grad_clip = device, grad_accum, grad_clip
+        self.precision = precision
         # float16 needs loss scaling so small gradients do not underflow; other precisions do not.
-        self.scaler = torch.amp.GradScaler(device.type) if precision_for(device).grad_scaler else None
+        self.scaler = torch.amp.GradScaler(device.type) if precision_for(device, precision.name).grad_scaler else None
 
     def _sync_gradients(self, last: bool) -> contextlib.AbstractContextManager:
         """Gradients are averaged across ranks only on the last micro-step: the earlier ones just
@@ -88,7 +90,7 @@ class StepRunner:
             # Pinned host memory + non_blocking: the copy overlaps the GPU's queued work.
             batch = next_batch().to(self.device, non_blocking=True)
             with self._sync_gradients(micro == self.grad_accum - 1):
-                with autocast(self.device):
+                with autocast(self.device, self.precision.name):
                     loss = self.objective(self.wrapped, batch)
                 scaled = loss / self.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -109,19 +111,36 @@ class StepRunner:
         return loss_sum / self.grad_accum
 
 
+def resolve_precision(raw: Model, tcfg: TrainConfig, ranks: Ranks, device: torch.device) -> PrecisionChoice:
+    """Resolve tcfg.precision for this model (precision.choose_precision) and record the result in
+    tcfg, so the run's config says what ran and a resumed run keeps it. Every rank takes rank 0's
+    choice: ranks computing in different precisions would not stay in step."""
+    rows = tcfg.batch_size * raw.config.block_size
+    choice = choose_precision(tcfg.precision, device, product_shapes(raw, rows))
+    if ranks.distributed and choice.name in ("fp32", "bf16") and tcfg.precision == "auto":
+        bf16 = all_sum([float(ranks.is_main and choice.name == "bf16")], ranks, device)[0] > 0
+        choice = PrecisionChoice("bf16" if bf16 else "fp32", choice.how + " (rank 0's measurement)")
+    tcfg.precision = choice.name
+    return choice
+
+
 def make_runner(
     raw: Model, tcfg: TrainConfig, ranks: Ranks, device: torch.device, objective: Objective | None = None
 ) -> StepRunner:
     """Distribute (DDP or FSDP), maybe compile, and build the optimizer around a model on device
-    (objective: what each micro-step minimises; the language-model loss unless given).
+    (objective: what each micro-step minimises; the language-model loss unless given). Resolves
+    tcfg.precision first (resolve_precision).
 
     FSDP shards the model in place before compiling; DDP wraps the compiled model, so its
     gradient hooks stay outside the compiled graph and no_sync keeps its plain meaning.
     """
+    precision = resolve_precision(raw, tcfg, ranks, device)
     if tcfg.fsdp:
         wrap(raw, ranks, device, fsdp=True)
     # torch.compile of a module gives a module (OptimizedModule); its annotation says only "a callable".
     base = cast(nn.Module, torch.compile(raw)) if compile_by_default(tcfg.compile, device) else raw
     wrapped = base if tcfg.fsdp else wrap(base, ranks, device, fsdp=False)
-    optimizer = build_optimizer(raw, tcfg, device, fused=fused_adamw(device))
-    return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip, objective)
+    # Muon's orthogonalisation follows the measured precision on the CPU (its products gain as much).
+    ns_dtype = torch.bfloat16 if device.type == "cpu" and precision.name == "bf16" else None
+    optimizer = build_optimizer(raw, tcfg, device, fused=fused_adamw(device), ns_dtype=ns_dtype)
+    return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip, objective, precision)

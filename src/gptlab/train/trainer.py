@@ -130,7 +130,7 @@ def estimate_loss(
                 continue
             assert batch is not None  # drawn at i == 0 (eval_batches >= 1)
             on_device = batch.to(device)
-            with autocast(device):
+            with autocast(device, cfg.train.precision):
                 _, loss = model(on_device.inputs, on_device.loss_targets(), **on_device.model_inputs())
             if i < n:
                 total += loss.item()
@@ -268,6 +268,10 @@ class TrainingSession:
         torch.manual_seed(tcfg.seed)
         self.model = build_model(cfg.model).to(device)
         weights_step = load_weights_for_resume(run, self.model) if resume else self.start_weights()
+        if resume and tcfg.precision == "auto" and device.type == "cpu":
+            # A CPU run records the precision it measured; one that says auto was written before
+            # precision existed (or on a GPU), when a CPU computed in fp32: it goes on so, measuring nothing.
+            tcfg.precision = "fp32"
         self.runner = make_runner(self.model, tcfg, ranks, device, self.objective())
         self.loader = PrefetchingLoader(
             self.train_loader(), ranks.rank, ranks.world_size, pin_memory=device.type == "cuda"
@@ -397,7 +401,9 @@ class TrainingSession:
         for line in describe(self.cfg.model):
             self.say(line)
         t, w = self.tcfg, self.ranks.world_size
-        how = precision_for(self.device).name + (", compiled" if compile_by_default(t.compile, self.device) else "")
+        precision = self.runner.precision
+        how = f"{precision_for(self.device, precision.name).name}, {precision.how}"
+        how += ", compiled" if compile_by_default(t.compile, self.device) else ""
         if w > 1:
             how += f", {w} processes, {'FSDP' if t.fsdp else 'DDP'}"
         self.say(f"optimizer {t.optimizer} ({self.runner.optimizer.describe()}), {t.schedule} schedule")
