@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gptlab.config import PrecisionName
+
 # bfloat16 is kept only when it is clearly faster: a near tie is not worth its rounding, and a clear
 # margin keeps the choice from flipping between runs with the noise of a busy machine.
 BF16_MARGIN = 1.25
@@ -80,7 +82,10 @@ def time_products(shapes: tuple[tuple[int, int, int], ...]) -> tuple[float, floa
     machine slows both alike; about 0.3 s in all."""
     gen = torch.Generator().manual_seed(0)  # its own stream: timing draws nothing from the run's
     pairs = [(torch.randn(r, i, generator=gen), torch.randn(o, i, generator=gen)) for r, i, o in shapes]
-    contexts = {None: contextlib.nullcontext, torch.bfloat16: lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+    contexts: dict[torch.dtype | None, Callable[[], contextlib.AbstractContextManager]] = {
+        None: contextlib.nullcontext,
+        torch.bfloat16: lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    }
     best = dict.fromkeys(contexts, float("inf"))
     spent = 0.0
     with torch.no_grad():
@@ -104,7 +109,7 @@ class PrecisionChoice:
     """A run's precision setting resolved: name ("fp32", "bf16", or "auto" where the device's policy
     decides) and how it was chosen, for the start-of-training line."""
 
-    name: str
+    name: PrecisionName
     how: str
 
 
@@ -112,10 +117,10 @@ DEVICE_DEFAULT = PrecisionChoice("auto", "the device's default")
 
 
 def choose_precision(
-    setting: str,
+    setting: PrecisionName,
     device: torch.device,
     shapes: tuple[tuple[int, int, int], ...],
-    measure: Callable[[tuple], tuple[float, float]] | None = None,
+    measure: Callable[[tuple[tuple[int, int, int], ...]], tuple[float, float]] | None = None,
 ) -> PrecisionChoice:
     """Resolve a run's precision setting: as asked, the device's policy off the CPU, and on the CPU for
     "auto" the faster of float32 and bfloat16 autocast at the model's products `shapes` (bfloat16 only
@@ -124,8 +129,7 @@ def choose_precision(
         return PrecisionChoice(setting, "as asked")
     if device.type != "cpu" or not shapes:
         return DEVICE_DEFAULT
-    measure = measure or time_products
-    fp32, bf16 = measure(shapes)
+    fp32, bf16 = (measure or time_products)(shapes)
     ratio = fp32 / max(bf16, 1e-12)
-    name = "bf16" if ratio >= BF16_MARGIN else "fp32"
+    name: PrecisionName = "bf16" if ratio >= BF16_MARGIN else "fp32"
     return PrecisionChoice(name, f"auto: bf16 measured {ratio:.2f}x as fast as fp32 at this model's products")
