@@ -1,4 +1,4 @@
-"""`gptlab finetune` and `gptlab align`: a new run that starts from a base run's weights, with
+"""`gptlab finetune`, `gptlab align` and `gptlab rl`: a new run that starts from a base run's weights, with
 its own training settings (a learning-rate schedule for a short post-training), or the resume of
 one. The base run is only read."""
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 from gptlab.config import ModelConfig, PosttrainConfig, RunConfig, Stage, TrainConfig, apply_overrides
 from gptlab.errors import GptlabError
-from gptlab.posttrain.session import SESSIONS
-from gptlab.runs import read_config
+from gptlab.posttrain.rewards import VERSE
+from gptlab.posttrain.rl import RLSession
+from gptlab.posttrain.session import SESSIONS as POSTTRAIN_SESSIONS
+from gptlab.runs import is_run_dir, read_config
 from gptlab.train.trainer import TrainResult, train
 
 # Post-training is short and starts from a model that already knows the language: a small peak
@@ -24,13 +26,29 @@ _COMMON = {
     "sample_tokens": 64,
     "sample_temperature": 0.8,
 }
+SESSIONS = {**POSTTRAIN_SESSIONS, "rl": RLSession}
 STAGE_DEFAULTS = {
     "sft": {**_COMMON, "batch_size": 16, "max_steps": 300, "lr": 3e-4, "min_lr": 3e-5},
     "dpo": {**_COMMON, "batch_size": 8, "max_steps": 200, "lr": 5e-5, "min_lr": 5e-6},
+    # batch_size is prompts per micro-step, each answered group_size times.
+    "rl": {**_COMMON, "batch_size": 4, "max_steps": 100, "lr": 1e-5, "min_lr": 1e-6, "eval_interval": 25},
 }
 
 
-def start_config(stage: Stage, base: str | Path, data: str | Path, overrides: list[str]) -> RunConfig:
+def reward_spec(reward: str | None) -> str:
+    """--reward as the config keeps it: "verse", or a reward-model run's absolute path."""
+    if not reward:
+        raise GptlabError("rl needs --reward verse|RM_RUN (the verse checker or a reward-model run)")
+    if reward == VERSE:
+        return reward
+    if not is_run_dir(reward):
+        raise GptlabError(f"--reward {reward}: neither 'verse' nor a gptlab run directory")
+    return str(Path(reward).resolve())
+
+
+def start_config(
+    stage: Stage, base: str | Path, data: str | Path, overrides: list[str], reward: str | None = None
+) -> RunConfig:
     """The config of a new post-training run: the base run's model, this stage's training defaults,
     then the user's key=value overrides (training and posttrain fields; the model's shape is the
     base's, only dropout may change)."""
@@ -46,13 +64,15 @@ def start_config(stage: Stage, base: str | Path, data: str | Path, overrides: li
     cfg.train = TrainConfig(device=base_cfg.train.device, seed=base_cfg.train.seed)
     apply_overrides(cfg, STAGE_DEFAULTS[stage])
     cfg.posttrain = PosttrainConfig(stage=stage, base=str(Path(base).resolve()), data=str(data_path.resolve()))
+    if stage == "rl":
+        cfg.posttrain.reward = reward_spec(reward)
     shape = {f.name for f in fields(ModelConfig)} - {"dropout"}
     for item in overrides:
         key = item.partition("=")[0].strip().lstrip("-").replace("-", "_")
-        if key.removeprefix("model.") in shape or key.removeprefix("posttrain.") in ("stage", "base"):
+        if key.removeprefix("model.") in shape or key.removeprefix("posttrain.") in ("stage", "base", "reward"):
             raise GptlabError(
                 f"'{key}' cannot be set here: the model is the base run's (only dropout may "
-                "change) and --from names the base"
+                "change), --from names the base and --reward the reward"
             )
     apply_overrides(cfg, overrides)
     cfg.validate()
@@ -67,13 +87,15 @@ def posttrain(
     resume: str | None,
     overrides: list[str],
     max_steps: int | None = None,
+    reward: str | None = None,
 ) -> TrainResult:
-    """Start (base, data, out) or resume (resume) a fine-tuning (sft) or alignment (dpo) run."""
+    """Start (base, data, out) or resume (resume) a fine-tuning (sft), alignment (dpo) or
+    reinforcement-learning (rl, with its reward) run."""
     command = SESSIONS[stage].command
     if resume:
-        if base or data or out or overrides:
+        if base or data or out or overrides or reward:
             raise GptlabError(
-                "--resume RUN takes no --from/--data/--out/overrides (the run keeps its own); "
+                "--resume RUN takes no --from/--data/--out/--reward/overrides (the run keeps its own); "
                 "only --max-steps may extend it"
             )
         stage_of_run = read_config(resume).posttrain.stage
@@ -86,6 +108,8 @@ def posttrain(
             raise GptlabError(f"{resume} is {what}, not a `gptlab {command}` run")
         return train(None, resume, resume=True, max_steps=max_steps, session=SESSIONS[stage])
     if not (base and data and out):
-        raise GptlabError(f"{command} needs --from RUN --data FILE --out RUN2 (or --resume RUN2)")
-    cfg = start_config(stage, base, data, overrides + ([f"max_steps={max_steps}"] if max_steps is not None else []))
+        data_flag = "--prompts FILE --reward verse|RM_RUN" if stage == "rl" else "--data FILE"
+        raise GptlabError(f"{command} needs --from RUN {data_flag} --out RUN2 (or --resume RUN2)")
+    more = [f"max_steps={max_steps}"] if max_steps is not None else []
+    cfg = start_config(stage, base, data, overrides + more, reward)
     return train(cfg, out, session=SESSIONS[stage])
