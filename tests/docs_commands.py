@@ -267,11 +267,11 @@ def budget(args: list[str]) -> list[str]:
     if not args or "-h" in args or "--help" in args:
         return args
     command = args[0]
-    if command in ("train", "finetune", "align") and "--resume" in args:
+    if command in ("train", "finetune", "align", "reward") and "--resume" in args:
         return _options(_without(args, "--max-steps"), "--max-steps", "3")  # the fixtures stop at 2
     if command == "train":
         return _settings(_without(args, "--max-steps"), TRAIN_BUDGET)
-    if command in ("finetune", "align"):
+    if command in ("finetune", "align", "reward"):
         return _settings(_without(args, "--max-steps", "--epochs"), POSTTRAIN_BUDGET)
     if command == "sample":
         return _capped(args, "--max-new-tokens", MAX_TOKENS)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_clean_error, cli_in_process
 from gptlab.posttrain.verse import WEIGHTS, check, reading, score, split_lines
 
 
@@ -95,3 +96,34 @@ def test_every_measure_stays_in_the_unit_interval(tang_jsonl):
         for _, line in zip(range(500), f):
             report = check("\n".join(json.loads(line)["paragraphs"]))
             assert all(0.0 <= v <= 1.0 for v in (report.rhyme, report.tones, report.variety, report.score))
+
+
+def test_verse_command_prints_one_json_object_per_poem(capsys, tmp_path):
+    two = "白日依山盡，黃河入海流。欲窮千里目，更上一層樓。\n\n君不見黃河之水天上來，奔流到海不復回。"
+    done = cli_in_process(capsys, "verse", two, "--json")
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["chars_per_line"] for r in reports] == [[5, 5, 5, 5], [10, 7]]
+    assert reports[0]["regular"] is True and reports[0]["score"] == 1.0 and reports[1]["regular"] is False
+    records = tmp_path / "poems.jsonl"
+    records.write_text(
+        json.dumps({"paragraphs": ["白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"]}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"text": "床前明月光，疑是地上霜。"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    from_file = cli_in_process(capsys, "verse", records, "--json")
+    assert [json.loads(line)["chars_per_line"] for line in from_file.stdout.splitlines()] == [[5] * 4, [5, 5]]
+    text = tmp_path / "poems.txt"
+    text.write_text(two, encoding="utf-8")
+    shown = cli_in_process(capsys, "verse", text)
+    assert shown.returncode == 0 and "poem 2:" in shown.stdout and "五言绝句" in shown.stdout
+
+
+def test_verse_command_refuses_bad_input_in_one_line(capsys, tmp_path):
+    (tmp_path / "bytes.txt").write_bytes(b"\xff\xfe\x00bad")
+    (tmp_path / "empty.jsonl").write_text('{"title": "x"}\n[1, 2]\n', encoding="utf-8")
+    for source, needle in [("", "no poem"), ("\n\n  \n", "no poem"), (tmp_path / "bytes.txt", "utf-8")]:
+        assert_clean_error(cli_in_process(capsys, "verse", source), needle)
+    assert_clean_error(cli_in_process(capsys, "verse", tmp_path / "empty.jsonl"), "no poem", "paragraphs")

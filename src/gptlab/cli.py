@@ -36,6 +36,9 @@ examples:
   gptlab align --from runs/zh-sft --data pairs.jsonl --out runs/zh-dpo beta=0.1
   gptlab rl --from runs/zh-sft --prompts sft.jsonl --reward verse --out runs/zh-rl
   gptlab chat runs/zh-dpo
+  gptlab verse "白日依山盡，黃河入海流。欲窮千里目，更上一層樓。" --json
+  gptlab poem-data ../shared/data/tang_poems.jsonl --verse-pairs verse-pairs.jsonl
+  gptlab reward --from runs/zh-sft --data verse-pairs.jsonl --out runs/zh-rm
 """
 
 
@@ -426,11 +429,14 @@ def _add_poem_data(sub: argparse._SubParsersAction) -> None:
         description="Turn poem records ({title, author, paragraphs}: the Tang poems, or your own "
         ".json/.jsonl) into instruction records {prompt, response} (prompt: the template with the "
         "title) and preference records {prompt, chosen, rejected} (chosen: a five-character poem, "
-        "rejected: a poem of another form).",
+        "rejected: a poem of another form). --verse-pairs writes preference records ranked by the verse "
+        "checker (`gptlab verse`): two real poems whose titles are of the same kind (the same first "
+        "character), the better-scored chosen, for `gptlab reward` (or align).",
     )
     p.add_argument("poems", nargs="+", metavar="POEMS", help=".jsonl or .json files of poem records")
     p.add_argument("--instructions", metavar="FILE", help="instruction JSONL to write")
     p.add_argument("--preferences", metavar="FILE", help="preference JSONL to write")
+    p.add_argument("--verse-pairs", metavar="FILE", help="preference JSONL ranked by the verse checker to write")
     p.add_argument(
         "--template",
         default="請用以下題目寫一首詩：{title}",
@@ -443,7 +449,9 @@ def _add_poem_data(sub: argparse._SubParsersAction) -> None:
 def _run_poem_data(args: argparse.Namespace) -> None:
     from gptlab.posttrain.poems import convert
 
-    written, report = convert(args.poems, args.instructions, args.preferences, args.template, args.seed)
+    written, report = convert(
+        args.poems, args.instructions, args.preferences, args.template, args.seed, verse_pairs=args.verse_pairs
+    )
     for line in report.lines():
         print(line)
     for path, n in written.items():
@@ -464,7 +472,7 @@ def _add_posttrain(sub: argparse._SubParsersAction, name: str, help_: str, descr
         metavar="KEY=VALUE",
         help="training and posttrain field overrides (lr=1e-4 batch_size=8 held_out=64 beta=0.1 ...)",
     )
-    p.set_defaults(func=_run_posttrain, stage="sft" if name == "finetune" else "dpo")
+    p.set_defaults(func=_run_posttrain, stage={"finetune": "sft", "align": "dpo", "reward": "rm"}[name])
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -489,6 +497,41 @@ def _add_align(sub: argparse._SubParsersAction) -> None:
         "copy of the starting run (beta=0.1 unless overridden); logs the held-out pairs' reward "
         "margin and preference accuracy. Defaults: lr 5e-5 cosine, 200 steps, 8 pairs per batch.",
     )
+
+
+def _add_reward(sub: argparse._SubParsersAction) -> None:
+    _add_posttrain(
+        sub,
+        "reward",
+        "a reward model: a run's transformer with a scalar head, trained on preference pairs",
+        "Train a reward model on preference JSONL ({prompt, chosen, rejected}, e.g. from `gptlab "
+        "poem-data --verse-pairs`): the run's transformer with a scalar head read at the last token, "
+        "the Bradley–Terry loss; logs the held-out pairs' accuracy. Defaults: lr 1e-4 cosine, 200 "
+        "steps, 8 pairs per batch. `gptlab serve RM` answers POST /api/reward; `gptlab rl --reward RM` "
+        "uses it.",
+    )
+
+
+def _add_verse(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verse",
+        help="check classical Chinese verse: lines, regular form, rhyme, level/oblique tones, a score",
+        description="Check poems with the verse checker: lines (clauses closed by ，。！？； or a text "
+        "line), characters per line, regular (4 or 8 lines all of 5 or all of 7 characters), rhyme of the "
+        "even lines and the level/oblique (平仄) pattern, both from modern readings (pypinyin; an "
+        "approximation of the classical rhymes and tones), and score = (0.4 regular + 0.3 rhyme + 0.3 "
+        "tones) x variety. A .jsonl/.json file holds one poem per record ('paragraphs' or 'text'); "
+        "other files and TEXT hold poems separated by blank lines.",
+    )
+    p.add_argument("source", metavar="TEXT|FILE", help="a poem (or poems), a text file or a record file")
+    p.add_argument("--json", action="store_true", help="one JSON object per poem")
+    p.set_defaults(func=_run_verse)
+
+
+def _run_verse(args: argparse.Namespace) -> None:
+    from gptlab.commands.verse import verse
+
+    verse(args.source, args.json)
 
 
 def _run_posttrain(args: argparse.Namespace) -> int:
@@ -780,8 +823,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-# After pretraining (docs/concepts/training.md): data, fine-tuning, alignment, reinforcement learning, chat.
-COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_rl, _add_chat]
+# After pretraining (docs/concepts/training.md): data, fine-tuning, alignment, reward model, reinforcement
+# learning, chat.
+COMMANDS += [_add_poem_data, _add_finetune, _add_align, _add_verse, _add_reward, _add_rl, _add_chat]
 
 
 class Parser(argparse.ArgumentParser):
@@ -812,7 +856,7 @@ class IntermixedParser(Parser):
 
 
 # Where running out of memory is the model's size: the error says what to shrink.
-TRAINING_COMMANDS = ("train", "finetune", "align", "rl", "bench", "sweep")
+TRAINING_COMMANDS = ("train", "finetune", "align", "reward", "rl", "bench", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:

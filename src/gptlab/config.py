@@ -61,6 +61,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # unembedding shares the token embedding's matrix
     zero_init: bool = False  # output projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off
+    reward_head: bool = False  # a scalar head on the final norm: a reward model (`gptlab reward`)
 
     @property
     def head_dim(self) -> int:
@@ -90,6 +91,8 @@ class ModelConfig:
             _bad("dropout", self.dropout, "must be in [0, 1)")
         if self.logit_softcap < 0:
             _bad("logit_softcap", self.logit_softcap, "must be >= 0 (0 is off)")
+        if self.reward_head and self.arch != "gpt":
+            _bad("reward_head", self.reward_head, "needs arch=gpt (a reward model reads one sequence)")
 
 
 @dataclass
@@ -182,17 +185,18 @@ class TrainConfig:
         _fits_64_bits(self)
 
 
-Stage = Literal["", "sft", "dpo", "rl"]
+Stage = Literal["", "sft", "dpo", "rm", "rl"]
 
 
 @dataclass
 class PosttrainConfig:
-    """After pretraining: instruction fine-tuning (sft), preference alignment (dpo) or reinforcement
-    learning (rl); empty for a pretraining run."""
+    """After pretraining: instruction fine-tuning (sft), preference alignment (dpo), a reward model
+    (rm) or reinforcement learning (rl); empty for a pretraining run."""
 
-    stage: Stage = ""  # "": pretraining; sft: `gptlab finetune`; dpo: `gptlab align`; rl: `gptlab rl`
+    # "": pretraining; sft: `gptlab finetune`; dpo: `gptlab align`; rm: `gptlab reward`; rl: `gptlab rl`
+    stage: Stage = ""
     base: str = ""  # the run it starts from (read, never written)
-    data: str = ""  # instruction JSONL (sft), preference JSONL (dpo) or prompt JSONL (rl)
+    data: str = ""  # instruction JSONL (sft), preference JSONL (dpo, rm) or prompt JSONL (rl)
     epochs: float = 0.0  # > 0: max_steps is this many passes over the training records
     held_out: int = 64  # records kept out of training for evaluation (at most a tenth of them)
     sample_prompts: int = 2  # held-out prompts answered at each evaluation

@@ -60,6 +60,8 @@ def _place(name: str) -> str:
         "ln_encoder.weight": "final norm",
         "ln_encoder.bias": "final norm",
         "lm_head.weight": "output head",
+        "reward_head.weight": "reward head",
+        "reward_head.bias": "reward head",
     }.get(name, "final norm")
 
 

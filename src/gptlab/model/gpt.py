@@ -22,7 +22,15 @@ from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.ends import LanguageModel
-from gptlab.model.layers import AttentionCache, Block, CacheLayout, CausalSelfAttention, as_blocks, cache_layout
+from gptlab.model.layers import (
+    AttentionCache,
+    Block,
+    CacheLayout,
+    CausalSelfAttention,
+    Linear,
+    as_blocks,
+    cache_layout,
+)
 from gptlab.model.loss import lm_loss
 
 # What each parameter is for; an optimizer gives each role its own update rule and learning rate.
@@ -70,7 +78,7 @@ def roles_by_name(model: nn.Module, embeddings: set[str]) -> dict[str, tuple[Rol
     for name, p in model.named_parameters():  # a tied head is the token embedding, listed once
         if name in embeddings:
             roles[name] = ("embedding", 1)
-        elif name == "lm_head.weight":
+        elif name in ("lm_head.weight", "reward_head.weight"):
             roles[name] = ("head", 1)
         elif p.dim() >= 2:
             roles[name] = ("matrix", splits.get(name, 1))
@@ -89,6 +97,10 @@ class GPT(LanguageModel):
         self._add_embedder("wpe")  # wte, wpe (learned positions) or rotary, drop
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self._add_output_head()  # ln_f, lm_head
+        if cfg.reward_head:
+            # A reward model: one number per sequence, read from the final norm at its last token
+            # (built last, so the other modules draw the same initial weights as the language model's).
+            self.reward_head = Linear(cfg.n_embd, 1)
         init_weights(self, lambda name: 2)  # a GPT block adds two branches: attention and MLP
 
     @property
@@ -120,9 +132,12 @@ class GPT(LanguageModel):
         positions: torch.Tensor | None = None,
         cache: AttentionCache | None = None,
         lengths: torch.Tensor | None = None,
+        reward_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) for ids (B, T); with targets, also the mean next-token cross-entropy
-        (targets equal to model.loss.IGNORE count for nothing).
+        (targets equal to model.loss.IGNORE count for nothing). A reward model (reward_head) given
+        reward_at, (B,) positions, returns instead each row's reward (B,) read at that position (its
+        last real token), in float32; through forward, so DDP sees the pass.
 
         positions: (T,) or (B, T) position ids, 0..T-1 by default. With a cache, idx continues the
         sequences stored in it (their positions come from the cache) and only each row's last
@@ -138,6 +153,9 @@ class GPT(LanguageModel):
         x, rope = self.embed(idx, positions)
         for block in self.blocks:
             x = block(x, rope)
+        if reward_at is not None:
+            last = x[torch.arange(B, device=idx.device), reward_at]
+            return self.reward_head(self.ln_f(last)).squeeze(-1).float(), None
         logits = self.head(x)
         return logits, (lm_loss(logits, targets) if targets is not None else None)
 

@@ -26,8 +26,15 @@ def load_grown(source: nn.Module, target: nn.Module) -> None:
             mean = have.mean(dim=0, keepdim=True)
             state[name] = torch.cat([have, mean.expand(need.shape[0] - have.shape[0], -1)])
     try:
-        target.load_state_dict(state)
+        # A reward model's scalar head is new: it keeps its initialisation; nothing else may be missing.
+        missing, unexpected = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise GptlabError(
             f"the base run's weights do not fit this model: {str(exc).splitlines()[-1].strip()}"
         ) from None
+    missing = [name for name in missing if not name.startswith("reward_head.")]
+    if missing or unexpected:
+        raise GptlabError(
+            f"the base run's weights do not fit this model: missing {missing or 'nothing'}, "
+            f"unexpected {unexpected or 'nothing'}"
+        )

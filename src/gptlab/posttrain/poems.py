@@ -3,7 +3,9 @@
 Instructions: the prompt asks for a poem on the title (a template the user may change), the
 response is the poem's lines. Preferences, as TutorialLLM builds them: the prompt of a
 five-character poem, chosen its own poem, rejected a poem of another form (seven-character
-first, drawn with the seed), so alignment learns to prefer the five-character form.
+first, drawn with the seed), so alignment learns to prefer the five-character form. Verse pairs,
+for a reward model: two real poems whose titles are of the same kind, the one the verse checker
+(posttrain/verse.py) scores higher chosen.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gptlab.data.corpora import SkipReport, iter_records
 from gptlab.errors import GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.outputs import check_distinct, check_output_file
+from gptlab.posttrain.verse import score
 
 DEFAULT_TEMPLATE = "請用以下題目寫一首詩：{title}"
 MAX_FIELD_WIDTH = 1000  # a {title:>N} pads every prompt to N characters: a few lines' worth at most
@@ -27,6 +30,8 @@ MAX_FIELD_WIDTH = 1000  # a {title:>N} pads every prompt to N characters: a few 
 _WIDTH = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)", re.S)
 # Chinese (full-width) and ASCII punctuation that ends a line of verse.
 _PUNCTUATION = re.compile(r"[，。！？；、,.!?;:：\s]+")
+# Verse pairs whose scores differ by less than this are left out: a tie is not a preference.
+MIN_SCORE_GAP = 0.1
 
 
 @dataclass
@@ -127,6 +132,47 @@ def preference_records(poems: list[Poem], template: str = DEFAULT_TEMPLATE, seed
     ]
 
 
+def title_kind(title: str) -> str:
+    """The kind of a title: its first character after a Yuefu collection's name ("鼓吹曲辭 將進酒" -> 將),
+    the occasion in most Tang titles (送 farewell, 題 inscribed, 登 climbing, 寄 sent to, 春 spring...)."""
+    parts = title.split()
+    if len(parts) > 1 and parts[0].endswith("辭"):  # 雜曲歌辭, 相和歌辭, ...: the collection, not the title
+        parts = parts[1:]
+    return next((c for c in parts[0] if c.isalnum()), parts[0][0])  # past a bracketed note: "[擬]送..." -> 擬
+
+
+def verse_pair_records(poems: list[Poem], template: str = DEFAULT_TEMPLATE, seed: int = 1337) -> list[dict[str, str]]:
+    """{"prompt", "chosen", "rejected"} ranked by the verse checker: the poems of each kind of title
+    shuffled with the seed and taken two by two (each poem text in one pair at most); the prompt asks for
+    the first one's title, the better-scored poem is chosen; pairs closer than MIN_SCORE_GAP are left out."""
+    kinds: dict[str, list[Poem]] = {}
+    seen: set[str] = set()
+    for p in poems:
+        if p.text not in seen:  # a poem kept under two titles is one poem: held-out pairs must not share it
+            seen.add(p.text)
+            kinds.setdefault(title_kind(p.title), []).append(p)
+    rng = np.random.default_rng(seed)
+    records = []
+    for kind in sorted(kinds):  # sorted: the pairs do not depend on the order of the files
+        group = kinds[kind]
+        order = rng.permutation(len(group)).tolist()
+        for a, b in zip(order[0::2], order[1::2]):
+            first, second = group[a], group[b]
+            s1, s2 = score(first.text), score(second.text)
+            if abs(s1 - s2) < MIN_SCORE_GAP or first.text == second.text:
+                continue
+            chosen, rejected = (first, second) if s1 > s2 else (second, first)
+            records.append(
+                {"prompt": instruction_prompt(first, template), "chosen": chosen.text, "rejected": rejected.text}
+            )
+    if not records:
+        raise GptlabError(
+            "no verse pairs: they need two poems with titles of the same kind whose verse scores differ "
+            f"by at least {MIN_SCORE_GAP}"
+        )
+    return records
+
+
 def write_jsonl(path: str | Path, records: list[dict[str, str]]) -> None:
     """Write records as JSONL atomically (UTF-8, characters as they are)."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -138,16 +184,18 @@ def convert(
     preferences: str | None,
     template: str = DEFAULT_TEMPLATE,
     seed: int = 1337,
+    verse_pairs: str | None = None,
 ) -> tuple[dict[str, int], SkipReport]:
-    """`gptlab poem-data`: poem files to an instruction JSONL and/or a preference JSONL.
-    Returns the number of records written to each, and what was skipped."""
-    if not instructions and not preferences:
-        raise GptlabError("poem-data needs --instructions FILE and/or --preferences FILE")
+    """`gptlab poem-data`: poem files to an instruction JSONL, a preference JSONL and/or a verse-pair
+    JSONL. Returns the number of records written to each, and what was skipped."""
+    outputs = {"--instructions": instructions, "--preferences": preferences, "--verse-pairs": verse_pairs}
+    if not any(outputs.values()):
+        raise GptlabError("poem-data needs --instructions FILE, --preferences FILE and/or --verse-pairs FILE")
     if not 0 <= seed < 2**32:  # numpy's generators take no negative seed
         raise GptlabError(f"--seed {seed} must be in [0, 2**32)")
     check_template(template)
-    check_distinct({"--instructions": instructions, "--preferences": preferences})
-    for flag, path in (("--instructions", instructions), ("--preferences", preferences)):
+    check_distinct(outputs)
+    for flag, path in outputs.items():
         if path:
             check_output_file(path, [("the poems", p) for p in paths], flag)
     report = SkipReport()
@@ -156,10 +204,9 @@ def convert(
     # Build both before writing either: a refusal leaves no half-finished pair of files.
     sft = instruction_records(poems, template) if instructions else None
     dpo = preference_records(poems, template, seed) if preferences else None
-    if sft is not None:
-        write_jsonl(instructions, sft)  # type: ignore[arg-type]
-        written[str(instructions)] = len(sft)
-    if dpo is not None:
-        write_jsonl(preferences, dpo)  # type: ignore[arg-type]
-        written[str(preferences)] = len(dpo)
+    ranked = verse_pair_records(poems, template, seed) if verse_pairs else None
+    for path, records in ((instructions, sft), (preferences, dpo), (verse_pairs, ranked)):
+        if path and records is not None:
+            write_jsonl(path, records)
+            written[str(path)] = len(records)
     return written, report

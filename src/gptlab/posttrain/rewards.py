@@ -28,7 +28,10 @@ def load_reward(spec: str, device: torch.device | str = "cpu") -> Reward:
     """The reward named by spec: "verse", or the path of a reward-model run (`gptlab reward`)."""
     if spec == VERSE:
         return verse_reward
-    raise NotImplementedError(spec)
+    from gptlab.posttrain.reward import load_reward_model  # torch models only when a run is asked for
+
+    model = load_reward_model(spec, device)
+    return lambda prompts, answers: model(list(prompts), list(answers))
 
 
 def score_rollouts(reward: Reward, prompts: Sequence[str], answers: Sequence[Rollout]) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""`gptlab finetune`, `gptlab align` and `gptlab rl`: a new run that starts from a base run's weights, with
-its own training settings (a learning-rate schedule for a short post-training), or the resume of
-one. The base run is only read."""
+"""`gptlab finetune`, `gptlab align`, `gptlab reward` and `gptlab rl`: a new run that starts from a base
+run's weights, with its own training settings (a learning-rate schedule for a short post-training),
+or the resume of one. The base run is only read."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ SESSIONS = {**POSTTRAIN_SESSIONS, "rl": RLSession}
 STAGE_DEFAULTS = {
     "sft": {**_COMMON, "batch_size": 16, "max_steps": 300, "lr": 3e-4, "min_lr": 3e-5},
     "dpo": {**_COMMON, "batch_size": 8, "max_steps": 200, "lr": 5e-5, "min_lr": 5e-6},
+    # A reward model's head starts from nothing: a larger rate than DPO's; no samples to write.
+    "rm": {**_COMMON, "batch_size": 8, "max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "sample_tokens": 0},
     # batch_size is prompts per micro-step, each answered group_size times.
     "rl": {**_COMMON, "batch_size": 4, "max_steps": 100, "lr": 1e-5, "min_lr": 1e-6, "eval_interval": 25},
 }
@@ -43,6 +45,8 @@ def reward_spec(reward: str | None) -> str:
         return reward
     if not is_run_dir(reward):
         raise GptlabError(f"--reward {reward}: neither 'verse' nor a gptlab run directory")
+    if not read_config(reward).model.reward_head:
+        raise GptlabError(f"--reward {reward} is not a reward model (train one with `gptlab reward`)")
     return str(Path(reward).resolve())
 
 
@@ -61,12 +65,15 @@ def start_config(
     if not data_path.is_file():
         raise GptlabError(f"data file not found: {data}")
     cfg = RunConfig(model=base_cfg.model, preset=base_cfg.preset, data=base_cfg.data)
+    cfg.model.reward_head = stage == "rm"  # a reward model is the base's transformer with a scalar head
     cfg.train = TrainConfig(device=base_cfg.train.device, seed=base_cfg.train.seed)
     apply_overrides(cfg, STAGE_DEFAULTS[stage])
     cfg.posttrain = PosttrainConfig(stage=stage, base=str(Path(base).resolve()), data=str(data_path.resolve()))
     if stage == "rl":
+        if base_cfg.model.reward_head:
+            raise GptlabError(f"{base} is a reward model; `gptlab rl` trains a chat run (from finetune or align)")
         cfg.posttrain.reward = reward_spec(reward)
-    shape = {f.name for f in fields(ModelConfig)} - {"dropout"}
+    shape = {f.name for f in fields(ModelConfig)} - {"dropout"}  # reward_head too: the stage sets it
     for item in overrides:
         key = item.partition("=")[0].strip().lstrip("-").replace("-", "_")
         if key.removeprefix("model.") in shape or key.removeprefix("posttrain.") in ("stage", "base", "reward"):
@@ -89,8 +96,8 @@ def posttrain(
     max_steps: int | None = None,
     reward: str | None = None,
 ) -> TrainResult:
-    """Start (base, data, out) or resume (resume) a fine-tuning (sft), alignment (dpo) or
-    reinforcement-learning (rl, with its reward) run."""
+    """Start (base, data, out) or resume (resume) a fine-tuning (sft), alignment (dpo), reward-model (rm)
+    or reinforcement-learning (rl, with its reward) run."""
     command = SESSIONS[stage].command
     if resume:
         if base or data or out or overrides or reward:

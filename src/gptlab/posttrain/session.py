@@ -5,6 +5,7 @@ pretraining splits.
 
 sft: the language-model loss on the assistant's tokens only (the loss mask).
 dpo: DPO (posttrain/dpo.py) against a frozen copy of the starting point.
+rm: a reward model (posttrain/reward.py): the Bradley–Terry loss on preference pairs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gptlab.posttrain.dpo import DPOObjective, Preference
 from gptlab.posttrain.examples import Example, RecordLoader, collate, encode_example, encode_pair, held_out, pair_batch
 from gptlab.posttrain.grow import load_grown
 from gptlab.posttrain.records import read_instructions, read_preferences
+from gptlab.posttrain.reward import PairScores, RewardObjective
 from gptlab.posttrain.template import END, ChatTemplate, Message, add_chat_tokens
 from gptlab.precision import autocast
 from gptlab.runs import TOKENIZER, load_run
@@ -50,7 +52,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 class PosttrainSession(TrainingSession):
-    """One fine-tuning (sft) or alignment (dpo) session of the training loop."""
+    """One fine-tuning (sft), alignment (dpo) or reward-model (rm) session of the training loop."""
 
     reads_prepared_dataset = False
     # Examples (sft), pairs of them (dpo), or prompts (rl: posttrain/rl.py).
@@ -60,6 +62,11 @@ class PosttrainSession(TrainingSession):
     @property
     def dpo(self) -> bool:
         return self.cfg.posttrain.stage == "dpo"
+
+    @property
+    def pairs(self) -> bool:
+        """Whether the records are preference pairs (alignment and reward models)."""
+        return self.cfg.posttrain.stage in ("dpo", "rm")
 
     def load_data(self) -> None:
         post, run = self.cfg.posttrain, self.run
@@ -78,7 +85,7 @@ class PosttrainSession(TrainingSession):
         self.report = SkipReport()
         block = self.cfg.model.block_size
         items: list[Example] | list[tuple[Example, Example]]
-        if self.dpo:
+        if self.pairs:
             pairs = read_preferences(post.data, self.report)
             items = [ab for p in pairs if (ab := encode_pair(self.template, p, block, self.report)) is not None]
         else:
@@ -93,7 +100,7 @@ class PosttrainSession(TrainingSession):
             self.say(line)
         self.say(
             f"{len(self.train_items):,} training and {len(self.val_items):,} held-out "
-            f"{'pairs' if self.dpo else 'records'} from {post.data}"
+            f"{'pairs' if self.pairs else 'records'} from {post.data}"
         )
         if post.epochs > 0 and not self.resume:
             global_batch = self.tcfg.batch_size * self.tcfg.grad_accum * self.ranks.world_size
@@ -131,7 +138,7 @@ class PosttrainSession(TrainingSession):
         return self.dpo_objective
 
     def train_loader(self) -> RecordLoader:
-        return RecordLoader(self.train_items, self.tcfg.batch_size, self.tcfg.seed, pairs=self.dpo)
+        return RecordLoader(self.train_items, self.tcfg.batch_size, self.tcfg.seed, pairs=self.pairs)
 
     def write_data_description(self) -> None:
         post = self.cfg.posttrain
@@ -244,6 +251,54 @@ class PosttrainSession(TrainingSession):
                 f.write(f"=== step {step} ===\n{shown}\n\n")
 
 
+class RewardSession(PosttrainSession):
+    """`gptlab reward`: a reward model (the base run with a scalar head) trained on preference pairs."""
+
+    command = "reward"
+    reward_objective = RewardObjective()
+
+    def objective(self) -> RewardObjective:
+        self.__dict__.pop("_base_model", None)  # read once for the start weights; not needed after
+        return self.reward_objective
+
+    @torch.no_grad()
+    def _pair_scores(self, items: list) -> dict[str, float]:
+        """Bradley–Terry loss, reward margin and pair accuracy, averaged over the pairs of items."""
+        sums = {"loss": 0.0, "margin": 0.0, "accuracy": 0.0}
+        for i in range(0, len(items), EVAL_ROWS):
+            chunk = items[i : i + EVAL_ROWS]
+            with autocast(self.device):
+                measured: PairScores = self.reward_objective.measure(self.model, pair_batch(chunk).to(self.device))
+            for key in sums:
+                sums[key] += getattr(measured, key).item() * len(chunk)
+        return {k: v / len(items) for k, v in sums.items()}
+
+    def evaluate_and_sample(self, step: int) -> dict[str, float]:
+        """Held-out pair accuracy (and the loss on as many training pairs); a reward model writes no
+        samples. Every rank computes, rank 0 prints and writes."""
+        self.model.eval()
+        val = self._pair_scores(self.val_items)
+        train = self._pair_scores(self.train_items[: len(self.val_items)])
+        self.model.train()
+        record = {
+            "step": step,
+            "tokens_seen": self.state.tokens_seen,
+            "elapsed_s": round(self.state.elapsed_s, 3),
+            "eval_train_loss": train["loss"],
+            "val_loss": val["loss"],
+            "reward_margin": val["margin"],
+            "pair_accuracy": val["accuracy"],
+            "train_pair_accuracy": train["accuracy"],
+        }
+        self.say(
+            f"step {step}: train loss {train['loss']:.4f}, val loss {val['loss']:.4f}, reward margin "
+            f"{val['margin']:.3f}, pair accuracy {val['accuracy']:.1%} held-out ({train['accuracy']:.1%} train)"
+        )
+        if self.metrics is not None:  # rank 0
+            self.metrics.write(record)
+        return {"train": train["loss"], "val": val["loss"]}
+
+
 class FinetuneSession(PosttrainSession):
     """`gptlab finetune`: instruction fine-tuning."""
 
@@ -256,4 +311,4 @@ class AlignSession(PosttrainSession):
     command = "align"
 
 
-SESSIONS = {"sft": FinetuneSession, "dpo": AlignSession}
+SESSIONS = {"sft": FinetuneSession, "dpo": AlignSession, "rm": RewardSession}

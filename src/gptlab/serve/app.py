@@ -2,6 +2,7 @@
 
     POST /v1/completions   prompt(s) -> completions, whole or streamed as server-sent events
     GET  /tokenizer_info, POST /tokenize, POST /detokenize   the tokenizer (tokenizer_routes.py)
+    POST /api/reward       a reward model's score of an answer (reward_api.py; runs of `gptlab reward`)
     GET  /v1/models        the one model served (named after the run directory)
     GET  /health           liveness, with the run's training step
     GET  /metrics          Prometheus metrics (requests, tokens, batch, latencies)
@@ -38,6 +39,7 @@ from gptlab.serve.explore import router as explore_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
 from gptlab.serve.middleware import BodyLimit, RequestLog
+from gptlab.serve.reward_api import router as reward_router
 from gptlab.serve.service import ModelService
 from gptlab.serve.tokenizer_routes import router as tokenizer_router
 from gptlab.serve.trace_api import router as trace_router
@@ -95,6 +97,7 @@ def create_app(
     app.include_router(tokenizer_router)  # /tokenizer_info, /tokenize, /detokenize (lm-evaluation-harness)
     app.include_router(encdec_router)  # an encoder–decoder run's attention view
     app.include_router(chat_router)  # POST /v1/chat/completions (serve/chat.py)
+    app.include_router(reward_router)  # POST /api/reward: a reward model's score (serve/reward_api.py)
     return app
 
 
