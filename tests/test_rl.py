@@ -146,8 +146,8 @@ def test_one_grpo_step_makes_better_answers_likelier(sft):  # noqa: F811
     model, template = loaded.model.train(), ChatTemplate(loaded.tokenizer)
     reference = load_run(sft[0]).model
 
-    def arbitrary(prompts, answers):  # any reward that tells answers apart
-        return torch.tensor([float(sum(map(ord, a)) % 7) for a in answers])
+    def arbitrary(prompt_ids, prompts, answers):  # any reward that tells answers apart
+        return torch.tensor([float(sum(a.ids) % 7) for a in answers])
 
     objective = GRPOObjective(
         model, reference, loaded.tokenizer, template.end_id, arbitrary, 4, SamplingParams(8, 1.0), 0.2, 0.0
@@ -248,3 +248,24 @@ def test_two_ranks_equal_one_process_with_double_accumulation(sft, runs, tmp_pat
     w1, w2 = load_file(weights_path(tmp_path / "one")), load_file(weights_path(tmp_path / "two"))
     for name in w1:
         assert torch.allclose(w1[name], w2[name], atol=1e-6), name
+
+
+def test_rl_with_a_reward_model_run(sft, runs, tmp_path, capsys):  # noqa: F811
+    """--reward RM_RUN: a reward model from `gptlab reward` scores the answers (it is only read)."""
+    rm_args = ["--max-steps", "2", "batch_size=4", "eval_interval=2", "held_out=4", "device=cpu"]
+    made = cli_in_process(
+        capsys, "reward", "--from", sft[0], "--data", runs / "pairs.jsonl", "--out", tmp_path / "rm", *rm_args
+    )
+    assert made.returncode == 0, made.stderr
+    before = tree_digest(tmp_path / "rm")
+    args = ["--from", sft[0], "--prompts", runs / "sft.jsonl", "--reward", tmp_path / "rm", "--out", tmp_path / "r"]
+    done = cli_in_process(capsys, "rl", *args, *RL_ARGS[:2], "--max-steps", "2", *RL_ARGS[4:])
+    assert done.returncode == 0, done.stderr
+    assert tree_digest(tmp_path / "rm") == before
+    rewards = metrics(tmp_path / "r", "reward")
+    assert sorted(rewards) == [1, 2] and len(set(rewards.values())) == 2  # a model's scores, not the verse checker's 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["posttrain"]["reward"] == str(tmp_path / "rm")
+    # A run that is not a reward model is refused before anything is written.
+    refused = cli_in_process(capsys, "rl", *args[:5], sft[0], "--out", tmp_path / "s")
+    assert_clean_error(refused, "not a reward model")
+    assert not (tmp_path / "s").exists()

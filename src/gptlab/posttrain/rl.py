@@ -129,7 +129,7 @@ class GRPOObjective:
         with torch.no_grad():
             answers = rollouts(self.policy, self.tokenizer, prompts, self.group, params, self.end)
         texts = [p.text for p in batch.prompts]
-        rewards = score_rollouts(self.reward, texts, answers)
+        rewards = score_rollouts(self.reward, prompts, texts, answers)
         # A row is prompt + answer; only the answer's tokens (its end-of-turn included) are trained.
         rows = [
             Example(prompts[r.prompt] + r.ids, [False] * len(prompts[r.prompt]) + [True] * len(r.ids)) for r in answers
@@ -219,7 +219,7 @@ class RLSession(PosttrainSession):
         load_grown(base, reference)
         model = self.model
         assert isinstance(model, GPT)  # posttrain/run.py refuses an encoder–decoder base
-        self.reward = load_reward(post.reward, self.device)
+        self.reward = load_reward(post.reward, self.tokenizer, self.template.end_id, self.device)
         params = SamplingParams(post.rollout_tokens, post.rollout_temperature)
         self.grpo = GRPOObjective(
             model,
@@ -250,10 +250,11 @@ class RLSession(PosttrainSession):
         params = SamplingParams(post.rollout_tokens, tcfg.sample_temperature, tcfg.sample_top_k, seed=tcfg.seed)
         model = self.model
         assert isinstance(model, GPT)
+        prompts = [p.ids for p in self.val_items]
         with torch.no_grad():
-            answers = rollouts(model, self.tokenizer, [p.ids for p in self.val_items], 1, params, self.template.end_id)
+            answers = rollouts(model, self.tokenizer, prompts, 1, params, self.template.end_id)
         texts = [p.text for p in self.val_items]
-        rewards = score_rollouts(self.reward, texts, answers).tolist()
+        rewards = score_rollouts(self.reward, prompts, texts, answers).tolist()
         record: dict[str, Any] = {
             "step": step,
             "tokens_seen": self.state.tokens_seen,
