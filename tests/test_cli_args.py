@@ -30,8 +30,18 @@ COMMANDS = list(subcommands(build_parser()))
 
 def test_every_command_is_covered():
     names = {" ".join(words) for words, _ in COMMANDS}
-    assert {"train", "tokenize", "prepare", "bench train", "import", "finetune", "poem-data"} <= names
-    assert len(names) == 19
+    assert {
+        "train",
+        "tokenize",
+        "prepare",
+        "bench train",
+        "import",
+        "finetune",
+        "poem-data",
+        "verse",
+        "reward",
+    } <= names
+    assert len(names) == 21
 
 
 def _value(action: argparse.Action) -> str:

@@ -209,8 +209,41 @@ def test_bad_reward_input_is_one_clear_line(poems, rm, tmp_path, capsys):
         ),
         (["reward", "--resume", base], "not a `gptlab reward` run"),
         (["poem-data", poems / "poems.jsonl", "--verse-pairs", poems / "poems.jsonl"], "poems"),
+        (["export", rm[0], "--format", "hf", "--out", tmp_path / "hf"], "reward_head"),
     ]
     for args, needle in cases:
         assert_clean_error(cli_in_process(capsys, *args), needle)
     with pytest.raises(Exception, match="not a reward model"):
         load_reward_model(base)
+
+
+def test_two_ddp_ranks_train_a_reward_model_as_one_process_with_double_accumulation(poems, rm, tmp_path):
+    from test_distributed import torchrun
+
+    common = ["--data", poems / "pairs.jsonl", "--max-steps", "2", "batch_size=4", "eval_interval=2", "held_out=8"]
+    common += ["log_interval=1", "lr=3e-3", "device=cpu"]
+    assert gptlab("reward", "--from", poems / "base", "--out", tmp_path / "one", *common, "grad_accum=2") == 0
+    two = torchrun("reward", "--from", str(poems / "base"), "--out", str(tmp_path / "two"), *map(str, common))
+    assert two.returncode == 0, two.stderr
+    for key in ("train_loss", "val_loss", "pair_accuracy"):
+        one, both = metrics(tmp_path / "one", key), metrics(tmp_path / "two", key)
+        assert sorted(one) == sorted(both) and all(both[s] == pytest.approx(one[s], rel=1e-5) for s in one), key
+
+
+def test_an_untied_unembedding_stays_frozen_in_a_reward_model(poems, rm, tmp_path):
+    # The reward never reads lm_head: it must get no update (and so no gradient for DDP to wait for).
+    cfg = build_config(
+        None,
+        None,
+        ["max_steps=1", "n_layer=1", "n_head=2", "n_embd=32", "block_size=64", "batch_size=2", "eval_batches=1"]
+        + ["sample_tokens=0", "device=cpu", "tie_embeddings=false"],
+    )
+    cfg.data = str(poems / "data")
+    train(cfg, tmp_path / "untied")
+    out = tmp_path / "untied-rm"
+    args = ["--data", poems / "pairs.jsonl", "--out", out, "--max-steps", "2", "held_out=4", "lr=1e-2", "device=cpu"]
+    assert gptlab("reward", "--from", tmp_path / "untied", *args) == 0
+    base, trained = load_file(weights_path(tmp_path / "untied")), load_file(weights_path(out))
+    rows = base["lm_head.weight"].shape[0]
+    assert torch.equal(trained["lm_head.weight"][:rows], base["lm_head.weight"])
+    assert not torch.equal(trained["blocks.0.mlp.fc.weight"], base["blocks.0.mlp.fc.weight"])

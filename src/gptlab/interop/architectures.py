@@ -38,6 +38,8 @@ def hf_architecture(cfg: ModelConfig) -> str:
     or one clear error naming the field that rules each out."""
     if cfg.arch != "gpt":
         raise _refuse(f"arch={cfg.arch!r} (GPT-2, Llama and Qwen3 are decoder-only)")
+    if cfg.reward_head:
+        raise _refuse("reward_head=true (a reward model's scalar head has no place in a causal language model)")
     if cfg.logit_softcap:
         raise _refuse(f"logit_softcap={cfg.logit_softcap} (GPT-2, Llama and Qwen3 do not cap logits)")
     if cfg.position == "learned":

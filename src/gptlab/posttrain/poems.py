@@ -188,7 +188,11 @@ def convert(
 ) -> tuple[dict[str, int], SkipReport]:
     """`gptlab poem-data`: poem files to an instruction JSONL, a preference JSONL and/or a verse-pair
     JSONL. Returns the number of records written to each, and what was skipped."""
-    outputs = {"--instructions": instructions, "--preferences": preferences, "--verse-pairs": verse_pairs}
+    outputs: dict[str, str | Path | None] = {
+        "--instructions": instructions,
+        "--preferences": preferences,
+        "--verse-pairs": verse_pairs,
+    }
     if not any(outputs.values()):
         raise GptlabError("poem-data needs --instructions FILE, --preferences FILE and/or --verse-pairs FILE")
     if not 0 <= seed < 2**32:  # numpy's generators take no negative seed

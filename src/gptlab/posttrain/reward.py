@@ -105,15 +105,14 @@ def score_rows(model: nn.Module, rows: list[list[int]], device: torch.device) ->
 class RewardModel:
     """A trained reward model, ready to score: call it with prompts and completions (equal lists)."""
 
-    def __init__(self, model: nn.Module, template: ChatTemplate, device: torch.device):
-        self.model, self.template, self.device = model, template, device
+    def __init__(self, model: nn.Module, template: ChatTemplate, device: torch.device, block_size: int):
+        self.model, self.template, self.device, self.block_size = model, template, device, block_size
 
     def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """The reward of each (prompt, completion): float32 (N,) on the CPU."""
         if len(prompts) != len(completions):
             raise GptlabError(f"{len(prompts)} prompts but {len(completions)} completions")
-        block = self.model.config.block_size
-        rows = [conversation_ids(self.template, p, c, block) for p, c in zip(prompts, completions)]
+        rows = [conversation_ids(self.template, p, c, self.block_size) for p, c in zip(prompts, completions)]
         return score_rows(self.model, rows, self.device)
 
 
@@ -122,4 +121,5 @@ def load_reward_model(run: str | Path, device: str | torch.device = "cpu") -> Re
     loaded = load_run(run, device)
     if not loaded.config.model.reward_head:
         raise GptlabError(f"{run} is not a reward model (train one with `gptlab reward`)")
-    return RewardModel(loaded.model, ChatTemplate(loaded.tokenizer), torch.device(device))
+    template = ChatTemplate(loaded.tokenizer)
+    return RewardModel(loaded.model, template, torch.device(device), loaded.config.model.block_size)

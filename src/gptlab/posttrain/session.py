@@ -125,7 +125,7 @@ class PosttrainSession(TrainingSession):
         """The base run's model, read once: the start of the weights and, for DPO, the reference."""
         return load_run(self.cfg.posttrain.base, self.device).model
 
-    def objective(self) -> DPOObjective | None:
+    def objective(self) -> DPOObjective | RewardObjective | None:
         # Called after start_weights (or a resume): the base model read once serves both, then goes.
         base = self._base_model if self.dpo else None
         self.__dict__.pop("_base_model", None)
@@ -259,6 +259,10 @@ class RewardSession(PosttrainSession):
 
     def objective(self) -> RewardObjective:
         self.__dict__.pop("_base_model", None)  # read once for the start weights; not needed after
+        if not self.cfg.model.tie_embeddings:
+            # A reward never reads the unembedding: frozen, it stays out of the optimizer and out of
+            # DDP's gradient exchange (which refuses a parameter that gets no gradient).
+            self.model.lm_head.weight.requires_grad_(False)
         return self.reward_objective
 
     @torch.no_grad()

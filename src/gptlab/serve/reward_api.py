@@ -38,7 +38,11 @@ def _ids(run: Any, body: RewardRequest) -> list[int]:
         raise HTTPException(400, "give either text, or prompt and completion, not both")
     if body.text is None and (body.prompt is None or body.completion is None):
         raise HTTPException(400, "give text, or prompt and completion")
-    prompt, completion = ("", body.text) if body.text is not None else (body.prompt, body.completion)
+    if body.text is not None:
+        prompt, completion = "", body.text
+    else:
+        assert body.prompt is not None and body.completion is not None  # checked above
+        prompt, completion = body.prompt, body.completion
     try:
         return conversation_ids(ChatTemplate(run.tokenizer), prompt, completion, run.config.model.block_size)
     except GptlabError as exc:  # a character outside a char tokenizer's vocabulary
