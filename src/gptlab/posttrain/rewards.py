@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.model.gpt import GPT
 from gptlab.posttrain import verse
 from gptlab.posttrain.rollouts import Rollout
 from gptlab.tokenizers import Tokenizer
@@ -41,8 +40,7 @@ def load_reward(spec: str, tokenizer: Tokenizer, end: int, device: torch.device 
         raise GptlabError(
             f"the reward model {spec} reads another tokenizer than the policy; train it from the same run"
         )
-    assert isinstance(rm.model, GPT)  # a reward model is a GPT with a scalar head
-    block = rm.model.config.block_size
+    block = rm.block_size
 
     def reward_model(
         prompt_ids: Sequence[list[int]], prompts: Sequence[str], answers: Sequence[Rollout]
