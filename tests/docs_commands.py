@@ -84,6 +84,7 @@ TRAIN_BUDGET = [
     "sample_tokens=8",
 ]
 POSTTRAIN_BUDGET = [*TRAIN_BUDGET, "held_out=4", "sample_prompts=1"]
+RL_BUDGET = [*POSTTRAIN_BUDGET, "group_size=2", "rollout_tokens=8"]
 MAX_TOKENS = 16
 
 
@@ -267,12 +268,14 @@ def budget(args: list[str]) -> list[str]:
     if not args or "-h" in args or "--help" in args:
         return args
     command = args[0]
-    if command in ("train", "finetune", "align", "reward") and "--resume" in args:
+    if command in ("train", "finetune", "align", "reward", "rl") and "--resume" in args:
         return _options(_without(args, "--max-steps"), "--max-steps", "3")  # the fixtures stop at 2
     if command == "train":
         return _settings(_without(args, "--max-steps"), TRAIN_BUDGET)
     if command in ("finetune", "align", "reward"):
         return _settings(_without(args, "--max-steps", "--epochs"), POSTTRAIN_BUDGET)
+    if command == "rl":
+        return _settings(_without(args, "--max-steps"), RL_BUDGET)
     if command == "sample":
         return _capped(args, "--max-new-tokens", MAX_TOKENS)
     if command == "chat":

@@ -41,8 +41,9 @@ def test_every_command_is_covered():
         "verse",
         "reward",
         "step",
+        "rl",
     } <= names
-    assert len(names) == 22
+    assert len(names) == 23
 
 
 def _value(action: argparse.Action) -> str:

@@ -200,21 +200,29 @@ class TrainConfig:
         _fits_64_bits(self)
 
 
-Stage = Literal["", "sft", "dpo", "rm"]
+Stage = Literal["", "sft", "dpo", "rm", "rl"]
 
 
 @dataclass
 class PosttrainConfig:
-    """After pretraining: instruction fine-tuning (sft), preference alignment (dpo) or a reward model
-    (rm); empty for a pretraining run."""
+    """After pretraining: instruction fine-tuning (sft), preference alignment (dpo), a reward model
+    (rm) or reinforcement learning (rl); empty for a pretraining run."""
 
-    stage: Stage = ""  # "": pretraining; sft: `gptlab finetune`; dpo: `gptlab align`; rm: `gptlab reward`
+    # "": pretraining; sft: `gptlab finetune`; dpo: `gptlab align`; rm: `gptlab reward`; rl: `gptlab rl`
+    stage: Stage = ""
     base: str = ""  # the run it starts from (read, never written)
-    data: str = ""  # instruction JSONL (sft) or preference JSONL (dpo, rm)
+    data: str = ""  # instruction JSONL (sft), preference JSONL (dpo, rm) or prompt JSONL (rl)
     epochs: float = 0.0  # > 0: max_steps is this many passes over the training records
     held_out: int = 64  # records kept out of training for evaluation (at most a tenth of them)
     sample_prompts: int = 2  # held-out prompts answered at each evaluation
     beta: float = 0.1  # dpo: how strongly the policy is held to the reference (larger: closer)
+    # rl (posttrain/grpo.py): what scores an answer, and how the answers are drawn and weighed
+    reward: str = ""  # "verse" (the verse checker's score) or the path of a reward-model run
+    group_size: int = 8  # answers per prompt, whose rewards are compared with each other
+    rollout_tokens: int = 64  # most tokens per answer
+    rollout_temperature: float = 1.0  # the temperature answers are drawn at during training
+    clip: float = 0.2  # the ratio to the sampling policy is clipped to [1 - clip, 1 + clip]
+    kl: float = 0.04  # weight of the KL penalty to the frozen reference (0: none)
 
     def validate(self) -> None:
         """Refuse values that cannot post-train, naming the field."""
@@ -226,6 +234,18 @@ class PosttrainConfig:
             _bad("epochs", self.epochs, f"must be at most {MAX_EPOCHS:,}")
         if self.beta <= 0:
             _bad("beta", self.beta, "must be > 0")
+        if self.group_size < 2:  # one answer has no group to be compared with
+            _bad("group_size", self.group_size, "must be >= 2")
+        if self.rollout_tokens < 1:
+            _bad("rollout_tokens", self.rollout_tokens, "must be >= 1")
+        if not 1e-3 <= self.rollout_temperature <= 100:
+            _bad("rollout_temperature", self.rollout_temperature, "must be in [0.001, 100]")
+        if not 0 < self.clip < 1:
+            _bad("clip", self.clip, "must be in (0, 1)")
+        if not 0 <= self.kl < math.inf:
+            _bad("kl", self.kl, "must be >= 0 and finite")
+        if self.stage == "rl" and not self.reward:
+            _bad("reward", self.reward, "must be 'verse' or a reward-model run for rl")
         _fits_64_bits(self)
 
 

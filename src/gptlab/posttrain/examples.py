@@ -94,7 +94,12 @@ class RecordLoader:
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))
 
     def next_batch(self) -> Batch:
-        """The next batch_size records (an epoch's end moves on into the next epoch)."""
+        """The next batch_size records as a batch (an epoch's end moves on into the next epoch)."""
+        chosen = self.next_items()
+        return pair_batch(chosen) if self.pairs else collate(chosen)
+
+    def next_items(self) -> list[Any]:
+        """The next batch_size items themselves (RL's prompts, which are answered before they are a batch)."""
         chosen: list[Any] = []
         while len(chosen) < self.batch_size:
             if self.pos == len(self._order):
@@ -102,7 +107,7 @@ class RecordLoader:
                 self._order = self._shuffle()
             chosen.append(self.items[self._order[self.pos]])
             self.pos += 1
-        return pair_batch(chosen) if self.pairs else collate(chosen)
+        return chosen
 
     def state_dict(self) -> dict[str, Any]:
         """Where the loader stands (JSON-able)."""

@@ -2,7 +2,9 @@
 
 Instruction records: {"prompt": ..., "response": ...} (an optional "system" too), or a chat
 {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]} with at least one
-assistant turn. Preference records: {"prompt": ..., "chosen": ..., "rejected": ...}.
+assistant turn. Preference records: {"prompt": ..., "chosen": ..., "rejected": ...}. Prompt records
+(what RL answers): {"prompt": ...} with an optional "system"; other fields (a "response") are ignored,
+so instruction data serves as prompts too.
 """
 
 from __future__ import annotations
@@ -87,6 +89,21 @@ def preference(record: Any) -> tuple[PreferencePair | None, str]:
     if record["chosen"] == record["rejected"]:
         return None, "record whose chosen and rejected answers are the same"
     return PreferencePair(record["prompt"], record["chosen"], record["rejected"]), ""
+
+
+def prompt_record(record: Any) -> tuple[list[Message] | None, str]:
+    """A record as the conversation to answer (a system message and the user's prompt), or None and why."""
+    if not isinstance(record, dict):
+        return None, "record that is not a JSON object"
+    if not _text(record.get("prompt")):
+        return None, "record without a non-empty 'prompt' string"
+    system = [Message("system", record["system"])] if _text(record.get("system")) else []
+    return [*system, Message("user", record["prompt"])], ""
+
+
+def read_prompts(path: str | Path, report: SkipReport) -> list[list[Message]]:
+    """Every usable prompt of a prompt JSONL file, as the conversation to answer (the others counted)."""
+    return _read(path, report, prompt_record, "prompt")
 
 
 def read_instructions(path: str | Path, report: SkipReport) -> list[list[Message]]:

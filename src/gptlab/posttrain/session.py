@@ -55,6 +55,9 @@ class PosttrainSession(TrainingSession):
     """One fine-tuning (sft), alignment (dpo) or reward-model (rm) session of the training loop."""
 
     reads_prepared_dataset = False
+    # Examples (sft), pairs of them (dpo), or prompts (rl: posttrain/rl.py).
+    train_items: list[Any]
+    val_items: list[Any]
 
     @property
     def dpo(self) -> bool:

@@ -239,7 +239,7 @@ class TrainingSession:
         data:       load_data (sets self.tokenizer and cfg.model.vocab_size), train_loader,
                     write_data_description (rank 0), check_dataset
         weights:    start_weights (a new run's weights; a resume loads its checkpoint instead)
-        objective:  objective (what each micro-step minimises), evaluate_and_sample
+        objective:  objective (what each micro-step minimises), evaluate_and_sample, step_figures
         kind:       command (the command that resumes such a run), reads_prepared_dataset
 
     They run in this order: load_data (no model yet), start_weights (self.model built), objective,
@@ -256,6 +256,7 @@ class TrainingSession:
         "write_data_description",
         "evaluate_and_sample",
         "check_dataset",
+        "step_figures",
     )
 
     def __init__(self, cfg: RunConfig, run: Path, resume: bool, ranks: Ranks, device: torch.device):
@@ -508,6 +509,10 @@ class TrainingSession:
         if self.keeps_history and is_kept(step, self.tcfg.max_steps):
             save_history(self.run, self.model, step, sharded=self.tcfg.fsdp, is_main=self.main)
 
+    def step_figures(self) -> dict[str, float]:
+        """More figures for the metrics record and progress line of a step (RL: reward, KL, length)."""
+        return {}
+
     def log(self, step: int, train_loss: float, lr: float, tokens_per_sec: float) -> None:
         """One metrics record and progress line, with model FLOP/s and MFU when the peak is known."""
         record = {
@@ -518,11 +523,13 @@ class TrainingSession:
             "tokens_seen": self.state.tokens_seen,
             "elapsed_s": round(self.state.elapsed_s, 3),
         }
-        extra = ""
+        figures = self.step_figures()
+        record.update(figures)
+        extra = "".join(f" | {k.replace('_', ' ')} {v:.3g}" for k, v in figures.items())
         if self.peak:
             self.peak.refine(tokens_per_sec * self.flops_per_token / self.ranks.world_size)
             record["mfu"] = mfu(tokens_per_sec, self.flops_per_token, self.peak.flops * self.ranks.world_size)
-            extra = f" | {tokens_per_sec * self.flops_per_token / 1e9:,.1f} GFLOP/s, MFU {record['mfu']:.1%}"
+            extra += f" | {tokens_per_sec * self.flops_per_token / 1e9:,.1f} GFLOP/s, MFU {record['mfu']:.1%}"
         assert self.metrics is not None and self.progress is not None  # log runs on rank 0 only
         self.metrics.write(record)
         eta = (self.tcfg.max_steps - step) * self.tokens_per_step / max(tokens_per_sec, 1e-9)
