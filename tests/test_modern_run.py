@@ -1,5 +1,6 @@
 """A run trained with the modern recipe works everywhere a run is used: sample (its cache sliding past
-block_size), eval, report, info, the HTTP API and the explorer page's attention maps."""
+block_size), eval, report, info, the HTTP API and the explorer page's attention maps; and so does one
+with the speedrun lineage's switches on top (value embeddings, x0 mixing)."""
 
 import json
 import math
@@ -13,8 +14,8 @@ from gptlab.model.introspect import attention_maps
 from gptlab.serve.app import create_app
 
 
-@pytest.fixture(scope="module")
-def modern_run(tmp_path_factory, char_dataset):
+@pytest.fixture(scope="module", params=[[], ["value_embeds=true", "resid_mix=true"]], ids=["modern", "speedrun"])
+def modern_run(request, tmp_path_factory, char_dataset):
     from gptlab.config import build_config
     from gptlab.train.trainer import train
 
@@ -34,6 +35,7 @@ def modern_run(tmp_path_factory, char_dataset):
             "sample_tokens=20",
             "device=cpu",
             "mlp=swiglu",
+            *request.param,
         ],
     )
     cfg.data = str(char_dataset)

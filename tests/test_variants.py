@@ -35,6 +35,9 @@ VARIANTS = [
     {"mlp": "swiglu"},
     {"tie_embeddings": False, "logit_softcap": 15.0},
     MODERN,
+    {"value_embeds": True},
+    {"resid_mix": True},
+    {**MODERN, "value_embeds": True, "resid_mix": True, "n_layer": 3},
 ]
 
 
@@ -239,3 +242,51 @@ def test_batch_loss_mask_reaches_the_loss():
     batch = Batch(x, x, loss_mask=torch.tensor([[False, True, True]]))
     assert batch.loss_targets().tolist() == [[IGNORE, 2, 3]]
     assert Batch(x, x).loss_targets() is x
+
+
+def test_value_embeddings_sit_on_alternate_layers_ending_at_the_last_and_reach_the_values():
+    torch.manual_seed(6)
+    model = build_model(cfg_of(value_embeds=True, n_layer=3)).eval()
+    assert [b.attn.value_embed is not None for b in model.blocks] == [True, False, True]
+    roles = model.parameter_roles()
+    assert roles["blocks.2.attn.value_embed.weight"] == ("embedding", 1)
+    attn = model.blocks[2].attn
+    assert attn.value_gate.weight.abs().sum() == 0  # gate 2·sigmoid(0) = 1: the embedding added whole
+    x, ids = torch.randn(1, 5, 32), torch.randint(0, 37, (1, 5))
+    with torch.no_grad():
+        base = attn(x, ids=ids)
+        attn.value_embed.weight.zero_()  # without its embedding the layer is plain attention
+        assert not torch.allclose(base, attn(x, ids=ids))
+        attn.value_embed = None
+        plain = attn(x)
+        attn.value_embed = torch.nn.Embedding(37, 32).requires_grad_(False)
+        attn.value_embed.weight.zero_()
+        assert torch.allclose(attn(x, ids=ids), plain)
+    with pytest.raises(ValueError, match="token ids"):
+        attn(x)
+
+
+def test_resid_mix_reads_the_embedding_into_every_block():
+    """With resid_mix a block's input is λ_resid·x + λ_x0·x0: at λ = (1, 0) the block is the plain one,
+    and x0 reaches the output through λ_x0."""
+    torch.manual_seed(7)
+    block = build_model(cfg_of(resid_mix=True)).blocks[1]
+    assert (block.resid_lambda.item(), block.x0_lambda.item()) == pytest.approx((1.0, 0.1))
+    x, x0 = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        mixed = block(x, x0=x0)
+        block.x0_lambda.zero_()
+        unmixed = block(x, x0=x0)
+        block.resid_lambda, block.x0_lambda = None, None
+        assert torch.equal(unmixed, block(x))
+    assert not torch.allclose(mixed, unmixed)
+    with pytest.raises(ValueError, match="x0"):
+        build_model(cfg_of(resid_mix=True)).blocks[0](x)
+
+
+@pytest.mark.parametrize("switch", ["value_embeds", "resid_mix"])
+def test_new_switches_are_refused_for_the_encoder_decoder(switch):
+    from gptlab.errors import GptlabError
+
+    with pytest.raises(GptlabError, match=f"{switch}=True is built for arch='gpt' only"):
+        cfg_of(arch="encdec", **{switch: True}).validate()

@@ -40,6 +40,10 @@ def hf_architecture(cfg: ModelConfig) -> str:
         raise _refuse(f"arch={cfg.arch!r} (GPT-2, Llama and Qwen3 are decoder-only)")
     if cfg.logit_softcap:
         raise _refuse(f"logit_softcap={cfg.logit_softcap} (GPT-2, Llama and Qwen3 do not cap logits)")
+    if cfg.value_embeds:
+        raise _refuse("value_embeds=true (GPT-2, Llama and Qwen3 have no value embeddings)")
+    if cfg.resid_mix:
+        raise _refuse("resid_mix=true (GPT-2, Llama and Qwen3 add each block to the stream as it is, without x0)")
     if cfg.position == "learned":
         if cfg.norm != "layernorm":
             raise _refuse("norm='rmsnorm' with learned positions (GPT-2 has LayerNorm; Llama and Qwen3 use RoPE)")

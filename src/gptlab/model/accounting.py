@@ -205,6 +205,8 @@ def describe(cfg: ModelConfig) -> list[str]:
         f"position={cfg.position}, norm={cfg.norm}, qk_norm={str(cfg.qk_norm).lower()}, mlp={cfg.mlp}, "
         f"head={'tied' if cfg.tie_embeddings else 'untied'}"
         + (f", logit_softcap={cfg.logit_softcap:g}" if cfg.logit_softcap else "")
+        + (", value_embeds=true" if cfg.value_embeds else "")
+        + (", resid_mix=true" if cfg.resid_mix else "")
     )
     shape = f"{cfg.n_layer} layers"
     if cfg.arch == "encdec":
