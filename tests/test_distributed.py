@@ -143,7 +143,10 @@ def test_fsdp_shards_an_encoder_decoder_and_matches_one_process(tmp_path, couple
     assert_same_losses(tmp_path / "one", tmp_path / "fsdp", steps=[1, 2, 3, 4])
 
 
-@pytest.mark.parametrize("extra", [[], ["value_embeds=true", "resid_mix=true"]], ids=["modern", "speedrun"])
+SPEEDRUN = ["value_embeds=true", "resid_mix=true", "smear=true"]  # the speedrun lineage's model switches
+
+
+@pytest.mark.parametrize("extra", [[], SPEEDRUN], ids=["modern", "speedrun"])
 def test_muon_under_ddp_matches_one_process(extra, tmp_path, char_dataset):
     """The modern recipe (Muon for matrices, AdamW for the rest) under DDP: gradients averaged before
     each rank orthogonalises, so two ranks take one process's steps; value embeddings and the per-block

@@ -125,7 +125,14 @@ def losses(run, key="train_loss"):
 
 
 # The speedrun-lineage switches on top of the modern recipe: their parameters and schedule resume too.
-SPEEDRUN = ["value_embeds=true", "resid_mix=true", "final_lr_frac=0.1", "decay_fraction=0.65", "n_layer=3"]
+SPEEDRUN = [
+    "value_embeds=true",
+    "resid_mix=true",
+    "smear=true",
+    "final_lr_frac=0.1",
+    "decay_fraction=0.65",
+    "n_layer=3",
+]
 
 
 @pytest.mark.parametrize("extra", [[], SPEEDRUN], ids=["modern", "speedrun"])

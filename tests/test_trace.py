@@ -31,7 +31,7 @@ VARIANTS = {
     "modern-swiglu": {**MODERN_MODEL, "mlp": "swiglu", "zero_init": False, "logit_softcap": 15.0},
     "modern-relu2": {**MODERN_MODEL, "zero_init": False},
     # value_embeds lands on layer 1 of 2 (alternate layers ending at the last); resid_mix on both.
-    "speedrun": {**MODERN_MODEL, "zero_init": False, "value_embeds": True, "resid_mix": True},
+    "speedrun": {**MODERN_MODEL, "zero_init": False, "value_embeds": True, "resid_mix": True, "smear": True},
 }
 
 

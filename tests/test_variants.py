@@ -37,7 +37,8 @@ VARIANTS = [
     MODERN,
     {"value_embeds": True},
     {"resid_mix": True},
-    {**MODERN, "value_embeds": True, "resid_mix": True, "n_layer": 3},
+    {"smear": True, "position": "rope"},
+    {**MODERN, "value_embeds": True, "resid_mix": True, "smear": True, "n_layer": 3},
 ]
 
 
@@ -284,9 +285,51 @@ def test_resid_mix_reads_the_embedding_into_every_block():
         build_model(cfg_of(resid_mix=True)).blocks[0](x)
 
 
-@pytest.mark.parametrize("switch", ["value_embeds", "resid_mix"])
+@pytest.mark.parametrize("switch", ["value_embeds", "resid_mix", "smear"])
 def test_new_switches_are_refused_for_the_encoder_decoder(switch):
     from gptlab.errors import GptlabError
 
     with pytest.raises(GptlabError, match=f"{switch}=True is built for arch='gpt' only"):
         cfg_of(arch="encdec", **{switch: True}).validate()
+
+
+def test_smear_adds_the_gated_previous_token_and_starts_as_the_identity():
+    torch.manual_seed(8)
+    model = build_model(cfg_of(smear=True)).eval()
+    ids = torch.randint(0, 37, (2, 6))
+    with torch.no_grad():
+        x0, _ = model.embed(ids, torch.arange(6))
+        model.smear = None
+        plain, _ = model.embed(ids, torch.arange(6))
+        assert torch.equal(x0, plain)  # smear_lambda starts at 0
+        model.smear = build_model(cfg_of(smear=True)).smear
+        model.smear.smear_lambda.fill_(2.0)
+        tok = model.wte(ids)
+        smeared = model.smear(tok, model.wte, torch.cat((torch.full((2, 1), -1), ids[:, :-1]), 1))
+    expected = tok.clone()
+    expected[:, 1:] += 2.0 * 0.5 * tok[:, :-1]  # a zero gate is sigmoid(0) = 1/2; the first token has no predecessor
+    assert torch.allclose(smeared, expected, atol=1e-6)
+
+
+def test_smear_looks_back_across_feeds_of_both_caches():
+    """A model with smear fed a prompt in two chunks, through either cache, gives the logits of one
+    forward pass over the whole prompt: each cache hands the first token of a feed its predecessor."""
+    from gptlab.inference.kv_cache import KVCache, SlotCache
+
+    torch.manual_seed(9)
+    model = build_model(cfg_of(smear=True, position="rope")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        ids = torch.randint(0, 37, (1, 9))
+        full, _ = model(ids)
+        for cache in (KVCache(model.cache_layout(), 1), SlotCache(model.cache_layout(), 2)):
+            if isinstance(cache, SlotCache):
+                cache.select([1])
+            model(ids[:, :5], cache=cache)
+            last, _ = model(ids[:, 5:], cache=cache)
+            assert torch.allclose(last[0, -1], full[0, -1], atol=1e-5), type(cache).__name__
+            assert cache.last[-1] == ids[0, -1]
+        model.smear.smear_lambda.zero_()  # the look-back is part of what the cache had to hand over
+        without, _ = model(ids)
+        assert not torch.allclose(full[0, -1], without[0, -1], atol=1e-3)

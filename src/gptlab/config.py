@@ -64,6 +64,7 @@ class ModelConfig:
     # Speedrun-lineage additions to the modern recipe (arch=gpt only; off by default: models stay bit-exact).
     value_embeds: bool = False  # alternate layers (the last included) add a gated token embedding to their values
     resid_mix: bool = False  # before each block, x := resid_lambda * x + x0_lambda * x0 (x0: the embedding), learned
+    smear: bool = False  # each token's embedding takes in a learned, gated share of the previous token's
 
     @property
     def head_dim(self) -> int:
@@ -93,7 +94,7 @@ class ModelConfig:
             _bad("dropout", self.dropout, "must be in [0, 1)")
         if self.logit_softcap < 0:
             _bad("logit_softcap", self.logit_softcap, "must be >= 0 (0 is off)")
-        for name in ("value_embeds", "resid_mix"):
+        for name in ("value_embeds", "resid_mix", "smear"):
             if getattr(self, name) and self.arch != "gpt":
                 _bad(name, True, f"is built for arch='gpt' only (arch={self.arch!r})")
 

@@ -1,6 +1,7 @@
 """The GPT network: a decoder-only Transformer that reads top to bottom.
 
-    ids (B,T) -> token embedding (+ learned position embedding) -> dropout              (ends.py)
+    ids (B,T) -> token embedding (smear: + a gated share of the previous token's)
+              (+ learned position embedding) -> dropout                                 (ends.py)
               -> n_layer x Block[ x + attn(norm_1(x)), x + mlp(norm_2(x)) ]   (layers.py; RoPE inside attn)
                  (resid_mix: each block first reads λ_resid·x + λ_x0·x0; value_embeds: alternate layers add
                  a gated embedding of the token to attention's values)
@@ -24,7 +25,15 @@ from torch import nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.ends import LanguageModel
-from gptlab.model.layers import AttentionCache, Block, CacheLayout, CausalSelfAttention, as_blocks, cache_layout
+from gptlab.model.layers import (
+    AttentionCache,
+    Block,
+    CacheLayout,
+    CausalSelfAttention,
+    Smear,
+    as_blocks,
+    cache_layout,
+)
 from gptlab.model.loss import lm_loss
 
 # What each parameter is for; an optimizer gives each role its own update rule and learning rate.
@@ -49,6 +58,8 @@ def init_weights(model: LanguageModel, residual_branches: Callable[[str], int]) 
     for name, p in model.named_parameters():
         if name.endswith("value_gate.weight"):
             nn.init.zeros_(p)  # every gate starts at 2·sigmoid(0) = 1: the value embedding added whole
+        elif name == "smear.gate.weight":
+            nn.init.zeros_(p)  # sigmoid(0) = 1/2 everywhere; smear_lambda (0) decides how much is taken
     if cfg.zero_init and not cfg.tie_embeddings:
         nn.init.zeros_(model.lm_head.weight)  # every token equally likely at the start: loss ln(V)
 
@@ -96,6 +107,7 @@ class GPT(LanguageModel):
         self._add_embedder("wpe")  # wte, wpe (learned positions) or rotary, drop
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self._add_output_head()  # ln_f, lm_head
+        self.smear = Smear(cfg) if cfg.smear else None
         init_weights(self, lambda name: 2)  # a GPT block adds two branches: attention and MLP
 
     @property
@@ -153,7 +165,8 @@ class GPT(LanguageModel):
         B, T = idx.shape
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=idx.device)
-        x, rope = self.embed(idx, cache.positions(T))
+        previous = cache.previous_ids(idx) if self.smear is not None else None
+        x, rope = self.embed(idx, cache.positions(T), previous=previous)
         x0 = x
         for block in self.blocks:
             x = block(x, rope, cache, x0=x0, ids=idx)

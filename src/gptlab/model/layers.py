@@ -7,6 +7,7 @@
     mlp:       GELU 4x (exact or tanh form) | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
     values:    attention's v alone | v plus a gated value embedding of the token (value_embeds, alternate layers)
     residual:  x as it comes | resid_lambda · x + x0_lambda · x0, learned per block (resid_mix)
+    smear:     the token embedding alone | plus a gated share of the previous token's (a one-token look-back)
 
 Each module also hands its intermediates to a recorder while model/record.py's recording() is on
 (`gptlab trace`): one `self._rec(name, tensor, axes, operation)` per stage, which does nothing when
@@ -96,12 +97,41 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+class Smear(Recordable):
+    """A one-token look-back on the token embeddings: x_t + λ · sigmoid(gate · x_t[:G]) · x_{t-1}, so the
+    first layer already sees each token with its predecessor (bigrams) without spending attention on it.
+    λ starts at 0: the model starts as the one without smear and learns how much to take."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = Linear(min(VALUE_GATE_CHANNELS, cfg.n_embd), 1, bias=False)
+        self.smear_lambda = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, table: nn.Embedding, previous: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) token embeddings of ids whose predecessors are previous (B, T) (-1: none, a
+        sequence's first token): x plus the gated embedding of each predecessor."""
+        prev = table(previous.clamp(min=0)) * (previous >= 0)[..., None]
+        gate = torch.sigmoid(self.gate(x[..., : self.gate.in_features]))  # (B, T, 1)
+        x = x + self.smear_lambda * gate * prev
+        self._rec("smear", x, "T C", "x_t + λ · sigmoid(x_t[:G] · W_gate) · x_{t−1} (one-token look-back)")
+        return x
+
+
+def previous_in_row(ids: torch.Tensor) -> torch.Tensor:
+    """Each id's predecessor within its row (B, T), -1 for the first: the look-back of a feed that starts
+    its sequences."""
+    return torch.cat((torch.full_like(ids[:, :1], -1), ids[:, :-1]), dim=1)
+
+
 class AttentionCache(Protocol):
     """What the model asks of a KV cache (implementations: inference/kv_cache.py): the positions of the
     tokens fed next, each attention layer's output over the stored keys and values plus the new ones,
-    and, after all layers, how many real tokens each row gained."""
+    and, after all layers, how many real tokens each row gained; for a model with smear, each fed
+    token's predecessor, which for the first token of a feed was fed before."""
 
     def positions(self, T: int) -> torch.Tensor: ...
+
+    def previous_ids(self, ids: torch.Tensor) -> torch.Tensor: ...
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
 
