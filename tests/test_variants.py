@@ -333,3 +333,16 @@ def test_smear_looks_back_across_feeds_of_both_caches():
         model.smear.smear_lambda.zero_()  # the look-back is part of what the cache had to hand over
         without, _ = model(ids)
         assert not torch.allclose(full[0, -1], without[0, -1], atol=1e-3)
+
+
+def test_info_names_the_speedrun_switches_and_counts_their_parameters():
+    from gptlab.model.accounting import describe
+
+    cfg = cfg_of(value_embeds=True, resid_mix=True, smear=True, n_layer=3)
+    assert "value_embeds=true, resid_mix=true, smear=true" in "\n".join(describe(cfg))
+    plain = count_params(cfg_of(n_layer=3))
+    more = count_params(cfg)
+    # Two value-embedding tables (layers 0 and 2) and their gates, two scalars per block, smear's gate and λ.
+    assert more.by_role["embedding"] - plain.by_role["embedding"] == 2 * 37 * 32
+    assert more.total - plain.total == 2 * 37 * 32 + 2 * 32 * 2 + 3 * 2 + 32 + 1
+    assert more.by_place["token embedding"] - plain.by_place["token embedding"] == 32 + 1
