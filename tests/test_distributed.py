@@ -153,10 +153,15 @@ def test_fsdp_shards_an_encoder_decoder_and_matches_one_process(tmp_path, couple
     assert_same_losses(tmp_path / "one", tmp_path / "fsdp", steps=[1, 2, 3, 4])
 
 
-def test_muon_under_ddp_matches_one_process(tmp_path, char_dataset):
+SPEEDRUN = ["value_embeds=true", "resid_mix=true", "smear=true"]  # the speedrun lineage's model switches
+
+
+@pytest.mark.parametrize("extra", [[], SPEEDRUN], ids=["modern", "speedrun"])
+def test_muon_under_ddp_matches_one_process(extra, tmp_path, char_dataset):
     """The modern recipe (Muon for matrices, AdamW for the rest) under DDP: gradients averaged before
-    each rank orthogonalises, so two ranks take one process's steps."""
-    modern = ["--preset", "cpu-modern", *TINY[2:], "grad_accum=1"]
+    each rank orthogonalises, so two ranks take one process's steps; value embeddings and the per-block
+    mixing scalars are averaged like every other parameter."""
+    modern = ["--preset", "cpu-modern", *TINY[2:], "grad_accum=1", *extra]
     one = run_cli(
         "train", "--data", char_dataset, "--out", tmp_path / "one", "--max-steps", "4", *modern, "grad_accum=2"
     )

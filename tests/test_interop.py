@@ -160,6 +160,9 @@ def test_export_of_a_trained_run_through_the_cli(tiny_run, tmp_path, capsys):
     "overrides, why",
     [
         (["logit_softcap=15"], "logit_softcap=15.0"),
+        (["value_embeds=true"], "value_embeds=true (gpt-2, llama and qwen3 have no value embeddings)"),
+        (["resid_mix=true"], "resid_mix=true"),
+        (["smear=true"], "smear=true"),
         (["position=rope", "norm=rmsnorm", "mlp=gelu"], "mlp='gelu' with rope"),
         (["position=rope", "norm=layernorm", "mlp=swiglu"], "norm='layernorm' with rope"),
     ],

@@ -1,5 +1,6 @@
 """A run trained with the modern recipe works everywhere a run is used: sample (its cache sliding past
-block_size), eval, report, info, the HTTP API and the explorer page's attention maps."""
+block_size), eval, report, info, the HTTP API and the explorer page's attention maps; and so does one
+with the speedrun lineage's switches on top (value embeddings, x0 mixing, smear)."""
 
 import json
 import math
@@ -12,9 +13,11 @@ from conftest import cli_in_process
 from gptlab.model.introspect import attention_maps
 from gptlab.serve.app import create_app
 
+SPEEDRUN = ["value_embeds=true", "resid_mix=true", "smear=true"]  # the speedrun lineage's model switches
 
-@pytest.fixture(scope="module")
-def modern_run(tmp_path_factory, char_dataset):
+
+@pytest.fixture(scope="module", params=[[], SPEEDRUN], ids=["modern", "speedrun"])
+def modern_run(request, tmp_path_factory, char_dataset):
     from gptlab.config import build_config
     from gptlab.train.trainer import train
 
@@ -34,6 +37,7 @@ def modern_run(tmp_path_factory, char_dataset):
             "sample_tokens=20",
             "device=cpu",
             "mlp=swiglu",
+            *request.param,
         ],
     )
     cfg.data = str(char_dataset)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gptlab.config import ModelConfig, TrainConfig, build_config
+from gptlab.errors import GptlabError
 from gptlab.model import build_model
 from gptlab.train.muon import Muon
 from gptlab.train.optim import build_optimizer, lr_at
@@ -84,6 +85,19 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly_to_zero():
     assert [round(d - e, 6) for d, e in zip(decay, decay[1:])] == [0.05] * 19  # linear
 
 
+def test_wsd_decays_to_final_lr_frac_and_zero_is_the_plain_decay_to_the_bit():
+    base = dict(schedule="wsd", lr=0.03, warmup_steps=0, max_steps=100, decay_fraction=0.65)
+    plain, floored = TrainConfig(**base), TrainConfig(**base, final_lr_frac=0.1)
+    assert [lr_at(s, plain) for s in range(100)] == [
+        0.03 * min(1.0, (100 - s) / 65) for s in range(100)
+    ]  # what the schedule computed before final_lr_frac existed
+    lrs = [lr_at(s, floored) for s in range(100)]
+    assert all(v == 0.03 for v in lrs[:36]) and lrs[36] < 0.03
+    assert lrs[-1] == pytest.approx(0.03 * (0.1 + 0.9 / 65)) and min(lrs) > 0.003
+    with pytest.raises(GptlabError, match="final_lr_frac=1.5 must be in"):
+        TrainConfig(final_lr_frac=1.5).validate()
+
+
 def test_cosine_schedule_is_unchanged():
     cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
     assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(60, cfg) == pytest.approx(0.55)
@@ -112,14 +126,24 @@ def losses(run, key="train_loss"):
 
 # Muon's own options (Polar Express, NorMuon's second moment in the optimizer state, cautious decay).
 MUON_OPTIONS = ["muon_coeffs=polar", "muon_normalize=true", "cautious_wd=true", "weight_decay=0.1"]
+# The speedrun-lineage switches on top of the modern recipe: their parameters and schedule resume too.
+SPEEDRUN = [
+    "value_embeds=true",
+    "resid_mix=true",
+    "smear=true",
+    "final_lr_frac=0.1",
+    "decay_fraction=0.65",
+    "n_layer=3",
+]
 
 
-@pytest.mark.parametrize("extra", [[], MUON_OPTIONS], ids=["recipe", "muon-options"])
-def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(char_dataset, tmp_path, monkeypatch, extra):
+@pytest.mark.parametrize("extra", [[], MUON_OPTIONS, SPEEDRUN], ids=["modern", "muon-options", "speedrun"])
+def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(extra, char_dataset, tmp_path, monkeypatch):
     from gptlab.train import trainer
     from gptlab.train.metrics import MetricsLog
 
-    cfg = build_config("cpu-modern", None, MODERN_TINY + extra)
+    overrides = [*MODERN_TINY, *extra]
+    cfg = build_config("cpu-modern", None, overrides)
     cfg.data = str(char_dataset)
     trainer.train(cfg, tmp_path / "straight")
 
@@ -131,7 +155,7 @@ def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(char
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
 
     monkeypatch.setattr(MetricsLog, "write", interrupt_at_4)
-    cfg = build_config("cpu-modern", None, MODERN_TINY + extra)
+    cfg = build_config("cpu-modern", None, overrides)
     cfg.data = str(char_dataset)
     first = trainer.train(cfg, tmp_path / "resumed")
     assert first.interrupted and first.step < 10

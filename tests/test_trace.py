@@ -30,6 +30,8 @@ SHAPE = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "vocab_size"
 VARIANTS = {
     "modern-swiglu": {**MODERN_MODEL, "mlp": "swiglu", "zero_init": False, "logit_softcap": 15.0},
     "modern-relu2": {**MODERN_MODEL, "zero_init": False},
+    # value_embeds lands on layer 1 of 2 (alternate layers ending at the last); resid_mix on both.
+    "speedrun": {**MODERN_MODEL, "zero_init": False, "value_embeds": True, "resid_mix": True, "smear": True},
 }
 
 
@@ -76,17 +78,26 @@ def test_residual_identity_and_each_part_follows_from_the_last(model, loaded):
     trace = _trace(model, loaded)
     s = _stages(trace)
     x = s["embed"] if "embed" in s else s["wte"]
+    x0 = x
     if "wpe" in s:
         assert torch.allclose(s["embed"], s["wte"] + s["wpe"])
     for i in range(model.config.n_layer):
         b = f"blocks.{i}"
+        if f"{b}.resid_mix" in s:  # the block reads λ_resid·x + λ_x0·x0
+            block = model.blocks[i]
+            assert torch.allclose(s[f"{b}.resid_mix"], block.resid_lambda * x + block.x0_lambda * x0, atol=1e-6)
+            x = s[f"{b}.resid_mix"]
         attn, mlp = s[f"{b}.attn.proj"], s[f"{b}.mlp.proj"]
         # output = input + attention part + MLP part, at every block
         assert torch.allclose(s[f"{b}.resid_attn"], x + attn, atol=1e-6)
         assert torch.allclose(s[f"{b}.resid_mlp"], x + attn + mlp, atol=1e-5)
         # The weighted values are the recorded weights applied to the recorded values: the weights
         # shown are the ones the fused kernel used.
-        assert torch.allclose(s[f"{b}.attn.weights"] @ s[f"{b}.attn.v"], s[f"{b}.attn.weighted"], atol=1e-5)
+        v = s.get(f"{b}.attn.v_mixed", s[f"{b}.attn.v"])  # with a value embedding: the values it mixed in
+        assert torch.allclose(s[f"{b}.attn.weights"] @ v, s[f"{b}.attn.weighted"], atol=1e-5)
+        if f"{b}.attn.v_mixed" in s:
+            gate = s[f"{b}.attn.value_gate"].transpose(0, 1)[..., None]
+            assert torch.allclose(v, s[f"{b}.attn.v"] + gate * s[f"{b}.attn.value_embed"], atol=1e-6)
         heads = s[f"{b}.attn.weighted"].transpose(0, 1).reshape(len(x), -1)
         assert torch.equal(s[f"{b}.attn.heads"], heads)
         x = s[f"{b}.resid_mlp"]

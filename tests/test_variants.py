@@ -35,6 +35,10 @@ VARIANTS = [
     {"mlp": "swiglu"},
     {"tie_embeddings": False, "logit_softcap": 15.0},
     MODERN,
+    {"value_embeds": True},
+    {"resid_mix": True},
+    {"smear": True, "position": "rope"},
+    {**MODERN, "value_embeds": True, "resid_mix": True, "smear": True, "n_layer": 3},
 ]
 
 
@@ -239,3 +243,106 @@ def test_batch_loss_mask_reaches_the_loss():
     batch = Batch(x, x, loss_mask=torch.tensor([[False, True, True]]))
     assert batch.loss_targets().tolist() == [[IGNORE, 2, 3]]
     assert Batch(x, x).loss_targets() is x
+
+
+def test_value_embeddings_sit_on_alternate_layers_ending_at_the_last_and_reach_the_values():
+    torch.manual_seed(6)
+    model = build_model(cfg_of(value_embeds=True, n_layer=3)).eval()
+    assert [b.attn.value_embed is not None for b in model.blocks] == [True, False, True]
+    roles = model.parameter_roles()
+    assert roles["blocks.2.attn.value_embed.weight"] == ("embedding", 1)
+    attn = model.blocks[2].attn
+    assert attn.value_gate.weight.abs().sum() == 0  # gate 2·sigmoid(0) = 1: the embedding added whole
+    x, ids = torch.randn(1, 5, 32), torch.randint(0, 37, (1, 5))
+    with torch.no_grad():
+        base = attn(x, ids=ids)
+        attn.value_embed.weight.zero_()  # without its embedding the layer is plain attention
+        assert not torch.allclose(base, attn(x, ids=ids))
+        attn.value_embed = None
+        plain = attn(x)
+        attn.value_embed = torch.nn.Embedding(37, 32).requires_grad_(False)
+        attn.value_embed.weight.zero_()
+        assert torch.allclose(attn(x, ids=ids), plain)
+    with pytest.raises(ValueError, match="token ids"):
+        attn(x)
+
+
+def test_resid_mix_reads_the_embedding_into_every_block():
+    """With resid_mix a block's input is λ_resid·x + λ_x0·x0: at λ = (1, 0) the block is the plain one,
+    and x0 reaches the output through λ_x0."""
+    torch.manual_seed(7)
+    block = build_model(cfg_of(resid_mix=True)).blocks[1]
+    assert (block.resid_lambda.item(), block.x0_lambda.item()) == pytest.approx((1.0, 0.1))
+    x, x0 = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        mixed = block(x, x0=x0)
+        block.x0_lambda.zero_()
+        unmixed = block(x, x0=x0)
+        block.resid_lambda, block.x0_lambda = None, None
+        assert torch.equal(unmixed, block(x))
+    assert not torch.allclose(mixed, unmixed)
+    with pytest.raises(ValueError, match="x0"):
+        build_model(cfg_of(resid_mix=True)).blocks[0](x)
+
+
+@pytest.mark.parametrize("switch", ["value_embeds", "resid_mix", "smear"])
+def test_new_switches_are_refused_for_the_encoder_decoder(switch):
+    from gptlab.errors import GptlabError
+
+    with pytest.raises(GptlabError, match=f"{switch}=True is built for arch='gpt' only"):
+        cfg_of(arch="encdec", **{switch: True}).validate()
+
+
+def test_smear_adds_the_gated_previous_token_and_starts_as_the_identity():
+    torch.manual_seed(8)
+    model = build_model(cfg_of(smear=True)).eval()
+    ids = torch.randint(0, 37, (2, 6))
+    with torch.no_grad():
+        x0, _ = model.embed(ids, torch.arange(6))
+        model.smear = None
+        plain, _ = model.embed(ids, torch.arange(6))
+        assert torch.equal(x0, plain)  # smear_lambda starts at 0
+        model.smear = build_model(cfg_of(smear=True)).smear
+        model.smear.smear_lambda.fill_(2.0)
+        tok = model.wte(ids)
+        smeared = model.smear(tok, model.wte, torch.cat((torch.full((2, 1), -1), ids[:, :-1]), 1))
+    expected = tok.clone()
+    expected[:, 1:] += 2.0 * 0.5 * tok[:, :-1]  # a zero gate is sigmoid(0) = 1/2; the first token has no predecessor
+    assert torch.allclose(smeared, expected, atol=1e-6)
+
+
+def test_smear_looks_back_across_feeds_of_both_caches():
+    """A model with smear fed a prompt in two chunks, through either cache, gives the logits of one
+    forward pass over the whole prompt: each cache hands the first token of a feed its predecessor."""
+    from gptlab.inference.kv_cache import KVCache, SlotCache
+
+    torch.manual_seed(9)
+    model = build_model(cfg_of(smear=True, position="rope")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        ids = torch.randint(0, 37, (1, 9))
+        full, _ = model(ids)
+        for cache in (KVCache(model.cache_layout(), 1), SlotCache(model.cache_layout(), 2)):
+            if isinstance(cache, SlotCache):
+                cache.select([1])
+            model(ids[:, :5], cache=cache)
+            last, _ = model(ids[:, 5:], cache=cache)
+            assert torch.allclose(last[0, -1], full[0, -1], atol=1e-5), type(cache).__name__
+            assert cache.last[-1] == ids[0, -1]
+        model.smear.smear_lambda.zero_()  # the look-back is part of what the cache had to hand over
+        without, _ = model(ids)
+        assert not torch.allclose(full[0, -1], without[0, -1], atol=1e-3)
+
+
+def test_info_names_the_speedrun_switches_and_counts_their_parameters():
+    from gptlab.model.accounting import describe
+
+    cfg = cfg_of(value_embeds=True, resid_mix=True, smear=True, n_layer=3)
+    assert "value_embeds=true, resid_mix=true, smear=true" in "\n".join(describe(cfg))
+    plain = count_params(cfg_of(n_layer=3))
+    more = count_params(cfg)
+    # Two value-embedding tables (layers 0 and 2) and their gates, two scalars per block, smear's gate and λ.
+    assert more.by_role["embedding"] - plain.by_role["embedding"] == 2 * 37 * 32
+    assert more.total - plain.total == 2 * 37 * 32 + 2 * 32 * 2 + 3 * 2 + 32 + 1
+    assert more.by_place["token embedding"] - plain.by_place["token embedding"] == 32 + 1

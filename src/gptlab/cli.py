@@ -197,7 +197,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(DDP; add fsdp=true to shard the model); compile=on|off|auto, device=cpu|cuda|mps. "
         "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
         "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
-        "optimizer=muon schedule=wsd (docs: reference/configuration.md). arch=encdec trains the "
+        "value_embeds=true resid_mix=true smear=true optimizer=muon schedule=wsd final_lr_frac=F "
+        "(docs: reference/configuration.md). arch=encdec trains the "
         "encoder–decoder on a dataset of pairs (`prepare --pairs`; docs: concepts/model.md).",
     )
     p.add_argument("--data", help="prepared dataset directory (from `gptlab prepare`)")

@@ -64,6 +64,10 @@ class ModelConfig:
     zero_init: bool = False  # output projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0: off
     reward_head: bool = False  # a scalar head on the final norm: a reward model (`gptlab reward`)
+    # Speedrun-lineage additions to the modern recipe (arch=gpt only; off by default: models stay bit-exact).
+    value_embeds: bool = False  # alternate layers (the last included) add a gated token embedding to their values
+    resid_mix: bool = False  # before each block, x := resid_lambda * x + x0_lambda * x0 (x0: the embedding), learned
+    smear: bool = False  # each token's embedding takes in a learned, gated share of the previous token's
 
     @property
     def head_dim(self) -> int:
@@ -95,6 +99,9 @@ class ModelConfig:
             _bad("logit_softcap", self.logit_softcap, "must be >= 0 (0 is off)")
         if self.reward_head and self.arch != "gpt":
             _bad("reward_head", self.reward_head, "needs arch=gpt (a reward model reads one sequence)")
+        for name in ("value_embeds", "resid_mix", "smear"):
+            if getattr(self, name) and self.arch != "gpt":
+                _bad(name, True, f"is built for arch='gpt' only (arch={self.arch!r})")
 
 
 @dataclass
@@ -111,7 +118,8 @@ class TrainConfig:
     vector_lr: float = 0.0  # peak lr of norms' gains and biases; 0: lr
     min_lr: float = 1e-4  # cosine: reached at max_steps (other roles keep their ratio to lr)
     schedule: Schedule = "cosine"  # cosine decay to min_lr, or wsd: warm-up, stable, linear decay to 0
-    decay_fraction: float = 0.2  # wsd: the last fraction of steps that decays to zero
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps that decays (to final_lr_frac of the peak)
+    final_lr_frac: float = 0.0  # wsd: where the decay ends, as a fraction of each role's peak lr
     warmup_steps: int = 100  # linear warm-up from 0 to lr
     weight_decay: float = 0.1  # hidden matrices (and, with adamw, embeddings); never vectors
     beta1: float = 0.9
@@ -185,6 +193,8 @@ class TrainConfig:
             _bad("muon_ns_steps", self.muon_ns_steps, "must be in [1, 20]")
         if not 0 < self.decay_fraction <= 1:
             _bad("decay_fraction", self.decay_fraction, "must be in (0, 1]")
+        if not 0 <= self.final_lr_frac <= 1:
+            _bad("final_lr_frac", self.final_lr_frac, "must be in [0, 1]")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             _bad("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
         if self.fsdp and self.optimizer == "muon":

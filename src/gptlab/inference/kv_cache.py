@@ -88,6 +88,9 @@ class KVCache(_Ring):
         self._columns = torch.zeros(0, dtype=torch.long)
         self._mask: str | torch.Tensor | None = None
         self._width = 0
+        # Smear's look-back across feeds: each row's last real id, and this feed's ids until advance().
+        self.last = torch.full((batch_size,), -1, dtype=torch.long, device=self.device)
+        self._fed: torch.Tensor | None = None
 
     def positions(self, T: int) -> torch.Tensor:
         """Position ids (B, T) of the next T tokens of each row; prepares this feed's columns and mask."""
@@ -107,6 +110,13 @@ class KVCache(_Ring):
         self._columns, self._mask, self._width = positions % self.capacity, mask, width
         return positions
 
+    def previous_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each fed id's predecessor (B, T): the row's last id fed before for the first (-1 for a row
+        still empty), the one before it in the feed for the others."""
+        self._fed = ids
+        first = torch.where(self.seen > 0, self.last, -1).to(ids.device)
+        return torch.cat((first[:, None], ids[:, :-1]), dim=1)
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store one layer's new keys and values (B, H, T, D); attention of the new queries over every
         key their row may read."""
@@ -122,7 +132,12 @@ class KVCache(_Ring):
 
     def advance(self, lengths: torch.Tensor) -> None:
         """After all layers: each row has gained lengths[b] real tokens (its pads do not count)."""
-        self.seen += lengths.to(self.seen.device)
+        lengths = lengths.to(self.seen.device)
+        if self._fed is not None:  # a model with smear asked for this feed's predecessors: keep each row's last id
+            newest = self._fed.to(self.device)[self._rows, (lengths - 1).clamp(min=0)]
+            self.last = torch.where(lengths > 0, newest, self.last)
+            self._fed = None
+        self.seen += lengths
 
 
 class SlotCache(_Ring):
@@ -141,6 +156,9 @@ class SlotCache(_Ring):
         self._rows: list[int] = []
         self._groups: list[list[int]] = []  # this feed's runs of rows (positions())
         self._where: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Smear's look-back across feeds: each slot's last id, and this feed's ids until advance().
+        self.last = [-1] * slots
+        self._fed: list[list[int]] | None = None
 
     def reset(self, slot: int) -> None:
         """Forget a slot's tokens (a new sequence takes it, or its window is recomputed)."""
@@ -174,6 +192,13 @@ class SlotCache(_Ring):
             else (torch.tensor(self._rows, device=self.device)[:, None], positions % self.capacity)
         )
         return positions
+
+    def previous_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each fed id's predecessor (B, T): the slot's last id fed before for the first (-1 for a slot
+        just reset), the one before it in the feed for the others."""
+        self._fed = ids.tolist()
+        first = [self.last[s] if self.seen[s] else -1 for s in self._rows]
+        return torch.cat((torch.tensor(first, device=ids.device)[:, None], ids[:, :-1]), dim=1)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store the rows' new keys and values (B, H, T, D); return each row's attention output."""
@@ -211,5 +236,8 @@ class SlotCache(_Ring):
 
     def advance(self, lengths: torch.Tensor) -> None:
         """After all layers: each row has gained lengths[b] tokens."""
-        for slot, n in zip(self._rows, lengths.tolist()):
+        for b, (slot, n) in enumerate(zip(self._rows, lengths.tolist())):
             self.seen[slot] += int(n)
+            if self._fed is not None and n > 0:  # a model with smear: keep the slot's last id
+                self.last[slot] = self._fed[b][int(n) - 1]
+        self._fed = None

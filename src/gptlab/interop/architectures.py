@@ -42,6 +42,12 @@ def hf_architecture(cfg: ModelConfig) -> str:
         raise _refuse("reward_head=true (a reward model's scalar head has no place in a causal language model)")
     if cfg.logit_softcap:
         raise _refuse(f"logit_softcap={cfg.logit_softcap} (GPT-2, Llama and Qwen3 do not cap logits)")
+    if cfg.value_embeds:
+        raise _refuse("value_embeds=true (GPT-2, Llama and Qwen3 have no value embeddings)")
+    if cfg.smear:
+        raise _refuse("smear=true (GPT-2, Llama and Qwen3 embed each token alone, without its predecessor)")
+    if cfg.resid_mix:
+        raise _refuse("resid_mix=true (GPT-2, Llama and Qwen3 add each block to the stream as it is, without x0)")
     if cfg.position == "learned":
         if cfg.norm != "layernorm":
             raise _refuse("norm='rmsnorm' with learned positions (GPT-2 has LayerNorm; Llama and Qwen3 use RoPE)")

@@ -53,6 +53,8 @@ def _place(name: str) -> str:
         return "blocks"
     if name.startswith(("encoder.", "decoder.")):  # arch=encdec: each half's blocks
         return name.split(".")[0] + " blocks"
+    if name.startswith("smear."):
+        return "token embedding"  # its look-back works on the token embeddings
     return {
         "wte.weight": "token embedding",
         "wpe.weight": "position embedding",
@@ -207,6 +209,9 @@ def describe(cfg: ModelConfig) -> list[str]:
         f"position={cfg.position}, norm={cfg.norm}, qk_norm={str(cfg.qk_norm).lower()}, mlp={cfg.mlp}, "
         f"head={'tied' if cfg.tie_embeddings else 'untied'}"
         + (f", logit_softcap={cfg.logit_softcap:g}" if cfg.logit_softcap else "")
+        + (", value_embeds=true" if cfg.value_embeds else "")
+        + (", resid_mix=true" if cfg.resid_mix else "")
+        + (", smear=true" if cfg.smear else "")
     )
     shape = f"{cfg.n_layer} layers"
     if cfg.arch == "encdec":

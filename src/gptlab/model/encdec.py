@@ -51,8 +51,7 @@ class EncoderDecoder(LanguageModel):
 
     def parameter_roles(self) -> dict[str, tuple[Role, int]]:
         """Each parameter's role and how many matrices lie stacked in it, as GPT.parameter_roles."""
-        embeddings = {f"{prefix}.weight" for prefix, m in self.named_modules() if isinstance(m, nn.Embedding)}
-        return roles_by_name(self, embeddings)
+        return roles_by_name(self)
 
     def attention_layers(self) -> list[Attention]:
         """Every attention module: the encoder's, then each decoder block's self- and cross-attention."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gptlab.config import ModelConfig
-from gptlab.model.layers import Linear, Rotary, make_norm
+from gptlab.model.layers import Linear, Rotary, Smear, make_norm, previous_in_row
 from gptlab.model.record import Recordable
 
 
@@ -31,12 +31,14 @@ class LanguageModel(Recordable):
     drop: nn.Dropout
     ln_f: nn.Module
     lm_head: Linear
+    smear: Smear | None  # a GPT with cfg.smear: the one-token look-back on its token embeddings
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.config = cfg
+        self.smear = None  # an instance attribute (a class default would hide the module a GPT sets)
 
     def _add_embedder(self, *tables: str) -> None:
         """The token embedding, one learned position table per name in tables (each sequence the
@@ -60,13 +62,20 @@ class LanguageModel(Recordable):
             self.lm_head.weight = self.wte.weight
 
     def embed(
-        self, idx: torch.Tensor, positions: torch.Tensor, table: str = "wpe"
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor,
+        table: str = "wpe",
+        previous: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """The residual stream's start (B, T, C) for ids at positions ((T,) or (B, T)), and the rotary
-        angles for them; table names the learned position table to add (the sequence's own)."""
+        angles for them; table names the learned position table to add (the sequence's own). previous
+        (B, T): each id's predecessor for smear (-1: none), by default the one before it in its row."""
         x = self.wte(idx)
         self._rec("ids", idx, "T", "tokenizer(prompt)")
         self._rec("wte", x, "T C", "rows ids of W_te [V×C]", "Embedding")
+        if self.smear is not None:
+            x = self.smear(x, self.wte, previous if previous is not None else previous_in_row(idx))
         wpe = getattr(self, table)
         if wpe is not None:
             pos = wpe(positions)

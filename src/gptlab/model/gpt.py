@@ -1,7 +1,10 @@
 """The GPT network: a decoder-only Transformer that reads top to bottom.
 
-    ids (B,T) -> token embedding (+ learned position embedding) -> dropout              (ends.py)
+    ids (B,T) -> token embedding (smear: + a gated share of the previous token's)
+              (+ learned position embedding) -> dropout                                 (ends.py)
               -> n_layer x Block[ x + attn(norm_1(x)), x + mlp(norm_2(x)) ]   (layers.py; RoPE inside attn)
+                 (resid_mix: each block first reads λ_resid·x + λ_x0·x0; value_embeds: alternate layers add
+                 a gated embedding of the token to attention's values)
               -> final norm -> unembedding (tied to the token embedding, or its own head)
               -> (logit soft-cap) -> logits (B,T,V)                                     (ends.py)
 
@@ -28,6 +31,7 @@ from gptlab.model.layers import (
     CacheLayout,
     CausalSelfAttention,
     Linear,
+    Smear,
     as_blocks,
     cache_layout,
 )
@@ -52,6 +56,11 @@ def init_weights(model: LanguageModel, residual_branches: Callable[[str], int]) 
                 # Scaled down so the residual stream's variance does not grow with depth (GPT-2's
                 # 1/sqrt(2 * n_layer) for its two branches per block).
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(residual_branches(name) * cfg.n_layer))
+    for name, p in model.named_parameters():
+        if name.endswith("value_gate.weight"):
+            nn.init.zeros_(p)  # every gate starts at 2·sigmoid(0) = 1: the value embedding added whole
+        elif name == "smear.gate.weight":
+            nn.init.zeros_(p)  # sigmoid(0) = 1/2 everywhere; smear_lambda (0) decides how much is taken
     if cfg.zero_init and not cfg.tie_embeddings:
         nn.init.zeros_(model.lm_head.weight)  # every token equally likely at the start: loss ln(V)
 
@@ -66,14 +75,16 @@ def _init_module(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
-def roles_by_name(model: nn.Module, embeddings: set[str]) -> dict[str, tuple[Role, int]]:
+def roles_by_name(model: nn.Module) -> dict[str, tuple[Role, int]]:
     """Each parameter's role (the optimizer's grouping) and how many matrices lie stacked in it (a
-    module's split_matrices, e.g. q, k and v), by name; embeddings names the embedding tables."""
+    module's split_matrices, e.g. q, k and v), by name. Every lookup table (nn.Embedding: tokens,
+    positions, value embeddings) is an embedding."""
     splits = {
         f"{prefix}.{name}" if prefix else name: n
         for prefix, module in model.named_modules()
         for name, n in getattr(module, "split_matrices", {}).items()
     }
+    embeddings = {f"{prefix}.weight" for prefix, m in model.named_modules() if isinstance(m, nn.Embedding)}
     roles: dict[str, tuple[Role, int]] = {}
     for name, p in model.named_parameters():  # a tied head is the token embedding, listed once
         if name in embeddings:
@@ -97,6 +108,7 @@ class GPT(LanguageModel):
         self._add_embedder("wpe")  # wte, wpe (learned positions) or rotary, drop
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self._add_output_head()  # ln_f, lm_head
+        self.smear = Smear(cfg) if cfg.smear else None
         if cfg.reward_head:
             # A reward model: one number per sequence, read from the final norm at its last token
             # (built last, so the other modules draw the same initial weights as the language model's).
@@ -113,7 +125,7 @@ class GPT(LanguageModel):
     def parameter_roles(self) -> dict[str, tuple[Role, int]]:
         """Each parameter's role and, for matrices, how many matrices lie stacked in it (its rows
         split into that many equal blocks, e.g. q, k and v), by parameter name."""
-        return roles_by_name(self, {"wte.weight", "wpe.weight"})
+        return roles_by_name(self)
 
     def attention_layers(self) -> list[CausalSelfAttention]:
         """Every attention module, first layer first."""
@@ -151,8 +163,9 @@ class GPT(LanguageModel):
                 raise ValueError(f"sequence of length {T} exceeds block_size={self.config.block_size}")
             positions = torch.arange(T, device=idx.device)
         x, rope = self.embed(idx, positions)
+        x0 = x
         for block in self.blocks:
-            x = block(x, rope)
+            x = block(x, rope, x0=x0, ids=idx)
         if reward_at is not None:
             last = x[torch.arange(B, device=idx.device), reward_at]
             return self.reward_head(self.ln_f(last)).squeeze(-1).float(), None
@@ -163,9 +176,11 @@ class GPT(LanguageModel):
         B, T = idx.shape
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=idx.device)
-        x, rope = self.embed(idx, cache.positions(T))
+        previous = cache.previous_ids(idx) if self.smear is not None else None
+        x, rope = self.embed(idx, cache.positions(T), previous=previous)
+        x0 = x
         for block in self.blocks:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, x0=x0, ids=idx)
         cache.advance(lengths)
         last = x[torch.arange(B, device=idx.device), lengths - 1]  # each row's newest real token
         return self.head(last[:, None, :])

@@ -5,6 +5,9 @@
     attention: multi-head self-attention (causal, or bidirectional for an encoder) or cross-attention
                (keys and values from another sequence); optional QK-norm; its own weights on request
     mlp:       GELU 4x (exact or tanh form) | ReLU² 4x | SwiGLU (~8/3x wide, so its three matrices hold as many weights)
+    values:    attention's v alone | v plus a gated value embedding of the token (value_embeds, alternate layers)
+    residual:  x as it comes | resid_lambda · x + x0_lambda · x0, learned per block (resid_mix)
+    smear:     the token embedding alone | plus a gated share of the previous token's (a one-token look-back)
 
 Each module also hands its intermediates to a recorder while model/record.py's recording() is on
 (`gptlab trace`): one `self._rec(name, tensor, axes, operation)` per stage, which does nothing when
@@ -29,6 +32,18 @@ from gptlab.model.record import Recordable
 # The norms' epsilon (added to the variance before dividing), a fact export and import check against.
 LAYERNORM_EPS = 1e-5  # torch's LayerNorm default, and GPT-2's layer_norm_epsilon
 RMSNORM_EPS = 1e-6  # RMSNorm, the residual stream's and QK-norm's (transformers' Llama and Qwen3 default)
+
+# The value-embedding gate reads this many leading channels of the normed input: enough to decide per head
+# how much of the token's own value vector to add, at a negligible cost (one small matrix per layer).
+VALUE_GATE_CHANNELS = 32
+# resid_mix's starting weights: the stream as it is, plus a little of the embedding x0 in every block.
+RESID_LAMBDA_INIT, X0_LAMBDA_INIT = 1.0, 0.1
+
+
+def has_value_embed(cfg: ModelConfig, layer: int) -> bool:
+    """Whether a layer adds a value embedding (value_embeds): every other layer, counted back from the last
+    one, so the last layer always has one."""
+    return cfg.value_embeds and layer % 2 == (cfg.n_layer - 1) % 2
 
 
 class Linear(nn.Linear):
@@ -82,12 +97,41 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+class Smear(Recordable):
+    """A one-token look-back on the token embeddings: x_t + λ · sigmoid(gate · x_t[:G]) · x_{t-1}, so the
+    first layer already sees each token with its predecessor (bigrams) without spending attention on it.
+    λ starts at 0: the model starts as the one without smear and learns how much to take."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = Linear(min(VALUE_GATE_CHANNELS, cfg.n_embd), 1, bias=False)
+        self.smear_lambda = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, table: nn.Embedding, previous: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) token embeddings of ids whose predecessors are previous (B, T) (-1: none, a
+        sequence's first token): x plus the gated embedding of each predecessor."""
+        prev = table(previous.clamp(min=0)) * (previous >= 0)[..., None]
+        gate = torch.sigmoid(self.gate(x[..., : self.gate.in_features]))  # (B, T, 1)
+        x = x + self.smear_lambda * gate * prev
+        self._rec("smear", x, "T C", "x_t + λ · sigmoid(x_t[:G] · W_gate) · x_{t−1} (one-token look-back)")
+        return x
+
+
+def previous_in_row(ids: torch.Tensor) -> torch.Tensor:
+    """Each id's predecessor within its row (B, T), -1 for the first: the look-back of a feed that starts
+    its sequences."""
+    return torch.cat((torch.full_like(ids[:, :1], -1), ids[:, :-1]), dim=1)
+
+
 class AttentionCache(Protocol):
     """What the model asks of a KV cache (implementations: inference/kv_cache.py): the positions of the
     tokens fed next, each attention layer's output over the stored keys and values plus the new ones,
-    and, after all layers, how many real tokens each row gained."""
+    and, after all layers, how many real tokens each row gained; for a model with smear, each fed
+    token's predecessor, which for the first token of a feed was fed before."""
 
     def positions(self, T: int) -> torch.Tensor: ...
+
+    def previous_ids(self, ids: torch.Tensor) -> torch.Tensor: ...
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
 
@@ -145,6 +189,14 @@ class Attention(Recordable):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.value_embed: nn.Embedding | None = None
+        self.value_gate: Linear | None = None
+        if not cross and has_value_embed(cfg, layer):
+            # A per-token vector added to the values: the token's identity reaches this layer's output
+            # directly, whatever the residual stream has made of it. The gate (zero at the start: weight 1)
+            # chooses per head how much.
+            self.value_embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+            self.value_gate = Linear(min(VALUE_GATE_CHANNELS, cfg.n_embd), cfg.n_head, bias=False)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         # (B, T, C) -> (B, n_head, T, head_dim): each head attends in its own subspace.
@@ -187,6 +239,20 @@ class Attention(Recordable):
             self._rec("k_rope", k, "H T D", "each channel pair of k rotated by its angle at t (RoPE)", "Rotary")
         return q, k, v
 
+    def _mix_values(self, v: torch.Tensor, x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        """v (B, H, T, D) plus each token's value embedding, scaled per head by 2·sigmoid(gate(x)) in (0, 2)."""
+        if self.value_embed is None or self.value_gate is None:  # both or neither
+            return v
+        if ids is None:
+            raise ValueError("a layer with a value embedding needs the token ids (ids=)")
+        ve = self._heads(self.value_embed(ids))
+        self._rec("value_embed", ve, "H T D", "rows ids of W_ve [V×C], split into H heads", "Embedding")
+        gate = 2 * torch.sigmoid(self.value_gate(x[..., : self.value_gate.in_features]))  # (B, T, H)
+        self._rec("value_gate", gate, "T H", "2 · sigmoid(x[:, :G] · W_gate [G×H]), one weight per head")
+        v = v + gate.transpose(1, 2)[..., None] * ve
+        self._rec("v_mixed", v, "H T D", "v + gate · value embedding, per head")
+        return v
+
     def _weights(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax of the scaled q·k with the future (causal) and mask's False keys masked: the weights
         the fused kernel applies."""
@@ -211,12 +277,15 @@ class Attention(Recordable):
         cache: AttentionCache | None = None,
         memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         mask: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). memory: cross-attention's source (B, S, C), or its keys_values();
         mask: which keys each query may see (True: may), broadcast to (B, H, T, keys), e.g. a source's
-        padding; a causal layer masks the future itself."""
+        padding; a causal layer masks the future itself. ids (B, T): the tokens x stands for, which a
+        layer with a value embedding looks up."""
         B, T, C = x.shape
         q, k, v = self._qkv(x, rope, memory)
+        v = self._mix_values(v, x, ids)
         if self.record is not None and cache is None and not self.cross:
             # Recording: the weights the kernel below applies, from the same q and k (it never
             # materialises them), computed for the recorder alone.
@@ -318,6 +387,13 @@ class Block(Recordable):
         self.mlp = MLP(cfg)
         self.ln_cross = make_norm(cfg) if cross else None
         self.cross = Attention(cfg, layer, cross=True) if cross else None
+        self.resid_lambda: nn.Parameter | None = None
+        self.x0_lambda: nn.Parameter | None = None
+        if cfg.resid_mix:
+            # Learned per block: how much of the stream to keep and how much of the embedding x0 to add
+            # back in, so a deep layer can still read the tokens themselves.
+            self.resid_lambda = nn.Parameter(torch.full((1,), RESID_LAMBDA_INIT))
+            self.x0_lambda = nn.Parameter(torch.full((1,), X0_LAMBDA_INIT))
 
     def forward(
         self,
@@ -327,10 +403,19 @@ class Block(Recordable):
         mask: torch.Tensor | None = None,
         memory: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         memory_mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). x0: the embedding the stream started from (resid_mix); ids: the
+        tokens (value embeddings)."""
+        if self.resid_lambda is not None and self.x0_lambda is not None:  # both or neither (cfg.resid_mix)
+            if x0 is None:
+                raise ValueError("a block with resid_mix needs the embedding x0 (x0=)")
+            x = self.resid_lambda * x + self.x0_lambda * x0
+            self._rec("resid_mix", x, "T C", "λ_resid · x + λ_x0 · x0 (x0: the embedding)")
         h = self.ln_1(x)
         self._rec_norm("ln_1", x, h)
-        x = x + self.attn(h, rope, cache, mask=mask)
+        x = x + self.attn(h, rope, cache, mask=mask, ids=ids)
         self._rec("resid_attn", x, "T C", "x + attention: the residual stream after attention")
         if self.cross is not None and self.ln_cross is not None:  # both or neither (a decoder block's)
             h = self.ln_cross(x)

@@ -138,14 +138,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """The hidden matrices' learning rate at a step (other roles: the same fraction of their peak).
 
     cosine: linear warm-up from 0 to lr over warmup_steps, then cosine decay to min_lr at max_steps.
-    wsd: warm-up, then lr held until the last decay_fraction of the steps, then linear decay to 0.
+    wsd: warm-up, then lr held until the last decay_fraction of the steps, then linear decay towards
+    final_lr_frac x lr (0 by default).
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "wsd":
         decay_steps = max(1, round(cfg.decay_fraction * cfg.max_steps))
         left = cfg.max_steps - step  # steps still to take, this one included
-        return cfg.lr * min(1.0, left / decay_steps)
+        # final_lr_frac=0 computes exactly the plain decay to zero (0 + 1 x r is r to the last bit).
+        floor = cfg.final_lr_frac
+        return cfg.lr * (floor + (1.0 - floor) * min(1.0, left / decay_steps))
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
