@@ -19,7 +19,7 @@ from gptlab.posttrain.examples import encode_pair, pair_batch
 from gptlab.posttrain.poems import MIN_SCORE_GAP, read_poems, title_kind, verse_pair_records, write_jsonl
 from gptlab.posttrain.records import read_preferences
 from gptlab.posttrain.reward import bradley_terry, load_reward_model, pair_inputs
-from gptlab.posttrain.template import ChatTemplate
+from gptlab.posttrain.template import ChatTemplate, Message
 from gptlab.posttrain.verse import score
 from gptlab.runs import load_run, weights_path
 from gptlab.train.trainer import train
@@ -247,3 +247,28 @@ def test_an_untied_unembedding_stays_frozen_in_a_reward_model(poems, rm, tmp_pat
     rows = base["lm_head.weight"].shape[0]
     assert torch.equal(trained["lm_head.weight"][:rows], base["lm_head.weight"])
     assert not torch.equal(trained["blocks.0.mlp.fc.weight"], base["blocks.0.mlp.fc.weight"])
+
+
+def test_a_conversation_that_fills_the_context_trains_a_reward_model(poems, rm, tmp_path):
+    # The reward reads a whole conversation in one pass, so it holds at most block_size tokens: one
+    # of block_size + 1 (a full language-model example) is left out as too long, not a crash.
+    template = ChatTemplate(load_run(rm[0], "cpu").tokenizer)  # the base's characters and the chat's tokens
+    block = 64
+
+    def answer_of(length: int, fill: str) -> str:
+        text = ""
+        while len(template.encode([Message("user", "春"), Message("assistant", text)])[0]) < length:
+            text += fill
+        return text
+
+    records = [
+        {"prompt": "春", "chosen": answer_of(n, "山"), "rejected": answer_of(n, "水")} for n in (block, block + 1)
+    ] * 4
+    assert {len(template.encode([Message("user", "春"), Message("assistant", r["chosen"])])[0]) for r in records} == {
+        block,
+        block + 1,
+    }
+    write_jsonl(tmp_path / "full.jsonl", records)
+    args = ["--data", tmp_path / "full.jsonl", "--out", tmp_path / "rm", "--max-steps", "2", "held_out=2"]
+    assert gptlab("reward", "--from", poems / "base", *args, "batch_size=2", "device=cpu") == 0
+    assert metrics(tmp_path / "rm", "pair_accuracy")  # it trained and evaluated on the pairs that fit

@@ -83,7 +83,7 @@ class PosttrainSession(TrainingSession):
                     "same records (start a new run for new data)"
                 )
         self.report = SkipReport()
-        block = self.cfg.model.block_size
+        block = self.example_width()
         items: list[Example] | list[tuple[Example, Example]]
         if self.pairs:
             pairs = read_preferences(post.data, self.report)
@@ -124,6 +124,10 @@ class PosttrainSession(TrainingSession):
     def _base_model(self) -> torch.nn.Module:
         """The base run's model, read once: the start of the weights and, for DPO, the reference."""
         return load_run(self.cfg.posttrain.base, self.device).model
+
+    def example_width(self) -> int:
+        """The most input positions an example may take (its tokens: one more, the last target)."""
+        return self.cfg.model.block_size
 
     def objective(self) -> DPOObjective | RewardObjective | None:
         # Called after start_weights (or a resume): the base model read once serves both, then goes.
@@ -256,6 +260,11 @@ class RewardSession(PosttrainSession):
 
     command = "reward"
     reward_objective = RewardObjective()
+
+    def example_width(self) -> int:
+        # The reward reads a whole conversation in one pass (inputs and the last target), so an example
+        # holds at most block_size tokens, one fewer than a language-model example's block_size + 1.
+        return self.cfg.model.block_size - 1
 
     def objective(self) -> RewardObjective:
         self.__dict__.pop("_base_model", None)  # read once for the start weights; not needed after
