@@ -82,6 +82,14 @@ def test_progress_lines_show_reward_kl_and_length(sft, runs, tmp_path, capsys): 
     assert "held-out reward" in done.stdout
 
 
+def test_rl_trains_in_bfloat16_autocast(sft, runs, tmp_path, capsys):  # noqa: F811
+    # precision=auto picks bf16 on a CPU with bfloat16 units: the rollouts run inside the training
+    # step's autocast, where the engine's float32 products must still decode.
+    done = rl_cli(capsys, sft[0], runs / "sft.jsonl", tmp_path / "r", *RL_ARGS[:2], *RL_ARGS[4:], "precision=bf16")
+    assert done.returncode == 0, done.stderr
+    assert "step 4/4" in done.stdout and "bf16" in done.stdout
+
+
 def test_rl_interrupted_and_resumed_matches_the_straight_run(rl, sft, runs, tmp_path, monkeypatch, capsys):  # noqa: F811
     from gptlab.train.metrics import MetricsLog
 
