@@ -92,7 +92,7 @@ def test_steps_on_one_window_memorise_it_and_reset_goes_back(run):
     many = lesson.train(ids, steps=30)
     assert many["trained_steps"] == 31
     assert many["loss_after"] < 0.1 * first["loss_before"]  # memorised
-    assert all(p["p_after"] > 0.8 for p in many["positions"])
+    assert min(p["p_after"] for p in many["positions"]) > 0.5  # every target now likely (from about 1/65)
     assert many["losses"][-1] < many["losses"][0] < first["losses"][0]
 
     lesson.reset()
