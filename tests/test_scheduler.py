@@ -122,6 +122,28 @@ def test_greedy_is_the_engines(tokenizer):
     assert got == expected  # 13 + 30 tokens: past the 24-token block
 
 
+def test_a_callers_bf16_autocast_does_not_reach_the_engine(tokenizer):
+    # RL draws its rollouts inside a bf16 training step: the engine still decodes in the weights' float32
+    # (the decode products and the KV cache are float32), the same tokens and bits as outside it.
+    model = _model(tokenizer, position="rope", norm="rmsnorm")
+    prompts = [tokenizer.encode("First Citizen"), tokenizer.encode("All: Speak")]
+    params = SamplingParams(30, temperature=1.0, seed=3)
+
+    def draw():
+        return [
+            (e.seq, e.token, e.probs)
+            for step in generate_steps(model, tokenizer, prompts, params, with_probs=True)
+            for e in step
+        ]
+
+    plain = draw()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = draw()
+        assert torch.is_autocast_enabled("cpu")  # the caller's autocast is back between and after steps
+    assert [(s, t) for s, t, _ in inside] == [(s, t) for s, t, _ in plain]
+    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(inside, plain) if a is not None)
+
+
 def test_cancelled_sequences_leave_and_free_their_slot(tokenizer):
     model = _model(tokenizer)
     sched = Scheduler(model, 2, prefill_chunk=8)

@@ -102,6 +102,15 @@ class Scheduler:
     @torch.no_grad()
     def step(self) -> None:
         """One scheduler step: cancellations, admissions, one prefill chunk, one decode step."""
+        if torch.is_autocast_enabled(self.device.type):
+            # A caller's autocast (RL rollouts inside a bf16 training step) is off here: the engine decodes
+            # in the weights' own precision, as `gptlab sample` does (float32 products and cache on the CPU).
+            with torch.autocast(self.device.type, enabled=False):
+                self._step()
+        else:
+            self._step()
+
+    def _step(self) -> None:
         for seq in [s for s in self.running if s.cancelled]:
             self._leave(seq, Event(seq.index, None, "", None, "cancelled"))
         for seq in [s for s in self.waiting if s.cancelled]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
 from gptlab.model.gpt import GPT
@@ -36,15 +34,11 @@ def rollouts(
     params.max_new_tokens."""
     rows = [list(ids) for ids in prompts for _ in range(group)]
     out = [Rollout(i // group, [], "", False) for i in range(len(rows))]
-    device_type = next(model.parameters()).device.type
-    # Answers are drawn as `gptlab sample` draws them, in the weights' own precision: a training step's
-    # autocast (bf16) is off here, the engine's decode products and KV cache being float32.
-    with torch.autocast(device_type, enabled=False):
-        for steps in generate_steps(model, tokenizer, rows, params, end=end):
-            for event in steps:
-                r = out[event.seq]
-                if event.token is not None:
-                    r.ids.append(event.token)
-                r.text += event.text
-                r.ended = r.ended or event.token == end
+    for steps in generate_steps(model, tokenizer, rows, params, end=end):
+        for event in steps:
+            r = out[event.seq]
+            if event.token is not None:
+                r.ids.append(event.token)
+            r.text += event.text
+            r.ended = r.ended or event.token == end
     return out
