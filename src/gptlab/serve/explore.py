@@ -26,7 +26,7 @@ from gptlab.model.gpt import GPT
 from gptlab.model.introspect import attention_maps
 from gptlab.runs import LoadedRun, check_kept
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
-from gptlab.serve.requests import MAX_CHARS_PER_POSITION, MAX_TEMPERATURE, Job, off_loop, sampling_params
+from gptlab.serve.requests import MAX_TEMPERATURE, Job, off_loop, refuse_overlong_text, sampling_params
 from gptlab.serve.service import ModelService
 
 T = TypeVar("T")
@@ -83,9 +83,7 @@ def _encode(run: LoadedRun, text: str) -> list[int]:
         )
     if not text:
         raise HTTPException(400, "the prompt is empty: type at least one character")
-    limit = MAX_CHARS_PER_POSITION * run.config.model.block_size
-    if len(text) > limit:
-        raise HTTPException(400, f"the prompt is {len(text):,} characters; at most {limit:,} are accepted")
+    refuse_overlong_text(text, run.config.model.block_size, "the prompt")
     try:
         return run.tokenizer.encode(text)
     except GptlabError as exc:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gptlab.errors import GptlabError
 from gptlab.serve.errors import PAGE_ERROR_RESPONSES, APIError
-from gptlab.serve.requests import MAX_CHARS_PER_POSITION, off_loop
+from gptlab.serve.requests import off_loop, refuse_overlong_text
 from gptlab.train.lesson import Lesson
 
 router = APIRouter()
@@ -87,9 +87,8 @@ async def train_step(body: TrainStepRequest, request: Request) -> dict[str, Any]
     validation data): every target's probability and loss before and after, the losses trained on, the
     gradient's norm by layer and role, the update's norm by role."""
     run = request.app.state.run
-    limit = MAX_CHARS_PER_POSITION * run.config.model.block_size  # surely too long: refused before encoding
-    if body.text is not None and len(body.text) > limit:
-        raise HTTPException(400, f"the text is {len(body.text):,} characters; at most {limit:,} are accepted")
+    if body.text is not None:
+        refuse_overlong_text(body.text, run.config.model.block_size, "the text")
     device = next(run.model.parameters()).device  # the lesson lives beside the served model
     holder = _holder(request)
     holder.claim()

@@ -34,6 +34,15 @@ MAX_CHARS_PER_POSITION = 100
 MAX_SEQUENCES = 32  # prompts x n: the rows of one request's batch
 MAX_STOP = 4  # as OpenAI
 MAX_TEMPERATURE = 2.0  # as OpenAI; the page's routes share it
+
+
+def refuse_overlong_text(text: str, block_size: int, what: str) -> None:
+    """A 400 for a page text surely too long for the context (MAX_CHARS_PER_POSITION), before encoding it."""
+    limit = MAX_CHARS_PER_POSITION * block_size
+    if len(text) > limit:
+        raise APIError(400, f"{what} is {len(text):,} characters; at most {limit:,} are accepted")
+
+
 # Seeds are in [0, MAX_SEED): torch generators take at most 64 bits, and sequence i draws with seed + i.
 MAX_SEED = 2**62
 
