@@ -37,6 +37,7 @@ from gptlab.serve.encdec_api import router as encdec_router
 from gptlab.serve.errors import install_error_handlers
 from gptlab.serve.explore import router as explore_router
 from gptlab.serve.history_api import router as history_router
+from gptlab.serve.lesson_api import LessonHolder
 from gptlab.serve.lesson_api import router as lesson_router
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.metrics import router as metrics_router
@@ -44,6 +45,7 @@ from gptlab.serve.middleware import BodyLimit, RequestLog
 from gptlab.serve.reward_api import router as reward_router
 from gptlab.serve.service import ModelService
 from gptlab.serve.tokenizer_routes import router as tokenizer_router
+from gptlab.serve.trace_api import TraceRecords
 from gptlab.serve.trace_api import router as trace_router
 
 MAX_BODY_BYTES = 4 * 2**20  # default cap on a request body: prompts are short, a body of megabytes is abuse
@@ -74,6 +76,8 @@ def create_app(
     app.state.model_id = Path(run_dir).resolve().name
     app.state.max_tokens_limit = max_tokens_limit
     app.state.max_body_bytes = max_body_bytes
+    app.state.trace_records = TraceRecords()  # the page's traced prompts (weights do not change while served)
+    app.state.lesson = LessonHolder()  # the page's training steps, on a copy made at the first one
     install_error_handlers(app)
     # The body cap inside the request log, so that its 413s are logged and counted too. (Not FastAPI's
     # max_body_size: a 413 it decides from Content-Length is plain text, not our JSON error.)

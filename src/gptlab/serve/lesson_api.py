@@ -75,10 +75,7 @@ class LessonHolder:
 
 
 def _holder(request: Request) -> LessonHolder:
-    state = request.app.state
-    if getattr(state, "lesson", None) is None:
-        state.lesson = LessonHolder()
-    return state.lesson
+    return request.app.state.lesson
 
 
 @router.post("/api/train-step", responses=PAGE_ERROR_RESPONSES)

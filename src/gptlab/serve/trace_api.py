@@ -70,10 +70,7 @@ class TraceRecords:
 
 def _records(request: Request) -> TraceRecords:
     """This served run's records (weights do not change while served, so a record stays true)."""
-    state = request.app.state
-    if getattr(state, "trace_records", None) is None:
-        state.trace_records = TraceRecords()
-    return state.trace_records
+    return request.app.state.trace_records
 
 
 @router.post("/api/trace", responses=PAGE_ERROR_RESPONSES)
