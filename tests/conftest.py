@@ -6,9 +6,14 @@ is tested as it is, whatever gptlab may be installed elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,6 +80,66 @@ def popen_cli(*args: str, **kwargs) -> subprocess.Popen:
         text=True,
         **kwargs,
     )
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate a process, and kill it if it has not ended within timeout seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_server(run: Path, logs: Path, *args: object) -> subprocess.Popen:
+    """`gptlab serve RUN --port 0 ARGS` in its own process, its output in logs/stdout and logs/stderr
+    (files: a pipe nobody reads would stall a talkative server). One thread: the runs served in tests are
+    tiny and the test machine is shared."""
+    env = cli_env() | {"OMP_NUM_THREADS": "1"}
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0", *map(str, args)],
+            stdout=out,
+            stderr=err,
+            env=env,
+        )
+
+
+def wait_until_serving(proc: subprocess.Popen, logs: Path, within: float = 120) -> str:
+    """The base URL of a server start_server started, once its /health answers (fails if it exits
+    or is not up within `within` seconds)."""
+    import httpx
+
+    deadline = time.time() + within
+    while time.time() < deadline:
+        assert proc.poll() is None, (logs / "stderr").read_text()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", (logs / "stdout").read_text())
+        if found:
+            base = f"http://127.0.0.1:{found.group(1)}"
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    return base
+            except httpx.TransportError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"server did not start in {within:.0f} s")
+
+
+@contextlib.contextmanager
+def serving(run: Path, *args: object, logs: Path | None = None) -> Iterator[str]:
+    """`gptlab serve RUN --port 0 ARGS` (start_server): its base URL once it answers; stopped after, and
+    a server that died while in use fails the test. logs: where its output goes (a temporary folder
+    unless given)."""
+    with contextlib.ExitStack() as stack:
+        if logs is None:
+            logs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        proc = start_server(run, logs, *args)
+        try:
+            yield wait_until_serving(proc, logs)
+            assert proc.poll() is None, "the server died while in use: " + (logs / "stderr").read_text()[-2000:]
+        finally:
+            stop(proc)
 
 
 def cli_in_process(capsys: pytest.CaptureFixture, *args: object) -> subprocess.CompletedProcess:

@@ -45,6 +45,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import stop
+
 SHELLS = {"bash", "sh", "shell", "console", "zsh"}
 MARKER = "docs-test: help-only"
 ALWAYS_PARSE_ONLY = {"sweep"}
@@ -381,12 +383,7 @@ def _serve(args: list[str], cwd: Path, env: dict[str, str], src: Path) -> str | 
                 return _health(found.group(1).replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]"), deadline)
         return "did not start serving within 120 s"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _health(url: str, deadline: float) -> str | None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_error, cli_in_process
+from conftest import assert_clean_error, cli_in_process, serving
 from gptlab.config import ModelConfig, build_config
 from gptlab.data.couplets import write_couplets
 from gptlab.data.loader import Dataset
@@ -21,7 +21,7 @@ from gptlab.inference.seq2seq import generate_targets
 from gptlab.model import build_model
 from gptlab.model.accounting import count_params
 from gptlab.model.loss import IGNORE
-from test_page_browser import _free_port, browser  # noqa: F401 (the headless chromium fixture)
+from test_page_browser import browser  # noqa: F401 (the headless chromium fixture)
 
 TINY = dict(arch="encdec", vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -268,27 +268,10 @@ def test_page_api_shows_cross_attention_beside_self_attention(encdec_run, tiny_r
 
 
 def test_page_draws_cross_attention_beside_self_attention(encdec_run, browser):
-    import time
-    import urllib.request
-
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from conftest import popen_cli
-
-    port = _free_port()
-    proc = popen_cli("serve", encdec_run, "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                urllib.request.urlopen(url + "/api/info", timeout=2).read()
-                break
-            except OSError:
-                assert time.time() < deadline, "server did not come up in 60 s"
-                time.sleep(0.2)
+    with serving(encdec_run) as url:
         browser.get(url)
         size = "const c = document.getElementById(arguments[0]); return [c.width, c.height];"
         WebDriverWait(browser, 30).until(lambda d: d.execute_script(size, "encdec-cross")[0] > 10)
@@ -304,9 +287,6 @@ def test_page_draws_cross_attention_beside_self_attention(encdec_run, browser):
             let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 250) n++; return n;""")
         assert inked > 0  # the weights are drawn, not an empty frame
         assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None  # no error shown
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
 
 
 def test_a_gpt_trains_on_the_same_pairs_and_is_measured_on_the_same_targets(tmp_path, couplets, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_env
+from conftest import cli_env, serving
 from gptlab.inference.decoding import SamplingParams
 from gptlab.inference.engine import generate_steps
 from gptlab.interop.export import export_run
@@ -22,7 +22,6 @@ from gptlab.model.loss import IGNORE
 from gptlab.runs import load_run
 from gptlab.tokenizers import BPETokenizer
 from test_interop import make_run
-from test_serve import _wait_until_serving
 
 TASK = """task: {name}
 dataset_path: json
@@ -87,14 +86,7 @@ def test_lm_eval_scores_the_server_and_the_export_as_gptlab_does(harness_setup):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    logs = root / "server-logs"
-    logs.mkdir()
-    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gptlab", "serve", str(run), "--port", "0"], stdout=out, stderr=err, env=env
-        )
-    try:
-        base = _wait_until_serving(server, logs)
+    with serving(run) as base:
         proc = subprocess.run(
             [
                 sys.executable,
@@ -129,9 +121,6 @@ def test_lm_eval_scores_the_server_and_the_export_as_gptlab_does(harness_setup):
             f"tokenizer_backend=huggingface,tokenizer={export}",
             log_samples=True,
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     hf = lm_eval.simple_evaluate(
         model="hf",

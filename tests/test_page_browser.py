@@ -3,11 +3,6 @@ against `gptlab serve` started here on a free localhost port. Screenshots go to 
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,54 +11,22 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from conftest import ROOT, popen_cli
+from conftest import ROOT, serving
 
 ARTIFACTS = ROOT / "test-artifacts"
 PROMPT = "ROMEO:"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_run: Path):
-    """`gptlab serve RUN` on 127.0.0.1, up within 60 s, always terminated."""
+    """`gptlab serve RUN` on 127.0.0.1, up within 120 s, always stopped."""
     with serving(tiny_run) as url:
         yield url
 
 
-@contextlib.contextmanager
-def serving(run: Path) -> Iterator[str]:
-    """`gptlab serve run` on a free localhost port, its URL once it answers (within 60 s); stopped after."""
-    port = _free_port()
-    proc = popen_cli("serve", run, "--host", "127.0.0.1", "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                urllib.request.urlopen(url + "/api/info", timeout=2).read()
-                break
-            except OSError:
-                assert time.time() < deadline, "server did not come up in 60 s"
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except Exception:
-            proc.kill()
-            proc.communicate()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):
-    """One headless chromium for the module, with a fresh profile and nothing that calls home."""
+def chromium(profile: Path, languages: str | None = None) -> webdriver.Chrome:
+    """A headless chromium with a fresh profile and nothing that calls home; languages: the browser's
+    preferred languages (e.g. "zh-CN,zh"), its default unless given. The caller quits it."""
     options = webdriver.ChromeOptions()
     for flag in (
         "--headless=new",
@@ -75,10 +38,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
         "--no-first-run",
         "--disable-dev-shm-usage",
         "--window-size=1200,1100",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    if languages:
+        options.add_experimental_option("prefs", {"intl.accept_languages": languages})
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """One headless chromium for the module."""
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         yield driver
     finally:

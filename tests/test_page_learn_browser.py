@@ -21,7 +21,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from test_page_browser import ARTIFACTS, _set, _settled, browser, server, serving  # noqa: F401 (fixtures)
+from conftest import serving
+from test_page_browser import ARTIFACTS, _set, _settled, browser, chromium, server  # noqa: F401 (fixtures)
 
 PROMPT = "ROMEO:\nWhat"
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -253,24 +254,7 @@ def _bars_of(browser) -> list[tuple[int, float]]:
 
 def test_page_speaks_the_browsers_language_and_remembers_the_switch(server, tmp_path):  # noqa: F811
     """A browser that prefers Chinese gets the Chinese page; the switch's choice outlives a reload."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium(tmp_path / "profile", languages="zh-CN,zh")
     try:
         wait = WebDriverWait(driver, 30)
         driver.get(server + "/")

@@ -7,21 +7,19 @@ import io
 import json
 import math
 import signal
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_clean_error, cli_env, cli_in_process
+from conftest import assert_clean_error, cli_in_process, serving
 from gptlab.config import build_config
 from gptlab.data.corpora import SkipReport
 from gptlab.data.prepare import prepare
 from gptlab.posttrain.poems import instruction_records, preference_records, read_poems, write_jsonl
 from gptlab.runs import weights_path
 from gptlab.train.trainer import train
-from test_serve import _wait_until_serving
 
 SFT_ARGS = [
     "--max-steps",
@@ -234,19 +232,8 @@ def test_chat_and_the_sessions_samples_choose_through_the_one_core(sft, runs, tm
 @pytest.fixture(scope="module")
 def server(sft, tmp_path_factory):
     """`gptlab serve` on the fine-tuned run, in its own process; yields its base URL."""
-    logs = tmp_path_factory.mktemp("chat-server")
-    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gptlab", "serve", str(sft[0]), "--port", "0"],
-            stdout=out,
-            stderr=err,
-            env=cli_env() | {"OMP_NUM_THREADS": "1"},
-        )
-    try:
-        yield _wait_until_serving(proc, logs)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with serving(sft[0], logs=tmp_path_factory.mktemp("chat-server")) as base:
+        yield base
 
 
 def test_openai_client_chats_with_a_fine_tuned_run(server, sft):

@@ -13,11 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_clean_error, cli_env, cli_in_process
+from conftest import assert_clean_error, cli_env, cli_in_process, serving
 from gptlab.runs import weights_path
 from test_distributed import torchrun
 from test_posttrain_runs import metrics, runs, sft, tree_digest  # noqa: F401 (fixtures: a char base run, fine-tuned)
-from test_serve import _wait_until_serving
 
 RL_ARGS = [
     "--max-steps",
@@ -221,23 +220,12 @@ def test_chat_talks_with_an_rl_run(rl, monkeypatch, capsys):
 def test_chat_completions_serve_an_rl_run(rl, tmp_path):
     import httpx
 
-    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gptlab", "serve", str(rl[0]), "--port", "0"],
-            stdout=out,
-            stderr=err,
-            env=cli_env() | {"OMP_NUM_THREADS": "1"},
-        )
-    try:
-        url = _wait_until_serving(proc, tmp_path)
+    with serving(rl[0], logs=tmp_path) as url:
         body = {"messages": [{"role": "user", "content": "帝京"}], "max_tokens": 6, "seed": 2}
         reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
         assert reply.status_code == 200, reply.text
         choice = reply.json()["choices"][0]
         assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_two_ranks_equal_one_process_with_double_accumulation(sft, runs, tmp_path):  # noqa: F811

@@ -4,18 +4,14 @@ stopped."""
 
 import json
 import math
-import re
 import socket
 import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import assert_clean_error, cli_env
+from conftest import assert_clean_error, serving
 from gptlab.cli import main
 from gptlab.config import build_config
 from gptlab.data.prepare import prepare
@@ -58,39 +54,8 @@ def run_dir(tmp_path_factory, shakespeare_txt):
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
     """The real command, `gptlab serve RUN --port 0`, in its own process; yields its base URL."""
-    logs = tmp_path_factory.mktemp("server-logs")
-    env = cli_env() | {"OMP_NUM_THREADS": "1"}  # a tiny model; the test machine is shared
-    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gptlab", "serve", str(run_dir), "--port", "0"], stdout=out, stderr=err, env=env
-        )
-    try:
-        base = _wait_until_serving(proc, logs)
+    with serving(run_dir, logs=tmp_path_factory.mktemp("server-logs")) as base:
         yield base
-        assert proc.poll() is None, "the server died during the tests"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_until_serving(proc: subprocess.Popen, logs: Path) -> str:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, (logs / "stderr").read_text()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", (logs / "stdout").read_text())
-        if found:
-            base = f"http://127.0.0.1:{found.group(1)}"
-            try:
-                if httpx.get(base + "/health", timeout=5).status_code == 200:
-                    return base
-            except httpx.TransportError:
-                pass
-        time.sleep(0.2)
-    raise AssertionError("server did not start in 120 s")
 
 
 def post(base, body, **kwargs):

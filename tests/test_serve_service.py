@@ -4,8 +4,6 @@ Every request has a timeout; every server is stopped."""
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,13 +12,12 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import cli_env
+from conftest import start_server, stop, wait_until_serving
 from gptlab.config import build_config
 from gptlab.fileio import atomic_write_json
 from gptlab.model import build_model
 from gptlab.runs import CONFIG, TOKENIZER, WEIGHTS, save_weights
 from gptlab.tokenizers import CharTokenizer
-from test_serve import _wait_until_serving
 
 TIMEOUT = 60
 LONG = {"prompt": "First", "max_tokens": 1_000_000}  # never finishes on its own within a test
@@ -49,34 +46,11 @@ class Server:
 
     def __init__(self, run_dir, logs, *args):
         self.logs = logs
-        env = cli_env() | {"OMP_NUM_THREADS": "1"}
-        with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gptlab",
-                    "serve",
-                    str(run_dir),
-                    "--port",
-                    "0",
-                    "--max-tokens-limit",
-                    "1000000",
-                    *map(str, args),
-                ],
-                stdout=out,
-                stderr=err,
-                env=env,
-            )
-        self.base = _wait_until_serving(self.proc, logs)
+        self.proc = start_server(run_dir, logs, "--max-tokens-limit", "1000000", *args)
+        self.base = wait_until_serving(self.proc, logs)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
 
 
 @pytest.fixture(scope="module")
