@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,26 @@ def serving(run: Path, *args: object, logs: Path | None = None) -> Iterator[str]
             assert proc.poll() is None, "the server died while in use: " + (logs / "stderr").read_text()[-2000:]
         finally:
             stop(proc)
+
+
+@contextlib.contextmanager
+def interrupted_at(monkeypatch: pytest.MonkeyPatch, step: int) -> Iterator[None]:
+    """Within: a run gets SIGINT (what Ctrl-C does: checkpoint, stop) right after it logs its training
+    record of `step`; after: runs go on uninterrupted (an exact-resume test's two halves)."""
+    from gptlab.train.metrics import MetricsLog
+
+    write = MetricsLog.write
+
+    def write_then_interrupt(self, record):
+        write(self, record)
+        if record.get("step") == step and "train_loss" in record:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(MetricsLog, "write", write_then_interrupt)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(MetricsLog, "write", write)
 
 
 def cli_in_process(capsys: pytest.CaptureFixture, *args: object) -> subprocess.CompletedProcess:

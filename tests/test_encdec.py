@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_error, cli_in_process, serving
+from conftest import assert_clean_error, cli_in_process, interrupted_at, serving
 from gptlab.config import ModelConfig, build_config
 from gptlab.data.couplets import write_couplets
 from gptlab.data.loader import Dataset
@@ -162,25 +162,14 @@ def test_parameters_are_counted_from_the_model():
 
 
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, couplets, encdec_run, monkeypatch):
-    import signal
-
     from safetensors.torch import load_file
 
     from gptlab.runs import weights_path
-    from gptlab.train.metrics import MetricsLog
     from gptlab.train.trainer import train
 
-    write = MetricsLog.write
-
-    def interrupt_at_2(self, record):
-        write(self, record)
-        if record.get("step") == 2 and "train_loss" in record:
-            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt_at_2)
     run = tmp_path / "resumed"
-    assert train(_cfg(couplets, 8), run).interrupted
-    monkeypatch.setattr(MetricsLog, "write", write)
+    with interrupted_at(monkeypatch, 2):
+        assert train(_cfg(couplets, 8), run).interrupted
     train(None, run, resume=True)
 
     def losses(r):

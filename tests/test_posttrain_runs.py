@@ -6,14 +6,13 @@ import hashlib
 import io
 import json
 import math
-import signal
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_clean_error, cli_in_process, serving
+from conftest import assert_clean_error, cli_in_process, interrupted_at, serving
 from gptlab.config import build_config
 from gptlab.data.corpora import SkipReport
 from gptlab.data.prepare import prepare
@@ -118,29 +117,19 @@ def test_finetune_leaves_the_base_run_untouched_and_learns_answers(runs, sft):
 
 
 def test_finetune_interrupted_and_resumed_matches_the_straight_run(runs, sft, tmp_path, monkeypatch, capsys):
-    from gptlab.train.metrics import MetricsLog
-
-    write = MetricsLog.write
-
-    def interrupt_at_2(self, record):
-        write(self, record)
-        if record.get("step") == 2 and "train_loss" in record:
-            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt_at_2)
-    first = cli_in_process(
-        capsys,
-        "finetune",
-        "--from",
-        runs / "base",
-        "--data",
-        runs / "sft.jsonl",
-        "--out",
-        tmp_path / "resumed",
-        *SFT_ARGS,
-    )
-    assert first.returncode == 130 and "gptlab finetune --resume" in first.stdout
-    monkeypatch.setattr(MetricsLog, "write", write)
+    with interrupted_at(monkeypatch, 2):
+        first = cli_in_process(
+            capsys,
+            "finetune",
+            "--from",
+            runs / "base",
+            "--data",
+            runs / "sft.jsonl",
+            "--out",
+            tmp_path / "resumed",
+            *SFT_ARGS,
+        )
+        assert first.returncode == 130 and "gptlab finetune --resume" in first.stdout
     again = cli_in_process(capsys, "finetune", "--resume", tmp_path / "resumed")
     assert again.returncode == 0, again.stderr
     straight, resumed = load_file(weights_path(sft[0])), load_file(weights_path(tmp_path / "resumed"))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
-from conftest import assert_clean_error, cli_in_process
+from conftest import assert_clean_error, cli_in_process, interrupted_at
 from gptlab.config import build_config
 from gptlab.data.corpora import SkipReport
 from gptlab.data.prepare import prepare
@@ -141,21 +140,11 @@ def test_reward_trains_with_bradley_terry_and_leaves_the_base_untouched(poems, r
 
 
 def test_reward_resumed_matches_the_straight_run(poems, rm, tmp_path, monkeypatch, capsys):
-    from gptlab.train.metrics import MetricsLog
-
-    write = MetricsLog.write
-
-    def interrupt_at_10(self, record):
-        write(self, record)
-        if record.get("step") == 10 and "train_loss" in record:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt_at_10)
-    args = ["--from", poems / "base", "--data", poems / "pairs.jsonl", "--out", tmp_path / "rm", *RM_ARGS]
-    first = cli_in_process(capsys, "reward", *args)
-    assert first.returncode == 130 and "gptlab reward --resume" in first.stdout
-    assert "pair accuracy" in first.stdout and "held-out" in first.stdout  # the progress line
-    monkeypatch.setattr(MetricsLog, "write", write)
+    with interrupted_at(monkeypatch, 10):
+        args = ["--from", poems / "base", "--data", poems / "pairs.jsonl", "--out", tmp_path / "rm", *RM_ARGS]
+        first = cli_in_process(capsys, "reward", *args)
+        assert first.returncode == 130 and "gptlab reward --resume" in first.stdout
+        assert "pair accuracy" in first.stdout and "held-out" in first.stdout  # the progress line
     again = cli_in_process(capsys, "reward", "--resume", tmp_path / "rm")
     assert again.returncode == 0, again.stderr
     straight, resumed = load_file(weights_path(rm[0])), load_file(weights_path(tmp_path / "rm"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_clean_error, cli_env, cli_in_process, serving
+from conftest import assert_clean_error, cli_env, cli_in_process, interrupted_at, serving
 from gptlab.runs import weights_path
 from test_distributed import torchrun
 from test_posttrain_runs import metrics, runs, sft, tree_digest  # noqa: F401 (fixtures: a char base run, fine-tuned)
@@ -90,19 +89,9 @@ def test_rl_trains_in_bfloat16_autocast(sft, runs, tmp_path, capsys):  # noqa: F
 
 
 def test_rl_interrupted_and_resumed_matches_the_straight_run(rl, sft, runs, tmp_path, monkeypatch, capsys):  # noqa: F811
-    from gptlab.train.metrics import MetricsLog
-
-    write = MetricsLog.write
-
-    def interrupt_at_2(self, record):
-        write(self, record)
-        if record.get("step") == 2 and "train_loss" in record:
-            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt_at_2)
-    first = rl_cli(capsys, sft[0], runs / "sft.jsonl", tmp_path / "resumed", *RL_ARGS)
-    assert first.returncode == 130 and "gptlab rl --resume" in first.stdout
-    monkeypatch.setattr(MetricsLog, "write", write)
+    with interrupted_at(monkeypatch, 2):
+        first = rl_cli(capsys, sft[0], runs / "sft.jsonl", tmp_path / "resumed", *RL_ARGS)
+        assert first.returncode == 130 and "gptlab rl --resume" in first.stdout
     again = cli_in_process(capsys, "rl", "--resume", tmp_path / "resumed")
     assert again.returncode == 0, again.stderr
     straight, resumed = load_file(weights_path(rl[0])), load_file(weights_path(tmp_path / "resumed"))
