@@ -170,6 +170,8 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one_and_counts_its
     assert straight[1]["tokens_seen"] == 2 * 8 and straight[10]["tokens_seen"] < 10 * 8 * 32
     val = records(tmp_path / "straight", "val_loss")
     assert records(tmp_path / "resumed", "val_loss")[10]["val_loss"] == pytest.approx(val[10]["val_loss"], abs=1e-6)
+    info = run_cli("info", "--run", tmp_path / "resumed")  # the run's schedule, as it trained
+    assert info.returncode == 0 and "batches from 2 to 8 windows over the first 6 of 10 steps" in info.stdout
 
 
 def test_the_schedule_changes_training_and_evaluation_stays_at_the_full_shape(char_dataset, tmp_path):

@@ -11,7 +11,8 @@ model meets few distinct shapes.
 The shape is a pure function of the step and the config, computed in integers: every rank draws the
 same shape, and a resumed run draws exactly what the uninterrupted one did. The learning rate does
 not follow the shape; evaluation, sampling and serving always use the full block_size (the model's
-context is unchanged: only the training windows are shorter).
+context is unchanged: only the training windows are shorter). The ramp is a share of max_steps: a
+resume given another --max-steps moves its end, as it moves the learning rate schedule's.
 """
 
 from __future__ import annotations
