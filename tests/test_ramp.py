@@ -109,6 +109,24 @@ def test_loader_draws_smaller_batches_of_shorter_windows_and_its_full_shape_is_b
         assert any(np.array_equal(data[s : s + 9], row) for s in np.flatnonzero(data == row[0]))
 
 
+def test_short_windows_never_span_two_shards_and_reach_every_place_they_fit(tmp_path):
+    # Two shards of consecutive numbers far apart: a window spanning both would hold a jump.
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": ["a", "b"]}))
+    np.arange(0, 100, dtype=np.uint16).tofile(tmp_path / "train-00000.bin")
+    np.arange(1000, 1040, dtype=np.uint16).tofile(tmp_path / "train-00001.bin")
+    split = {"files": ["train-00000.bin", "train-00001.bin"], "tokens": 140, "documents": 1, "chars": 1, "bytes": 1}
+    (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint16", "splits": {"train": split}}))
+    loader = BatchLoader(Dataset(tmp_path), "train", batch_size=64, block_size=16, seed=0)
+    starts = set()
+    for _ in range(40):
+        batch = loader.next_batch(32, 4)
+        window = np.concatenate([batch.inputs.numpy(), batch.targets.numpy()[:, -1:]], axis=1)
+        assert window.shape == (32, 5) and (np.diff(window, axis=1) == 1).all()
+        starts.update(window[:, 0].tolist())
+    # Up to each shard's last window of 5 tokens, past where a full window of 17 could start.
+    assert max(s for s in starts if s < 1000) == 100 - 5 and max(starts) == 1040 - 5
+
+
 def test_prefetching_asks_the_schedule_per_micro_step_alike_on_every_rank_and_resumes_there(char_dataset):
     ds = Dataset(char_dataset)
 

@@ -82,6 +82,7 @@ class BatchLoader:
                 f"block_size+1={block_size + 1}; use a smaller block_size or more text"
             )
         self.weights = self.starts / self.starts.sum()
+        self._shorter: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # T -> starts, weights (few Ts: train/ramp.py)
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def _starts(self, T: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +90,10 @@ class BatchLoader:
         fit in more places: a shape schedule's early windows are drawn from everywhere they fit)."""
         if T == self.block_size:
             return self.starts, self.weights
-        starts = np.array([max(0, len(s) - T) for s in self.shards], dtype=np.int64)
-        return starts, starts / starts.sum()
+        if T not in self._shorter:
+            starts = np.array([max(0, len(s) - T) for s in self.shards], dtype=np.int64)
+            self._shorter[T] = starts, starts / starts.sum()
+        return self._shorter[T]
 
     def next_batch(self, batch_size: int | None = None, block_size: int | None = None) -> Batch:
         """B windows as int64 tensors of shape (B, T): inputs and next-token targets. batch_size and
