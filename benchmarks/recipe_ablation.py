@@ -3,7 +3,9 @@
 tinyshakespeare, char tokenizer (90/10 split), the shape of benchmarks/recipe_race.py (T=64, B=12,
 4 layers, 4 heads, d=128). The baseline is the modern recipe as `cpu-modern` has it; each technique
 adds its overrides to that baseline and nothing else (value embeddings, x0 mixing, smear, a logit
-soft-cap, a long warm-down to a small final rate; --technique NAME=k=v,k=v adds more, e.g. an optimizer's).
+soft-cap, a long warm-down to a small final rate, windows growing from 16 to 64 tokens, batches growing
+from 4 to 12 windows, each schedule over the first 30% of the steps; --technique NAME=k=v,k=v adds more,
+e.g. an optimizer's).
 Every run, baseline included, is repeated with the same seeds (--seeds) and evaluated the same way
 (the same fixed val windows every few steps; seconds are training-step time only, as the trainer
 logs them). Two runs per technique and seed:
@@ -44,6 +46,9 @@ TECHNIQUES: dict[str, list[str]] = {
     "logit_softcap_15": ["logit_softcap=15"],
     "smear": ["smear=true"],
     "long_warmdown": ["decay_fraction=0.65", "final_lr_frac=0.05"],
+    # Shape schedules (train/ramp.py) at T=64, B=12: a quarter of the full window, a third of the full batch.
+    "seq_len_ramp": ["seq_len_start=16"],
+    "batch_size_ramp": ["batch_size_start=4"],
 }
 
 
@@ -122,6 +127,7 @@ def main() -> None:
                 )
                 sprints.append(evals)
                 if not args.no_budget:
+                    # A shape schedule ramps over the same share of both runs: the sprint's mean step holds.
                     steps = max(sprint, int(budget_s / step_seconds(evals)))
                     budgets.append(
                         run(

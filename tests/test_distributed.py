@@ -172,6 +172,23 @@ def test_muon_under_ddp_matches_one_process(extra, tmp_path, char_dataset):
     assert_same_losses(tmp_path / "one", tmp_path / "two", steps=[1, 2, 3, 4])
 
 
+def test_shape_schedule_under_ddp_matches_one_process(tmp_path, char_dataset):
+    """Windows and batches growing (train/ramp.py): every rank draws each micro-step at the step's shape,
+    so two ranks take one process's steps and count the same tokens."""
+    schedule = ["seq_len_start=8", "batch_size_start=2", "ramp_fraction=0.5"]  # (2, 8), (3, 8), then (4, 16)
+    one = run_cli(
+        "train", "--data", char_dataset, "--out", tmp_path / "one", "--max-steps", "4", *TINY, *schedule, "grad_accum=2"
+    )
+    assert one.returncode == 0, one.stderr
+    two = torchrun("train", "--data", char_dataset, "--out", tmp_path / "two", "--max-steps", "4", *TINY, *schedule)
+    assert two.returncode == 0, two.stderr
+    assert "shape schedule: windows grow from 8 to 16 tokens" in two.stdout
+    assert_same_losses(tmp_path / "one", tmp_path / "two", steps=[1, 2, 3, 4])
+    tokens = {step: r["tokens_seen"] for step, r in records(tmp_path / "two").items()}
+    assert tokens == {step: r["tokens_seen"] for step, r in records(tmp_path / "one").items()}
+    assert tokens[1] == 2 * 8 * 2 and tokens[4] == (2 * 8 + 3 * 8 + 2 * 4 * 16) * 2  # 2 micro-batches a step
+
+
 @pytest.mark.parametrize(
     "args, needles",
     [

@@ -198,6 +198,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "The modern recipe: --preset cpu-modern, or the switches position=rope norm=rmsnorm "
         "qk_norm=true mlp=relu2|swiglu tie_embeddings=false zero_init=true logit_softcap=C "
         "value_embeds=true resid_mix=true smear=true optimizer=muon schedule=wsd final_lr_frac=F "
+        "seq_len_start=T0 batch_size_start=B0 ramp_fraction=F "
         "(docs: reference/configuration.md). arch=encdec trains the "
         "encoder–decoder on a dataset of pairs (`prepare --pairs`; docs: concepts/model.md).",
     )
@@ -664,9 +665,10 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         help="parameters, FLOPs and training memory of a preset, without training",
         description="Print a model's parameters (by place and by role), FLOPs per token and the "
         "memory one training step needs (weights, gradients, optimizer state, activations at "
-        "B x T), all read from the model built on the meta device (no memory used), and the history its "
-        "training would keep. With --memory, also the largest batch that fits; with --run RUN, a trained "
-        "run's model and the steps its history kept, with their size on disk.",
+        "B x T), all read from the model built on the meta device (no memory used), the history its "
+        "training would keep, and its shape schedule (seq_len_start, batch_size_start) where it has one. "
+        "With --memory, also the largest batch that fits; with --run RUN, a trained run's model, its shape "
+        "schedule and the steps its history kept, with their size on disk.",
     )
     p.add_argument("--preset", default="cpu-tiny")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (char presets have none of their own)")
@@ -696,6 +698,7 @@ def _run_info(args: argparse.Namespace) -> None:
     from gptlab.model.accounting import describe, describe_memory, parse_bytes
     from gptlab.model.presets import CHAR_VOCAB, PRESETS
     from gptlab.train.history import describe_history, describe_kept
+    from gptlab.train.ramp import describe_ramp
 
     if args.run:
         from gptlab.runs import read_config
@@ -704,7 +707,9 @@ def _run_info(args: argparse.Namespace) -> None:
             raise GptlabError(
                 "--run describes the run as it trained: KEY=VALUE overrides and --memory go with --preset"
             )
-        for line in describe(read_config(args.run).model) + describe_kept(args.run):
+        run_cfg = read_config(args.run)
+        ramp = describe_ramp(run_cfg.train, run_cfg.model.block_size)
+        for line in describe(run_cfg.model) + ([ramp] if ramp else []) + describe_kept(args.run):
             print(line)
         return
     if args.list:
@@ -728,8 +733,11 @@ def _run_info(args: argparse.Namespace) -> None:
             f"note: this preset takes its vocabulary from the dataset; assuming {CHAR_VOCAB} (tinyshakespeare's "
             "characters). Pass --vocab-size V to change it."
         )
+    ramp = describe_ramp(cfg.train, cfg.model.block_size)
     for line in describe(cfg.model) + describe_memory(cfg, args.precision, memory) + [describe_history(cfg)]:
         print(line)
+    if ramp:
+        print(ramp)
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:

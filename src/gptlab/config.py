@@ -151,6 +151,12 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     compile: Switch = "auto"  # torch.compile the model: "on", "off", or "auto" (see train/step.py)
+    # Schedules on the training shape (train/ramp.py; 0: off): windows start seq_len_start tokens long and
+    # micro-batches batch_size_start windows, both growing linearly to block_size and batch_size over the
+    # first ramp_fraction of max_steps. The learning rate does not follow; evaluation uses the full shape.
+    seq_len_start: int = 0
+    batch_size_start: int = 0
+    ramp_fraction: float = 0.3
     fsdp: bool = False  # shard parameters, gradients and optimizer state across torchrun ranks
     logger: Logger = "none"  # also send metrics to tensorboard (RUN/tensorboard) or wandb (offline, RUN/wandb)
 
@@ -195,6 +201,13 @@ class TrainConfig:
             _bad("decay_fraction", self.decay_fraction, "must be in (0, 1]")
         if not 0 <= self.final_lr_frac <= 1:
             _bad("final_lr_frac", self.final_lr_frac, "must be in [0, 1]")
+        for name in ("seq_len_start", "batch_size_start"):
+            if getattr(self, name) < 0:
+                _bad(name, getattr(self, name), "must be >= 0 (0 is off)")
+        if self.batch_size_start > self.batch_size:
+            _bad("batch_size_start", self.batch_size_start, f"must be at most batch_size={self.batch_size}")
+        if not 0 < self.ramp_fraction <= 1:
+            _bad("ramp_fraction", self.ramp_fraction, "must be in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             _bad("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
         if self.fsdp and self.optimizer == "muon":
@@ -274,6 +287,20 @@ class RunConfig:
         self.model.validate()
         self.train.validate()
         self.posttrain.validate()
+        self._validate_shape_schedule()
+
+    def _validate_shape_schedule(self) -> None:
+        """The shape schedules (train/ramp.py) draw shorter windows of text for pretraining a GPT only."""
+        t = self.train
+        if t.seq_len_start > self.model.block_size:
+            _bad("seq_len_start", t.seq_len_start, f"must be at most block_size={self.model.block_size}")
+        for name in ("seq_len_start", "batch_size_start"):
+            if not getattr(t, name):
+                continue
+            if self.model.arch != "gpt":
+                _bad(name, getattr(t, name), f"is for arch='gpt' only (arch={self.model.arch!r} trains on pairs)")
+            if self.posttrain.stage:
+                _bad(name, getattr(t, name), f"is for pretraining only (this is a {self.posttrain.stage} run)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""

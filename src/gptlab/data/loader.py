@@ -82,17 +82,32 @@ class BatchLoader:
                 f"block_size+1={block_size + 1}; use a smaller block_size or more text"
             )
         self.weights = self.starts / self.starts.sum()
+        self._shorter: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # T -> starts, weights (few Ts: train/ramp.py)
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
-    def next_batch(self) -> Batch:
-        """B windows as int64 tensors of shape (B, T): inputs and next-token targets."""
-        B, T = self.batch_size, self.block_size
+    def _starts(self, T: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows of T+1 tokens each shard holds, and each shard's share of them (shorter windows
+        fit in more places: a shape schedule's early windows are drawn from everywhere they fit)."""
+        if T == self.block_size:
+            return self.starts, self.weights
+        if T not in self._shorter:
+            starts = np.array([max(0, len(s) - T) for s in self.shards], dtype=np.int64)
+            self._shorter[T] = starts, starts / starts.sum()
+        return self._shorter[T]
+
+    def next_batch(self, batch_size: int | None = None, block_size: int | None = None) -> Batch:
+        """B windows as int64 tensors of shape (B, T): inputs and next-token targets. batch_size and
+        block_size, where given, draw a smaller batch or shorter windows (train/ramp.py) from the same
+        random stream; at most the loader's own."""
+        B, T = batch_size or self.batch_size, block_size or self.block_size
+        assert B <= self.batch_size and T <= self.block_size, "a batch larger than the loader's"
+        starts, weights = self._starts(T)
         shard_ids = (
-            self.rng.choice(len(self.shards), size=B, p=self.weights)
+            self.rng.choice(len(self.shards), size=B, p=weights)
             if len(self.shards) > 1
             else np.zeros(B, dtype=np.int64)
         )
-        offsets = self.rng.integers(0, self.starts[shard_ids])
+        offsets = self.rng.integers(0, starts[shard_ids])
         windows = np.stack([self.shards[s][o : o + T + 1] for s, o in zip(shard_ids, offsets)])
         data = torch.from_numpy(windows.astype(np.int64))
         return Batch(data[:, :-1], data[:, 1:])

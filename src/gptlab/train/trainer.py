@@ -42,7 +42,7 @@ from gptlab.outputs import check_output_dir
 from gptlab.precision import autocast, precision_for
 from gptlab.runs import CONFIG, TOKENIZER, is_run_dir, read_config, remove_stale_temporaries, weights_path
 from gptlab.tokenizers import load_tokenizer
-from gptlab.train import distributed
+from gptlab.train import distributed, ramp
 from gptlab.train.checkpoint import (
     TrainState,
     fallback_note,
@@ -275,12 +275,12 @@ class TrainingSession:
             tcfg.precision = "fp32"
         self.runner = make_runner(self.model, tcfg, ranks, device, self.objective())
         self.loader = PrefetchingLoader(
-            self.train_loader(), ranks.rank, ranks.world_size, pin_memory=device.type == "cuda"
+            self.train_loader(), ranks.rank, ranks.world_size, pin_memory=device.type == "cuda", shapes=self._shapes()
         )
 
         if resume:
             self.state = load_checkpoint(run, self.model, self.runner.optimizer, weights_step, self.runner.scaler)
-            self.loader.load_state_dict(self.state.loader)
+            self.loader.load_state_dict(self.state.loader, micro_step=self.state.step * tcfg.grad_accum)
             for line in filter(None, [fallback_note(run), f"resuming {run} at step {self.state.step}"]):
                 self.say(line)
             self.saved_step = self.state.step
@@ -299,7 +299,8 @@ class TrainingSession:
             if not resume:
                 self.tokenizer.save(run / TOKENIZER)
             self.write_data_description()
-        self.tokens_per_step = tcfg.batch_size * tcfg.grad_accum * ranks.world_size * cfg.model.block_size
+        self.micro_batches = tcfg.grad_accum * ranks.world_size  # per optimizer step, over all ranks
+        self.tokens_per_step = tcfg.batch_size * self.micro_batches * cfg.model.block_size  # at the full shape
         self.flops_per_token = flops_per_token(cfg.model)["train"]
         self.keeps_history = history_enabled(cfg)
         self.peak = device_peak(device) if self.main else None
@@ -375,6 +376,11 @@ class TrainingSession:
 
     def train_loader(self) -> Any:
         """The loader of training batches (state_dict/load_state_dict for an exact resume)."""
+        if ramp.ramp_on(self.tcfg) and self.dataset.kind != "text":
+            raise GptlabError(
+                f"seq_len_start and batch_size_start draw windows of text; {self.cfg.data} is a dataset of "
+                f"{self.dataset.kind}: set both to 0"
+            )
         return batch_loader(
             self.dataset,
             "train",
@@ -383,6 +389,17 @@ class TrainingSession:
             seed=self.tcfg.seed,
             arch=self.cfg.model.arch,
         )
+
+    def _shapes(self) -> Any:
+        """The shape of each micro-step's batches under a shape schedule (train/ramp.py), else None."""
+        tcfg, block_size = self.tcfg, self.cfg.model.block_size
+        if not ramp.ramp_on(tcfg):
+            return None
+        return lambda micro_step: ramp.shape_at(micro_step // tcfg.grad_accum, tcfg, block_size)
+
+    def step_tokens(self, step: int) -> int:
+        """Tokens trained on at step (counted from 0) over all ranks: fewer while a shape schedule grows."""
+        return ramp.step_tokens(step, self.tcfg, self.cfg.model.block_size, self.micro_batches)
 
     def write_data_description(self) -> None:
         """Record in the run what data it trained on (rank 0)."""
@@ -413,6 +430,9 @@ class TrainingSession:
             f"step (global batch {t.batch_size * t.grad_accum * w} = B={t.batch_size} x accum {t.grad_accum}"
             f" x {w} process(es), T={self.cfg.model.block_size})"
         )
+        shape_schedule = ramp.describe_ramp(t, self.cfg.model.block_size)
+        if shape_schedule:
+            self.say(shape_schedule)
         if self.peak:
             self.say(
                 f"peak: {self.peak.describe()} per process; {self.flops_per_token / 1e6:,.2f} MFLOP per token trained"
@@ -532,7 +552,8 @@ class TrainingSession:
             extra += f" | {tokens_per_sec * self.flops_per_token / 1e9:,.1f} GFLOP/s, MFU {record['mfu']:.1%}"
         assert self.metrics is not None and self.progress is not None  # log runs on rank 0 only
         self.metrics.write(record)
-        eta = (self.tcfg.max_steps - step) * self.tokens_per_step / max(tokens_per_sec, 1e-9)
+        left = ramp.tokens_between(step, self.tcfg.max_steps, self.tcfg, self.cfg.model.block_size, self.micro_batches)
+        eta = left / max(tokens_per_sec, 1e-9)
         self.progress.update(step, train_loss, tokens_per_sec, eta, extra)
 
     def loop(self) -> TrainResult:
@@ -561,10 +582,11 @@ class TrainingSession:
                                 f"the loss became {train_loss}", state.step + 1, self.run, self.saved_step, lr
                             )
                         )
+                    tokens = self.step_tokens(state.step)
                     state.step += 1
-                    state.tokens_seen += self.tokens_per_step
+                    state.tokens_seen += tokens
                     state.elapsed_s += time.perf_counter() - t0
-                    window_tokens += self.tokens_per_step
+                    window_tokens += tokens
                     step, is_last = state.step, state.step == tcfg.max_steps
                     self.keep_weights(step)
                     if self.main and (step % tcfg.log_interval == 0 or is_last):
