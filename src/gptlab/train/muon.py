@@ -3,8 +3,9 @@
 torch.optim.Muon runs its Newton–Schulz iteration in bfloat16, one matrix at a time: fast on a GPU,
 and on CPUs with fast bfloat16 products (AMX), about 12x slower per step on CPUs without them. This
 Muon gives the same update (momentum buffer, Nesterov form, normalisation, quintic coefficients, eps,
-lr adjustment) but runs the iteration in a chosen dtype (the run's measured precision on CPU), once
-per shape over a stack of all the same-shaped matrices, and can orthogonalise a fused q/k/v weight as its three blocks.
+lr adjustment) but runs the iteration in a chosen dtype (the run's muon_precision, measured on a CPU:
+train/step.py), once per block size over a stack of all the matrices of that size (tall ones as their
+transposes), and can orthogonalise a fused q/k/v weight as its three blocks.
 
 Beyond torch's, each off by default (the default update is torch's): Polar Express coefficients (a
 schedule of quintics, one per iteration, that reaches orthogonality in fewer steps), NorMuon's
@@ -67,9 +68,18 @@ def newton_schulz(
         x = x.mT
     norm = x.norm(dim=(-2, -1), keepdim=True)
     x = x / (norm * margin if margin != 1.0 else norm).clamp(min=eps)
+    # In float32, aX + (bG + cG^2)X is computed as (aI + bG + cG^2)X: a on the small Gram's diagonal
+    # instead of one more pass over X (a baddbmm copies its input first). In bfloat16 a would round on
+    # that diagonal (2% off torch's update); there the iteration stays torch's, to the bit.
+    fold = x.dtype == torch.float32
     for a, b, c in schedule:
         gram = x @ x.mT
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        if fold:
+            poly.diagonal(dim1=-2, dim2=-1).add_(a)
+            x = poly @ x
+        else:
+            x = torch.baddbmm(x, poly, x, beta=a)
     return x.mT if tall else x
 
 
@@ -190,7 +200,8 @@ class Muon(torch.optim.Optimizer):
         for (_, _, dtype, steps, coefficients, eps), items in batches.items():
             # One copy into the stack (none for a lone block): the iteration never writes its input.
             stacked = torch.cat([i.blocks for i in items]) if len(items) > 1 else items[0].blocks
-            ortho = newton_schulz(stacked, steps, coefficients, eps, dtype)
+            # Back to the params' dtype once for the stack, not once per param.
+            ortho = newton_schulz(stacked, steps, coefficients, eps, dtype).to(items[0].p.dtype)
             self._apply(items, ortho.split([i.blocks.size(0) for i in items]))
         return loss
 
