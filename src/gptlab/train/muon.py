@@ -68,18 +68,9 @@ def newton_schulz(
         x = x.mT
     norm = x.norm(dim=(-2, -1), keepdim=True)
     x = x / (norm * margin if margin != 1.0 else norm).clamp(min=eps)
-    # In float32, aX + (bG + cG^2)X is computed as (aI + bG + cG^2)X: a on the small Gram's diagonal
-    # instead of one more pass over X (a baddbmm copies its input first). In bfloat16 a would round on
-    # that diagonal (2% off torch's update); there the iteration stays torch's, to the bit.
-    fold = x.dtype == torch.float32
     for a, b, c in schedule:
         gram = x @ x.mT
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-        if fold:
-            poly.diagonal(dim1=-2, dim2=-1).add_(a)
-            x = poly @ x
-        else:
-            x = torch.baddbmm(x, poly, x, beta=a)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
 
 
