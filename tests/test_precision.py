@@ -71,6 +71,20 @@ def test_the_step_timed_is_the_models_own_and_leaves_the_run_untouched():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_a_cpu_without_bf16_units_is_not_made_to_time_whole_steps_in_bf16(monkeypatch):
+    monkeypatch.setattr(gptlab.precision, "product_check", lambda: (1e-4, 1e-2))  # bf16 products 100x slower
+
+    def work(dtype):
+        raise AssertionError("hopeless: nothing more is timed")
+
+    assert gptlab.precision.race(work) == (1e-4, 1e-2)
+    assert gptlab.precision.bf16_if_faster(1e-4, 1e-2, "x").name == "fp32"
+    ran = []
+    monkeypatch.setattr(gptlab.precision, "product_check", lambda: (1e-4, 1e-4))
+    fp32_s, bf16_s = gptlab.precision.race(ran.append)
+    assert {torch.float32, torch.bfloat16} == set(ran) and fp32_s >= 0 and bf16_s >= 0
+
+
 def test_muons_precision_follows_its_own_measurement_on_its_own_stacks(monkeypatch):
     model = build_model(build_config("cpu-modern", None, ["vocab_size=65", "n_embd=32", "n_head=2"]).model)
     seen = []

@@ -36,6 +36,7 @@ BF16_MARGIN = 1.25
 MAX_ROWS = 4096  # tokens per timed pass at most: the ratio is what counts, not the total
 MAX_TIMED_FLOP = 5e9  # and at most about this much work per pass (6 x params x tokens), so start-up stays short
 RACE_SECONDS = 0.6  # a race stops once it has spent this long (after its first timed round)
+HOPELESS = 4.0  # bf16 products this many times slower than fp32: not worth timing whole steps
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,32 @@ def autocast(device: torch.device, name: str = "auto") -> contextlib.AbstractCon
     return torch.autocast(device.type, dtype=dtype)
 
 
+@functools.cache  # the CPU's units do not change within a process
+def product_check() -> tuple[float, float]:
+    """Best seconds of one 256 x 256 x 256 product in float32 and in bfloat16 (alternating, 5 each
+    after a warm-up): a few milliseconds that tell a CPU without bfloat16 units."""
+    x = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    pairs = {torch.float32: x, torch.bfloat16: x.bfloat16()}
+    best = dict.fromkeys(pairs, float("inf"))
+    for round_ in range(6):
+        for dtype, y in pairs.items():
+            start = time.perf_counter()
+            y @ y
+            if round_:
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32], best[torch.bfloat16]
+
+
 def race(work: Callable[[torch.dtype], object]) -> tuple[float, float]:
     """Best seconds of work(torch.float32) and of work(torch.bfloat16) on the CPU. Rounds of the two
     alternate and each keeps its best, so a busy machine slows both alike; the first round warms up
     (allocator, kernels built for the shapes) and is not counted. Stops after RACE_SECONDS (at least
-    one timed round) or 8 rounds."""
+    one timed round) or 8 rounds. Where a bare bfloat16 product runs HOPELESS times slower or worse
+    (product_check: no bfloat16 units), work is not run and the product's figures are returned: work
+    could only lose too, and in bfloat16 it would take seconds there."""
+    fp32_s, bf16_s = product_check()
+    if bf16_s > HOPELESS * fp32_s:
+        return fp32_s, bf16_s
     best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
     spent = 0.0
     for round_ in range(9):
