@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -128,7 +129,7 @@ def time_training_step(model: nn.Module, batch_size: int, block_size: int) -> tu
     """Seconds of one forward and backward pass of a copy of model on the CPU, on random tokens at
     the run's B x T (timed_batch's cap): (float32, bfloat16 autocast), by race. The run's model, its
     gradients and the global random stream (dropout draws from it) are left untouched."""
-    cfg = model.config
+    cfg: Any = model.config  # a Model's ModelConfig (precision.py does not import the model package)
     B, T = timed_batch(model, batch_size, block_size)
     gen = torch.Generator().manual_seed(0)  # its own stream: timing draws nothing from the run's
     data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=gen)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gptlab.config import TrainConfig
+from gptlab.config import PrecisionName, TrainConfig
 from gptlab.data.batch import Batch
 from gptlab.device import fused_adamw
 from gptlab.model import Model
@@ -132,7 +132,7 @@ def resolve_precision(raw: Model, tcfg: TrainConfig, ranks: Ranks, device: torch
 
 
 def resolve_muon_precision(
-    optimizer: RoleOptimizer, tcfg: TrainConfig, asked: str, ranks: Ranks, device: torch.device
+    optimizer: RoleOptimizer, tcfg: TrainConfig, asked: PrecisionName, ranks: Ranks, device: torch.device
 ) -> PrecisionChoice | None:
     """Resolve tcfg.muon_precision, the dtype of Muon's orthogonalisation, set it in the Muon groups
     and record it in tcfg (None: the run has no Muon of ours). As asked; auto follows an asked
@@ -145,7 +145,7 @@ def resolve_muon_precision(
         return None
     setting = tcfg.muon_precision
     if setting == "auto" and asked in ("fp32", "bf16"):
-        choice = PrecisionChoice(asked, f"as precision={asked}")  # type: ignore[arg-type]
+        choice = PrecisionChoice(asked, f"as precision={asked}")
     elif setting != "auto":
         choice = PrecisionChoice(setting, "as asked")
     elif device.type != "cpu":
