@@ -231,9 +231,12 @@ def bpe_dataset(tmp_path_factory: pytest.TempPathFactory, shakespeare_txt: Path,
 
 @pytest.fixture(autouse=True)
 def precision_measured_as_a_tie(monkeypatch: pytest.MonkeyPatch) -> None:
-    """precision=auto resolves to fp32 in tests that train in this process: the timing of fp32 against
-    bf16 is replaced by a tie, so what a test asserts does not hang on this machine's bfloat16 units or
-    its load. Tests of the choice pass their own measurement; commands in subprocesses measure for real."""
+    """precision=auto and muon_precision=auto resolve to fp32 in tests that train in this process: the
+    timings of fp32 against bf16 (a model's training step, Muon's orthogonalisation) are replaced by
+    ties, so what a test asserts does not hang on this machine's bfloat16 units or its load. Tests of
+    the choice pass their own measurement; commands in subprocesses measure for real."""
     import gptlab.precision
+    import gptlab.train.muon
 
-    monkeypatch.setattr(gptlab.precision, "time_products", lambda shapes: (1.0, 1.0))
+    monkeypatch.setattr(gptlab.precision, "time_training_step", lambda model, batch_size, block_size: (1.0, 1.0))
+    monkeypatch.setattr(gptlab.train.muon, "time_newton_schulz", lambda stacks: (1.0, 1.0))

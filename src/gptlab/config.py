@@ -131,9 +131,12 @@ class TrainConfig:
     muon_ns_steps: int = 5  # orthogonalisation iterations (polar: its first ones)
     muon_normalize: bool = False  # NorMuon: each row of the update divided by its running RMS, norm kept
     cautious_wd: bool = False  # Muon decays only the weights its update also moves toward zero
-    # How the CPU computes (precision.py): auto times fp32 and bf16 autocast at the model's own products
-    # at start-up and keeps the faster (recorded in the run's config); CUDA: auto is bf16 autocast.
+    # How the CPU computes (precision.py): auto times a forward and backward pass of the model in fp32
+    # and in bf16 autocast at start-up and keeps the faster (recorded in the run's config); CUDA: bf16.
     precision: PrecisionName = "auto"
+    # Muon's orthogonalisation (train/step.py): auto follows an asked precision and, where precision is
+    # auto on the CPU, times Newton–Schulz on the run's own stacks in both (recorded); CUDA: bf16.
+    muon_precision: PrecisionName = "auto"
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250
     eval_batches: int = 20  # batches averaged for each of the train/val loss estimates

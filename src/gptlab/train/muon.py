@@ -3,8 +3,9 @@
 torch.optim.Muon runs its Newton–Schulz iteration in bfloat16, one matrix at a time: fast on a GPU,
 and on CPUs with fast bfloat16 products (AMX), about 12x slower per step on CPUs without them. This
 Muon gives the same update (momentum buffer, Nesterov form, normalisation, quintic coefficients, eps,
-lr adjustment) but runs the iteration in a chosen dtype (the run's measured precision on CPU), once
-per shape over a stack of all the same-shaped matrices, and can orthogonalise a fused q/k/v weight as its three blocks.
+lr adjustment) but runs the iteration in a chosen dtype (the run's muon_precision, measured on a CPU:
+train/step.py), once per block size over a stack of all the matrices of that size (tall ones as their
+transposes), and can orthogonalise a fused q/k/v weight as its three blocks.
 
 Beyond torch's, each off by default (the default update is torch's): Polar Express coefficients (a
 schedule of quintics, one per iteration, that reaches orthogonality in fewer steps), NorMuon's
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+
+from gptlab.precision import race
 
 # Keller Jordan's quintic coefficients and eps: the same numbers torch.optim.Muon uses.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -152,14 +156,26 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One update of every param with a gradient; one Newton–Schulz call per block shape."""
+        """One update of every param with a gradient; one Newton–Schulz call per block shape.
+
+        Momentum and Nesterov run as one _foreach op per group; each param's blocks join a stack in
+        their wide orientation (a tall block is orthogonalised as its transpose, as the iteration
+        would anyway), so tall and wide blocks of the same two sizes share one iteration; the updates
+        land with one _foreach op per learning rate."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        batches: dict[tuple, list] = {}  # matrices that can share one batched iteration
+        batches: dict[tuple, list[_Item]] = {}  # blocks that can share one batched iteration
         for group in self.param_groups:
-            mu, split, nesterov = group["momentum"], group["split"], group["nesterov"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            mu, split = group["momentum"], group["split"]
+            grads = [p.grad for p in params]
+            bufs = [self._momentum_buffer(p) for p in params]
+            torch._foreach_lerp_(bufs, grads, 1 - mu)  # torch's form: an average of gradients, not a sum
+            updates = torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
             # What decides the iteration, once per group (the block shape and device join it per param).
             how = (
                 getattr(torch, group["ns_dtype"]),
@@ -167,39 +183,110 @@ class Muon(torch.optim.Optimizer):
                 _frozen(group["ns_coefficients"]),
                 group["eps"],
             )
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - mu)  # torch's form: an average of gradients, not a sum
-                update = p.grad.lerp(buf, mu) if nesterov else buf
+            for p, update in zip(params, updates):
                 blocks = update.reshape(split, -1, p.size(1))
-                batches.setdefault((blocks.shape[1:], p.device, *how), []).append((p, group, blocks))
-        for (shape, _, dtype, steps, coefficients, eps), items in batches.items():
-            stacked = torch.cat([blocks for _, _, blocks in items])
-            ortho = newton_schulz(stacked, steps, coefficients, eps, dtype)
-            for (p, group, _), o in zip(items, ortho.split([b.size(0) for _, _, b in items])):
-                self._apply(p, group, o, shape)
+                tall = blocks.size(1) > blocks.size(2)
+                wide = blocks.mT if tall else blocks
+                batches.setdefault((wide.shape[1:], p.device, *how), []).append(_Item(p, group, wide, tall))
+        for (_, _, dtype, steps, coefficients, eps), items in batches.items():
+            # One copy into the stack (none for a lone block): the iteration never writes its input.
+            stacked = torch.cat([i.blocks for i in items]) if len(items) > 1 else items[0].blocks
+            # Back to the params' dtype once for the stack, not once per param.
+            ortho = newton_schulz(stacked, steps, coefficients, eps, dtype).to(items[0].p.dtype)
+            self._apply(items, ortho.split([i.blocks.size(0) for i in items]))
         return loss
 
-    def _apply(self, p: torch.Tensor, group: dict, o: torch.Tensor, shape) -> None:
-        """p moves by its orthogonalised blocks o (split, A, B): maybe normalised, after its decay."""
-        if group.get("normalize"):  # .get: groups of checkpoints written before these options
-            state = self.state[p]
-            if "second_moment" not in state:
-                state["second_moment"] = torch.zeros(o.shape[:-1] + (1,), dtype=torch.float32, device=p.device)
-            o = normalize_rows(o.float(), state["second_moment"], group["normalize_beta2"])
-        o = o.reshape(p.shape).to(p.dtype)
-        # The lr adjustment uses the block shape, not the param's: each block is the matrix
-        # orthogonalised, so (3D, D) split 3 gets a D x D block's lr (x1, not sqrt(3)), the
-        # same step three separate D x D weights would take.
-        lr, decay = group["lr"], group["weight_decay"]
-        if group.get("cautious_wd") and decay:
-            # Only where the step (-o) also shrinks the weight: decay then agrees with the loss.
-            p.sub_(p * (o * p > 0), alpha=lr * decay)
-        else:
-            p.mul_(1 - lr * decay)  # decoupled decay, unadjusted lr, as torch
-        p.add_(o, alpha=-adjusted_lr(lr, shape, group["adjust_lr_fn"]))
+    def set_ns_dtype(self, dtype: torch.dtype) -> None:
+        """Every group iterates in dtype from now on (a run's resolved muon_precision)."""
+        for group in self.param_groups:
+            group["ns_dtype"] = str(dtype).removeprefix("torch.")
+
+    def stacks(self) -> list[Stack]:
+        """The iterations one step runs when every param has a gradient: each stack's (N, A, B) shape
+        (blocks in wide orientation) with its steps and coefficients, as step batches them."""
+        shapes: dict[tuple, int] = {}
+        for group in self.param_groups:
+            how = (group["ns_steps"], _frozen(group["ns_coefficients"]), group["eps"])
+            for p in group["params"]:
+                rows, cols = p.size(0) // group["split"], p.size(1)
+                key = (min(rows, cols), max(rows, cols), p.device, getattr(torch, group["ns_dtype"]), *how)
+                shapes[key] = shapes.get(key, 0) + group["split"]
+        return [
+            Stack((n, a, b), steps, coefficients, eps) for (a, b, _, _, steps, coefficients, eps), n in shapes.items()
+        ]
+
+    def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
+        """p's momentum buffer, made (zeros) on its first step."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        return state["momentum_buffer"]
+
+    def _apply(self, items: list[_Item], ortho: Sequence[torch.Tensor]) -> None:
+        """Each item's param moves by its orthogonalised blocks (wide orientation): maybe normalised,
+        after its decay. Decay and step are one _foreach op per distinct factor."""
+        decays: dict[float, list[torch.Tensor]] = {}
+        steps: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for item, o in zip(items, ortho):
+            p, group = item.p, item.group
+            o = o.mT if item.tall else o  # back to the param's blocks (split, A, B)
+            shape = o.shape[1:]
+            if group.get("normalize"):  # .get: groups of checkpoints written before these options
+                state = self.state[p]
+                if "second_moment" not in state:
+                    state["second_moment"] = torch.zeros(o.shape[:-1] + (1,), dtype=torch.float32, device=p.device)
+                o = normalize_rows(o.float(), state["second_moment"], group["normalize_beta2"])
+            o = o.reshape(p.shape).to(p.dtype)
+            # The lr adjustment uses the block shape, not the param's: each block is the matrix
+            # orthogonalised, so (3D, D) split 3 gets a D x D block's lr (x1, not sqrt(3)), the
+            # same step three separate D x D weights would take.
+            lr, decay = group["lr"], group["weight_decay"]
+            if group.get("cautious_wd") and decay:
+                # Only where the step (-o) also shrinks the weight: decay then agrees with the loss.
+                p.sub_(p * (o * p > 0), alpha=lr * decay)
+            elif decay:
+                decays.setdefault(1 - lr * decay, []).append(p)  # decoupled decay, unadjusted lr, as torch
+            moves = steps.setdefault(-adjusted_lr(lr, shape, group["adjust_lr_fn"]), ([], []))
+            moves[0].append(p)
+            moves[1].append(o)
+        # Every decay before any step, as torch's order is per param (decay, then step) and a param
+        # is in one item only.
+        for factor, params in decays.items():
+            torch._foreach_mul_(params, factor)
+        for alpha, (params, os) in steps.items():
+            torch._foreach_add_(params, os, alpha=alpha)
+
+
+class Stack(NamedTuple):
+    """One batched Newton–Schulz iteration of a Muon step: N matrices A x B (A <= B), and how."""
+
+    shape: tuple[int, int, int]
+    steps: int
+    coefficients: tuple
+    eps: float
+
+
+def time_newton_schulz(stacks: Sequence[Stack]) -> tuple[float, float]:
+    """Seconds of one round of the iterations `stacks` (Muon.stacks) on the CPU, in float32 and in
+    bfloat16 (precision.race): the cost Muon's precision decides, on the run's own shapes."""
+    gen = torch.Generator().manual_seed(0)  # its own stream: timing draws nothing from the run's
+    inputs = [torch.randn(s.shape, generator=gen) for s in stacks]
+
+    def iterate(dtype: torch.dtype) -> None:
+        for x, s in zip(inputs, stacks):
+            newton_schulz(x, s.steps, s.coefficients, s.eps, dtype)
+
+    return race(iterate)
+
+
+class _Item(NamedTuple):
+    """One param's place in a batched iteration: its blocks in wide orientation, and whether they
+    were transposed to get there."""
+
+    p: torch.Tensor
+    group: dict
+    blocks: torch.Tensor
+    tall: bool
 
 
 def _frozen(coefficients: Sequence) -> tuple:

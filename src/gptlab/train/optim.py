@@ -80,14 +80,12 @@ class RoleOptimizer:
         )
 
 
-def build_optimizer(
-    model: Model, cfg: TrainConfig, device: torch.device, fused: bool = False, ns_dtype: torch.dtype | None = None
-) -> RoleOptimizer:
+def build_optimizer(model: Model, cfg: TrainConfig, device: torch.device, fused: bool = False) -> RoleOptimizer:
     """The optimizer cfg.optimizer names, over model's parameters grouped by role.
 
     Vectors are never decayed: shrinking a norm's gain or a bias toward zero does not regularise the
     function, it only fights the normalisation. fused: AdamW's single-kernel update (device.fused_adamw).
-    ns_dtype: Muon's orthogonalisation dtype (None: make_muon's choice for the device).
+    Muon iterates in make_muon's dtype for the device; the run's choice is set later (step.py).
     """
     roles = model.parameter_roles()
     params = dict(model.named_parameters())
@@ -126,7 +124,6 @@ def build_optimizer(
                     ns_coefficients=COEFFICIENTS[cfg.muon_coeffs],
                     normalize=cfg.muon_normalize,
                     cautious_wd=cfg.cautious_wd,
-                    ns_dtype=ns_dtype,
                 )
             )
     if adam_groups:

@@ -13,11 +13,19 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gptlab.config import TrainConfig
+from gptlab.config import PrecisionName, TrainConfig
 from gptlab.data.batch import Batch
 from gptlab.device import fused_adamw
 from gptlab.model import Model
-from gptlab.precision import DEVICE_DEFAULT, PrecisionChoice, autocast, choose_precision, precision_for, product_shapes
+from gptlab.precision import (
+    DEVICE_DEFAULT,
+    PrecisionChoice,
+    autocast,
+    bf16_if_faster,
+    choose_precision,
+    precision_for,
+)
+from gptlab.train import muon
 from gptlab.train.distributed import Ranks, all_sum, wrap
 from gptlab.train.optim import RoleOptimizer, build_optimizer
 
@@ -63,11 +71,13 @@ class StepRunner:
         grad_clip: float,
         objective: Objective | None = None,
         precision: PrecisionChoice = DEVICE_DEFAULT,
+        muon_precision: PrecisionChoice | None = None,
     ):
         self.raw, self.wrapped, self.optimizer = raw, wrapped, optimizer
         self.objective = objective or language_model_objective
         self.device, self.grad_accum, self.grad_clip = device, grad_accum, grad_clip
         self.precision = precision
+        self.muon_precision = muon_precision  # None: no Muon in this run
         # float16 needs loss scaling so small gradients do not underflow; other precisions do not.
         self.scaler = torch.amp.GradScaler(device.type) if precision_for(device, precision.name).grad_scaler else None
 
@@ -115,13 +125,47 @@ def resolve_precision(raw: Model, tcfg: TrainConfig, ranks: Ranks, device: torch
     """Resolve tcfg.precision for this model (precision.choose_precision) and record the result in
     tcfg, so the run's config says what ran and a resumed run keeps it. Every rank takes rank 0's
     choice: ranks computing in different precisions would not stay in step."""
-    rows = tcfg.batch_size * raw.config.block_size
-    choice = choose_precision(tcfg.precision, device, product_shapes(raw, rows))
-    if ranks.distributed and choice.name in ("fp32", "bf16") and tcfg.precision == "auto":
-        bf16 = all_sum([float(ranks.is_main and choice.name == "bf16")], ranks, device)[0] > 0
-        choice = PrecisionChoice("bf16" if bf16 else "fp32", choice.how + " (rank 0's measurement)")
+    choice = choose_precision(tcfg.precision, device, raw, tcfg.batch_size, raw.config.block_size)
+    choice = _rank_zeros(choice, tcfg.precision == "auto", ranks, device)
     tcfg.precision = choice.name
     return choice
+
+
+def resolve_muon_precision(
+    optimizer: RoleOptimizer, tcfg: TrainConfig, asked: PrecisionName, ranks: Ranks, device: torch.device
+) -> PrecisionChoice | None:
+    """Resolve tcfg.muon_precision, the dtype of Muon's orthogonalisation, set it in the Muon groups
+    and record it in tcfg (None: the run has no Muon of ours). As asked; auto follows an asked
+    precision (asked: the run's precision setting before resolve_precision), and where that is auto on
+    the CPU, times Newton–Schulz on this optimizer's own stacks in fp32 and bf16 (muon.time_newton_schulz)
+    and keeps the faster: batched bf16 products can pay there even when the model's step does not.
+    Off the CPU auto is make_muon's choice for the device. Rank 0's choice is every rank's."""
+    ours = [o for o in optimizer.optimizers if isinstance(o, muon.Muon)]
+    if not ours:
+        return None
+    setting = tcfg.muon_precision
+    if setting == "auto" and asked in ("fp32", "bf16"):
+        choice = PrecisionChoice(asked, f"as precision={asked}")
+    elif setting != "auto":
+        choice = PrecisionChoice(setting, "as asked")
+    elif device.type != "cpu":
+        choice = DEVICE_DEFAULT
+    else:
+        fp32, bf16 = muon.time_newton_schulz([s for o in ours for s in o.stacks()])
+        choice = _rank_zeros(bf16_if_faster(fp32, bf16, "its own stacks"), True, ranks, device)
+    tcfg.muon_precision = choice.name
+    if choice.name != "auto":
+        for o in ours:
+            o.set_ns_dtype(torch.bfloat16 if choice.name == "bf16" else torch.float32)
+    return choice
+
+
+def _rank_zeros(choice: PrecisionChoice, measured: bool, ranks: Ranks, device: torch.device) -> PrecisionChoice:
+    """choice, or rank 0's where ranks measured each their own (a vote every rank joins)."""
+    if not (ranks.distributed and measured and choice.name in ("fp32", "bf16")):
+        return choice
+    bf16 = all_sum([float(ranks.is_main and choice.name == "bf16")], ranks, device)[0] > 0
+    return PrecisionChoice("bf16" if bf16 else "fp32", choice.how + " (rank 0's measurement)")
 
 
 def make_runner(
@@ -129,18 +173,20 @@ def make_runner(
 ) -> StepRunner:
     """Distribute (DDP or FSDP), maybe compile, and build the optimizer around a model on device
     (objective: what each micro-step minimises; the language-model loss unless given). Resolves
-    tcfg.precision first (resolve_precision).
+    tcfg.precision first (resolve_precision), and Muon's (resolve_muon_precision) once it is built.
 
     FSDP shards the model in place before compiling; DDP wraps the compiled model, so its
     gradient hooks stay outside the compiled graph and no_sync keeps its plain meaning.
     """
+    asked = tcfg.precision
     precision = resolve_precision(raw, tcfg, ranks, device)
     if tcfg.fsdp:
         wrap(raw, ranks, device, fsdp=True)
     # torch.compile of a module gives a module (OptimizedModule); its annotation says only "a callable".
     base = cast(nn.Module, torch.compile(raw)) if compile_by_default(tcfg.compile, device) else raw
     wrapped = base if tcfg.fsdp else wrap(base, ranks, device, fsdp=False)
-    # Muon's orthogonalisation follows the measured precision on the CPU (its products gain as much).
-    ns_dtype = torch.bfloat16 if device.type == "cpu" and precision.name == "bf16" else None
-    optimizer = build_optimizer(raw, tcfg, device, fused=fused_adamw(device), ns_dtype=ns_dtype)
-    return StepRunner(raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip, objective, precision)
+    optimizer = build_optimizer(raw, tcfg, device, fused=fused_adamw(device))
+    muon_precision = resolve_muon_precision(optimizer, tcfg, asked, ranks, device)
+    return StepRunner(
+        raw, wrapped, optimizer, device, tcfg.grad_accum, tcfg.grad_clip, objective, precision, muon_precision
+    )

@@ -273,6 +273,9 @@ class TrainingSession:
             # A CPU run records the precision it measured; one that says auto was written before
             # precision existed (or on a GPU), when a CPU computed in fp32: it goes on so, measuring nothing.
             tcfg.precision = "fp32"
+        if resume and tcfg.muon_precision == "auto" and device.type == "cpu":
+            # Likewise Muon's: before the field, it iterated in the run's precision (now resolved above).
+            tcfg.muon_precision = tcfg.precision
         self.runner = make_runner(self.model, tcfg, ranks, device, self.objective())
         self.loader = PrefetchingLoader(
             self.train_loader(), ranks.rank, ranks.world_size, pin_memory=device.type == "cuda", shapes=self._shapes()
@@ -421,6 +424,9 @@ class TrainingSession:
         t, w = self.tcfg, self.ranks.world_size
         precision = self.runner.precision
         how = f"{precision_for(self.device, precision.name).name}, {precision.how}"
+        muon = self.runner.muon_precision
+        if muon is not None:
+            how += f"; Muon's orthogonalisation {muon.name}, {muon.how}"
         how += ", compiled" if compile_by_default(t.compile, self.device) else ""
         if w > 1:
             how += f", {w} processes, {'FSDP' if t.fsdp else 'DDP'}"
