@@ -11,7 +11,7 @@
 2. Tang poems (char tokenizer, whole poems held out for val): the modern recipe given 120 s and
    900 s of training (each its own run, its schedule fitted to its budget), val bits per character.
 3. The optimizer step of each recipe at the classic's shape, side by side: both built as the trainer
-   builds them (precision=auto included), timed in alternating rounds on random tokens;
+   builds them (precision=auto and muon_precision=auto included), timed in alternating rounds on random tokens;
    modern_step_vs_classic is the ratio of their median step times (goal: at most 1.2).
 
 Every run is evaluated the same way: the same fixed val windows (--eval-batches x B x T tokens)
@@ -107,6 +107,8 @@ def side_by_side_step_ms(rounds: int, steps: int = 10) -> dict:
             times[name].append((time.perf_counter() - start) / steps * 1000)
     medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     precisions = {name: setup.runner.precision.name for name, setup in setups.items()}
+    muon = setups["modern"].runner.muon_precision  # Muon's orthogonalisation has its own, measured apart
+    precisions["modern_muon"] = muon.name if muon is not None else None
     print(f"step, side by side: classic {medians['classic']:.1f} ms, modern {medians['modern']:.1f} ms ({precisions})")
     return {"ms": {name: round(ms, 1) for name, ms in medians.items()}, "precision": precisions}
 
