@@ -1,7 +1,7 @@
 """The modern layers' elementwise parts as autograd Functions with hand-written backward passes:
 RMSNorm, the rotary embedding's rotation and ReLU².
 
-On the CPU torch has no fused kernel for them. F.rms_norm is a composite there (x² , mean, rsqrt and
+On the CPU torch has no fused kernel for them. F.rms_norm is a composite there (x², mean, rsqrt and
 two products) whose backward autograd assembles op by op, over a dozen passes over the tensor, where
 LayerNorm's is one kernel; ReLU² pays a power's backward; the rotation paid a chunk and a cat each way.
 At the CPU demo's width every pass is a trip through memory, so each Function here makes only the
@@ -50,9 +50,10 @@ class _RMSNorm(torch.autograd.Function):
         g = _wide(grad)
         scaled = g * normed  # the weight's gradient, before summing over rows
         grad_weight = scaled.reshape(-1, *weight.shape).sum(0)
-        # d/dx of x̂·γ with x̂ = x·rstd: rstd · (g·γ − x̂ · mean(g·γ·x̂)).
-        dot = (scaled * weight).sum(-1, keepdim=True).mul_(1.0 / normed.size(-1))
-        grad_x = torch.addcmul(g * weight, normed, dot, value=-1).mul_(rstd)
+        # d/dx of x̂·γ with x̂ = x·rstd: rstd · (g·γ − x̂ · mean(g·γ·x̂)), in place where a buffer is free
+        # (fewer fresh tensors: at the demo's width each costs a trip through memory).
+        dot = scaled.mul_(weight).sum(-1, keepdim=True).mul_(1.0 / normed.size(-1))
+        grad_x = (g * weight).addcmul_(normed, dot, value=-1).mul_(rstd)
         return grad_x.to(ctx.in_dtype), grad_weight.to(weight.dtype), None
 
 
@@ -69,7 +70,7 @@ class _Rotate(torch.autograd.Function):
         xf = _wide(x)
         ctx.save_for_backward(cos, sin)
         ctx.in_dtype = x.dtype
-        return torch.addcmul(xf * cos, swap_halves(xf), sin).to(x.dtype)
+        return (xf * cos).addcmul_(swap_halves(xf), sin).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -77,7 +78,7 @@ class _Rotate(torch.autograd.Function):
         g = _wide(grad)
         # The rotation's transpose: the same with the angle negated. Since sin is signed (−, +) by half,
         # swapping it negates it, so grad·cos + swap(grad·sin) = grad·cos − swap(grad)·sin.
-        return torch.addcmul(g * cos, swap_halves(g), sin, value=-1).to(ctx.in_dtype), None, None
+        return (g * cos).addcmul_(swap_halves(g), sin, value=-1).to(ctx.in_dtype), None, None
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
