@@ -9,6 +9,9 @@
     residual:  x as it comes | resid_lambda · x + x0_lambda · x0, learned per block (resid_mix)
     smear:     the token embedding alone | plus a gated share of the previous token's (a one-token look-back)
 
+RMSNorm, RoPE's rotation and ReLU² are computed by model/ops.py (hand-written backward passes: the CPU
+has no fused kernel for them), and attention norms and rotates q's and k's heads together, one call each.
+
 Each module also hands its intermediates to a recorder while model/record.py's recording() is on
 (`gptlab trace`): one `self._rec(name, tensor, axes, operation)` per stage, which does nothing when
 recording is off, so forward computes exactly what it computes without them. An operation is written
