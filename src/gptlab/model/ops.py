@@ -78,7 +78,12 @@ class _Rotate(torch.autograd.Function):
         g = _wide(grad)
         # The rotation's transpose: the same with the angle negated. Since sin is signed (−, +) by half,
         # swapping it negates it, so grad·cos + swap(grad·sin) = grad·cos − swap(grad)·sin.
-        return (g * cos).addcmul_(swap_halves(g), sin, value=-1).to(ctx.in_dtype), None, None
+        # Written in x's own (contiguous) layout, whatever the incoming gradient's (attention's comes
+        # transposed), so the ops after it run over contiguous rows.
+        out = torch.mul(
+            g, cos, out=torch.empty(g.shape, dtype=torch.promote_types(g.dtype, cos.dtype), device=g.device)
+        )
+        return out.addcmul_(swap_halves(g), sin, value=-1).to(ctx.in_dtype), None, None
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
