@@ -53,6 +53,10 @@ def test_rotate_matches_the_pairwise_rotation_and_its_gradient():
     ref = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(_grads(out, (x,))[0], _grads(ref, (x,))[0])
+    # A gradient arriving transposed (as attention's does, through q and k's (B, H, T, D) view).
+    out = rotate(x, full_cos, signed_sin).transpose(1, 2)
+    ref = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).transpose(1, 2)
+    torch.testing.assert_close(_grads(out, (x,))[0], _grads(ref, (x,))[0])
 
 
 def test_relu_squared_matches_the_formula_and_its_gradient():

@@ -78,8 +78,8 @@ class _Rotate(torch.autograd.Function):
         g = _wide(grad)
         # The rotation's transpose: the same with the angle negated. Since sin is signed (−, +) by half,
         # swapping it negates it, so grad·cos + swap(grad·sin) = grad·cos − swap(grad)·sin.
-        # Written in x's own (contiguous) layout, whatever the incoming gradient's (attention's comes
-        # transposed), so the ops after it run over contiguous rows.
+        # Written contiguous whatever the incoming gradient's layout (attention's arrives transposed), so
+        # the ops after it (QK-norm's backward) run over contiguous rows.
         out = torch.mul(
             g, cos, out=torch.empty(g.shape, dtype=torch.promote_types(g.dtype, cos.dtype), device=g.device)
         )
