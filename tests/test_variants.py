@@ -141,15 +141,22 @@ def test_rope_attention_depends_only_on_relative_position():
 
 
 def test_rotary_rotation_keeps_the_norm_and_rotates_pairs():
-    from gptlab.model.layers import apply_rotary
+    from gptlab.model.ops import rotate
 
-    rotary = Rotary(8, 10000.0)
-    x = torch.randn(1, 1, 5, 8)
+    rotary = Rotary(8, 10000.0, heads=3)
+    x = torch.randn(2, 5, 3, 8)  # (B, T, heads, D)
     cos, sin = rotary(torch.arange(5))
-    y = apply_rotary(x, cos, sin)
+    assert cos.shape == sin.shape == (5, 3, 8)
+    y = rotate(x, cos, sin)
     assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
-    assert torch.equal(y[..., 0, :], x[..., 0, :])  # position 0: angle 0, no rotation
-    assert not torch.allclose(y[..., 1:, :], x[..., 1:, :])
+    assert torch.equal(y[:, 0], x[:, 0])  # position 0: angle 0, no rotation
+    assert not torch.allclose(y[:, 1:], x[:, 1:])
+    # Per-row positions: row 1 at positions 3.. is rotated as row 0 is at those positions.
+    cos_rows, sin_rows = rotary(torch.stack((torch.arange(5), torch.arange(3, 8))))
+    assert cos_rows.shape == (2, 5, 3, 8)
+    shifted = rotate(x, cos_rows, sin_rows)
+    assert torch.equal(shifted[0], y[0])
+    assert torch.allclose(shifted[1, :2], rotate(x[1:, :2], *rotary(torch.arange(3, 5)))[0])
 
 
 def test_rmsnorm_output_has_unit_rms_and_layernorm_zero_mean():

@@ -48,7 +48,8 @@ class LanguageModel(Recordable):
         for name in tables:
             # Learned absolute positions: one vector per position, so nothing past block_size exists.
             setattr(self, name, nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None)
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.position == "rope" else None
+        # Laid out for attention's q and k heads side by side (rotated in one call).
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base, 2 * cfg.n_head) if cfg.position == "rope" else None
         self.drop = nn.Dropout(cfg.dropout)
 
     def _add_output_head(self) -> None:

@@ -9,6 +9,9 @@
     residual:  x as it comes | resid_lambda · x + x0_lambda · x0, learned per block (resid_mix)
     smear:     the token embedding alone | plus a gated share of the previous token's (a one-token look-back)
 
+RMSNorm, RoPE's rotation and ReLU² are computed by model/ops.py (hand-written backward passes: the CPU
+has no fused kernel for them), and attention norms and rotates q's and k's heads together, one call each.
+
 Each module also hands its intermediates to a recorder while model/record.py's recording() is on
 (`gptlab trace`): one `self._rec(name, tensor, axes, operation)` per stage, which does nothing when
 recording is off, so forward computes exactly what it computes without them. An operation is written
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.config import ModelConfig
+from gptlab.model.ops import relu_squared, rms_norm, rotate
 from gptlab.model.record import Recordable
 
 # The norms' epsilon (added to the variance before dividing), a fact export and import check against.
@@ -59,11 +63,20 @@ class Linear(nn.Linear):
         return super().forward(x)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (its weight, eps and state dict) computed by ops.rms_norm, whose hand-written backward
+    the CPU has no fused kernel for."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps  # None: torch's default, as nn.RMSNorm
+        return rms_norm(x, self.weight, eps)
+
+
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     """The normalisation layer the config asks for, over the last dim (n_embd unless given)."""
     dim = dim or cfg.n_embd
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=RMSNORM_EPS)
+        return RMSNorm(dim, eps=RMSNORM_EPS)
     return nn.LayerNorm(dim, eps=LAYERNORM_EPS, bias=cfg.bias)
 
 
@@ -73,28 +86,31 @@ class Rotary(Recordable):
 
     The angles are computed for the positions asked (per row), so a KV cache may keep going past
     block_size: keys keep the rotation they were stored with.
+
+    The tables it returns are laid out for `heads` heads side by side (attention rotates q's and k's
+    heads in one call, ops.rotate): one product over contiguous rows, where broadcasting one head's
+    channels over the heads cost half as much again per product (measured at the CPU demo's shape).
     """
 
     inv_freq: torch.Tensor
+    sign: torch.Tensor
 
-    def __init__(self, head_dim: int, base: float):
+    def __init__(self, head_dim: int, base: float, heads: int = 1):
         super().__init__()
+        self.heads = heads
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # ops.rotate's signed sine: the first channel of each pair takes −sin, the second +sin.
+        self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat_interleave(head_dim // 2), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of the angles, (T, head_dim/2) or (B, 1, T, head_dim/2) for per-row positions."""
+        """ops.rotate's cos and signed sin of the angles, (T, heads, head_dim), or (B, T, heads,
+        head_dim) for per-row positions (B, T)."""
         angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
         self._rec("angles", angles, "T D/2", "position t × base^(−2i/D), one angle per channel pair i")
-        if angles.dim() == 3:  # (B, T, d/2): broadcast over heads
-            angles = angles[:, None]
-        return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by the angles: the two halves of the channels form the rotated pairs."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+        angles = torch.cat((angles, angles), dim=-1)[..., None, :]  # each pair's angle on both its channels
+        shape = (*angles.shape[:-2], self.heads, angles.size(-1))
+        return angles.cos().expand(shape).contiguous(), (angles.sin() * self.sign).expand(shape).contiguous()
 
 
 class Smear(Recordable):
@@ -186,8 +202,8 @@ class Attention(Recordable):
             # takes them apart.
             self.split_matrices = {"qkv.weight": 3}
         self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=RMSNORM_EPS) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.value_embed: nn.Embedding | None = None
         self.value_gate: Linear | None = None
@@ -224,20 +240,31 @@ class Attention(Recordable):
             return (self.q_norm(q) if self.q_norm is not None else q), k, v
         qkv = self.qkv(x)
         self._rec("qkv", qkv, "T 3C", "[T×C] · W_qkv [C×3C] + b")
-        q, k, v = (self._heads(t) for t in qkv.split(self.n_embd, dim=2))
-        self._rec("q", q, "H T D", "q third of qkv [T×C], split into H heads of D channels")
-        self._rec("k", k, "H T D", "k third of qkv [T×C], split into H heads of D channels")
+        B, T, _ = qkv.shape
+        H = self.n_head
+        qk, v = qkv.split((2 * self.n_embd, self.n_embd), dim=2)
+        # q's heads then k's side by side, (B, T, 2H, D): normed and rotated in one call each.
+        qk = qk.view(B, T, 2 * H, self.head_dim)
+        v = self._heads(v)
+        self._rec_qk("q", "k", qk, "{} third of qkv [T×C], split into H heads of D channels")
         self._rec("v", v, "H T D", "v third of qkv [T×C], split into H heads of D channels")
         if self.q_norm is not None and self.k_norm is not None:  # both or neither (cfg.qk_norm)
             # QK-norm bounds the attention logits, so a high learning rate cannot blow up the softmax.
-            q, k = self.q_norm(q), self.k_norm(k)
-            self._rec("q_norm", q, "H T D", "q / rms · γ over D, per head (QK-norm)", "RMSNorm")
-            self._rec("k_norm", k, "H T D", "k / rms · γ over D, per head (QK-norm)", "RMSNorm")
+            weight = torch.stack((self.q_norm.weight, self.k_norm.weight)).repeat_interleave(H, dim=0)  # (2H, D)
+            qk = rms_norm(qk, weight, RMSNORM_EPS)
+            self._rec_qk("q_norm", "k_norm", qk, "{} / rms · γ over D, per head (QK-norm)", "RMSNorm")
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            self._rec("q_rope", q, "H T D", "each channel pair of q rotated by its angle at t (RoPE)", "Rotary")
-            self._rec("k_rope", k, "H T D", "each channel pair of k rotated by its angle at t (RoPE)", "Rotary")
+            qk = rotate(qk, *rope)
+            self._rec_qk("q_rope", "k_rope", qk, "each channel pair of {} rotated by its angle at t (RoPE)", "Rotary")
+        q, k = qk.transpose(1, 2).split(H, dim=1)
         return q, k, v
+
+    def _rec_qk(self, q_name: str, k_name: str, qk: torch.Tensor, op: str, kind: str | None = None) -> None:
+        """Record q's and k's heads (B, H, T, D) of qk (B, T, 2H, D) as two stages, op naming each."""
+        if self.record is not None:
+            q, k = qk.transpose(1, 2).split(self.n_head, dim=1)
+            self._rec(q_name, q, "H T D", op.format("q"), kind)
+            self._rec(k_name, k, "H T D", op.format("k"), kind)
 
     def _mix_values(self, v: torch.Tensor, x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         """v (B, H, T, D) plus each token's value embedding, scaled per head by 2·sigmoid(gate(x)) in (0, 2)."""
@@ -367,7 +394,7 @@ class MLP(Recordable):
             elif self.kind == "gelu_tanh":
                 h = F.gelu(h, approximate="tanh")  # the form OpenAI's GPT-2 weights were trained with
             else:
-                h = F.relu(h).square()  # ReLU²: sparse like ReLU, smooth enough to train fast
+                h = relu_squared(h)  # ReLU²: sparse like ReLU, smooth enough to train fast
             self._rec(self.kind, h, "T F", ACTIVATION_OPS[self.kind])
         out = self.proj(h)
         self._rec("proj", out, "T C", "[T×F] · W_proj [F×C] + b")
