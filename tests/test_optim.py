@@ -1,11 +1,11 @@
 """Optimizers by parameter role, the schedules, and the modern recipe through train and resume."""
 
 import json
-import signal
 
 import pytest
 import torch
 
+from conftest import interrupted_at
 from gptlab.config import ModelConfig, TrainConfig, build_config
 from gptlab.errors import GptlabError
 from gptlab.model import build_model
@@ -140,26 +140,17 @@ SPEEDRUN = [
 @pytest.mark.parametrize("extra", [[], MUON_OPTIONS, SPEEDRUN], ids=["modern", "muon-options", "speedrun"])
 def test_modern_recipe_interrupted_and_resumed_matches_an_uninterrupted_run(extra, char_dataset, tmp_path, monkeypatch):
     from gptlab.train import trainer
-    from gptlab.train.metrics import MetricsLog
 
     overrides = [*MODERN_TINY, *extra]
     cfg = build_config("cpu-modern", None, overrides)
     cfg.data = str(char_dataset)
     trainer.train(cfg, tmp_path / "straight")
 
-    write = MetricsLog.write
-
-    def interrupt_at_4(self, record):
-        write(self, record)
-        if record.get("step") == 4 and "train_loss" in record:
-            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt_at_4)
     cfg = build_config("cpu-modern", None, overrides)
     cfg.data = str(char_dataset)
-    first = trainer.train(cfg, tmp_path / "resumed")
+    with interrupted_at(monkeypatch, 4):
+        first = trainer.train(cfg, tmp_path / "resumed")
     assert first.interrupted and first.step < 10
-    monkeypatch.setattr(MetricsLog, "write", write)
     trainer.train(None, tmp_path / "resumed", resume=True)
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
     assert sorted(resumed) == list(range(1, 11))

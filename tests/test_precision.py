@@ -7,12 +7,12 @@ bit, and bf16 training (autocast, or Muon's iteration alone) follows fp32's loss
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import torch
 
 import gptlab.precision
+from conftest import interrupted_at
 from gptlab.config import TrainConfig, build_config
 from gptlab.model import build_model
 from gptlab.precision import BF16_MARGIN, MAX_ROWS, choose_precision, precision_for, time_training_step, timed_batch
@@ -178,7 +178,6 @@ def test_muons_bf16_iteration_is_recorded_and_follows_the_fp32_loss_curve(char_d
 
 def test_a_run_iterating_muon_in_bf16_resumes_bit_for_bit(char_dataset, tmp_path, monkeypatch):
     from gptlab.train import trainer
-    from gptlab.train.metrics import MetricsLog
 
     overrides = [*TINY[:6], "max_steps=10", "eval_interval=5", "checkpoint_interval=100", "log_interval=1"]
     overrides += ["sample_tokens=0", "device=cpu"]
@@ -186,18 +185,10 @@ def test_a_run_iterating_muon_in_bf16_resumes_bit_for_bit(char_dataset, tmp_path
     cfg = build_config("cpu-modern", None, overrides)
     cfg.data = str(char_dataset)
     trainer.train(cfg, tmp_path / "straight")
-    write = MetricsLog.write
-
-    def interrupt_at_4(self, record):
-        write(self, record)
-        if record.get("step") == 4 and "train_loss" in record:
-            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt_at_4)
     cfg = build_config("cpu-modern", None, overrides)
     cfg.data = str(char_dataset)
-    assert trainer.train(cfg, tmp_path / "resumed").interrupted
-    monkeypatch.setattr(MetricsLog, "write", write)
+    with interrupted_at(monkeypatch, 4):
+        assert trainer.train(cfg, tmp_path / "resumed").interrupted
 
     def measure(stacks):
         raise AssertionError("a resumed run keeps its recorded muon_precision")

@@ -1,5 +1,6 @@
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,14 +159,19 @@ def test_a_saved_tokenizer_is_reused_as_it_is(tmp_path, bpe_dataset, poems):
     assert (out / "tokenizer.json").read_bytes() == (bpe_dataset / "tokenizer.json").read_bytes()
 
 
-def test_loader_never_draws_a_window_across_shards(tmp_path):
-    # Two shards of consecutive numbers far apart: a window spanning both would hold a jump.
-    (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": ["a", "b"]}))
-    np.arange(0, 100, dtype=np.uint16).tofile(tmp_path / "train-00000.bin")
-    np.arange(1000, 1040, dtype=np.uint16).tofile(tmp_path / "train-00001.bin")
+def two_far_apart_shards(path: Path) -> Dataset:
+    """A train split of two shards of consecutive numbers far apart (0..99, 1000..1039): a window
+    spanning both would hold a jump."""
+    (path / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": ["a", "b"]}))
+    np.arange(0, 100, dtype=np.uint16).tofile(path / "train-00000.bin")
+    np.arange(1000, 1040, dtype=np.uint16).tofile(path / "train-00001.bin")
     split = {"files": ["train-00000.bin", "train-00001.bin"], "tokens": 140, "documents": 1, "chars": 1, "bytes": 1}
-    (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint16", "splits": {"train": split}}))
-    loader = BatchLoader(Dataset(tmp_path), "train", batch_size=64, block_size=16, seed=0)
+    (path / "meta.json").write_text(json.dumps({"dtype": "uint16", "splits": {"train": split}}))
+    return Dataset(path)
+
+
+def test_loader_never_draws_a_window_across_shards(tmp_path):
+    loader = BatchLoader(two_far_apart_shards(tmp_path), "train", batch_size=64, block_size=16, seed=0)
     starts = set()
     for _ in range(20):
         batch = loader.next_batch()

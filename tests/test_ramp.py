@@ -2,36 +2,23 @@
 drawn the same on every rank and after a resume, counted right, refused where they cannot apply."""
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, interrupted_at, run_cli
 from gptlab.config import RunConfig, TrainConfig, build_config
 from gptlab.data.loader import BatchLoader, Dataset
 from gptlab.errors import GptlabError
 from gptlab.train.prefetch import PrefetchingLoader
 from gptlab.train.ramp import SEQ_MULTIPLE, ramp_steps, shape_at, tokens_between
 from test_encdec import couplets  # noqa: F401 (a pairs dataset of real Tang couplets)
+from test_optim import MODERN_TINY
+from test_prepare_streaming import two_far_apart_shards
 
 SCHEDULE = ["seq_len_start=8", "batch_size_start=2", "ramp_fraction=0.6"]
-TINY = [
-    "n_layer=2",
-    "n_head=2",
-    "n_embd=32",
-    "block_size=32",
-    "batch_size=8",
-    "eval_batches=2",
-    "max_steps=10",
-    "eval_interval=5",
-    "checkpoint_interval=100",
-    "log_interval=1",
-    "sample_tokens=8",
-    "device=cpu",
-    "dropout=0",
-]
+TINY = [*MODERN_TINY, "dropout=0"]
 
 
 def records(run, key):
@@ -110,13 +97,7 @@ def test_loader_draws_smaller_batches_of_shorter_windows_and_its_full_shape_is_b
 
 
 def test_short_windows_never_span_two_shards_and_reach_every_place_they_fit(tmp_path):
-    # Two shards of consecutive numbers far apart: a window spanning both would hold a jump.
-    (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": ["a", "b"]}))
-    np.arange(0, 100, dtype=np.uint16).tofile(tmp_path / "train-00000.bin")
-    np.arange(1000, 1040, dtype=np.uint16).tofile(tmp_path / "train-00001.bin")
-    split = {"files": ["train-00000.bin", "train-00001.bin"], "tokens": 140, "documents": 1, "chars": 1, "bytes": 1}
-    (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint16", "splits": {"train": split}}))
-    loader = BatchLoader(Dataset(tmp_path), "train", batch_size=64, block_size=16, seed=0)
+    loader = BatchLoader(two_far_apart_shards(tmp_path), "train", batch_size=64, block_size=16, seed=0)
     starts = set()
     for _ in range(40):
         batch = loader.next_batch(32, 4)
@@ -157,7 +138,6 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one_and_counts_its
     char_dataset, tmp_path, monkeypatch, capsys
 ):
     from gptlab.train import trainer
-    from gptlab.train.metrics import MetricsLog
 
     def config():
         cfg = build_config("cpu-small", None, [*TINY, *SCHEDULE])
@@ -166,17 +146,9 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one_and_counts_its
 
     trainer.train(config(), tmp_path / "straight")
     assert "shape schedule: windows grow from 8 to 32 tokens" in capsys.readouterr().out
-    write = MetricsLog.write
-
-    def interrupt_at_3(self, record):
-        write(self, record)
-        if record.get("step") == 3 and "train_loss" in record:
-            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: checkpoint, stop (inside the ramp)
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt_at_3)
-    first = trainer.train(config(), tmp_path / "resumed")
+    with interrupted_at(monkeypatch, 3):  # inside the ramp
+        first = trainer.train(config(), tmp_path / "resumed")
     assert first.interrupted and first.step < 6
-    monkeypatch.setattr(MetricsLog, "write", write)
     trainer.train(None, tmp_path / "resumed", resume=True)
     straight, resumed = records(tmp_path / "straight", "train_loss"), records(tmp_path / "resumed", "train_loss")
     assert sorted(resumed) == list(range(1, 11))
