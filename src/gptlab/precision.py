@@ -21,7 +21,6 @@ import contextlib
 import copy as copy_module
 import functools
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -143,9 +142,7 @@ def time_training_step(model: nn.Module, batch_size: int, block_size: int) -> tu
         loss.backward()
         copy.zero_grad(set_to_none=True)
 
-    # bf16 norms warn that their float32 weights cannot use the fused kernel: true, and no news here.
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+    with torch.random.fork_rng(devices=[]):
         return race(step)
 
 
